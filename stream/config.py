@@ -1,0 +1,185 @@
+"""One settings model for the whole pipeline, loaded from YAML and ``MMSTREAM_*`` variables.
+
+Each component owns a small config object; ``Settings`` only gathers them, so a component can be
+built and tested from its own config alone. Precedence, highest first: explicit overrides (CLI
+flags such as ``--bootstrap``), environment (``MMSTREAM_KAFKA__BOOTSTRAP_SERVERS=...``), the YAML
+file, the defaults. An invalid value fails at start with ``ConfigError`` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from operators.config import ModelConfig
+from stream.contract import ContractLimits, Modality
+from stream.errors import ConfigError
+
+__all__ = [
+    "BatchConfig",
+    "KafkaConfig",
+    "LimitsConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "Settings",
+    "TopicsConfig",
+    "WindowConfig",
+    "load_settings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(_Section):
+    """Connection and client settings, passed through to aiokafka."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="HOST:PORT[,HOST:PORT...]")
+    group_id: str = Field("mmstream", description="consumer group of the processors")
+    client_id: str = "mmstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    session_timeout_ms: int = Field(10_000, ge=6000, description="Kafka rejects < 6000 by default")
+    heartbeat_interval_ms: int = Field(3000, gt=0)
+    fetch_max_wait_ms: int = Field(50, ge=0, description="tansu answers fetches only at this bound")
+    acks: Literal["all", 1, 0] = "all"
+    linger_ms: int = Field(5, ge=0)
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+    max_batch_size: int = Field(512 * 1024, gt=0, description="producer batch bytes")
+    partitions: int = Field(4, ge=1, description="partitions per topic when mmstream creates topics")
+    replication_factor: int = Field(1, ge=1)
+    request_timeout_ms: int = Field(30_000, gt=0)
+    stop_timeout_ms: int = Field(10_000, gt=0, description="bound on every client stop()")
+    enable_idempotence: bool = Field(False, description="needs a broker with InitProducerId v3+ (not tansu)")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
+
+
+class TopicsConfig(_Section):
+    """Topic names. The three inputs must be co-partitioned (same partition count)."""
+
+    video: str = "mm.video"
+    audio: str = "mm.audio"
+    text: str = "mm.text"
+    results: str = "mm.results"
+    dead_letter: str = "mm.dlq"
+    late: str | None = Field(None, description="where late records go; None = count them only")
+
+    def input(self, modality: Modality) -> str:
+        return getattr(self, modality.value)
+
+    @property
+    def inputs(self) -> dict[str, Modality]:
+        """Input topic name -> modality."""
+        return {self.input(m): m for m in Modality}
+
+
+class WindowConfig(_Section):
+    """Event-time windows per source; see docs/time.md."""
+
+    window_ms: int = Field(1000, gt=0, description="window length")
+    hop_ms: int | None = Field(None, gt=0, description="slide; None = tumbling (hop = window)")
+    allowed_lateness_ms: int = Field(200, ge=0, description="how far behind the max a record may arrive")
+    idle_timeout_ms: int = Field(3000, gt=0, description="processing time after which a silent modality stops holding windows")
+    max_open_windows_per_source: int = Field(64, gt=0)
+    max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="all window payloads together")
+    max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of its source's watermark is rejected")
+    max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
+
+    @model_validator(mode="after")
+    def _hop_divides(self) -> WindowConfig:
+        if self.hop_ms is not None and (self.hop_ms > self.window_ms or self.window_ms % self.hop_ms):
+            raise ValueError(f"hop_ms {self.hop_ms} must divide window_ms {self.window_ms}")
+        return self
+
+
+class BatchConfig(_Section):
+    """Dynamic batching of closed windows for inference."""
+
+    max_batch: int = Field(16, ge=1, description="a batch closes at this many windows...")
+    max_delay_ms: int = Field(50, ge=0, description="...or this long after its first window")
+    max_in_flight: int = Field(2, ge=1, description="batches being preprocessed or inferred at once")
+    max_queued_windows: int = Field(256, ge=1, description="closed windows waiting; beyond it the source pauses")
+
+
+class MetricsConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65535, description="0 = disabled")
+
+
+class LimitsConfig(ContractLimits):
+    """Contract size bounds plus the process memory budget."""
+
+    max_rss_bytes: int = Field(4 * 2**30, gt=0, description="resident memory bound the runtime keeps under")
+
+
+class Settings(BaseSettings):
+    """Everything ``mmstream run`` needs."""
+
+    model_config = SettingsConfigDict(env_prefix="MMSTREAM_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    batching: BatchConfig = Field(default_factory=BatchConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    drain_timeout_ms: int = Field(15_000, gt=0, description="SIGTERM: time to close, infer, publish, commit")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from an optional YAML file, the environment and explicit overrides.
+
+    Raises:
+        ConfigError: the file is unreadable or a value is invalid; the message names the field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a YAML mapping, got {type(loaded).__name__}")
+        data = loaded
+    try:
+        settings = Settings(**data)
+        if overrides:
+            settings = Settings(**_deep_merge(settings.model_dump(exclude_unset=False), overrides))
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid config: " + "; ".join(lines)) from exc
+    return settings

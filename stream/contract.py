@@ -1,0 +1,532 @@
+"""Wire contract v1: the records mmstream reads and writes, and how they are checked.
+
+Every input record carries its source id as key and its capture instant in the ``mm-ts`` header
+(integer nanoseconds since the Unix epoch). ``decode`` turns a Kafka record into one of the three
+typed items or raises ``ContractError`` with a stable reason code; nothing else escapes it, so a
+bad record can always be dead-lettered and never stops the processor. ``encode`` is its inverse
+and what producers use. The checks are cheap on purpose (markers, sizes, schema): full image
+decoding happens later, off the event loop, in the operators.
+
+The public description of this module is docs/contract.md; ``mmstream schema`` prints the JSON
+Schema of every record type defined here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stream.errors import ContractError, Reason
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "AudioChunk",
+    "ContractLimits",
+    "Counts",
+    "DeadLetter",
+    "EncodedRecord",
+    "Item",
+    "Latency",
+    "Modality",
+    "ModelInfo",
+    "OffsetRange",
+    "Origin",
+    "Presence",
+    "TranscriptSegment",
+    "VideoFrame",
+    "WindowResult",
+    "audio_chunk_from_samples",
+    "dead_letter_headers",
+    "decode",
+    "encode",
+    "frame_from_image",
+    "record_schemas",
+]
+
+CONTRACT_VERSION = 1
+NS_PER_S = 1_000_000_000
+MAX_TS_NS = 2**63 - 1
+
+H_TS, H_CONTENT_TYPE, H_VERSION = "mm-ts", "content-type", "mm-v"
+H_ERROR, H_ORIGIN = "mm-error", "mm-origin"
+
+_KEY_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TS_RE = re.compile(rb"[0-9]{1,19}")
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
+
+SourceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+TimeNs = Annotated[int, Field(ge=0, le=MAX_TS_NS)]
+
+
+class Modality(StrEnum):
+    """The three input kinds; also the names of the default input topics' suffixes."""
+
+    VIDEO = "video"
+    AUDIO = "audio"
+    TEXT = "text"
+
+
+class Origin(NamedTuple):
+    """Where a record came from: what the offset ledger tracks and ``mm-origin`` names."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+class ContractLimits(BaseModel):
+    """Size bounds checked by ``decode``; a record over a bound is a ``payload_size`` dead letter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_frame_bytes: int = Field(8 * 2**20, gt=0, description="largest video record value")
+    max_audio_bytes: int = Field(2**20, gt=0, description="largest audio record value")
+    max_text_bytes: int = Field(64 * 2**10, gt=0, description="largest transcript record value")
+    max_frame_side: int = Field(8192, gt=0, description="largest raw frame width or height, pixels")
+
+
+# --------------------------------------------------------------------------- input items
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    modality: ClassVar[Modality]
+    source_id: SourceId
+    ts_ns: TimeNs = Field(description="event time: the mm-ts header, ns since the Unix epoch")
+
+
+class VideoFrame(_Item):
+    """One frame. ``ts_ns`` is its capture instant, which is also the time it vouches for."""
+
+    modality: ClassVar[Modality] = Modality.VIDEO
+    encoding: Literal["jpeg", "png", "raw"]
+    width: int | None = Field(None, gt=0, description="raw frames only")
+    height: int | None = Field(None, gt=0, description="raw frames only")
+    data: bytes
+
+    @property
+    def content_type(self) -> str:
+        if self.encoding == "raw":
+            return f"image/x-raw;format=bgr24;width={self.width};height={self.height}"
+        return f"image/{self.encoding}"
+
+    @property
+    def end_ns(self) -> int:
+        return self.ts_ns
+
+
+class AudioChunk(_Item):
+    """Interleaved PCM. ``ts_ns`` is the first sample's instant; sample i is at ``sample_ns(i)``."""
+
+    modality: ClassVar[Modality] = Modality.AUDIO
+    sample_format: Literal["s16le", "f32le"]
+    sample_rate: int = Field(ge=1000, le=384_000)
+    channels: int = Field(ge=1, le=32)
+    data: bytes
+
+    @property
+    def content_type(self) -> str:
+        return f"audio/pcm;format={self.sample_format};rate={self.sample_rate};channels={self.channels}"
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per channel (audio frames)."""
+        return len(self.data) // (_SAMPLE_BYTES[self.sample_format] * self.channels)
+
+    def sample_ns(self, i: int) -> int:
+        """Instant of sample ``i``, floored to whole nanoseconds (exact for 1 kHz multiples)."""
+        return self.ts_ns + (i * NS_PER_S) // self.sample_rate
+
+    @property
+    def end_ns(self) -> int:
+        """The last sample's instant: the latest time this chunk vouches for."""
+        return self.sample_ns(self.n_samples - 1)
+
+    def samples(self) -> np.ndarray:
+        """Float32 samples in [-1, 1], shape (n_samples, channels)."""
+        if self.sample_format == "s16le":
+            raw = np.frombuffer(self.data, dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            raw = np.frombuffer(self.data, dtype="<f4").astype(np.float32)
+        return raw.reshape(-1, self.channels)
+
+
+class _TranscriptPayload(BaseModel):
+    """The JSON value of a transcript record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(max_length=16_384)
+    start_ns: TimeNs
+    end_ns: TimeNs
+    final: bool = True
+    segment_id: str | None = Field(None, max_length=256)
+    confidence: float | None = Field(None, ge=0.0, le=1.0)
+    lang: str | None = Field(None, max_length=32)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _TranscriptPayload:
+        if self.end_ns < self.start_ns:
+            raise ValueError(f"end_ns {self.end_ns} is before start_ns {self.start_ns}")
+        return self
+
+
+class TranscriptSegment(_Item, _TranscriptPayload):
+    """A transcript piece over [start_ns, end_ns]; ``ts_ns`` equals ``start_ns``.
+
+    A segment with a ``segment_id`` seen before replaces the earlier version while its windows are
+    open (ASR partial -> final). Only final segments vouch for time (their ``end_ns``).
+    """
+
+    modality: ClassVar[Modality] = Modality.TEXT
+
+    @property
+    def content_type(self) -> str:
+        return "application/json"
+
+
+Item = VideoFrame | AudioChunk | TranscriptSegment
+
+
+# --------------------------------------------------------------------------- output records
+
+
+class OffsetRange(BaseModel):
+    """Inclusive range of input offsets of one partition that fed a window."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+
+class Presence(BaseModel):
+    video: bool
+    audio: bool
+    text: bool
+
+
+class Counts(BaseModel):
+    frames: int = Field(ge=0, description="frames in the window")
+    dropped_frames: int = Field(0, ge=0, description="frames that failed to decode in preprocessing")
+    audio_samples: int = Field(ge=0, description="real samples per channel in the window")
+    missing_samples: int = Field(0, ge=0, description="zero-filled gap samples")
+    segments: int = Field(ge=0, description="transcript segments overlapping the window")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
+class Latency(BaseModel):
+    """Milliseconds; 'capture' is the newest record instant in the window (its last input)."""
+
+    capture_to_publish_ms: float
+    window_end_to_publish_ms: float
+    inference_ms: float
+
+
+class WindowResult(BaseModel):
+    """One result per (source, window) on the results topic; ``id`` is stable across replays."""
+
+    id: str = Field(description="source_id:window_start_ns, for de-duplication downstream")
+    source_id: SourceId
+    window_start_ns: TimeNs
+    window_end_ns: TimeNs
+    complete: bool = Field(description="every modality was present")
+    presence: Presence
+    counts: Counts
+    scores: dict[str, float] = Field(description="label -> probability")
+    label: str | None
+    outputs: dict[str, float] = Field(default_factory=dict, description="per-modality outputs, e.g. speech_probability")
+    embedding: list[float] | None = None
+    model: ModelInfo
+    latency: Latency
+    offsets: list[OffsetRange]
+
+    @staticmethod
+    def make_id(source_id: str, window_start_ns: int) -> str:
+        return f"{source_id}:{window_start_ns}"
+
+
+class DeadLetter(BaseModel):
+    """What the dead-letter topic adds to the original record, as headers."""
+
+    reason: Reason = Field(description="mm-error header: '<reason>: <message>'")
+    message: str
+    origin: str = Field(description="mm-origin header: topic/partition/offset")
+
+
+class EncodedRecord(NamedTuple):
+    """A record ready to send: what producers hand to Kafka."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class RecordLike(Protocol):
+    """The part of a consumed record ``decode`` reads (aiokafka's ConsumerRecord has it)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _parse_content_type(raw: str) -> tuple[str, dict[str, str]]:
+    parts = [p.strip() for p in raw.split(";")]
+    params: dict[str, str] = {}
+    for p in parts[1:]:
+        if not p:
+            continue
+        name, sep, value = p.partition("=")
+        if not sep:
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"parameter {p!r} has no '=' in {raw!r}")
+        params[name.strip().lower()] = value.strip()
+    return parts[0].lower(), params
+
+
+def _int_param(params: dict[str, str], name: str, raw: str) -> int:
+    try:
+        return int(params[name])
+    except (KeyError, ValueError):
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{raw!r} needs an integer {name}=") from None
+
+
+def _check_size(value: bytes, limit: int, what: str) -> None:
+    if not value:
+        raise ContractError(Reason.PAYLOAD_SIZE, f"empty {what}")
+    if len(value) > limit:
+        raise ContractError(Reason.PAYLOAD_SIZE, f"{what} of {len(value)} bytes exceeds the limit of {limit}")
+
+
+def _decode_key(key: bytes | None) -> str:
+    if key is None:
+        raise ContractError(Reason.BAD_KEY, "record has no key; the key must be the source id")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(Reason.BAD_KEY, "key is not UTF-8") from None
+    if not _KEY_RE.fullmatch(text):
+        raise ContractError(Reason.BAD_KEY, f"key {text[:40]!r} is not 1-128 characters of [A-Za-z0-9._:-]")
+    return text
+
+
+def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name, value in headers or ():
+        if isinstance(name, str):
+            out[name.lower()] = value if isinstance(value, bytes) else b""
+    return out
+
+
+def _decode_ts(raw: bytes | None) -> int:
+    if raw is None:
+        raise ContractError(Reason.MISSING_TS, "header mm-ts is missing")
+    if not _TS_RE.fullmatch(raw) or int(raw) > MAX_TS_NS:
+        raise ContractError(Reason.BAD_TS, f"mm-ts {raw[:32]!r} is not a non-negative int64 of ns")
+    return int(raw)
+
+
+def decode(
+    record: RecordLike, *, expect: Modality | None = None, limits: ContractLimits | None = None
+) -> Item:
+    """Check a consumed record against contract v1 and return its typed item.
+
+    Args:
+        record: anything with ``key``, ``value`` and ``headers`` (aiokafka's ConsumerRecord).
+        expect: the modality of the topic it came from; another content type is rejected.
+        limits: size bounds; the defaults of ``ContractLimits`` when omitted.
+
+    Raises:
+        ContractError: for every violation, with a ``Reason``; never any other exception.
+    """
+    try:
+        return _decode(record, expect, limits or _DEFAULT_LIMITS)
+    except ContractError:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ContractError(Reason.BAD_JSON, f"{where}: {first.get('msg')}") from exc
+    except Exception as exc:  # the promise is "only ContractError"; keep it if a check is missed
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"undecodable record: {type(exc).__name__}: {exc}") from exc
+
+
+_DEFAULT_LIMITS = ContractLimits()
+
+
+def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits) -> Item:
+    source_id = _decode_key(record.key)
+    headers = _header_map(record.headers)
+    version = headers.get(H_VERSION, b"1")
+    if version.strip() != b"1":
+        raise ContractError(Reason.BAD_VERSION, f"mm-v {version[:16]!r} is not supported (only 1)")
+    ts_ns = _decode_ts(headers.get(H_TS))
+    raw_ct = headers.get(H_CONTENT_TYPE)
+    if raw_ct is None:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
+    try:
+        ct_text = raw_ct.decode("ascii")
+    except UnicodeDecodeError:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, "content-type is not ASCII") from None
+    mime, params = _parse_content_type(ct_text)
+    value = record.value or b""
+    if mime.startswith("image/"):
+        item: Item = _decode_frame(source_id, ts_ns, mime, params, ct_text, value, limits)
+    elif mime == "audio/pcm":
+        item = _decode_audio(source_id, ts_ns, params, ct_text, value, limits)
+    elif mime == "application/json":
+        item = _decode_segment(source_id, ts_ns, value, limits)
+    else:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported content-type {ct_text[:80]!r}")
+    if expect is not None and item.modality is not expect:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{ct_text[:80]!r} on the {expect.value} topic")
+    return item
+
+
+def _decode_frame(
+    source_id: str, ts_ns: int, mime: str, params: dict[str, str], raw: str, value: bytes, limits: ContractLimits
+) -> VideoFrame:
+    _check_size(value, limits.max_frame_bytes, "frame")
+    if mime == "image/jpeg":
+        if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
+            raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
+        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="jpeg", data=value)
+    if mime == "image/png":
+        if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
+            raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
+        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="png", data=value)
+    if mime == "image/x-raw":
+        if params.get("format", "").lower() != "bgr24":
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frames must be format=bgr24, got {raw!r}")
+        width, height = _int_param(params, "width", raw), _int_param(params, "height", raw)
+        if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
+        if len(value) != width * height * 3:
+            raise ContractError(
+                Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
+            )
+        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="raw", width=width, height=height, data=value)
+    raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported image type {raw[:80]!r}")
+
+
+def _decode_audio(
+    source_id: str, ts_ns: int, params: dict[str, str], raw: str, value: bytes, limits: ContractLimits
+) -> AudioChunk:
+    fmt = params.get("format", "").lower()
+    if fmt not in _SAMPLE_BYTES:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"audio format must be s16le or f32le, got {raw!r}")
+    rate, channels = _int_param(params, "rate", raw), _int_param(params, "channels", raw)
+    if not (1000 <= rate <= 384_000 and 1 <= channels <= 32):
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"rate {rate} or channels {channels} out of range")
+    _check_size(value, limits.max_audio_bytes, "audio chunk")
+    frame_bytes = _SAMPLE_BYTES[fmt] * channels
+    if len(value) % frame_bytes:
+        raise ContractError(
+            Reason.PAYLOAD_SIZE, f"{len(value)} bytes is not a whole number of {frame_bytes}-byte {fmt} frames"
+        )
+    return AudioChunk(
+        source_id=source_id, ts_ns=ts_ns, sample_format=fmt, sample_rate=rate, channels=channels, data=value
+    )
+
+
+def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLimits) -> TranscriptSegment:
+    _check_size(value, limits.max_text_bytes, "transcript")
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ContractError(Reason.BAD_JSON, f"value is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ContractError(Reason.BAD_JSON, "value must be a JSON object")
+    payload = _TranscriptPayload.model_validate(doc)
+    if payload.start_ns != ts_ns:
+        raise ContractError(Reason.BAD_TS, f"mm-ts {ts_ns} differs from start_ns {payload.start_ns}")
+    return TranscriptSegment(source_id=source_id, ts_ns=ts_ns, **payload.model_dump())
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(item: Item) -> EncodedRecord:
+    """The Kafka record for an item; ``decode(encode(x)) == x`` for every valid item."""
+    if isinstance(item, TranscriptSegment):
+        body = item.model_dump(include=set(_TranscriptPayload.model_fields), exclude_none=True)
+        value = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    else:
+        value = item.data
+    headers = [
+        (H_TS, str(item.ts_ns).encode()),
+        (H_CONTENT_TYPE, item.content_type.encode()),
+        (H_VERSION, b"1"),
+    ]
+    return EncodedRecord(item.source_id.encode(), value, headers)
+
+
+def frame_from_image(
+    source_id: str, ts_ns: int, image_bgr: np.ndarray, *, encoding: Literal["jpeg", "png", "raw"] = "jpeg",
+    jpeg_quality: int = 85,
+) -> VideoFrame:
+    """A frame item from an OpenCV BGR image (H, W, 3) uint8."""
+    if encoding == "raw":
+        h, w = image_bgr.shape[:2]
+        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="raw", width=w, height=h,
+                          data=np.ascontiguousarray(image_bgr, dtype=np.uint8).tobytes())
+    import cv2  # here, not at import time: the contract is also used where OpenCV is not needed
+
+    ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]) if encoding == "jpeg" else (".png", [])
+    ok, buf = cv2.imencode(ext, image_bgr, params)
+    if not ok:
+        raise ContractError(Reason.BAD_IMAGE, f"OpenCV could not encode a {image_bgr.shape} image as {encoding}")
+    return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding=encoding, data=buf.tobytes())
+
+
+def audio_chunk_from_samples(
+    source_id: str, ts_ns: int, samples: np.ndarray, sample_rate: int,
+    *, sample_format: Literal["s16le", "f32le"] = "s16le",
+) -> AudioChunk:
+    """An audio item from samples shaped (n,) or (n, channels): float in [-1, 1] or int16."""
+    arr = samples if samples.ndim == 2 else samples.reshape(-1, 1)
+    if sample_format == "s16le":
+        if arr.dtype != np.int16:
+            arr = np.clip(np.round(arr.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+        data = arr.astype("<i2").tobytes()
+    else:
+        data = arr.astype("<f4").tobytes()
+    return AudioChunk(source_id=source_id, ts_ns=ts_ns, sample_format=sample_format,
+                      sample_rate=sample_rate, channels=arr.shape[1], data=data)
+
+
+def dead_letter_headers(
+    headers: Iterable[tuple[str, bytes]] | None, reason: Reason, message: str, origin: Origin
+) -> list[tuple[str, bytes]]:
+    """The original headers plus ``mm-error`` and ``mm-origin``; the message is kept to one line."""
+    line = " ".join(message.split())[:500]
+    return [*(headers or ()), (H_ERROR, f"{reason.value}: {line}".encode()), (H_ORIGIN, str(origin).encode())]
+
+
+def record_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every record type of contract v1, keyed by record type."""
+    return {
+        "video_frame": VideoFrame.model_json_schema(),
+        "audio_chunk": AudioChunk.model_json_schema(),
+        "transcript_segment": _TranscriptPayload.model_json_schema(),
+        "window_result": WindowResult.model_json_schema(),
+        "dead_letter": DeadLetter.model_json_schema(),
+    }

@@ -1,0 +1,90 @@
+"""Every error mmstream raises on purpose, and the reason codes of dead letters.
+
+The tree::
+
+    MmstreamError                 base; ``retriable`` says whether trying again can help
+    ├── ConfigError               a setting is invalid; names the field
+    ├── ContractError             a record breaks wire contract v1; carries a ``Reason``
+    ├── BrokerError               the embedded broker would not start or stop
+    ├── KafkaError                talking to Kafka failed (retriable)
+    │   └── TopicLayoutError      input topics are missing or not co-partitioned
+    ├── ModelError                a model cannot be built, loaded or run
+    └── CaptureError              a camera, microphone or file source failed
+
+Lower-level errors (aiokafka, pydantic, OpenCV) are translated into these at the edge and raised
+``from`` the original, so callers catch one tree and logs keep the cause.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "BrokerError",
+    "CaptureError",
+    "ConfigError",
+    "ContractError",
+    "KafkaError",
+    "MmstreamError",
+    "ModelError",
+    "Reason",
+    "TopicLayoutError",
+]
+
+
+class Reason(StrEnum):
+    """Stable snake_case codes: the ``mm-error`` header of dead letters and the metric label."""
+
+    BAD_KEY = "bad_key"
+    MISSING_TS = "missing_ts"
+    BAD_TS = "bad_ts"
+    BAD_VERSION = "bad_version"
+    BAD_CONTENT_TYPE = "bad_content_type"
+    PAYLOAD_SIZE = "payload_size"
+    BAD_IMAGE = "bad_image"
+    BAD_JSON = "bad_json"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    DECODE_FAILED = "decode_failed"
+
+
+class MmstreamError(Exception):
+    """Base of every error mmstream raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(MmstreamError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+class ContractError(MmstreamError):
+    """A record breaks wire contract v1. ``reason`` is the dead-letter code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.detail = message
+
+
+class BrokerError(MmstreamError):
+    """The embedded broker could not be started, reached or stopped."""
+
+
+class KafkaError(MmstreamError):
+    """Talking to Kafka failed; usually worth retrying with backoff."""
+
+    retriable = True
+
+
+class TopicLayoutError(KafkaError):
+    """Input topics are missing or have different partition counts; not retriable."""
+
+    retriable = False
+
+
+class ModelError(MmstreamError):
+    """A model could not be built, loaded or run (missing weights, bad config, bad input)."""
+
+
+class CaptureError(MmstreamError):
+    """A capture device, stream or file failed."""
