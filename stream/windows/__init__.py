@@ -1,0 +1,64 @@
+"""Event-time alignment: per-source windows over video frames, audio chunks and transcript segments.
+
+Pure logic: no Kafka, no asyncio, no clock of its own (processing time comes from an injected
+``clock`` returning monotonic milliseconds). The user-facing description is docs/time.md; the
+rules in brief:
+
+- Windows are per source, ``[start_ns, start_ns + window)`` with starts on multiples of the hop
+  (tumbling when hop = window), identified by ``(source_id, start_ns)``.
+- A frame goes to every window containing its instant; an audio chunk is cut at sample precision
+  (``audio_cut``); a transcript segment goes to every window it overlaps, with the share of the
+  segment inside it; a newer record with the same ``segment_id`` replaces the older one in the
+  windows still open (a partial never replaces a final).
+- A record vouches for its end (frame instant, last sample, a *final* segment's end). Watermark of
+  (source, modality) = largest vouched time - ``allowed_lateness_ms``. A window closes when every
+  modality's watermark reached its end, or that modality is idle: silent ``idle_timeout_ms`` of
+  processing time while its partition is caught up (a backfill is not silence).
+- A record whose windows have all closed is returned ``LATE`` (never merged); one whose windows
+  were all published before a restart (``set_horizon``) is ``REPLAYED``; a far-future timestamp or
+  a span over more than ``max_open_windows_per_source`` windows is ``REJECTED``.
+- Bounds: ``full`` is true past ``max_open_windows_per_source`` or ``max_buffered_bytes``; the
+  next ``poll`` sheds the oldest windows (``closed_by="pressure"``), so memory stays bounded.
+
+The runtime's calls::
+
+    aligner = Aligner(config: WindowConfig, clock: Callable[[], int])
+    aligner.add(item, origin) -> AddResult            # .status, .windows, .keys, .reason, .detail
+    aligner.poll(caught_up: Callable[[Modality, int], bool] | None) -> list[ClosedWindow]
+    aligner.flush() -> list[ClosedWindow]             # shutdown drain
+    aligner.forget_partitions({partition, ...}) -> list[WindowKey]   # revocation; keys dropped
+    aligner.set_horizon(source_id, published_end_ns) -> list[WindowKey]
+    aligner.full, aligner.open_windows, aligner.buffered_bytes
+    aligner.watermarks() -> {(source_id, Modality): ns}; aligner.partition_progress()
+
+Every key handed out in ``AddResult.keys`` comes back once, in a ``ClosedWindow`` or in the list
+returned by ``forget_partitions``/``set_horizon``: release it in the ``OffsetLedger`` then.
+"""
+
+from stream.windows._aligner import AddResult, AddStatus, Aligner, CaughtUp
+from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
+from stream.windows._ranges import (
+    audio_cut,
+    instant_windows,
+    interval_windows,
+    overlap_fraction,
+    segment_windows,
+)
+
+__all__ = [
+    # engine
+    "Aligner",
+    "AddResult",
+    "AddStatus",
+    "CaughtUp",
+    # output
+    "ClosedWindow",
+    "CloseCause",
+    "WindowKey",
+    # pure window arithmetic
+    "audio_cut",
+    "instant_windows",
+    "interval_windows",
+    "overlap_fraction",
+    "segment_windows",
+]
