@@ -1,0 +1,316 @@
+"""Audio: the samples of a window -> one embedding from log-mel features, plus speech probability.
+
+Inputs and outputs, per batch of B windows:
+
+- ``AudioEncoder.preprocess(audio, rates, wanted)`` (CPU, thread-safe): mixes to mono, resamples to
+  16 kHz (band-limited sinc, numpy), computes each window's log-mel spectrogram *alone* (so a
+  window's features never depend on its batch), and cuts 512-sample VAD chunks. Returns
+  ``AudioBatch``: ``mel`` (B, T, n_mels), ``mel_mask`` (B, T), ``chunks`` (B, C, 512),
+  ``chunk_mask`` (B, C), ``rms`` (B,), ``present`` (B,).
+- ``AudioEncoder.forward(batch)`` -> ``AudioEncoderOutput``: ``embedding`` (B, D),
+  ``speech_probability`` (B,), ``rms`` (B,), ``present`` (B,).
+
+Encoders (``AudioEncoderConfig.kind``): ``logmel`` — no weights: the mean and standard deviation of
+each mel band over time (2 x n_mels), a robust descriptor that needs no training; ``transformer`` —
+a random-init BERT over mel frames (tiny preset); ``hf`` — a wav2vec2-like or Whisper encoder
+through transformers. Speech probability: Silero VAD (``vad="silero"``, the weights ship in the
+``silero-vad`` wheel) averaged over the window's 32 ms chunks, or an energy proxy (``"energy"``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from operators.errors import ModelLoadError
+
+__all__ = [
+    "AudioBatch",
+    "AudioEncoder",
+    "AudioEncoderConfig",
+    "AudioEncoderOutput",
+    "log_mel",
+    "resample",
+]
+
+VAD_CHUNK = 512  # Silero VAD's chunk at 16 kHz: 32 ms
+
+
+class AudioEncoderConfig(BaseModel):
+    """Audio front end, encoder and voice activity detector."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["logmel", "transformer", "hf"] = "logmel"
+    model: str | None = Field(None, description="hf: Hugging Face id or local folder (wav2vec2, Whisper, ...)")
+    vad: Literal["silero", "energy", "none"] = "silero"
+    sample_rate: int = Field(16_000, description="what every window is resampled to, Hz")
+    n_mels: int = Field(64, ge=8)
+    n_fft: int = Field(400, ge=64, description="25 ms at 16 kHz")
+    hop_length: int = Field(160, ge=16, description="10 ms at 16 kHz")
+    max_seconds: float = Field(30.0, gt=0, description="longer windows are truncated (their first part kept)")
+    max_frames: int = Field(512, ge=8, description="transformer: mel frames are average-pooled down to this")
+    # transformer (random init) only
+    hidden_size: int = Field(32, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+
+
+@dataclass
+class AudioBatch:
+    """Preprocessed audio of B windows (see the module docstring); ``wave`` feeds hf encoders only."""
+
+    mel: torch.Tensor
+    mel_mask: torch.Tensor
+    chunks: torch.Tensor
+    chunk_mask: torch.Tensor
+    rms: torch.Tensor
+    present: torch.Tensor
+    hf_inputs: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class AudioEncoderOutput:
+    """Attributes:
+    embedding: (B, D); zeros where ``present`` is False.
+    speech_probability: (B,) in [0, 1], mean Silero VAD probability over the window's chunks.
+    rms: (B,) root mean square of the 16 kHz mono samples.
+    present: (B,) bool.
+    """
+
+    embedding: torch.Tensor
+    speech_probability: torch.Tensor
+    rms: torch.Tensor
+    present: torch.Tensor
+
+
+# --------------------------------------------------------------------------- signal helpers
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int, taps: int = 16) -> np.ndarray:
+    """Band-limited (windowed-sinc) resampling of a mono float32 signal; exact copy when rates match."""
+    if rate_in == rate_out or x.size == 0:
+        return x.astype(np.float32, copy=False)
+    n_out = int(math.floor(x.size * rate_out / rate_in))
+    ratio = rate_in / rate_out
+    cutoff = min(1.0, rate_out / rate_in)
+    t = np.arange(n_out, dtype=np.float64) * ratio
+    base = np.floor(t).astype(np.int64)
+    offsets = np.arange(-taps + 1, taps + 1)
+    idx = base[:, None] + offsets[None, :]
+    dist = t[:, None] - idx
+    kernel = cutoff * np.sinc(cutoff * dist) * (0.5 + 0.5 * np.cos(np.pi * np.clip(dist / taps, -1, 1)))
+    valid = (idx >= 0) & (idx < x.size)
+    vals = np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0)
+    return (vals * kernel).sum(axis=1).astype(np.float32)
+
+
+def _mel_filterbank(n_fft: int, n_mels: int, rate: int) -> np.ndarray:
+    """HTK-style triangular mel filters, (n_fft // 2 + 1, n_mels)."""
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    n_freqs = n_fft // 2 + 1
+    freqs = np.linspace(0, rate / 2, n_freqs)
+    mels = np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(rate / 2)), n_mels + 2)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    fb = np.zeros((n_freqs, n_mels), dtype=np.float32)
+    for m in range(n_mels):
+        lo, mid, hi = hz[m], hz[m + 1], hz[m + 2]
+        up = (freqs - lo) / max(mid - lo, 1e-9)
+        down = (hi - freqs) / max(hi - mid, 1e-9)
+        fb[:, m] = np.maximum(0.0, np.minimum(up, down))
+    return fb
+
+
+def log_mel(x: np.ndarray, fb: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """(T, n_mels) log-mel of one mono window; frames are centred, zero padding at the ends."""
+    if x.size == 0:
+        return np.zeros((0, fb.shape[1]), np.float32)
+    pad = n_fft // 2
+    xp = np.pad(x.astype(np.float32), (pad, pad))
+    n_frames = 1 + (xp.size - n_fft) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(xp, n_fft)[::hop][:n_frames]
+    spec = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1].astype(np.float32), axis=1)) ** 2
+    return np.log(spec.astype(np.float32) @ fb + 1e-6).astype(np.float32)
+
+
+def _pool_frames(mel: np.ndarray, max_frames: int) -> np.ndarray:
+    if mel.shape[0] <= max_frames:
+        return mel
+    stride = math.ceil(mel.shape[0] / max_frames)
+    n = math.ceil(mel.shape[0] / stride)
+    padded = np.pad(mel, ((0, n * stride - mel.shape[0]), (0, 0)), mode="edge")
+    return padded.reshape(n, stride, -1).mean(axis=1)
+
+
+def _load_silero() -> Any:
+    try:
+        from silero_vad import load_silero_vad
+    except ImportError as exc:
+        raise ModelLoadError("Silero VAD not installed: pip install silero-vad==6.2.3") from exc
+    try:
+        return load_silero_vad()
+    except Exception as exc:  # noqa: BLE001 - a corrupt package file
+        raise ModelLoadError(f"cannot load Silero VAD from the silero-vad package: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class AudioEncoder(nn.Module):
+    """Window samples -> embedding + speech probability; see the module docstring for shapes."""
+
+    def __init__(self, config: AudioEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self._fb = _mel_filterbank(config.n_fft, config.n_mels, config.sample_rate)
+        self._vad_lock = threading.Lock()
+        # Kept outside the module tree: Silero is a fixed TorchScript model from its package, not
+        # part of our checkpoint, and it is stateful (reset per batch).
+        self._vad: list[Any] = [_load_silero()] if config.vad == "silero" else []
+        self._hf_extractor: Any = None
+        if config.kind == "logmel":
+            self.embed_dim = 2 * config.n_mels
+        elif config.kind == "transformer":
+            from transformers import BertConfig, BertModel
+
+            self.in_proj = nn.Linear(config.n_mels, config.hidden_size)
+            self.backbone = BertModel(BertConfig(
+                vocab_size=8, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads, intermediate_size=config.hidden_size * 2,
+                max_position_embeddings=config.max_frames), add_pooling_layer=False).eval()
+            self.embed_dim = config.hidden_size
+        else:
+            from operators._hf import load_hf_model, load_hf_processor
+
+            model = load_hf_model(config.model, "audio")
+            self.backbone = model.get_encoder() if hasattr(model, "get_encoder") else model
+            self._hf_extractor = load_hf_processor(config.model, "audio")
+            hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+            if hidden is None:
+                raise ModelLoadError(f"audio model {config.model!r} has no hidden_size/d_model in its config")
+            self.embed_dim = int(hidden)
+
+    def move_vad(self, device: torch.device) -> None:
+        """Put Silero on ``device`` when it can go there; it stays on the CPU otherwise."""
+        if self._vad:
+            try:
+                self._vad[0] = self._vad[0].to(device)
+            except Exception:  # noqa: BLE001 - TorchScript that cannot move keeps running on CPU
+                pass
+
+    def preprocess(self, audio: list[np.ndarray | None], rates: list[int | None], wanted: list[bool]) -> AudioBatch:
+        """Resample, log-mel and chunk B windows (CPU; thread-safe; empty audio -> absent)."""
+        cfg = self.config
+        sr = cfg.sample_rate
+        waves: list[np.ndarray] = []
+        for a, rate, want in zip(audio, rates, wanted, strict=True):
+            if not want or a is None or a.size == 0 or not rate:
+                waves.append(np.zeros(0, np.float32))
+                continue
+            mono = a.astype(np.float32).reshape(a.shape[0], -1).mean(axis=1) if a.ndim > 1 else a.astype(np.float32)
+            mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+            mono = resample(mono, int(rate), sr)[: int(cfg.max_seconds * sr)]
+            waves.append(mono)
+        mels = [log_mel(w, self._fb, cfg.n_fft, cfg.hop_length) for w in waves]
+        if cfg.kind == "transformer":
+            mels = [_pool_frames(m, cfg.max_frames) for m in mels]
+        b = len(waves)
+        t_max = max([m.shape[0] for m in mels] + [1])
+        mel = torch.zeros(b, t_max, cfg.n_mels)
+        mel_mask = torch.zeros(b, t_max, dtype=torch.bool)
+        n_chunks = [math.ceil(w.size / VAD_CHUNK) for w in waves]
+        c_max = max(n_chunks + [1])
+        chunks = torch.zeros(b, c_max, VAD_CHUNK)
+        chunk_mask = torch.zeros(b, c_max, dtype=torch.bool)
+        rms = torch.zeros(b)
+        for i, (w, m, c) in enumerate(zip(waves, mels, n_chunks, strict=True)):
+            if w.size == 0:
+                continue
+            mel[i, : m.shape[0]] = torch.from_numpy(m)
+            mel_mask[i, : m.shape[0]] = True
+            padded = np.zeros(c * VAD_CHUNK, np.float32)
+            padded[: w.size] = w
+            chunks[i, :c] = torch.from_numpy(padded.reshape(c, VAD_CHUNK))
+            chunk_mask[i, :c] = True
+            rms[i] = float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))
+        present = torch.tensor([w.size > 0 for w in waves], dtype=torch.bool)
+        hf_inputs = self._hf_preprocess(waves) if cfg.kind == "hf" else None
+        return AudioBatch(mel=mel, mel_mask=mel_mask, chunks=chunks, chunk_mask=chunk_mask, rms=rms,
+                          present=present, hf_inputs=hf_inputs)
+
+    def _hf_preprocess(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        # A window with no audio still needs a row; a short silence keeps shapes valid.
+        filled = [w if w.size else np.zeros(self.config.sample_rate // 10, np.float32) for w in waves]
+        if self._hf_extractor is not None:
+            feats = self._hf_extractor(filled, sampling_rate=self.config.sample_rate, return_tensors="pt",
+                                       padding=True, return_attention_mask=True)
+            return {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
+        n = max(w.size for w in filled)
+        values = torch.zeros(len(filled), n)
+        mask = torch.zeros(len(filled), n, dtype=torch.long)
+        for i, w in enumerate(filled):
+            z = (w - w.mean()) / (w.std() + 1e-7)
+            values[i, : w.size] = torch.from_numpy(z.astype(np.float32))
+            mask[i, : w.size] = 1
+        return {"input_values": values, "attention_mask": mask}
+
+    def _speech_probability(self, batch: AudioBatch) -> torch.Tensor:
+        b = batch.present.shape[0]
+        if self.config.vad == "none":
+            return torch.zeros(b, device=batch.rms.device)
+        counts = batch.chunk_mask.sum(1).clamp(min=1).float()
+        if self.config.vad == "energy":
+            # A proxy for the tiny preset: loudness mapped through a sigmoid around -40 dBFS.
+            db = 20 * torch.log10(batch.chunks.pow(2).mean(-1).clamp(min=1e-10).sqrt())
+            p = torch.sigmoid((db + 40.0) / 5.0) * batch.chunk_mask
+            return p.sum(1) / counts
+        vad = self._vad[0]
+        vad_dev = next(iter(vad.parameters()), torch.zeros(0)).device
+        chunks = batch.chunks.to(vad_dev, torch.float32)
+        probs = torch.zeros(chunks.shape[0], chunks.shape[1], device=vad_dev)
+        with self._vad_lock, torch.autocast(device_type=vad_dev.type, enabled=False):
+            vad.reset_states()
+            for c in range(chunks.shape[1]):
+                probs[:, c] = vad(chunks[:, c], self.config.sample_rate).reshape(-1).float()
+            vad.reset_states()
+        probs = probs.to(batch.rms.device) * batch.chunk_mask
+        return probs.sum(1) / counts
+
+    def forward(self, batch: AudioBatch) -> AudioEncoderOutput:
+        mask = batch.mel_mask.unsqueeze(-1).float()
+        n = mask.sum(1).clamp(min=1)
+        if self.config.kind == "logmel":
+            mean = (batch.mel * mask).sum(1) / n
+            var = (((batch.mel - mean.unsqueeze(1)) * mask) ** 2).sum(1) / n
+            emb = torch.cat([mean, var.clamp(min=0).sqrt()], dim=-1)
+        elif self.config.kind == "transformer":
+            h = self.backbone(inputs_embeds=self.in_proj(batch.mel), attention_mask=batch.mel_mask.long()).last_hidden_state
+            emb = (h.float() * mask).sum(1) / n
+        else:
+            emb = self._hf_forward(batch)
+        emb = emb.float() * batch.present.unsqueeze(1)
+        speech = self._speech_probability(batch) * batch.present
+        return AudioEncoderOutput(embedding=emb, speech_probability=speech, rms=batch.rms, present=batch.present)
+
+    def _hf_forward(self, batch: AudioBatch) -> torch.Tensor:
+        inputs = dict(batch.hf_inputs or {})
+        att = inputs.get("attention_mask")
+        if "input_features" in inputs:  # Whisper-style: fixed 30 s of features, mean over frames
+            h = self.backbone(input_features=inputs["input_features"]).last_hidden_state
+            return h.float().mean(1)
+        h = self.backbone(**inputs).last_hidden_state.float()
+        if att is None or att.shape[1] == h.shape[1]:
+            return h.mean(1) if att is None else (h * att.unsqueeze(-1)).sum(1) / att.sum(1, keepdim=True).clamp(min=1)
+        # wav2vec2 downsamples: mask the output frames in proportion to each row's length.
+        frac = att.float().sum(1) / att.shape[1]
+        keep = (torch.arange(h.shape[1], device=h.device)[None, :] < (frac[:, None] * h.shape[1]).ceil()).float()
+        return (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)

@@ -1,0 +1,438 @@
+"""FusedModel: three encoders, presence-masked fusion and heads, built from one config.
+
+The runtime's view (see ``operators/__init__.py``): ``preprocess`` (CPU, thread-safe) turns
+``WindowInput``s into a ``PreparedBatch``; ``infer`` (one worker thread) turns that into one
+``WindowOutput`` per window. ``save``/``load`` write and read a checkpoint folder: ``config.json``
+(the ``FusedModelConfig``) and ``model.safetensors``.
+
+Why the split: decoding JPEGs, resampling and tokenising are CPU work that can run in a thread
+pool for the next batch while the accelerator runs the current one; ``infer`` only moves ready
+tensors (pinned, non-blocking on CUDA) and runs the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from operators.audio import AudioBatch, AudioEncoder, AudioEncoderConfig
+from operators.errors import ModelConfigError, ModelLoadError
+from operators.fusion import (
+    EventHead,
+    FusionConfig,
+    HeadConfig,
+    ModalityProjector,
+    ZeroShotHead,
+    build_fusion,
+)
+from operators.inputs import WindowInput, WindowOutput
+from operators.text import TextBatch, TextEncoder, TextEncoderConfig
+from operators.vision import VisionBatch, VisionEncoder, VisionEncoderConfig
+from stream.contract import Modality
+
+__all__ = ["CHECKPOINT_FORMAT", "FusedModel", "FusedModelConfig", "FusedOutput", "ModelInfo", "PreparedBatch"]
+
+CHECKPOINT_FORMAT = 1
+MODALITIES: tuple[Modality, ...] = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
+_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "model.safetensors"
+
+# What each audio cue means in the shared text space (offline preset's label bridge).
+AUDIO_CUES: dict[str, str] = {
+    "speech": "someone speaking",
+    "silence": "complete silence",
+    "sound": "loud music or noise",
+}
+
+
+class FusedModelConfig(BaseModel):
+    """The full model description; what a checkpoint's config.json holds.
+
+    Example: ``operators.presets.resolve(ModelConfig(preset="tiny"))`` returns one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "mmstream-fused"
+    version: str = "0"
+    vision: VisionEncoderConfig | None = Field(default_factory=VisionEncoderConfig)
+    audio: AudioEncoderConfig | None = Field(default_factory=AudioEncoderConfig)
+    text: TextEncoderConfig | None = Field(default_factory=TextEncoderConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    head: HeadConfig
+    bridge: bool = Field(False, description="offline label bridge into MiniLM space (needs minilm text + mobilenet)")
+    image_prompt: str = Field("a photo of a {}", description="bridge: prompt for each ImageNet class")
+    embedding: Literal["fused", "bridge", "none"] = "fused"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    autocast: bool = True
+
+    def check(self) -> None:
+        """Cross-field rules; raises ModelConfigError naming the values."""
+        if self.bridge and (self.text is None or self.text.kind != "minilm" or self.vision is None
+                            or self.vision.kind != "mobilenet_v2"):
+            raise ModelConfigError("bridge=True needs text.kind='minilm' and vision.kind='mobilenet_v2'")
+        if self.head.zero_shot and not self.bridge:
+            raise ModelConfigError("head.zero_shot=True needs bridge=True (a shared label space)")
+        if self.embedding == "bridge" and not self.bridge:
+            raise ModelConfigError("embedding='bridge' needs bridge=True")
+        if len(set(self.head.labels)) != len(self.head.labels):
+            raise ModelConfigError(f"labels must be unique: {self.head.labels}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What results carry as ``model``: a name and a version string."""
+
+    name: str
+    version: str
+
+
+@dataclass
+class PreparedBatch:
+    """B windows, preprocessed on the CPU and ready to move to the device.
+
+    Attributes:
+        size: B.
+        vision / audio / text: each encoder's batch (see its module), None without that encoder.
+        dropped: per window, (frame index, reason) of frames that failed to decode.
+        frames_used: per window, decoded frames used.
+    """
+
+    size: int
+    vision: VisionBatch | None
+    audio: AudioBatch | None
+    text: TextBatch | None
+    dropped: list[list[tuple[int, str]]]
+    frames_used: list[int]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PreparedBatch:
+        """A copy with every tensor on ``device``."""
+        def move(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return obj.to(device, non_blocking=non_blocking)
+            if isinstance(obj, dict):
+                return {k: move(v) for k, v in obj.items()}
+            if is_dataclass(obj) and not isinstance(obj, type):
+                return type(obj)(**{f.name: move(getattr(obj, f.name)) for f in fields(obj)})
+            return obj
+
+        return move(self)
+
+    def pin_memory(self) -> PreparedBatch:
+        """A copy with every tensor in page-locked memory (for non-blocking host->GPU copies)."""
+        def pin(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return obj.pin_memory()
+            if isinstance(obj, dict):
+                return {k: pin(v) for k, v in obj.items()}
+            if is_dataclass(obj) and not isinstance(obj, type):
+                return type(obj)(**{f.name: pin(getattr(obj, f.name)) for f in fields(obj)})
+            return obj
+
+        return pin(self)
+
+
+@dataclass
+class FusedOutput:
+    """Batched result of ``FusedModel.forward``.
+
+    Attributes:
+        logits: (B, L) per-label logits (zero-shot + trained head).
+        scores: (B, L) sigmoid(logits).
+        embedding: (B, E) L2-normalised window embedding.
+        mask: (B, 3) bool, modalities used (video, audio, text).
+        speech_probability: (B,); rms: (B,), zeros without audio.
+        image_probs: (B, 1000) ImageNet probabilities, or None.
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    embedding: torch.Tensor
+    mask: torch.Tensor
+    speech_probability: torch.Tensor
+    rms: torch.Tensor
+    image_probs: torch.Tensor | None
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelConfigError("model.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class FusedModel(nn.Module):
+    """Encoders + presence-masked fusion + heads; see the module docstring for the contract.
+
+    Example::
+
+        model = FusedModel.from_config(resolve(ModelConfig(preset="tiny")))
+        outs = model.infer(model.preprocess([WindowInput(texts=[("hello", 1.0)])]))
+    """
+
+    def __init__(self, config: FusedModelConfig, *, compute_bridge: bool = True) -> None:
+        super().__init__()
+        config.check()
+        self.config = config
+        self.labels = list(config.head.labels)
+        self._lock = threading.Lock()
+        self.freeze_encoders = True
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.encoders = nn.ModuleDict()
+            if config.vision is not None:
+                self.encoders["video"] = VisionEncoder(config.vision)
+            if config.audio is not None:
+                self.encoders["audio"] = AudioEncoder(config.audio)
+            if config.text is not None:
+                self.encoders["text"] = TextEncoder(config.text)
+            torch.manual_seed(config.seed + 1)
+            self.projectors = nn.ModuleDict(
+                {m: ModalityProjector(enc.embed_dim, config.fusion) for m, enc in self.encoders.items()})
+            self.fusion = build_fusion(config.fusion)
+            torch.manual_seed(config.seed + 2)
+            self.head = EventHead(config.fusion.d_model, config.head)
+        self.zero_shot = ZeroShotHead(config.head) if config.head.zero_shot else None
+        self.class_names = getattr(self.encoders["video"], "class_names", None) if "video" in self.encoders else None
+        if config.bridge:
+            e = self.encoders["text"].embed_dim
+            self.register_buffer("bridge_imagenet", torch.zeros(1000, e))
+            self.register_buffer("bridge_labels", torch.zeros(len(self.labels), e))
+            self.register_buffer("bridge_audio", torch.zeros(len(AUDIO_CUES), e))
+            if compute_bridge:
+                self._compute_bridge()
+        self.eval()
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config: FusedModelConfig, device: str | None = None) -> FusedModel:
+        """Build (random parts seeded, pretrained parts from their packages) and place on the device.
+
+        Raises:
+            ModelLoadError: pretrained weights are missing. ModelConfigError: inconsistent config.
+        """
+        model = cls(config)
+        return model.place(device or config.device)
+
+    def _compute_bridge(self) -> None:
+        text: TextEncoder = self.encoders["text"]  # type: ignore[assignment]
+        with torch.no_grad():  # not inference_mode: the buffers must stay usable in training
+            names = self.class_names or []
+            self.bridge_imagenet.copy_(text.embed_texts([self.config.image_prompt.format(n) for n in names]))
+            self.bridge_labels.copy_(text.embed_texts(self.labels))
+            self.bridge_audio.copy_(text.embed_texts(list(AUDIO_CUES.values())))
+
+    def place(self, device: str | torch.device) -> FusedModel:
+        """Move to ``device`` ('auto' picks CUDA when available); returns self."""
+        dev = _resolve_device(device) if isinstance(device, str) else device
+        self.to(dev)
+        self.device = dev
+        if "audio" in self.encoders:
+            self.encoders["audio"].move_vad(dev)  # type: ignore[operator]
+        return self
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name and version strings for the results' ``model`` field."""
+        return ModelInfo(name=self.config.name, version=self.config.version)
+
+    @property
+    def use_autocast(self) -> bool:
+        return self.device.type == "cuda" and self.config.autocast
+
+    # ------------------------------------------------------------------ runtime API
+
+    def preprocess(self, windows: list[WindowInput]) -> PreparedBatch:
+        """CPU work for B windows: decode, resize, resample, log-mel, tokenise. Thread-safe.
+
+        Never raises for bad data: an undecodable frame is skipped and listed in ``dropped``;
+        empty audio or text makes that modality absent for the window.
+        """
+        enc = self.encoders
+        vision = audio = text = None
+        if "video" in enc:
+            vision = enc["video"].preprocess([w.frames for w in windows],  # type: ignore[operator]
+                                             [w.wants(Modality.VIDEO) for w in windows])
+        if "audio" in enc:
+            audio = enc["audio"].preprocess([w.audio for w in windows], [w.sample_rate for w in windows],  # type: ignore[operator]
+                                            [w.wants(Modality.AUDIO) for w in windows])
+        if "text" in enc:
+            text = enc["text"].preprocess([w.texts for w in windows],  # type: ignore[operator]
+                                          [w.wants(Modality.TEXT) for w in windows])
+        dropped = vision.dropped if vision is not None else [[] for _ in windows]
+        used = vision.frames_used if vision is not None else [0 for _ in windows]
+        batch = PreparedBatch(size=len(windows), vision=vision, audio=audio, text=text, dropped=dropped,
+                              frames_used=used)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch
+
+    def infer(self, batch: PreparedBatch) -> list[WindowOutput]:
+        """Run B prepared windows: one ``WindowOutput`` each, in order. Serialised by a lock."""
+        if batch.size == 0:
+            return []
+        with self._lock, torch.inference_mode():
+            on_gpu = self.device.type == "cuda"
+            moved = batch.to(self.device, non_blocking=on_gpu)
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else nullcontext()
+            with amp:
+                out = self.forward(moved)
+            return self._outputs(batch, out)
+
+    # ------------------------------------------------------------------ network
+
+    def forward(self, batch: PreparedBatch) -> FusedOutput:
+        """Encoders -> projections -> fusion -> heads, for a batch already on the device."""
+        b = batch.size
+        dev = self.device
+        d = self.config.fusion.d_model
+        tokens = torch.zeros(b, len(MODALITIES), d, device=dev)
+        mask = torch.zeros(b, len(MODALITIES), dtype=torch.bool, device=dev)
+        bridge = None
+        if self.config.bridge:
+            bridge = torch.zeros(b, len(MODALITIES), self.bridge_labels.shape[1], device=dev)
+        speech = torch.zeros(b, device=dev)
+        rms = torch.zeros(b, device=dev)
+        image_probs = None
+        grad = torch.is_grad_enabled() and not self.freeze_encoders
+        for i, m in enumerate(MODALITIES):
+            key = m.value
+            sub = {"video": batch.vision, "audio": batch.audio, "text": batch.text}[key]
+            if key not in self.encoders or sub is None:
+                continue
+            with torch.set_grad_enabled(grad):
+                out = self.encoders[key](sub)
+            present = out.present
+            mask[:, i] = present
+            # Projections only see present rows' data: absent rows are replaced, never mixed.
+            tokens[:, i] = torch.where(present.unsqueeze(1), self.projectors[key](out.embedding.float()).float(),
+                                       torch.zeros((), device=dev))
+            if key == "audio":
+                speech, rms = out.speech_probability.float(), out.rms.float()
+            if key == "video":
+                image_probs = out.class_probs
+            if bridge is not None:
+                bridge[:, i] = self._bridge(key, out)
+        fused = self.fusion(tokens, mask).embedding.float()
+        logits = self.head(fused).float()
+        if self.zero_shot is not None and bridge is not None:
+            logits = logits + self.zero_shot(bridge, mask, self.bridge_labels)
+        if self.config.embedding == "bridge" and bridge is not None:
+            emb = (bridge * mask.unsqueeze(-1)).sum(1)
+        else:
+            emb = fused
+        emb = nn.functional.normalize(emb.float(), dim=-1)
+        return FusedOutput(logits=logits, scores=torch.sigmoid(logits), embedding=emb, mask=mask,
+                           speech_probability=speech, rms=rms, image_probs=image_probs)
+
+    def _bridge(self, key: str, out: Any) -> torch.Tensor:
+        """A modality's unit vector in the MiniLM label space (zeros where absent)."""
+        if key == "video":
+            v = out.class_probs.float() @ self.bridge_imagenet
+        elif key == "text":
+            v = out.embedding.float()
+        else:
+            loud = torch.sigmoid((20 * torch.log10(out.rms.float().clamp(min=1e-6)) + 45.0) / 4.0)
+            p = out.speech_probability.float().clamp(0, 1)
+            w = torch.stack([p, (1 - p) * (1 - loud), (1 - p) * loud], dim=1)
+            v = w @ self.bridge_audio
+        return nn.functional.normalize(v, dim=-1) * out.present.unsqueeze(1)
+
+    def _outputs(self, batch: PreparedBatch, out: FusedOutput) -> list[WindowOutput]:
+        scores = out.scores.float().cpu()
+        emb = out.embedding.float().cpu() if self.config.embedding != "none" else None
+        mask = out.mask.cpu()
+        speech, rms = out.speech_probability.float().cpu(), out.rms.float().cpu()
+        probs = out.image_probs.float().cpu() if out.image_probs is not None else None
+        results = []
+        for i in range(batch.size):
+            used = {m: bool(mask[i, j]) for j, m in enumerate(MODALITIES)}
+            row = scores[i].tolist()
+            extra: dict[str, float] = {}
+            image_class = None
+            if used[Modality.AUDIO]:
+                r = float(rms[i])
+                extra.update(speech_probability=float(speech[i]), audio_rms=r,
+                             audio_db=20 * math.log10(max(r, 1e-6)))
+            if used[Modality.VIDEO]:
+                extra["frames_used"] = float(batch.frames_used[i])
+                if probs is not None:
+                    top = int(probs[i].argmax())
+                    extra["image_top_prob"] = float(probs[i, top])
+                    image_class = self.class_names[top] if self.class_names else None
+            any_used = any(used.values())
+            results.append(WindowOutput(
+                scores=dict(zip(self.labels, row, strict=True)),
+                label=self.labels[max(range(len(row)), key=row.__getitem__)] if any_used else None,
+                embedding=emb[i].tolist() if emb is not None else None,
+                outputs=extra, dropped_frames=list(batch.dropped[i]), used=used, image_class=image_class))
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything except the encoders: projections, fusion, heads and bridge tables."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoders.")}
+
+    def save(self, path: str | Path, weights: Literal["all", "trainable"] = "all") -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (created).
+
+        ``weights="trainable"`` leaves out the encoders, which are then rebuilt from their
+        sources (packages or model ids named in the config) on load: small checkpoints for
+        frozen-encoder training. Returns the folder.
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict() if weights == "all" else self.trainable_state()
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        save_file(tensors, str(folder / _WEIGHTS_FILE), metadata={"format": str(CHECKPOINT_FORMAT), "weights": weights})
+        meta = {"format": CHECKPOINT_FORMAT, "weights": weights, "config": self.config.model_dump(mode="json")}
+        (folder / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> FusedModel:
+        """A model from a folder written by ``save``; outputs equal the saved model's exactly.
+
+        Raises:
+            ModelLoadError: the folder, its files or an encoder's source are missing or unreadable.
+        """
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        cfg_file, w_file = folder / _CONFIG_FILE, folder / _WEIGHTS_FILE
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise ModelLoadError(f"no checkpoint at {folder}: expected {_CONFIG_FILE} and {_WEIGHTS_FILE} "
+                                 "(written by `mmstream train` or FusedModel.save)")
+        try:
+            meta = json.loads(cfg_file.read_text())
+            config = FusedModelConfig.model_validate(meta["config"])
+            tensors = load_file(str(w_file))
+        except (OSError, ValueError, KeyError, ValidationError, SafetensorsError) as exc:
+            raise ModelLoadError(f"unreadable checkpoint {folder}: {exc}".splitlines()[0]) from exc
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ModelLoadError(f"checkpoint {folder} has format {meta.get('format')}, this mmstream reads "
+                                 f"{CHECKPOINT_FORMAT}")
+        model = cls(config, compute_bridge=False)
+        strict = meta.get("weights", "all") == "all"
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if strict or not k.startswith("encoders.")]
+        if missing or unexpected:
+            raise ModelLoadError(f"checkpoint {folder} does not match its config: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+        return model.place(device or config.device)

