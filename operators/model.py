@@ -411,7 +411,7 @@ class FusedModel(nn.Module):
         Raises:
             ModelLoadError: the folder, its files or an encoder's source are missing or unreadable.
         """
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(path)
@@ -423,7 +423,7 @@ class FusedModel(nn.Module):
             meta = json.loads(cfg_file.read_text())
             config = FusedModelConfig.model_validate(meta["config"])
             tensors = load_file(str(w_file))
-        except (OSError, ValueError, KeyError, ValidationError, SafetensorsError) as exc:
+        except (OSError, ValueError, KeyError, ValidationError, SafetensorError) as exc:
             raise ModelLoadError(f"unreadable checkpoint {folder}: {exc}".splitlines()[0]) from exc
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelLoadError(f"checkpoint {folder} has format {meta.get('format')}, this mmstream reads "
