@@ -176,6 +176,7 @@ class AudioEncoder(nn.Module):
         # Kept outside the module tree: Silero is a fixed TorchScript model from its package, not
         # part of our checkpoint, and it is stateful (reset per batch).
         self._vad: list[Any] = [_load_silero()] if config.vad == "silero" else []
+        self._vad_device = torch.device("cpu")
         self._hf_extractor: Any = None
         if config.kind == "logmel":
             self.embed_dim = 2 * config.n_mels
@@ -204,6 +205,7 @@ class AudioEncoder(nn.Module):
         if self._vad:
             try:
                 self._vad[0] = self._vad[0].to(device)
+                self._vad_device = device
             except Exception:  # noqa: BLE001 - TorchScript that cannot move keeps running on CPU
                 pass
 
@@ -274,7 +276,7 @@ class AudioEncoder(nn.Module):
             p = torch.sigmoid((db + 40.0) / 5.0) * batch.chunk_mask
             return p.sum(1) / counts
         vad = self._vad[0]
-        vad_dev = next(iter(vad.parameters()), torch.zeros(0)).device
+        vad_dev = self._vad_device
         chunks = batch.chunks.to(vad_dev, torch.float32)
         probs = torch.zeros(chunks.shape[0], chunks.shape[1], device=vad_dev)
         with self._vad_lock, torch.autocast(device_type=vad_dev.type, enabled=False):

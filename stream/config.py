@@ -120,7 +120,7 @@ class BatchConfig(_Section):
 
 class MetricsConfig(_Section):
     host: str = "0.0.0.0"
-    port: int = Field(9464, ge=0, le=65535, description="0 = disabled")
+    port: int | None = Field(9464, ge=0, le=65535, description="None = no server; 0 = any free port")
 
 
 class LimitsConfig(ContractLimits):

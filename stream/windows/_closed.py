@@ -105,9 +105,13 @@ def _assemble_audio(
     parts: list[bytes | memoryview] = []
     gaps: list[tuple[int, int]] = []
     real = missing = dropped = 0
-    # samples that would fit between the window start and the first one (1 ns floor tolerance)
+    # whole sample periods between the window start and the first sample. Instants are floored to
+    # the ns per chunk, so in a contiguous stream the first sample can sit up to a period + 2 ns
+    # after the start: a single leading sample is indistinguishable from rounding and not filled.
     first_ns = pieces[0][0]
-    lead = ((first_ns - start + 1) * rate) // NS_PER_S
+    lead = ((first_ns - start + 2) * rate) // NS_PER_S
+    if lead <= 1:
+        lead = 0
     if lead > 0:
         parts.append(bytes(lead * width))
         missing += lead
@@ -126,7 +130,7 @@ def _assemble_audio(
         parts.append(memoryview(chunk.data)[lo * width : hi * width])
         real += hi - lo
         cursor = first_ns * rate + (hi - lo) * NS_PER_S
-    tail = _ceil_div((end - 1) * rate - cursor, NS_PER_S)
+    tail = _ceil_div((end - 3) * rate - cursor, NS_PER_S)
     if tail > 0:
         parts.append(bytes(tail * width))
         missing += tail

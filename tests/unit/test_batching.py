@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stream.batching import BatchPipeline, Batcher, BatcherClosedError, BatcherFullError
+from stream.batching import Batcher, BatcherClosedError, BatcherFullError, BatchPipeline
 from stream.config import BatchConfig
 
 

@@ -39,7 +39,7 @@ def _window(i: int) -> WindowInput:
         w.audio = (rng.standard_normal((n, 1 + i % 2)) * 0.1).astype(np.float32)
         w.sample_rate = rate
     if kinds & 4:
-        w.texts = [("hello there " * (1 + i % 5), 1.0), ("window number %d" % i, 0.5)][: 1 + i % 2]
+        w.texts = [("hello there " * (1 + i % 5), 1.0), (f"window number {i}", 0.5)][: 1 + i % 2]
     return w
 
 

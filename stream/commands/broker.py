@@ -1,0 +1,29 @@
+"""``mmstream broker``: run the embedded Kafka-protocol broker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (tansu, memory only) until stopped")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port)
+    print(broker.start(), flush=True)
+    print("memory storage: everything is lost when it stops (Ctrl-C)", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    try:
+        code = broker.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        broker.stop()
+    return 0 if code in (0, -signal.SIGTERM) else code

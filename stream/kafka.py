@@ -1,0 +1,192 @@
+"""Kafka I/O: topic admin, client factories, the dead-letter sink.
+
+Everything that builds an aiokafka client goes through here, so the settings production needs
+(security, sizes derived from the frame limit, the range assignor for co-partitioning) are applied
+once. aiokafka errors are translated into ``KafkaError``/``TopicLayoutError`` at this edge.
+
+Facts this module relies on, valid on Apache Kafka, Redpanda and the embedded tansu broker:
+- topics are created explicitly (tansu auto-creates on metadata requests with 4 partitions, and
+  producing to a missing topic corrupts its offsets there);
+- the range assignor keeps co-partitioned topics together (aiokafka's default is round robin);
+- lag is ``highwater - position`` (tansu's ``end_offsets`` is wrong for multi-record batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
+from stream.contract import Origin, dead_letter_headers
+from stream.errors import KafkaError, Reason, TopicLayoutError
+
+__all__ = [
+    "DeadLetterSink",
+    "check_copartitioned",
+    "client_options",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "stop_bounded",
+]
+
+log = logging.getLogger(__name__)
+
+_MARGIN = 64 * 1024  # headers and batch overhead on top of the largest value
+
+
+def client_options(kafka: KafkaConfig) -> dict[str, Any]:
+    """Connection and security options common to every aiokafka client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.ssl_certfile:
+            ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+        opts["ssl_context"] = ctx
+    if kafka.sasl_mechanism:
+        opts["sasl_mechanism"] = kafka.sasl_mechanism
+        opts["sasl_plain_username"] = kafka.sasl_username
+        opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return opts
+
+
+def make_consumer(
+    kafka: KafkaConfig, limits: LimitsConfig, *, group: bool = True, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer with manual commits, the range assignor and fetch sizes that fit the largest frame.
+
+    ``group=False`` gives a consumer for ``assign()`` without group membership (tools, tests).
+    """
+    largest = max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
+    opts: dict[str, Any] = {
+        **client_options(kafka),
+        "group_id": kafka.group_id if group else None,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",  # "latest" misplaces consumers on tansu; a new group reads all
+        "partition_assignment_strategy": (RangePartitionAssignor,),
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "max_partition_fetch_bytes": max(largest, 1 << 20),
+        "fetch_max_bytes": max(4 * largest, 52_428_800),
+    }
+    opts.update(overrides)
+    return AIOKafkaConsumer(**opts)
+
+
+def make_producer(kafka: KafkaConfig, limits: LimitsConfig, **overrides: Any) -> AIOKafkaProducer:
+    """A producer sized for the largest frame (brokers need ``max.message.bytes`` at least as big)."""
+    largest = max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
+    opts: dict[str, Any] = {
+        **client_options(kafka),
+        "acks": kafka.acks,
+        "linger_ms": kafka.linger_ms,
+        "compression_type": None if kafka.compression_type == "none" else kafka.compression_type,
+        "max_batch_size": kafka.max_batch_size,
+        "max_request_size": max(largest, 1 << 20),
+        "enable_idempotence": kafka.enable_idempotence,
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+async def stop_bounded(client: Any, timeout_ms: int, what: str) -> None:
+    """``client.stop()`` within a bound; a broker that vanished must not hang shutdown."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout_ms / 1000)
+    except (TimeoutError, AIOKafkaError, OSError) as exc:
+        log.warning("%s did not stop cleanly within %d ms: %s", what, timeout_ms, exc)
+
+
+async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: LimitsConfig) -> dict[str, int]:
+    """Create the input, result, dead-letter (and late) topics if missing; return partition counts.
+
+    New input topics get ``kafka.partitions`` partitions each; existing ones are left as they are
+    and then checked for co-partitioning.
+
+    Raises:
+        TopicLayoutError: the input topics have different partition counts.
+        KafkaError: the cluster cannot be reached.
+    """
+    names = [topics.video, topics.audio, topics.text, topics.results, topics.dead_letter]
+    if topics.late:
+        names.append(topics.late)
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        max_bytes = str(max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN)
+        missing = [
+            NewTopic(n, kafka.partitions, kafka.replication_factor, topic_configs={"max.message.bytes": max_bytes})
+            for n in dict.fromkeys(names) if n not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another processor won the race
+            log.info("created topics %s", [t.name for t in missing])
+        described = await admin.describe_topics(list(dict.fromkeys(names)))
+    except AIOKafkaError as exc:
+        raise KafkaError(f"cannot set up topics on {kafka.bootstrap_servers}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+    check_copartitioned(counts, [topics.video, topics.audio, topics.text])
+    return counts
+
+
+def check_copartitioned(counts: dict[str, int], inputs: Iterable[str]) -> int:
+    """The common partition count of the input topics.
+
+    Raises:
+        TopicLayoutError: a topic is missing or the counts differ; the message lists them.
+    """
+    inputs = list(inputs)
+    missing = [t for t in inputs if not counts.get(t)]
+    if missing:
+        raise TopicLayoutError(f"input topics missing: {', '.join(missing)}")
+    distinct = {counts[t] for t in inputs}
+    if len(distinct) != 1:
+        layout = ", ".join(f"{t}={counts[t]}" for t in inputs)
+        raise TopicLayoutError(
+            f"input topics are not co-partitioned ({layout}); they must have the same partition count "
+            "so that one processor sees every modality of a source"
+        )
+    return distinct.pop()
+
+
+class DeadLetterSink:
+    """Writes a bad record, unchanged, to the dead-letter topic with ``mm-error`` and ``mm-origin``.
+
+    The caller owns the producer; ``send`` returns the broker's acknowledgement future so the
+    caller can release the record's offset only once the dead letter is safe.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+
+    async def send(
+        self, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None,
+        reason: Reason, message: str, origin: Origin,
+    ) -> asyncio.Future[Any]:
+        hdrs = dead_letter_headers(headers, reason, message, origin)
+        log.debug("dead letter %s from %s: %s", reason.value, origin, message)
+        return await self._producer.send(self.topic, value=value, key=key, headers=hdrs)

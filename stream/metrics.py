@@ -1,0 +1,119 @@
+"""Prometheus metrics and the ``/metrics`` ``/healthz`` ``/readyz`` HTTP server.
+
+Each processor owns a ``Metrics`` with its own registry, so several processors can live in one
+test process; the server exposes exactly that registry. Metric names are public (the Grafana
+dashboard and alert rules in deploy/ query them; a test checks that they exist), so rename only
+with those files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics", "MetricsServer"]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+_INFER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SKEW_BUCKETS = (-0.5, -0.185, -0.125, -0.09, -0.045, -0.02, 0.0, 0.02, 0.045, 0.09, 0.125, 0.185, 0.5)
+
+
+class Metrics:
+    """Every metric a processor exports. Labels: topic, outcome (ok|dead_letter|late|rejected|replayed)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.records = Counter("mmstream_records", "Input records by topic and outcome", ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("mmstream_dead_letters", "Dead letters by reason code", ["reason"], registry=r)
+        self.windows = Counter("mmstream_windows", "Windows published, complete = every modality present",
+                               ["complete"], registry=r)
+        self.batch_size = Histogram("mmstream_batch_size", "Windows per inference batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.inference_seconds = Histogram("mmstream_inference_seconds", "Model time per batch (preprocess excluded)",
+                                           buckets=_INFER_BUCKETS, registry=r)
+        self.preprocess_seconds = Histogram("mmstream_preprocess_seconds", "Preprocess time per batch",
+                                            buckets=_INFER_BUCKETS, registry=r)
+        self.e2e_latency_seconds = Histogram("mmstream_e2e_latency_seconds",
+                                             "Capture (newest record in the window) to result acknowledged",
+                                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.watermark_lag_seconds = Gauge("mmstream_watermark_lag_seconds",
+                                           "Wall clock minus the slowest source watermark, per modality",
+                                           ["modality"], registry=r)
+        self.av_skew_seconds = Histogram("mmstream_av_skew_seconds",
+                                         "Per window: first audio sample minus first video frame instant",
+                                         buckets=_SKEW_BUCKETS, registry=r)
+        self.consumer_lag = Gauge("mmstream_consumer_lag", "Records behind the high watermark",
+                                  ["topic", "partition"], registry=r)
+        self.queue_depth = Gauge("mmstream_queue_depth", "Items waiting per stage", ["stage"], registry=r)
+        self.paused = Gauge("mmstream_paused", "1 while input partitions are paused (backpressure or alignment)",
+                            registry=r)
+        self.open_windows = Gauge("mmstream_open_windows", "Windows still collecting records", registry=r)
+        self.commits = Counter("mmstream_commits", "Offset commits", ["outcome"], registry=r)
+        self.gpu_memory_bytes = Gauge("mmstream_gpu_memory_bytes", "CUDA memory allocated by the model",
+                                      registry=r)
+        self.ready = Gauge("mmstream_ready", "1 when partitions are assigned and the model is loaded", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A small threaded HTTP server: /metrics, /healthz (alive), /readyz (``ready()`` is true).
+
+    It runs in a daemon thread so a busy event loop or a long inference never makes the probes
+    time out.
+    """
+
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self._metrics, self._ready = metrics, ready
+        self._host, self._port = host, port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self._port
+
+    def start(self) -> None:
+        metrics, ready = self._metrics, self._ready
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = ready()
+                    self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mmstream-metrics", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,438 @@
+"""Unit tests of stream.windows: window arithmetic, closing rules, idleness, lateness, bounds."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from stream.config import WindowConfig
+from stream.contract import AudioChunk, Modality, Origin, TranscriptSegment, VideoFrame
+from stream.errors import Reason
+from stream.windows import (
+    AddStatus,
+    Aligner,
+    audio_cut,
+    instant_windows,
+    interval_windows,
+    overlap_fraction,
+    segment_windows,
+)
+
+MS = 1_000_000
+S = 1_000_000_000
+T0 = 1_700_000_000 * S  # windows align to the epoch, so T0 is a window boundary for 1 s windows
+
+
+class FakeClock:
+    """Processing time in ms, advanced by hand (Bytewax's TimeTestingGetter)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+_offsets = itertools.count()
+
+
+def origin(topic: str = "mm.video", partition: int = 0) -> Origin:
+    return Origin(topic, partition, next(_offsets))
+
+
+def frame(t: int, sid: str = "cam", data: bytes = b"\xff\xd8\xff\xd9") -> VideoFrame:
+    return VideoFrame(source_id=sid, ts_ns=t, encoding="jpeg", data=data)
+
+
+def chunk(t: int, n: int = 320, sid: str = "cam", rate: int = 16_000, channels: int = 1,
+          fmt: str = "s16le", value: int = 1000) -> AudioChunk:
+    if fmt == "s16le":
+        data = np.full(n * channels, value, dtype="<i2").tobytes()
+    else:
+        data = np.full(n * channels, value / 32768, dtype="<f4").tobytes()
+    return AudioChunk(source_id=sid, ts_ns=t, sample_format=fmt, sample_rate=rate, channels=channels, data=data)
+
+
+def segment(start: int, end: int, sid: str = "cam", text: str = "hello", final: bool = True,
+            segment_id: str | None = None) -> TranscriptSegment:
+    return TranscriptSegment(source_id=sid, ts_ns=start, start_ns=start, end_ns=end, text=text,
+                             final=final, segment_id=segment_id)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make(clock: FakeClock):
+    """Factory: an Aligner from WindowConfig overrides, on the fake clock."""
+
+    def _make(**overrides) -> Aligner:
+        return Aligner(WindowConfig(**overrides), clock=clock)
+
+    return _make
+
+
+def feed_all(al: Aligner, sid: str = "cam", upto_s: int = 3, partition: int = 0) -> None:
+    """Steady input: 30 fps, 20 ms audio chunks, one final segment per second, [T0, T0+upto_s)."""
+    for i in range(upto_s * 30):
+        al.add(frame(T0 + i * S // 30, sid), origin("mm.video", partition))
+    for i in range(upto_s * 50):
+        al.add(chunk(T0 + i * 20 * MS, sid=sid), origin("mm.audio", partition))
+    for i in range(upto_s):
+        al.add(segment(T0 + i * S + 100 * MS, T0 + i * S + 900 * MS, sid), origin("mm.text", partition))
+
+
+# --------------------------------------------------------------------------- pure arithmetic
+
+
+def test_instant_windows_tumbling_and_sliding() -> None:
+    assert list(instant_windows(1500, 1000, 1000)) == [1000]
+    assert list(instant_windows(1000, 1000, 1000)) == [1000]  # start inclusive
+    assert list(instant_windows(999, 1000, 1000)) == [0]  # end exclusive
+    assert list(instant_windows(1500, 1000, 250)) == [750, 1000, 1250, 1500]
+    assert list(instant_windows(100, 1000, 250)) == [0]  # no negative starts
+
+
+def test_interval_and_segment_windows() -> None:
+    assert list(interval_windows(900, 2100, 1000, 1000)) == [0, 1000, 2000]
+    # a segment ending exactly on a boundary does not leak into the next window
+    assert list(segment_windows(500, 1000, 1000, 1000)) == [0]
+    assert list(segment_windows(1000, 1000, 1000, 1000)) == [1000]  # zero-length: an instant
+    assert overlap_fraction(500, 1500, 0, 1000) == 0.5
+    assert overlap_fraction(500, 1500, 1000, 2000) == 0.5
+    assert overlap_fraction(1000, 1000, 1000, 2000) == 1.0
+    assert overlap_fraction(0, 100, 1000, 2000) == 0.0
+
+
+def test_audio_cut_is_exact_at_sample_precision() -> None:
+    # 16 kHz: one sample every 62_500 ns; window boundary at 1_000_000 ns = sample 16
+    assert audio_cut(0, 16_000, 32, 0, 1_000_000) == (0, 16)
+    assert audio_cut(0, 16_000, 32, 1_000_000, 2_000_000) == (16, 32)
+    # 44.1 kHz: sample_ns(i) = (i * 1e9) // 44100; the cut keeps exactly the instants inside
+    lo, hi = audio_cut(0, 44_100, 100, 1_000_000, 2_000_000)
+    inst = [(i * S) // 44_100 for i in range(100)]
+    assert [i for i in range(100) if 1_000_000 <= inst[i] < 2_000_000] == list(range(lo, hi))
+
+
+# --------------------------------------------------------------------------- closing rules
+
+
+def test_window_closes_when_every_watermark_passes_its_end(make) -> None:
+    al = make()
+    feed_all(al, upto_s=3)
+    out = al.poll()
+    # watermarks: video ~T0+2.967s-0.2s, audio ~T0+2.99s-0.2, text T0+2.9s-0.2s -> [0,1) and [1,2) close
+    assert [w.start_ns for w in out] == [T0, T0 + S]
+    w = out[0]
+    assert w.closed_by == "watermark"
+    assert w.counts.frames == 30 and w.audio_samples == 16_000 and w.missing_samples == 0
+    assert w.audio is not None and w.audio.shape == (16_000, 1) and w.audio.dtype == np.float32
+    assert w.sample_rate == 16_000 and w.gaps == ()
+    assert [round(f, 3) for _, f in w.segments] == [1.0]
+    assert w.presence == {Modality.VIDEO: True, Modality.AUDIO: True, Modality.TEXT: True}
+    assert w.complete
+    assert len(w.origins) == 30 + 50 + 1
+    assert [(r.topic, r.last - r.first) for r in w.offset_ranges] == [
+        ("mm.audio", 49), ("mm.text", 0), ("mm.video", 29)
+    ]
+    assert w.last_event_ns == T0 + 999_937_500  # the last audio sample of the window
+    assert al.open_windows == 1
+
+
+def test_lagging_modality_holds_windows_back(make) -> None:
+    al = make()
+    for i in range(90):
+        al.add(frame(T0 + i * S // 30), origin("mm.video"))
+    for i in range(20):  # audio only up to T0 + 0.4 s
+        al.add(chunk(T0 + i * 20 * MS), origin("mm.audio"))
+    al.add(segment(T0, T0 + 2900 * MS), origin("mm.text"))
+    assert al.poll() == []
+    for i in range(20, 150):
+        al.add(chunk(T0 + i * 20 * MS), origin("mm.audio"))
+    assert [w.start_ns for w in al.poll()] == [T0, T0 + S]
+
+
+def test_frames_are_ordered_by_time_whatever_the_arrival(make) -> None:
+    al = make()
+    ts = [T0 + 500 * MS, T0 + 100 * MS, T0 + 300 * MS]
+    for t in ts:
+        al.add(frame(t), origin())
+    (w,) = al.flush()
+    assert [f.ts_ns for f in w.frames] == sorted(ts)
+    assert w.closed_by == "flush"
+    assert w.presence[Modality.AUDIO] is False and w.audio is None and w.sample_rate is None
+
+
+# --------------------------------------------------------------------------- idleness
+
+
+def test_never_sent_modality_waits_only_for_the_idle_timeout(make, clock) -> None:
+    al = make(idle_timeout_ms=3000)
+    for i in range(90):
+        al.add(frame(T0 + i * S // 30), origin("mm.video"))
+        if i % 3 == 0:
+            al.add(chunk(T0 + i * S // 30, n=16_000 // 30 * 3 // 3), origin("mm.audio"))
+    assert al.poll() == []  # text might still come
+    clock.advance(2999)
+    al.add(frame(T0 + 3 * S), origin("mm.video"))
+    al.add(chunk(T0 + 3 * S), origin("mm.audio"))
+    assert al.poll() == []
+    clock.advance(1)
+    out = al.poll()
+    assert [w.start_ns for w in out] == [T0, T0 + S]
+    assert all(w.closed_by == "idle" and not w.presence[Modality.TEXT] for w in out)
+
+
+def test_silence_is_idle_only_when_caught_up(make, clock) -> None:
+    """A backfill: the audio partition still has unread data, so audio is behind, not idle."""
+    al = make(idle_timeout_ms=1000)
+    feed_all(al, upto_s=2)
+    al.poll()
+    for i in range(120, 150):
+        al.add(frame(T0 + i * S // 30), origin("mm.video"))
+    al.add(segment(T0 + 4 * S, T0 + 5 * S), origin("mm.text"))
+    clock.advance(5000)
+    for i in range(150, 180):
+        al.add(frame(T0 + i * S // 30), origin("mm.video"))
+    al.add(segment(T0 + 5 * S, T0 + 6 * S), origin("mm.text"))
+    lagging = {(Modality.AUDIO, 0)}
+    assert al.poll(lambda m, p: (m, p) not in lagging) == []
+    out = al.poll(lambda m, p: True)
+    assert [w.start_ns for w in out][:1] == [T0 + S]
+    assert out[0].closed_by == "idle"
+
+
+def test_source_going_silent_is_flushed_after_the_idle_timeout(make, clock) -> None:
+    al = make(idle_timeout_ms=3000)
+    feed_all(al, upto_s=3)
+    assert len(al.poll()) == 2
+    clock.advance(2999)
+    assert al.poll() == []
+    clock.advance(1)
+    assert al.poll(lambda m, p: False) == []  # not caught up: maybe data waiting
+    out = al.poll(lambda m, p: True)
+    assert [w.start_ns for w in out] == [T0 + 2 * S]
+    assert out[0].closed_by == "idle" and al.open_windows == 0
+
+
+def test_caught_up_is_asked_for_the_sources_partition(make, clock) -> None:
+    al = make(idle_timeout_ms=10)
+    al.add(frame(T0), origin("mm.video", partition=3))
+    clock.advance(10)
+    asked: list[tuple[Modality, int]] = []
+    al.poll(lambda m, p: asked.append((m, p)) or True)
+    assert set(asked) == {(Modality.VIDEO, 3), (Modality.AUDIO, 3), (Modality.TEXT, 3)}
+
+
+# --------------------------------------------------------------------------- transcripts
+
+
+def test_asr_revision_replaces_partial_with_final(make) -> None:
+    al = make()
+    r1 = al.add(segment(T0 + 100 * MS, T0 + 600 * MS, text="hel", final=False, segment_id="u1"), origin("mm.text"))
+    assert r1.status is AddStatus.ACCEPTED and r1.windows == (T0,)
+    r2 = al.add(segment(T0 + 100 * MS, T0 + 1500 * MS, text="hello world", segment_id="u1"), origin("mm.text"))
+    assert r2.windows == (T0, T0 + S)
+    stale = al.add(segment(T0 + 100 * MS, T0 + 700 * MS, text="hell", final=False, segment_id="u1"),
+                   origin("mm.text"))
+    assert stale.status is AddStatus.ACCEPTED and stale.windows == ()
+    w0, w1 = al.flush()
+    assert [(s.text, round(f, 3)) for s, f in w0.segments] == [("hello world", 0.643)]
+    assert [(s.text, round(f, 3)) for s, f in w1.segments] == [("hello world", 0.357)]
+    assert len(w0.origins) == 2  # the partial's record fed it too: the ledger must wait for it
+
+
+def test_partial_segments_vouch_for_nothing(make) -> None:
+    al = make(idle_timeout_ms=10_000)
+    feed_video_audio = [(frame(T0 + i * S // 30), origin("mm.video")) for i in range(90)]
+    feed_video_audio += [(chunk(T0 + i * 20 * MS), origin("mm.audio")) for i in range(150)]
+    for item, o in feed_video_audio:
+        al.add(item, o)
+    al.add(segment(T0, T0 + 2500 * MS, final=False, segment_id="u"), origin("mm.text"))
+    assert al.poll() == []  # a final may still revise it
+    al.add(segment(T0, T0 + 2500 * MS, final=True, segment_id="u"), origin("mm.text"))
+    assert [w.start_ns for w in al.poll()] == [T0, T0 + S]
+
+
+def test_revision_moving_a_segment_out_still_emits_the_window(make) -> None:
+    al = make()
+    o1 = origin("mm.text")
+    al.add(segment(T0 + 1500 * MS, T0 + 1600 * MS, final=False, segment_id="x"), o1)
+    al.add(segment(T0 + 2500 * MS, T0 + 2600 * MS, final=True, segment_id="x"), origin("mm.text"))
+    out = al.flush()
+    assert [w.key for w in out] == [("cam", T0 + S), ("cam", T0 + 2 * S)]
+    assert out[0].empty and out[0].origins == (o1,)  # emitted so the ledger can release o1
+
+
+# --------------------------------------------------------------------------- late, rejected
+
+
+def test_late_record_is_an_output_not_merged(make) -> None:
+    al = make()
+    feed_all(al, upto_s=3)
+    assert len(al.poll()) == 2
+    res = al.add(frame(T0 + 500 * MS), origin())
+    assert res.status is AddStatus.LATE and res.windows == () and "closed" in res.detail
+    res = al.add(chunk(T0 + S + 990 * MS, n=640), origin("mm.audio"))  # straddles into the open window
+    assert res.status is AddStatus.ACCEPTED and res.windows == (T0 + 2 * S,) and res.partly_late
+
+
+def test_record_behind_the_watermark_in_a_never_opened_window_is_late(make) -> None:
+    al = make()
+    for t in (T0 + 100 * MS, T0 + 3 * S):
+        al.add(frame(t), origin())
+        al.add(chunk(t), origin("mm.audio"))
+        al.add(segment(t, t + 10 * MS), origin("mm.text"))
+    assert [w.start_ns for w in al.poll()] == [T0]
+    assert al.add(frame(T0 + 1500 * MS), origin()).status is AddStatus.LATE
+
+
+def test_far_future_timestamp_is_rejected(make) -> None:
+    al = make(max_future_ms=60_000)
+    al.add(frame(T0), origin())
+    res = al.add(frame(T0 + 61 * S), origin())
+    assert res.status is AddStatus.REJECTED and res.reason is Reason.TS_OUT_OF_RANGE
+    assert al.open_windows == 1
+    assert al.add(frame(T0 + 59 * S), origin()).status is AddStatus.ACCEPTED
+
+
+def test_absurd_span_is_rejected_not_opening_many_windows(make) -> None:
+    al = make(max_open_windows_per_source=8)
+    res = al.add(segment(T0, T0 + 3600 * S), origin("mm.text"))
+    assert res.status is AddStatus.REJECTED and res.reason is Reason.TS_OUT_OF_RANGE
+    assert al.open_windows == 0
+
+
+def test_empty_audio_chunk_is_rejected(make) -> None:
+    al = make()
+    item = AudioChunk.model_construct(source_id="cam", ts_ns=T0, sample_format="s16le", sample_rate=16_000,
+                                      channels=2, data=b"\x00\x00")
+    assert al.add(item, origin("mm.audio")).reason is Reason.PAYLOAD_SIZE
+
+
+# --------------------------------------------------------------------------- audio assembly
+
+
+def test_audio_gaps_are_zero_filled_and_reported(make) -> None:
+    al = make()
+    al.add(chunk(T0 + 100 * MS, n=1600), origin("mm.audio"))  # 100-200 ms
+    al.add(chunk(T0 + 500 * MS, n=1600), origin("mm.audio"))  # 500-600 ms
+    (w,) = al.flush()
+    assert w.audio_samples == 3200
+    assert w.missing_samples == 16_000 - 3200
+    assert w.audio.shape == (16_000, 1)
+    assert w.gaps == ((T0, T0 + 100 * MS), (T0 + 200 * MS, T0 + 500 * MS), (T0 + 600 * MS, T0 + S))
+    assert np.all(w.audio[:1600] == 0) and np.all(w.audio[1600:3200] == np.float32(1000 / 32768))
+
+
+def test_chunk_straddling_a_boundary_is_cut_at_sample_precision(make) -> None:
+    al = make()
+    res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))  # 990-1010 ms
+    assert res.windows == (T0, T0 + S)
+    w0, w1 = al.flush()
+    assert (w0.audio_samples, w1.audio_samples) == (160, 160)
+    assert w1.gaps[0][0] == T0 + S + 10 * MS
+
+
+def test_stereo_f32_and_a_format_change(make) -> None:
+    al = make()
+    al.add(chunk(T0, n=800, channels=2, fmt="f32le", value=16384), origin("mm.audio"))
+    al.add(chunk(T0 + 50 * MS, n=800, channels=1), origin("mm.audio"))  # mono: cannot share the array
+    (w,) = al.flush()
+    assert w.audio.shape[1] == 2 and w.audio_samples == 800 and w.dropped_samples == 800
+    assert np.allclose(w.audio[:800], 0.5)
+
+
+# --------------------------------------------------------------------------- sliding windows
+
+
+def test_sliding_windows_place_a_record_in_every_window_containing_it(make) -> None:
+    al = make(window_ms=1000, hop_ms=250)
+    res = al.add(frame(T0 + 1100 * MS), origin())
+    assert res.windows == (T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
+    res = al.add(segment(T0 + 900 * MS, T0 + 1100 * MS), origin("mm.text"))
+    assert res.windows == (T0, T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
+    res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))
+    out = {w.start_ns: w for w in al.flush()}
+    assert out[T0].audio_samples == 160 and out[T0 + S].audio_samples == 160
+    assert out[T0 + 250 * MS].audio_samples == 320
+    assert [round(f, 2) for _, f in out[T0].segments] == [0.5]
+    assert list(out) == sorted(out)
+
+
+def test_sliding_windows_close_in_order(make) -> None:
+    al = make(window_ms=1000, hop_ms=500)
+    feed_all(al, upto_s=3)
+    starts = [w.start_ns for w in al.poll()]
+    # the min watermark is text's: T0 + 2.9 s - 0.2 s, so windows ending by T0 + 2.5 s close
+    assert starts == [T0 - 500 * MS, T0, T0 + 500 * MS, T0 + S, T0 + 1500 * MS]
+    assert [w.counts.frames for w in al.flush()] == [30, 15]
+
+
+# --------------------------------------------------------------------------- horizon, revocation
+
+
+def test_horizon_drops_replayed_records_and_never_rebuilds_a_partial_window(make) -> None:
+    al = make()
+    al.add(frame(T0 + 100 * MS, sid="a"), origin())
+    assert al.set_horizon("a", T0 + S) == [("a", T0)]  # the open window was published already
+    assert al.open_windows == 0
+    res = al.add(frame(T0 + 200 * MS, sid="a"), origin())
+    assert res.status is AddStatus.REPLAYED and res.windows == ()
+    res = al.add(chunk(T0 + 990 * MS, sid="a", n=320), origin("mm.audio"))
+    assert res.status is AddStatus.ACCEPTED and res.windows == (T0 + S,)
+    assert al.set_horizon("b", T0 + 2 * S) == []  # before any record of b
+    assert al.add(frame(T0 + S, sid="b"), origin()).status is AddStatus.REPLAYED
+    assert al.add(frame(T0 + 2 * S, sid="b"), origin()).status is AddStatus.ACCEPTED
+
+
+def test_forget_partitions_drops_their_sources(make) -> None:
+    al = make()
+    al.add(frame(T0, sid="a"), origin(partition=0))
+    al.add(frame(T0, sid="b"), origin(partition=1))
+    al.add(frame(T0 + S, sid="b"), origin(partition=1))
+    assert sorted(al.forget_partitions({1})) == [("b", T0), ("b", T0 + S)]
+    assert al.open_windows == 1 and al.buffered_bytes == 4
+    assert [w.source_id for w in al.flush()] == ["a"]
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_full_on_too_many_open_windows_then_shed_oldest(make) -> None:
+    al = make(max_open_windows_per_source=3)
+    for k in range(4):
+        al.add(frame(T0 + k * S), origin())
+    assert al.full and al.open_windows == 4
+    out = al.poll()
+    assert [(w.start_ns, w.closed_by) for w in out] == [(T0, "pressure")]
+    assert not al.full and al.open_windows == 3
+    assert al.add(frame(T0 + 10 * MS), origin()).status is AddStatus.LATE
+
+
+def test_full_on_buffered_bytes(make) -> None:
+    al = make(max_buffered_bytes=10_000)
+    for k in range(3):
+        al.add(frame(T0 + k * S, sid=f"s{k}", data=b"\xff\xd8" + bytes(4000) + b"\xff\xd9"), origin())
+    assert al.full and al.buffered_bytes == 3 * 4004
+    out = al.poll()
+    assert [w.source_id for w in out] == ["s0"]
+    assert not al.full and al.buffered_bytes == 2 * 4004
+
+
+def test_watermarks_and_partition_progress(make) -> None:
+    al = make(allowed_lateness_ms=200)
+    al.add(frame(T0 + S, sid="a"), origin(partition=2))
+    al.add(chunk(T0, sid="a", n=16), origin("mm.audio", partition=2))
+    wm = al.watermarks()
+    assert wm[("a", Modality.VIDEO)] == T0 + S - 200 * MS
+    assert wm[("a", Modality.AUDIO)] == T0 + 15 * 62_500 - 200 * MS
+    assert ("a", Modality.TEXT) not in wm
+    assert al.partition_progress() == {2: {Modality.VIDEO: T0 + S, Modality.AUDIO: T0 + 15 * 62_500}}
