@@ -85,7 +85,7 @@ class OffsetLedger:
 
     def hold(self, origin: Origin, window_keys: Iterable[Hashable]) -> None:
         """The record went into these windows: it stays needed until each one is released."""
-        keys = set(window_keys)
+        keys = window_keys if isinstance(window_keys, tuple) and len(window_keys) < 2 else set(window_keys)
         part, tracked = self._entry(origin)
         if not tracked:
             return

@@ -70,7 +70,10 @@ class AddResult(NamedTuple):
     @property
     def keys(self) -> tuple[WindowKey, ...]:
         """The windows as ledger keys (source_id, start_ns)."""
-        return tuple((self.source_id, s) for s in self.windows)
+        sid = self.source_id
+        if len(self.windows) == 1:
+            return ((sid, self.windows[0]),)
+        return tuple([(sid, s) for s in self.windows])
 
 
 class _Source:
@@ -135,6 +138,7 @@ class Aligner:
         self._sources: dict[str, _Source] = {}
         self._open: dict[str, _Source] = {}  # sources with at least one open window
         self._over: dict[str, _Source] = {}  # sources above max_open_windows_per_source
+        self._horizons: dict[str, int] = {}  # horizons of sources not seen yet
         self._bytes = 0
         self._n_open = 0
 
@@ -192,7 +196,7 @@ class Aligner:
         src = self._sources.get(item.source_id)
         now = self._clock()
         if src is None:
-            src = self._sources[item.source_id] = _Source(item.source_id, now)
+            src = self._new_source(item.source_id, now)
         cls = type(item)
         if cls is VideoFrame:
             t = item.ts_ns
@@ -229,6 +233,15 @@ class Aligner:
         if cls is TranscriptSegment:
             return self._add_segment(src, item, origin, now)
         raise TypeError(f"not a contract item: {cls.__name__}")
+
+    def _new_source(self, source_id: str, now: int) -> _Source:
+        # silence of a source's modalities counts from its first record, not from a horizon
+        # loaded at start-up: a source resuming late must not find its other modalities idle
+        src = self._sources[source_id] = _Source(source_id, now)
+        horizon = self._horizons.pop(source_id, None)
+        if horizon is not None:
+            src.horizon = src.frontier = horizon
+        return src
 
     def _open_window(self, src: _Source, s: int) -> OpenWindow:
         w = src.windows[s] = OpenWindow(s, s + self._window_ns)
@@ -501,7 +514,8 @@ class Aligner:
         partial window. Open windows already covered are dropped; their keys are returned."""
         src = self._sources.get(source_id)
         if src is None:
-            src = self._sources[source_id] = _Source(source_id, self._clock())
+            self._horizons[source_id] = max(self._horizons.get(source_id, _NEVER), published_end_ns)
+            return []
         src.horizon = max(src.horizon, published_end_ns)
         src.frontier = max(src.frontier, published_end_ns)
         dropped: list[WindowKey] = []

@@ -436,3 +436,13 @@ def test_watermarks_and_partition_progress(make) -> None:
     assert wm[("a", Modality.AUDIO)] == T0 + 15 * 62_500 - 200 * MS
     assert ("a", Modality.TEXT) not in wm
     assert al.partition_progress() == {2: {Modality.VIDEO: T0 + S, Modality.AUDIO: T0 + 15 * 62_500}}
+
+
+def test_horizon_loaded_at_start_does_not_start_the_idle_clock(make, clock) -> None:
+    al = make(idle_timeout_ms=1000)
+    al.set_horizon("cam", T0)
+    clock.advance(60_000)  # the source resumes a minute after start-up
+    al.add(frame(T0 + 100 * MS), origin())
+    al.add(frame(T0 + 2 * S), origin())
+    assert al.poll() == []  # audio and text are not idle yet: silence counts from now
+    assert al.add(frame(T0 - 1), origin()).status is AddStatus.REPLAYED
