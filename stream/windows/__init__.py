@@ -35,7 +35,7 @@ Every key handed out in ``AddResult.keys`` comes back once, in a ``ClosedWindow`
 returned by ``forget_partitions``/``set_horizon``: release it in the ``OffsetLedger`` then.
 """
 
-from stream.windows._aligner import AddResult, AddStatus, Aligner, CaughtUp
+from stream.windows._aligner import Aligner
 from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
 from stream.windows._ranges import (
     audio_cut,
@@ -44,6 +44,7 @@ from stream.windows._ranges import (
     overlap_fraction,
     segment_windows,
 )
+from stream.windows._state import AddResult, AddStatus, CaughtUp
 
 __all__ = [
     # engine

@@ -14,8 +14,6 @@ Invariants (tests rely on them; see docs/time.md for the user-facing version):
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from enum import StrEnum
-from typing import NamedTuple
 
 from stream.config import WindowConfig
 from stream.contract import AudioChunk, Item, Modality, Origin, TranscriptSegment, VideoFrame
@@ -28,77 +26,20 @@ from stream.windows._ranges import (
     overlap_fraction,
     segment_windows,
 )
+from stream.windows._state import (
+    ALWAYS,
+    M_AUDIO,
+    M_TEXT,
+    M_VIDEO,
+    MODALITIES,
+    NEVER,
+    AddResult,
+    AddStatus,
+    CaughtUp,
+    SourceState,
+)
 
-__all__ = ["AddResult", "AddStatus", "Aligner", "CaughtUp"]
-
-_MODALITIES = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
-_VIDEO, _AUDIO, _TEXT = 0, 1, 2
-_NEVER = -(1 << 80)  # "no time yet": below any watermark
-_ALWAYS = 1 << 80  # "no bound": above any window end
-
-CaughtUp = Callable[[Modality, int], bool]
-"""``caught_up(modality, partition)``: that input partition has no unread data (position at the
-high watermark). Only then may a modality's silence count as idle."""
-
-
-class AddStatus(StrEnum):
-    """What ``Aligner.add`` did with a record."""
-
-    ACCEPTED = "accepted"
-    """Placed in ``windows`` (hold its offset until they are released); with no windows it was a
-    stale revision of a transcript segment (a partial after its final): acknowledge it."""
-    LATE = "late"
-    """Every window it overlaps has closed: not merged; count it, route it to the late topic."""
-    REJECTED = "rejected"
-    """Pathological timestamp or span (``reason``): not merged; dead-letter it."""
-    REPLAYED = "replayed"
-    """Falls only in windows already published before a restart (the horizon): drop silently."""
-
-
-class AddResult(NamedTuple):
-    """Outcome of one ``add``. A tuple for speed: one is built per record."""
-
-    status: AddStatus
-    source_id: str
-    windows: tuple[int, ...] = ()
-    """Start (ns) of every window the record was placed in, oldest first."""
-    reason: Reason | None = None
-    detail: str = ""
-    partly_late: bool = False
-    """Accepted, but part of it (an interval's head, or a sliding window) fell in closed windows."""
-
-    @property
-    def keys(self) -> tuple[WindowKey, ...]:
-        """The windows as ledger keys (source_id, start_ns)."""
-        sid = self.source_id
-        if len(self.windows) == 1:
-            return ((sid, self.windows[0]),)
-        return tuple([(sid, s) for s in self.windows])
-
-
-class _Source:
-    """State of one source id. Modality-indexed lists: 0 video, 1 audio, 2 text."""
-
-    __slots__ = (
-        "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon", "max_ns",
-        "revisions", "dirty", "check_at_ms", "min_start",
-    )
-
-    def __init__(self, source_id: str, now_ms: int) -> None:
-        self.id = source_id
-        self.windows: dict[int, OpenWindow] = {}
-        self.vouched = [_NEVER, _NEVER, _NEVER]  # largest vouched-for time per modality
-        self.seen_ms = [now_ms, now_ms, now_ms]  # processing time of the last record (or creation)
-        self.partitions: set[int] = set()
-        self.frontier = _NEVER
-        self.horizon = _NEVER
-        self.max_ns = _NEVER  # newest vouched time over modalities: the far-future reference
-        # segment_id -> (final, starts placed in): what a revision must remove
-        self.revisions: dict[str, tuple[bool, tuple[int, ...]]] = {}
-        self.dirty = False  # vouched time moved since the last evaluation
-        self.check_at_ms = now_ms
-        self.min_start = _ALWAYS
-
+__all__ = ["Aligner"]
 
 class Aligner:
     """Aligns the three inputs of every source into event-time windows.
@@ -135,9 +76,9 @@ class Aligner:
         self._idle_ms = config.idle_timeout_ms
         self._max_open = config.max_open_windows_per_source
         self._max_bytes = config.max_buffered_bytes
-        self._sources: dict[str, _Source] = {}
-        self._open: dict[str, _Source] = {}  # sources with at least one open window
-        self._over: dict[str, _Source] = {}  # sources above max_open_windows_per_source
+        self._sources: dict[str, SourceState] = {}
+        self._open: dict[str, SourceState] = {}  # sources with at least one open window
+        self._over: dict[str, SourceState] = {}  # sources above max_open_windows_per_source
         self._horizons: dict[str, int] = {}  # horizons of sources not seen yet
         self._bytes = 0
         self._n_open = 0
@@ -162,10 +103,10 @@ class Aligner:
     def watermarks(self) -> dict[tuple[str, Modality], int]:
         """Event-time watermark (ns) per (source, modality) that has vouched for any time."""
         return {
-            (src.id, _MODALITIES[m]): v - self._lateness_ns
+            (src.id, MODALITIES[m]): v - self._lateness_ns
             for src in self._sources.values()
             for m, v in enumerate(src.vouched)
-            if v != _NEVER
+            if v != NEVER
         }
 
     def partition_progress(self) -> dict[int, dict[Modality, int]]:
@@ -176,8 +117,8 @@ class Aligner:
             for p in src.partitions:
                 row = out.setdefault(p, {})
                 for m, v in enumerate(src.vouched):
-                    if v != _NEVER and v > row.get(_MODALITIES[m], _NEVER):
-                        row[_MODALITIES[m]] = v
+                    if v != NEVER and v > row.get(MODALITIES[m], NEVER):
+                        row[MODALITIES[m]] = v
         return out
 
     # ------------------------------------------------------------------ input
@@ -200,10 +141,10 @@ class Aligner:
         cls = type(item)
         if cls is VideoFrame:
             t = item.ts_ns
-            if t > src.max_ns + self._future_ns and src.max_ns != _NEVER:
+            if t > src.max_ns + self._future_ns and src.max_ns != NEVER:
                 return self._reject(src, t)
             src.partitions.add(origin[1])
-            src.seen_ms[_VIDEO] = now
+            src.seen_ms[M_VIDEO] = now
             if self._tumbling:
                 s = t - t % self._window_ns
                 if s + self._window_ns <= src.frontier:
@@ -222,8 +163,8 @@ class Aligner:
                 placed, partly = self._place_frame(src, item, origin, t)
                 if not placed:
                     return self._late(src, t, t)
-            if t > src.vouched[_VIDEO]:
-                src.vouched[_VIDEO] = t
+            if t > src.vouched[M_VIDEO]:
+                src.vouched[M_VIDEO] = t
                 src.dirty = True
                 if t > src.max_ns:
                     src.max_ns = t
@@ -234,16 +175,16 @@ class Aligner:
             return self._add_segment(src, item, origin, now)
         raise TypeError(f"not a contract item: {cls.__name__}")
 
-    def _new_source(self, source_id: str, now: int) -> _Source:
+    def _new_source(self, source_id: str, now: int) -> SourceState:
         # silence of a source's modalities counts from its first record, not from a horizon
         # loaded at start-up: a source resuming late must not find its other modalities idle
-        src = self._sources[source_id] = _Source(source_id, now)
+        src = self._sources[source_id] = SourceState(source_id, now)
         horizon = self._horizons.pop(source_id, None)
         if horizon is not None:
             src.horizon = src.frontier = horizon
         return src
 
-    def _open_window(self, src: _Source, s: int) -> OpenWindow:
+    def _open_window(self, src: SourceState, s: int) -> OpenWindow:
         w = src.windows[s] = OpenWindow(s, s + self._window_ns)
         self._n_open += 1
         if len(src.windows) == 1:
@@ -254,14 +195,14 @@ class Aligner:
             self._over[src.id] = src
         return w
 
-    def _reject(self, src: _Source, t: int, what: str = "") -> AddResult:
+    def _reject(self, src: SourceState, t: int, what: str = "") -> AddResult:
         detail = what or (
             f"event time {t} ns is more than max_future_ms={self.config.max_future_ms} ahead of "
             f"source {src.id}'s newest time {src.max_ns} ns"
         )
         return AddResult(AddStatus.REJECTED, src.id, (), Reason.TS_OUT_OF_RANGE, detail)
 
-    def _late(self, src: _Source, lo: int, hi: int) -> AddResult:
+    def _late(self, src: SourceState, lo: int, hi: int) -> AddResult:
         """Every window of [lo, hi] ends at or before the frontier: replayed or late."""
         last_end = interval_windows(hi, hi, self._window_ns, self._hop_ns)[-1] + self._window_ns
         if last_end <= src.horizon:
@@ -271,7 +212,7 @@ class Aligner:
             f"event time {lo} ns: its windows of source {src.id} closed (up to {src.frontier} ns)",
         )
 
-    def _place_frame(self, src: _Source, item: VideoFrame, origin: Origin, t: int) -> tuple[tuple[int, ...], bool]:
+    def _place_frame(self, src: SourceState, item: VideoFrame, origin: Origin, t: int) -> tuple[tuple[int, ...], bool]:
         placed = []
         skipped = False
         n = len(item.data)
@@ -287,21 +228,21 @@ class Aligner:
             placed.append(s)
         return tuple(placed), skipped and bool(placed)
 
-    def _add_audio(self, src: _Source, item: AudioChunk, origin: Origin, now: int) -> AddResult:
+    def _add_audio(self, src: SourceState, item: AudioChunk, origin: Origin, now: int) -> AddResult:
         ts, rate, data = item.ts_ns, item.sample_rate, item.data
         width = SAMPLE_BYTES[item.sample_format] * item.channels
         n = len(data) // width
         if n == 0:
             return AddResult(AddStatus.REJECTED, src.id, (), Reason.PAYLOAD_SIZE, "audio chunk holds no whole sample")
         end = ts + ((n - 1) * 1_000_000_000) // rate
-        if end > src.max_ns + self._future_ns and src.max_ns != _NEVER:
+        if end > src.max_ns + self._future_ns and src.max_ns != NEVER:
             return self._reject(src, end)
         W = self._window_ns
         s = ts - ts % self._hop_ns
         if self._tumbling and end < s + W:
             # the common case: the whole chunk inside one window
             if s + W <= src.frontier:
-                src.seen_ms[_AUDIO] = now
+                src.seen_ms[M_AUDIO] = now
                 return self._late(src, ts, end)
             starts: range | tuple[int, ...] = (s,)
         else:
@@ -309,7 +250,7 @@ class Aligner:
             if len(starts) > self._max_open:
                 return self._reject(src, end, f"audio chunk spans {len(starts)} windows (> {self._max_open})")
         src.partitions.add(origin[1])
-        src.seen_ms[_AUDIO] = now
+        src.seen_ms[M_AUDIO] = now
         placed = []
         skipped = False
         for s in starts:
@@ -331,23 +272,23 @@ class Aligner:
             placed.append(s)
         if not placed:
             return self._late(src, ts, end)
-        if end > src.vouched[_AUDIO]:
-            src.vouched[_AUDIO] = end
+        if end > src.vouched[M_AUDIO]:
+            src.vouched[M_AUDIO] = end
             src.dirty = True
             if end > src.max_ns:
                 src.max_ns = end
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
 
-    def _add_segment(self, src: _Source, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
+    def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
         start, end, final, sid = item.start_ns, item.end_ns, item.final, item.segment_id
-        if end > src.max_ns + self._future_ns and src.max_ns != _NEVER:
+        if end > src.max_ns + self._future_ns and src.max_ns != NEVER:
             return self._reject(src, end)
         W = self._window_ns
         starts = segment_windows(start, end, W, self._hop_ns)
         if len(starts) > self._max_open:
             return self._reject(src, end, f"segment spans {len(starts)} windows (> {self._max_open})")
         src.partitions.add(origin[1])
-        src.seen_ms[_TEXT] = now
+        src.seen_ms[M_TEXT] = now
         key: Hashable = origin if sid is None else sid
         if sid is not None:
             prev = src.revisions.get(sid)
@@ -381,8 +322,8 @@ class Aligner:
                 src.revisions.pop(sid, None)
         if not placed:
             return self._late(src, start, max(start, end - 1))
-        if final and end > src.vouched[_TEXT]:
-            src.vouched[_TEXT] = end
+        if final and end > src.vouched[M_TEXT]:
+            src.vouched[M_TEXT] = end
             src.dirty = True
             if end > src.max_ns:
                 src.max_ns = end
@@ -411,14 +352,14 @@ class Aligner:
             self._shed(out)
         return out
 
-    def _evaluate(self, src: _Source, now: int, caught_up: CaughtUp | None, out: list[ClosedWindow]) -> None:
-        bound = _ALWAYS
+    def _evaluate(self, src: SourceState, now: int, caught_up: CaughtUp | None, out: list[ClosedWindow]) -> None:
+        bound = ALWAYS
         any_idle = False
-        check_at = _ALWAYS
-        for m in (_VIDEO, _AUDIO, _TEXT):
+        check_at = ALWAYS
+        for m in (M_VIDEO, M_AUDIO, M_TEXT):
             seen = src.seen_ms[m]
             if now - seen >= self._idle_ms and (
-                caught_up is None or all(caught_up(_MODALITIES[m], p) for p in src.partitions)
+                caught_up is None or all(caught_up(MODALITIES[m], p) for p in src.partitions)
             ):
                 any_idle = True
                 continue
@@ -427,8 +368,8 @@ class Aligner:
         src.dirty = False
         src.check_at_ms = check_at
         cause: CloseCause = "idle" if any_idle else "watermark"
-        if bound == _ALWAYS:  # every modality idle: the source went silent
-            self._close_through(src, _ALWAYS, cause, out)
+        if bound == ALWAYS:  # every modality idle: the source went silent
+            self._close_through(src, ALWAYS, cause, out)
             return
         if bound < 0:
             return
@@ -438,7 +379,7 @@ class Aligner:
         if edge > src.frontier:
             src.frontier = edge
 
-    def _close_through(self, src: _Source, bound: int, cause: CloseCause, out: list[ClosedWindow]) -> None:
+    def _close_through(self, src: SourceState, bound: int, cause: CloseCause, out: list[ClosedWindow]) -> None:
         """Close the source's windows ending at or before ``bound`` (ns), oldest first."""
         if src.min_start + self._window_ns > bound:
             return
@@ -447,7 +388,7 @@ class Aligner:
                 break
             out.append(self._close(src, s, cause))
 
-    def _close(self, src: _Source, s: int, cause: CloseCause) -> ClosedWindow:
+    def _close(self, src: SourceState, s: int, cause: CloseCause) -> ClosedWindow:
         w = src.windows.pop(s)
         self._n_open -= 1
         self._bytes -= w.nbytes
@@ -459,7 +400,7 @@ class Aligner:
             if len(src.windows) <= self._max_open:
                 self._over.pop(src.id, None)
         else:
-            src.min_start = _ALWAYS
+            src.min_start = ALWAYS
             self._open.pop(src.id, None)
             self._over.pop(src.id, None)
         for key in w.segments:
@@ -486,7 +427,7 @@ class Aligner:
         """Close every open window now (shutdown drain), oldest first per source."""
         out: list[ClosedWindow] = []
         for src in list(self._open.values()):
-            self._close_through(src, _ALWAYS, "flush", out)
+            self._close_through(src, ALWAYS, "flush", out)
         return out
 
     # ------------------------------------------------------------------ lifecycle of sources
@@ -514,7 +455,7 @@ class Aligner:
         partial window. Open windows already covered are dropped; their keys are returned."""
         src = self._sources.get(source_id)
         if src is None:
-            self._horizons[source_id] = max(self._horizons.get(source_id, _NEVER), published_end_ns)
+            self._horizons[source_id] = max(self._horizons.get(source_id, NEVER), published_end_ns)
             return []
         src.horizon = max(src.horizon, published_end_ns)
         src.frontier = max(src.frontier, published_end_ns)
@@ -526,7 +467,7 @@ class Aligner:
             self._bytes -= w.nbytes
             self._n_open -= 1
             dropped.append((source_id, s))
-        src.min_start = min(src.windows) if src.windows else _ALWAYS
+        src.min_start = min(src.windows) if src.windows else ALWAYS
         if not src.windows:
             self._open.pop(source_id, None)
         if len(src.windows) <= self._max_open:

@@ -1,0 +1,81 @@
+"""The aligner's small types: what ``add`` returns, and the per-source state it keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import NamedTuple
+
+from stream.contract import Modality
+from stream.errors import Reason
+from stream.windows._closed import OpenWindow, WindowKey
+
+__all__ = ["AddResult", "AddStatus", "CaughtUp", "SourceState"]
+
+MODALITIES = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
+M_VIDEO, M_AUDIO, M_TEXT = 0, 1, 2
+NEVER = -(1 << 80)  # "no time yet": below any watermark
+ALWAYS = 1 << 80  # "no bound": above any window end
+
+CaughtUp = Callable[[Modality, int], bool]
+"""``caught_up(modality, partition)``: that input partition has no unread data (position at the
+high watermark). Only then may a modality's silence count as idle."""
+
+
+class AddStatus(StrEnum):
+    """What ``Aligner.add`` did with a record."""
+
+    ACCEPTED = "accepted"
+    """Placed in ``windows`` (hold its offset until they are released); with no windows it was a
+    stale revision of a transcript segment (a partial after its final): acknowledge it."""
+    LATE = "late"
+    """Every window it overlaps has closed: not merged; count it, route it to the late topic."""
+    REJECTED = "rejected"
+    """Pathological timestamp or span (``reason``): not merged; dead-letter it."""
+    REPLAYED = "replayed"
+    """Falls only in windows already published before a restart (the horizon): drop silently."""
+
+
+class AddResult(NamedTuple):
+    """Outcome of one ``add``. A tuple for speed: one is built per record."""
+
+    status: AddStatus
+    source_id: str
+    windows: tuple[int, ...] = ()
+    """Start (ns) of every window the record was placed in, oldest first."""
+    reason: Reason | None = None
+    detail: str = ""
+    partly_late: bool = False
+    """Accepted, but part of it (an interval's head, or a sliding window) fell in closed windows."""
+
+    @property
+    def keys(self) -> tuple[WindowKey, ...]:
+        """The windows as ledger keys (source_id, start_ns)."""
+        sid = self.source_id
+        if len(self.windows) == 1:
+            return ((sid, self.windows[0]),)
+        return tuple([(sid, s) for s in self.windows])
+
+
+class SourceState:
+    """State of one source id. Modality-indexed lists: 0 video, 1 audio, 2 text."""
+
+    __slots__ = (
+        "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon", "max_ns",
+        "revisions", "dirty", "check_at_ms", "min_start",
+    )
+
+    def __init__(self, source_id: str, now_ms: int) -> None:
+        self.id = source_id
+        self.windows: dict[int, OpenWindow] = {}
+        self.vouched = [NEVER, NEVER, NEVER]  # largest vouched-for time per modality
+        self.seen_ms = [now_ms, now_ms, now_ms]  # processing time of the last record (or creation)
+        self.partitions: set[int] = set()
+        self.frontier = NEVER
+        self.horizon = NEVER
+        self.max_ns = NEVER  # newest vouched time over modalities: the far-future reference
+        # segment_id -> (final, starts placed in): what a revision must remove
+        self.revisions: dict[str, tuple[bool, tuple[int, ...]]] = {}
+        self.dirty = False  # vouched time moved since the last evaluation
+        self.check_at_ms = now_ms
+        self.min_start = ALWAYS
