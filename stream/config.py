@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     drain_timeout_ms: int = Field(15_000, gt=0, description="SIGTERM: time to close, infer, publish, commit")
+    include_embedding: bool = Field(False, description="put the fused embedding in each result")
 
     @classmethod
     def settings_customise_sources(

@@ -227,6 +227,8 @@ class Counts(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """Which model produced a result."""
+
     name: str
     version: str
 
@@ -256,6 +258,10 @@ class WindowResult(BaseModel):
     model: ModelInfo
     latency: Latency
     offsets: list[OffsetRange]
+    closed_by: Literal["watermark", "idle", "flush", "pressure"] = Field(
+        "watermark", description="why the window closed: watermarks passed, a modality was idle, shutdown, or memory bounds"
+    )
+    error: str | None = Field(None, description="set when inference failed for this window; scores are then empty")
 
     @staticmethod
     def make_id(source_id: str, window_start_ns: int) -> str:
@@ -451,7 +457,7 @@ def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLi
     _check_size(value, limits.max_text_bytes, "transcript")
     try:
         doc = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
         raise ContractError(Reason.BAD_JSON, f"value is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ContractError(Reason.BAD_JSON, "value must be a JSON object")

@@ -1,0 +1,82 @@
+"""Flow control: which input partitions to pause, and why.
+
+Two reasons to stop fetching a partition, decided here from plain numbers (no Kafka objects), so
+the rules are unit-testable:
+
+- **Watermark alignment** (as Flink's FLIP-182): the three co-partitioned topics are fetched at
+  very different event-time rates (a 12 KB frame topic and a 640 B audio topic through one
+  consumer). Windows close on the *slowest* modality, so a fast topic running ahead only fills
+  memory. A topic-partition whose event time runs more than ``max_ahead_ms`` ahead of the slowest
+  modality of the same partition number that still has unread data is paused until it catches up.
+- **Backpressure**: when the batcher is full every partition pauses (lag grows in Kafka, not in
+  memory); when the aligner is full every partition pauses except, per partition number, the
+  slowest modality with unread data, which is the one whose records let windows close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from stream.contract import Modality
+
+__all__ = ["FlowDecision", "decide_pauses"]
+
+Slot = tuple[Modality, int]  # (modality, partition number)
+
+
+@dataclass(frozen=True)
+class FlowDecision:
+    paused: frozenset[Slot]
+    reason: str  # "" | "alignment" | "aligner_full" | "batcher_full"
+
+
+def decide_pauses(
+    slots: Iterable[Slot],
+    event_ns: dict[Slot, int],
+    has_unread: Callable[[Modality, int], bool],
+    *,
+    max_ahead_ms: int,
+    aligner_full: bool,
+    batcher_full: bool,
+) -> FlowDecision:
+    """The set of (modality, partition) slots to keep paused now.
+
+    Args:
+        slots: every assigned (modality, partition number).
+        event_ns: newest event time read per slot; a slot missing here has read nothing yet.
+        has_unread: whether the slot's partition has data we have not read (not caught up).
+        max_ahead_ms: alignment bound.
+        aligner_full, batcher_full: the bounded stages' states.
+    """
+    slots = list(slots)
+    if batcher_full:
+        return FlowDecision(frozenset(slots), "batcher_full")
+    by_partition: dict[int, list[Modality]] = {}
+    for modality, partition in slots:
+        by_partition.setdefault(partition, []).append(modality)
+    paused: set[Slot] = set()
+    reason = ""
+    ahead_ns = max_ahead_ms * 1_000_000
+    for partition, modalities in by_partition.items():
+        waiting = [m for m in modalities if has_unread(m, partition)]
+        known = [m for m in waiting if (m, partition) in event_ns]
+        if len(known) < len(waiting):
+            slowest = None  # a modality with unread data has not been read at all yet: no basis
+        else:
+            slowest = min(known, key=lambda m: event_ns[(m, partition)]) if known else None
+        if aligner_full:
+            for m in modalities:
+                if m is not slowest:
+                    paused.add((m, partition))
+            reason = "aligner_full"
+            continue
+        if slowest is None:
+            continue
+        floor = event_ns[(slowest, partition)]
+        for m in modalities:
+            t = event_ns.get((m, partition))
+            if t is not None and t - floor > ahead_ns:
+                paused.add((m, partition))
+                reason = reason or "alignment"
+    return FlowDecision(frozenset(paused), reason)

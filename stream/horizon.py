@@ -1,0 +1,99 @@
+"""Published horizons: which windows of each source are already safely on the results topic.
+
+At-least-once delivery replays records after a crash or a partition move. Many sources share a
+partition, so the committed offset can sit inside a window that was already published for one
+source but not yet for another. Replaying such a window must not build a second, smaller result:
+the aligner drops records whose windows end at or before the source's horizon.
+
+A horizon only advances over a contiguous prefix: windows of a source close in event-time order,
+but batches may finish out of order, so the horizon is the end of the newest window such that
+every window of that source closed before it has been acknowledged. Horizons travel with the
+offset commit, as Kafka commit metadata (a compact JSON object per partition), so whoever owns
+the partition next reads them back before it consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+__all__ = ["HorizonTracker", "decode_metadata", "encode_metadata"]
+
+log = logging.getLogger(__name__)
+
+METADATA_VERSION = 1
+# Kafka's offset.metadata.max.bytes defaults to 4096; stay under it with a margin.
+MAX_METADATA_BYTES = 3800
+
+
+class HorizonTracker:
+    """Per-source published horizons with in-order advancement."""
+
+    def __init__(self) -> None:
+        self._horizon: dict[str, int] = {}
+        self._pending: dict[str, deque[list[int | bool]]] = {}  # per source: [end_ns, acked] in close order
+
+    def horizon(self, source_id: str) -> int | None:
+        return self._horizon.get(source_id)
+
+    def load(self, horizons: dict[str, int]) -> None:
+        """Adopt horizons read from commit metadata (never moving one backwards)."""
+        for source, end_ns in horizons.items():
+            if end_ns > self._horizon.get(source, -1):
+                self._horizon[source] = end_ns
+
+    def closed(self, source_id: str, end_ns: int) -> list[int | bool]:
+        """Register a window handed to inference; returns the token to pass to ``acked``."""
+        token: list[int | bool] = [end_ns, False]
+        self._pending.setdefault(source_id, deque()).append(token)
+        return token
+
+    def acked(self, source_id: str, token: list[int | bool]) -> None:
+        """The window's result is on the broker; advance the horizon over the acked prefix."""
+        token[1] = True
+        queue = self._pending.get(source_id)
+        while queue and queue[0][1]:
+            end_ns = int(queue.popleft()[0])
+            if end_ns > self._horizon.get(source_id, -1):
+                self._horizon[source_id] = end_ns
+        if queue is not None and not queue:
+            del self._pending[source_id]
+
+    def forget(self, sources: Iterable[str]) -> None:
+        """Drop sources whose partitions were revoked (their next owner reads the commit)."""
+        for source in sources:
+            self._horizon.pop(source, None)
+            self._pending.pop(source, None)
+
+    def snapshot(self, sources: Iterable[str]) -> dict[str, int]:
+        return {s: self._horizon[s] for s in sources if s in self._horizon}
+
+
+def encode_metadata(horizons: dict[str, int]) -> str:
+    """Commit metadata for one partition. Sources beyond the size bound are left out, oldest first:
+    for them a replay can repeat a window (still a full one if its records are all replayed)."""
+    items = sorted(horizons.items(), key=lambda kv: kv[1], reverse=True)
+    doc: dict[str, object] = {"v": METADATA_VERSION, "h": dict(items)}
+    text = json.dumps(doc, separators=(",", ":"))
+    while len(text.encode()) > MAX_METADATA_BYTES and items:
+        items = items[: max(0, len(items) - max(1, len(items) // 8))]
+        doc["h"] = dict(items)
+        text = json.dumps(doc, separators=(",", ":"))
+    if len(items) < len(horizons):
+        log.warning("commit metadata holds %d of %d source horizons (size bound)", len(items), len(horizons))
+    return text
+
+
+def decode_metadata(text: str | None) -> dict[str, int]:
+    """Horizons from commit metadata; anything unreadable (or another tool's metadata) is empty."""
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+        if doc.get("v") != METADATA_VERSION:
+            return {}
+        return {str(k): int(v) for k, v in doc.get("h", {}).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
