@@ -36,6 +36,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--as-fast-as-possible", action="store_true",
                        help="do not pace to the wall clock (backfills, tests)")
 
+    def frame_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--fps-cap", type=float, default=None, help="publish at most this many frames per second")
+        q.add_argument("--resize", metavar="WxH", default=None, help="resize frames, e.g. 320x240")
+        q.add_argument("--encoding", choices=("jpeg", "png", "raw"), default="jpeg", help="frame encoding (default jpeg)")
+        q.add_argument("--jpeg-quality", type=int, default=85)
+
+    q = kinds.add_parser("camera", help="an OpenCV camera (index), video file or stream URL, stamped live")
+    common(q, source_id="cam-0")
+    q.add_argument("--device", default="0", help="device index, file or URL (default 0)")
+    frame_opts(q)
+    q.add_argument("--on-end", choices=("reconnect", "exit"), default="reconnect",
+                   help="when the device or stream ends or fails (default reconnect, with backoff)")
+    q.add_argument("--max-reconnects", type=int, default=None, help="give up after this many (default: never)")
+    q.add_argument("--backoff-ms", type=int, default=500, help="first reconnect delay, doubling (default 500)")
+    q.set_defaults(func=_run_camera)
+
+    q = kinds.add_parser("mic", help="a PyAudio microphone: s16le chunks with contiguous mm-ts")
+    common(q, source_id="mic-0")
+    q.add_argument("--device", default=None, help="input device index or name (default: the system default)")
+    q.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    q.add_argument("--rate", type=int, default=16000, help="sample rate, Hz (default 16000)")
+    q.add_argument("--channels", type=int, default=1)
+    q.add_argument("--chunk-ms", type=int, default=20, help="chunk length (default 20)")
+    q.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of audio")
+    q.set_defaults(func=_run_mic)
+
+    q = kinds.add_parser("video", help="a video file, frames at their own timestamps from --start-ns")
+    common(q, source_id="video-0")
+    q.add_argument("file")
+    start(q)
+    frame_opts(q)
+    q.set_defaults(func=_run_file, kind="video")
+
+    q = kinds.add_parser("wav", help="a 16-bit PCM WAV file as contiguous chunks from --start-ns")
+    common(q, source_id="wav-0")
+    q.add_argument("file")
+    start(q)
+    q.add_argument("--chunk-ms", type=int, default=20, help="chunk length (default 20)")
+    q.set_defaults(func=_run_file, kind="wav")
+
+    q = kinds.add_parser("transcript", help="a JSONL transcript (text, start_s/end_s or start_ns/end_ns)")
+    common(q, source_id="text-0")
+    q.add_argument("file")
+    start(q)
+    q.set_defaults(func=_run_file, kind="transcript")
+
     q = kinds.add_parser("synthetic", help="N scripted sources: JPEG frames, PCM audio, transcript segments")
     common(q, source_id=None)
     start(q)
@@ -106,5 +152,100 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         return {"source": "synthetic", "sources": cfg.sources, "records": stats.records,
                 "start_ns": stats.start_ns, "end_ns": stats.end_ns, "elapsed_s": round(stats.elapsed_s, 3),
                 "stopped_early": stats.stopped_early}
+
+    return _run_until_signal(main)
+
+
+# --------------------------------------------------------------------------- devices and files
+
+
+def _frame_options(args: argparse.Namespace) -> dict[str, Any]:
+    from stream.errors import ConfigError
+
+    opts: dict[str, Any] = {"fps_cap": args.fps_cap, "encoding": args.encoding, "jpeg_quality": args.jpeg_quality}
+    if args.resize:
+        try:
+            w, h = (int(v) for v in args.resize.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--resize {args.resize!r} must be WxH, e.g. 320x240") from None
+        opts.update(width=w, height=h)
+    return opts
+
+
+def _config(cls: Any, **fields: Any) -> Any:
+    from pydantic import ValidationError
+
+    from stream.errors import ConfigError
+
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid capture options: " + "; ".join(lines)) from exc
+
+
+def _run_camera(args: argparse.Namespace) -> int:
+    from stream.sources._publish import Publisher
+    from stream.sources.camera import CameraConfig, CameraSource
+
+    settings = _settings(args)
+    cfg = _config(CameraConfig, device=args.device, source_id=args.source_id, on_end=args.on_end,
+                  max_reconnects=args.max_reconnects, backoff_initial_ms=args.backoff_ms, **_frame_options(args))
+
+    async def main(stop: asyncio.Event) -> dict[str, Any]:
+        async with Publisher(settings.kafka, settings.topics, settings.limits, max_in_flight=8) as pub:
+            stats = await CameraSource(cfg, pub).run(stop)
+        return {"source": "camera", "source_id": cfg.source_id, "frames": stats.frames, "dropped": stats.dropped,
+                "skipped": stats.skipped, "reconnects": stats.reconnects, "ended": stats.ended}
+
+    return _run_until_signal(main)
+
+
+def _run_mic(args: argparse.Namespace) -> int:
+    from stream.sources.mic import MicConfig, MicSource, list_input_devices
+
+    if args.list_devices:
+        devices = list_input_devices()
+        for d in devices:
+            print(f"{d.index:3d}  {d.name}  ({d.channels} ch, {d.default_rate:.0f} Hz, {d.host_api})")
+        if not devices:
+            print("no input devices (PortAudio sees none)", file=sys.stderr)
+        return 0
+    from stream.sources._publish import Publisher
+
+    settings = _settings(args)
+    cfg = _config(MicConfig, device=args.device, source_id=args.source_id, sample_rate=args.rate,
+                  channels=args.channels, chunk_ms=args.chunk_ms,
+                  duration_ms=None if args.duration is None else round(args.duration * 1000))
+
+    async def main(stop: asyncio.Event) -> dict[str, Any]:
+        async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
+            stats = await MicSource(cfg, pub).run(stop)
+        return {"source": "mic", "source_id": cfg.source_id, "chunks": stats.chunks, "samples": stats.samples,
+                "overruns": stats.overruns, "resyncs": stats.resyncs, "first_ts_ns": stats.first_ts_ns}
+
+    return _run_until_signal(main)
+
+
+def _run_file(args: argparse.Namespace) -> int:
+    from stream.sources import files
+    from stream.sources._publish import Publisher
+    from stream.sources.camera import FrameOptions
+
+    settings = _settings(args)
+    opts = _config(files.ReplayOptions, source_id=args.source_id, start_ns=args.start_ns,
+                   realtime=not args.as_fast_as_possible)
+    frame_opts = _config(FrameOptions, **_frame_options(args)) if args.kind == "video" else None
+
+    async def main(stop: asyncio.Event) -> dict[str, Any]:
+        async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
+            if args.kind == "video":
+                stats = await files.replay_video(args.file, pub, opts, frame_opts, stop=stop)
+            elif args.kind == "wav":
+                stats = await files.replay_wav(args.file, pub, opts, chunk_ms=args.chunk_ms, stop=stop)
+            else:
+                stats = await files.replay_transcript(args.file, pub, opts, stop=stop)
+        return {"source": args.kind, "source_id": opts.source_id, "records": stats.records,
+                "start_ns": stats.start_ns, "first_ts_ns": stats.first_ts_ns, "last_ts_ns": stats.last_ts_ns}
 
     return _run_until_signal(main)

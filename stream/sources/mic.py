@@ -1,0 +1,268 @@
+"""Microphone source: a PyAudio input stream as contiguous s16le chunks.
+
+PortAudio calls back from its own thread with ``chunk_ms`` of audio; the callback only hands the
+bytes over (a bounded queue). Timestamps come from the sample count, not from each callback: the
+first chunk is stamped from the capture clock minus the device's input latency and the chunk's
+own length, and chunk ``j`` is ``j * chunk_ms`` after it, so ``mm-ts`` is contiguous. An input
+overrun (PortAudio's flag, or our queue full) is counted, never fatal; after samples were lost the
+timeline is re-anchored forward to the clock (the aligner zero-fills the gap). A timeline that
+falls more than ``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way.
+
+Example::
+
+    mic = MicSource(MicConfig(device="default", source_id="mic-0"), publisher)
+    stats = await mic.run(stop)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stream.contract import AudioChunk
+from stream.errors import CaptureError
+from stream.sources._publish import Publisher
+from stream.sources.clock import CaptureClock, default_clock
+
+__all__ = ["InputDevice", "MicConfig", "MicSource", "MicStats", "list_input_devices"]
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+
+class MicConfig(BaseModel):
+    """A microphone source. ``device`` is an index, a name (substring match) or None (the default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str | None = Field(None, description="PortAudio input device index or name; None = default")
+    source_id: str = Field("mic-0", pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    sample_rate: int = Field(16000, ge=1000, le=384_000)
+    channels: int = Field(1, ge=1, le=32)
+    chunk_ms: int = Field(20, ge=1, le=1000)
+    duration_ms: int | None = Field(None, gt=0, description="stop after this much audio; None = until stopped")
+    queue_chunks: int = Field(500, ge=1, description="chunks buffered between PortAudio and Kafka")
+    resync_ms: int = Field(200, gt=0, description="re-anchor when the sample timeline lags the clock by more")
+
+    @model_validator(mode="after")
+    def _whole_samples(self) -> MicConfig:
+        if (self.sample_rate * self.chunk_ms) % 1000:
+            raise ValueError(f"chunk_ms {self.chunk_ms} is not a whole number of samples at {self.sample_rate} Hz")
+        return self
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.sample_rate * self.chunk_ms // 1000
+
+
+@dataclass
+class MicStats:
+    chunks: int = 0
+    samples: int = 0
+    overruns: int = 0
+    resyncs: int = 0
+    first_ts_ns: int | None = None
+    input_latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class InputDevice:
+    index: int
+    name: str
+    channels: int
+    default_rate: float
+    host_api: str
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """ALSA and JACK print harmless noise on fd 2 while PortAudio probes devices; hide it."""
+    try:
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError):
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _pyaudio() -> Any:
+    try:
+        import pyaudio
+    except ImportError as exc:
+        raise CaptureError("microphone capture needs PyAudio: pip install 'mmstream[mic]' "
+                           "(build it after apt-get install portaudio19-dev)") from exc
+    with _quiet_stderr():
+        return pyaudio.PyAudio()
+
+
+def _devices(pa: Any) -> list[InputDevice]:
+    out = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if int(info.get("maxInputChannels", 0)) > 0:
+            api = pa.get_host_api_info_by_index(info["hostApi"])["name"]
+            out.append(InputDevice(i, str(info["name"]), int(info["maxInputChannels"]),
+                                   float(info["defaultSampleRate"]), str(api)))
+    return out
+
+
+def list_input_devices() -> list[InputDevice]:
+    """Every PortAudio device that can record.
+
+    Raises:
+        CaptureError: PyAudio is not installed.
+    """
+    pa = _pyaudio()
+    try:
+        return _devices(pa)
+    finally:
+        pa.terminate()
+
+
+def _resolve(pa: Any, device: str | None) -> int | None:
+    if device is None:
+        return None
+    devices = _devices(pa)
+    if device.isdigit():
+        if any(d.index == int(device) for d in devices):
+            return int(device)
+    else:
+        exact = [d for d in devices if d.name == device]
+        found = exact or [d for d in devices if device.lower() in d.name.lower()]
+        if found:
+            return found[0].index
+    names = ", ".join(f"{d.index}: {d.name}" for d in devices) or "none"
+    raise CaptureError(f"no input device {device!r}; input devices are: {names} (see --list-devices)")
+
+
+class MicSource:
+    """Publishes one PortAudio input stream until stopped or ``duration_ms`` of audio was captured."""
+
+    def __init__(self, config: MicConfig, publisher: Publisher, *, clock: CaptureClock | None = None) -> None:
+        self.config = config
+        self._pub = publisher
+        self._clock = clock or default_clock()
+        self.stats = MicStats()
+
+    async def run(self, stop: asyncio.Event | None = None) -> MicStats:
+        """Capture and publish; returns the counts.
+
+        Raises:
+            CaptureError: no PyAudio, no such device, or the stream cannot be opened.
+            KafkaError: publishing failed.
+        """
+        cfg = self.config
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue(cfg.queue_chunks)
+        frame_bytes = 2 * cfg.channels
+        pa = _pyaudio()
+        stream = None
+        lost = [0]  # chunks the queue could not take (counted in the PortAudio thread's callback)
+
+        def put(item: tuple[bytes, bool]) -> None:
+            try:
+                chunks.put_nowait(item)
+            except asyncio.QueueFull:
+                lost[0] += 1
+
+        def callback(in_data: bytes, frame_count: int, time_info: dict, status: int) -> tuple[None, int]:
+            import pyaudio
+
+            loop.call_soon_threadsafe(put, (in_data, bool(status & pyaudio.paInputOverflow)))
+            return None, pyaudio.paContinue
+
+        try:
+            import pyaudio
+
+            index = _resolve(pa, cfg.device)
+            try:
+                with _quiet_stderr():
+                    stream = pa.open(format=pyaudio.paInt16, channels=cfg.channels, rate=cfg.sample_rate, input=True,
+                                     input_device_index=index, frames_per_buffer=cfg.chunk_samples,
+                                     stream_callback=callback)
+            except (OSError, ValueError) as exc:
+                raise CaptureError(
+                    f"cannot open input device {cfg.device or 'default'} at {cfg.sample_rate} Hz x {cfg.channels}: {exc}"
+                ) from exc
+            self.stats.input_latency_s = float(stream.get_input_latency())
+            log.info("mic %s: recording from %s at %d Hz x %d, %d ms chunks, input latency %.1f ms",
+                     cfg.source_id, cfg.device or "default", cfg.sample_rate, cfg.channels, cfg.chunk_ms,
+                     1000 * self.stats.input_latency_s)
+            await self._pump(chunks, stop, lost, frame_bytes)
+        finally:
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.stop_stream()
+                stream.close()
+            pa.terminate()
+        await self._pub.flush()
+        return self.stats
+
+    async def _pump(self, chunks: asyncio.Queue, stop: asyncio.Event, lost: list[int], frame_bytes: int) -> None:
+        cfg = self.config
+        limit = None if cfg.duration_ms is None else cfg.duration_ms * cfg.sample_rate // 1000
+        anchor_ns: int | None = None  # event time of sample 0 of the current timeline
+        since_anchor = 0  # samples published on it
+        seen_lost = 0
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while limit is None or self.stats.samples < limit:
+                get = asyncio.ensure_future(chunks.get())
+                done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                data, overflow = get.result()
+                n = len(data) // frame_bytes
+                if limit is not None:
+                    n = min(n, limit - self.stats.samples)
+                    data = data[: n * frame_bytes]
+                if lost[0] > seen_lost or overflow:
+                    self.stats.overruns += (lost[0] - seen_lost) + int(overflow)
+                    seen_lost = lost[0]
+                    if anchor_ns is not None:
+                        log.warning("mic %s: input overrun (%d so far); samples were lost, re-anchoring",
+                                    cfg.source_id, self.stats.overruns)
+                        anchor_ns = None
+                # this chunk's last sample was captured input latency before the callback
+                now_first = self._clock.stamp(
+                    latency_ns=int(self.stats.input_latency_s * NS_PER_S) + n * NS_PER_S // cfg.sample_rate)
+                if anchor_ns is None:
+                    anchor_ns, since_anchor = now_first, 0
+                else:
+                    ts = anchor_ns + since_anchor * NS_PER_S // cfg.sample_rate
+                    if now_first - ts > cfg.resync_ms * 1_000_000:
+                        self.stats.resyncs += 1
+                        log.warning("mic %s: sample clock %.0f ms behind the capture clock; re-anchoring",
+                                    cfg.source_id, (now_first - ts) / 1e6)
+                        anchor_ns, since_anchor = now_first, 0
+                ts = anchor_ns + since_anchor * NS_PER_S // cfg.sample_rate
+                since_anchor += n
+                if n == 0:
+                    continue
+                chunk = AudioChunk(source_id=cfg.source_id, ts_ns=ts, sample_format="s16le",
+                                   sample_rate=cfg.sample_rate, channels=cfg.channels, data=data)
+                await self._pub.publish(chunk)
+                self.stats.chunks += 1
+                self.stats.samples += n
+                if self.stats.first_ts_ns is None:
+                    self.stats.first_ts_ns = ts
+        finally:
+            stop_wait.cancel()
