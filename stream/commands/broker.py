@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     broker = EmbeddedBroker(args.port)
     print(broker.start(), flush=True)
     print("memory storage: everything is lost when it stops (Ctrl-C)", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGTERM, _leave_wait)
     try:
         code = broker.wait()
     except KeyboardInterrupt:
@@ -27,3 +27,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     return 0 if code in (0, -signal.SIGTERM) else code
+
+
+def _leave_wait(*_: object) -> None:
+    # Only leave broker.wait(); the finally clause stops the child. Stopping inside the handler would
+    # call Popen.wait() while the interrupted Popen.wait() holds its non-reentrant lock: a deadlock.
+    raise KeyboardInterrupt

@@ -1,0 +1,212 @@
+"""stream/kafka.py against the embedded broker: topics, producer/consumer factories, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream.config import KafkaConfig, LimitsConfig, Settings, TopicsConfig
+from stream.contract import (
+    Modality,
+    Origin,
+    TranscriptSegment,
+    audio_chunk_from_samples,
+    decode,
+    encode,
+    frame_from_image,
+)
+from stream.errors import ContractError, KafkaError, Reason, TopicLayoutError
+from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
+
+pytestmark = pytest.mark.integration
+
+TS = 1_700_000_000_000_000_000
+
+
+async def consume(consumer: AIOKafkaConsumer, n: int, timeout_s: float = 15.0) -> list[Any]:
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < n and time.monotonic() < deadline:
+        for batch in (await consumer.getmany(timeout_ms=200)).values():
+            records.extend(batch)
+    assert len(records) == n, f"consumed {len(records)} of {n} records"
+    return records
+
+
+async def assigned_consumer(s: Settings, topics: list[str], partitions: int) -> AIOKafkaConsumer:
+    consumer = make_consumer(s.kafka, s.limits, group=False)
+    await consumer.start()
+    consumer.assign([TopicPartition(t, p) for t in topics for p in range(partitions)])
+    return consumer
+
+
+def items() -> list[Any]:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    tone = np.sin(2 * np.pi * 440 * np.arange(1600) / 16_000).astype(np.float32)
+    return [
+        frame_from_image("cam-1", TS, image, encoding="jpeg"),
+        frame_from_image("cam-2", TS + 1, image, encoding="png"),
+        frame_from_image("cam-1", TS + 2, image, encoding="raw"),
+        audio_chunk_from_samples("cam-1", TS, tone, 16_000),
+        audio_chunk_from_samples("cam-2", TS, np.stack([tone, tone], axis=1), 48_000, sample_format="f32le"),
+        TranscriptSegment(source_id="cam-1", ts_ns=TS, start_ns=TS, end_ns=TS + 400_000_000, text="hallo wereld",
+                          segment_id="seg-1", confidence=0.87, lang="nl"),
+        TranscriptSegment(source_id="cam-2", ts_ns=TS, start_ns=TS, end_ns=TS, text="", final=False),
+    ]
+
+
+async def test_ensure_topics_creates_all_topics_with_equal_input_partitions(settings_for: Any) -> None:
+    s = settings_for(kafka={"partitions": 3})
+    counts = await ensure_topics(s.kafka, s.topics, s.limits)
+    t = s.topics
+    assert set(counts) == {t.video, t.audio, t.text, t.results, t.dead_letter}
+    assert counts[t.video] == counts[t.audio] == counts[t.text] == 3
+    assert await ensure_topics(s.kafka, s.topics, s.limits) == counts  # idempotent
+
+
+async def test_ensure_topics_creates_the_late_topic_when_configured(settings_for: Any, unique: str) -> None:
+    s = settings_for(topics={"late": f"late-{unique}"})
+    counts = await ensure_topics(s.kafka, s.topics, s.limits)
+    assert counts[f"late-{unique}"] == 2
+
+
+async def test_each_record_type_round_trips_through_the_broker(settings_for: Any) -> None:
+    s = settings_for()
+    await ensure_topics(s.kafka, s.topics, s.limits)
+    sent = items()
+    producer = make_producer(s.kafka, s.limits)
+    await producer.start()
+    try:
+        for item in sent:
+            key, value, headers = encode(item)
+            await producer.send(s.topics.input(item.modality), value=value, key=key, headers=headers)
+        await producer.flush()
+    finally:
+        await stop_bounded(producer, s.kafka.stop_timeout_ms, "producer")
+
+    consumer = await assigned_consumer(s, [s.topics.video, s.topics.audio, s.topics.text], 2)
+    try:
+        records = await consume(consumer, len(sent))
+    finally:
+        await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+    modality_of = s.topics.inputs
+    got = [decode(r, expect=modality_of[r.topic], limits=s.limits) for r in records]
+    key = lambda i: (i.modality.value, i.source_id, i.ts_ns, type(i).__name__, len(encode(i).value))  # noqa: E731
+    assert sorted(got, key=key) == sorted(sent, key=key)
+    assert {i.modality for i in got} == set(Modality)
+
+
+async def test_one_source_lands_on_the_same_partition_of_every_input_topic(settings_for: Any) -> None:
+    """Co-partitioning: the default partitioner (murmur2, as Java's) maps a key alike on every topic."""
+    s = settings_for(kafka={"partitions": 4})
+    await ensure_topics(s.kafka, s.topics, s.limits)
+    producer = make_producer(s.kafka, s.limits)
+    await producer.start()
+    placements: dict[str, set[int]] = {}
+    try:
+        for n in range(12):
+            source = f"src-{n}"
+            for item in (frame_from_image(source, TS, np.zeros((2, 2, 3), np.uint8), encoding="raw"),
+                         audio_chunk_from_samples(source, TS, np.zeros(16, np.float32), 16_000),
+                         TranscriptSegment(source_id=source, ts_ns=TS, start_ns=TS, end_ns=TS, text="x")):
+                key, value, headers = encode(item)
+                meta = await (await producer.send(s.topics.input(item.modality), value=value, key=key, headers=headers))
+                placements.setdefault(source, set()).add(meta.partition)
+    finally:
+        await stop_bounded(producer, s.kafka.stop_timeout_ms, "producer")
+    assert all(len(p) == 1 for p in placements.values()), placements
+    assert len({p for ps in placements.values() for p in ps}) > 1  # keys really spread over partitions
+
+
+async def test_bad_record_goes_to_the_dead_letter_topic_with_reason_and_origin(settings_for: Any) -> None:
+    s = settings_for()
+    await ensure_topics(s.kafka, s.topics, s.limits)
+    good = encode(frame_from_image("cam-9", TS, np.zeros((8, 8, 3), np.uint8)))
+    bad_value = good.value[:-10]  # a truncated JPEG
+    bad_headers = [*good.headers, ("trace", b"t-1")]
+    producer = make_producer(s.kafka, s.limits)
+    await producer.start()
+    try:
+        await (await producer.send(s.topics.video, value=bad_value, key=good.key, headers=bad_headers))
+        consumer = await assigned_consumer(s, [s.topics.video], 2)
+        try:
+            [record] = await consume(consumer, 1)
+        finally:
+            await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+        with pytest.raises(ContractError) as info:
+            decode(record, expect=Modality.VIDEO, limits=s.limits)
+        assert info.value.reason is Reason.BAD_IMAGE
+        origin = Origin(record.topic, record.partition, record.offset)
+        sink = DeadLetterSink(producer, s.topics.dead_letter)
+        ack = await sink.send(record.key, record.value, record.headers, info.value.reason, info.value.detail, origin)
+        meta = await ack
+        assert meta.topic == s.topics.dead_letter
+    finally:
+        await stop_bounded(producer, s.kafka.stop_timeout_ms, "producer")
+
+    consumer = await assigned_consumer(s, [s.topics.dead_letter], 2)
+    try:
+        [letter] = await consume(consumer, 1)
+    finally:
+        await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+    assert (letter.key, letter.value) == (good.key, bad_value)
+    headers = list(letter.headers)
+    assert headers[: len(bad_headers)] == bad_headers  # the original headers, unchanged and in order
+    extra = dict(headers[len(bad_headers):])
+    assert extra["mm-error"].decode().startswith("bad_image: JPEG lacks")
+    assert extra["mm-origin"].decode() == f"{s.topics.video}/{record.partition}/{record.offset}"
+
+
+async def test_ensure_topics_refuses_inputs_with_different_partition_counts(settings_for: Any) -> None:
+    s = settings_for()
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(s.topics.video, 3, 1), NewTopic(s.topics.audio, 2, 1),
+                                   NewTopic(s.topics.text, 3, 1)])
+    finally:
+        await admin.close()
+    with pytest.raises(TopicLayoutError) as info:
+        await ensure_topics(s.kafka, s.topics, s.limits)
+    msg = str(info.value)
+    assert f"{s.topics.video}=3" in msg and f"{s.topics.audio}=2" in msg and f"{s.topics.text}=3" in msg
+    assert not info.value.retriable
+
+
+async def test_ensure_topics_on_an_unreachable_cluster_is_a_kafka_error() -> None:
+    from stream.broker import free_port
+
+    kafka = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=2000)
+    with pytest.raises(KafkaError) as info:
+        await asyncio.wait_for(ensure_topics(kafka, TopicsConfig(), LimitsConfig()), 30)
+    assert kafka.bootstrap_servers in str(info.value)
+    assert info.value.retriable
+
+
+async def test_client_sizes_follow_the_frame_limit() -> None:
+    """A 16 MiB frame must fit in one fetch and one produce request (aiokafka's private fields, read only)."""
+    limits = LimitsConfig(max_frame_bytes=16 * 2**20)
+    consumer = make_consumer(KafkaConfig(), limits, group=False)
+    producer = make_producer(KafkaConfig(), limits)
+    assert consumer._max_partition_fetch_bytes > 16 * 2**20
+    assert consumer._fetch_max_bytes >= consumer._max_partition_fetch_bytes
+    assert producer._max_request_size > 16 * 2**20
+    assert consumer._group_id is None  # group=False: assign() only, no group membership
+
+
+async def test_stop_bounded_returns_even_when_stop_hangs(caplog: pytest.LogCaptureFixture) -> None:
+    class Hangs:
+        async def stop(self) -> None:
+            await asyncio.sleep(30)
+
+    start = time.monotonic()
+    await stop_bounded(Hangs(), 100, "hanging client")
+    assert time.monotonic() - start < 5
+    assert "hanging client did not stop cleanly within 100 ms" in caplog.text

@@ -1,0 +1,410 @@
+"""Wire contract v1 (stream/contract.py): one test group per dead-letter reason code, then encode."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from stream.contract import (
+    AudioChunk,
+    ContractLimits,
+    Counts,
+    Latency,
+    Modality,
+    Origin,
+    Presence,
+    TranscriptSegment,
+    VideoFrame,
+    WindowResult,
+    audio_chunk_from_samples,
+    dead_letter_headers,
+    decode,
+    encode,
+    frame_from_image,
+)
+from stream.errors import ContractError, Reason
+
+TS = 1_700_000_000_123_456_789
+JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 32 + b"\xff\xd9"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20 + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+SEGMENT = {"text": "hello", "start_ns": TS, "end_ns": TS + 500_000_000}
+
+
+class Rec(NamedTuple):
+    key: Any
+    value: Any
+    headers: Any
+
+
+def rec(
+    value: bytes | None = JPEG, ct: str | bytes | None = "image/jpeg", *, key: Any = b"cam-1",
+    ts: bytes | None = str(TS).encode(), extra: list[tuple[str, Any]] | None = None,
+) -> Rec:
+    headers: list[tuple[str, Any]] = []
+    if ts is not None:
+        headers.append(("mm-ts", ts))
+    if ct is not None:
+        headers.append(("content-type", ct.encode() if isinstance(ct, str) else ct))
+    return Rec(key, value, headers + (extra or []))
+
+
+def seg(doc: Any, ts: int = TS) -> Rec:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return rec(body, "application/json", ts=str(ts).encode())
+
+
+def reason_of(record: Rec, **kw: Any) -> Reason:
+    with pytest.raises(ContractError) as info:
+        decode(record, **kw)
+    return info.value.reason
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- valid records
+
+
+def test_decode_jpeg_frame() -> None:
+    item = decode(rec())
+    assert isinstance(item, VideoFrame)
+    assert (item.source_id, item.ts_ns, item.encoding, item.data) == ("cam-1", TS, "jpeg", JPEG)
+    assert item.modality is Modality.VIDEO and item.end_ns == TS
+
+
+def test_decode_png_raw_pcm_and_segment() -> None:
+    assert decode(rec(PNG, "image/png")).encoding == "png"
+    raw = decode(rec(bytes(4 * 2 * 3), "image/x-raw;format=bgr24;width=4;height=2"))
+    assert (raw.encoding, raw.width, raw.height) == ("raw", 4, 2)
+    audio = decode(rec(bytes(16_000 * 2), "audio/pcm;format=s16le;rate=16000;channels=1"))
+    assert isinstance(audio, AudioChunk) and audio.n_samples == 16_000
+    assert audio.end_ns == TS + 999_937_500  # last sample: 15999 / 16000 s after the first
+    text = decode(seg({**SEGMENT, "segment_id": "s1", "confidence": 0.5, "lang": "en", "final": False}))
+    assert isinstance(text, TranscriptSegment)
+    assert (text.text, text.start_ns, text.end_ns, text.final, text.segment_id) == (
+        "hello", TS, TS + 500_000_000, False, "s1")
+
+
+def test_header_names_are_case_insensitive_and_content_type_params_tolerant() -> None:
+    record = Rec(b"cam", bytes(12), [("MM-TS", b"5"), ("Content-Type", b"Image/X-RAW; Format=BGR24 ; width=2;height=2;"),
+                                     ("MM-V", b" 1 ")])
+    item = decode(record)
+    assert (item.ts_ns, item.width, item.height) == (5, 2, 2)
+
+
+def test_missing_version_means_1_and_unknown_headers_are_ignored() -> None:
+    assert decode(rec(extra=[("trace-id", b"abc"), ("x", None)])).ts_ns == TS  # type: ignore[arg-type]
+
+
+def test_expect_accepts_matching_modality() -> None:
+    assert decode(rec(), expect=Modality.VIDEO).modality is Modality.VIDEO
+
+
+def test_key_edges_are_accepted() -> None:
+    assert decode(rec(key=b"a")).source_id == "a"
+    assert decode(rec(key=b"A.b_c:d-9" + b"x" * 119)).source_id.startswith("A.b_c:d-9")
+
+
+# --------------------------------------------------------------------------- bad_key
+
+
+@pytest.mark.parametrize("key", [None, b"", b"\xff\xfe", b"has space", b"a/b", b"x" * 129, b"caf\xc3\xa9", b"a\n"])
+def test_bad_key(key: bytes | None) -> None:
+    assert reason_of(rec(key=key)) is Reason.BAD_KEY
+
+
+# --------------------------------------------------------------------------- missing_ts / bad_ts
+
+
+def test_missing_ts() -> None:
+    assert reason_of(rec(ts=None)) is Reason.MISSING_TS
+
+
+@pytest.mark.parametrize(
+    "ts", [b"", b"abc", b"-1", b"+1", b"1.5", b"1e9", b" 12", b"12 ", str(2**63).encode(), b"1" * 20, b"\xff"]
+)
+def test_bad_ts(ts: bytes) -> None:
+    assert reason_of(rec(ts=ts)) is Reason.BAD_TS
+
+
+def test_ts_bounds_are_accepted() -> None:
+    assert decode(rec(ts=b"0")).ts_ns == 0
+    assert decode(rec(ts=str(2**63 - 1).encode())).ts_ns == 2**63 - 1
+
+
+def test_non_bytes_ts_header_is_bad_ts() -> None:
+    assert reason_of(rec(ts=None, extra=[("mm-ts", 123)])) is Reason.BAD_TS
+
+
+def test_transcript_start_differs_from_mm_ts_is_bad_ts() -> None:
+    assert reason_of(seg(SEGMENT, ts=TS + 1)) is Reason.BAD_TS
+
+
+# --------------------------------------------------------------------------- bad_version
+
+
+@pytest.mark.parametrize("version", [b"2", b"0", b"v1", b"", b"1.0"])
+def test_bad_version(version: bytes) -> None:
+    assert reason_of(rec(extra=[("mm-v", version)])) is Reason.BAD_VERSION
+
+
+# --------------------------------------------------------------------------- bad_content_type
+
+
+@pytest.mark.parametrize(
+    "ct",
+    [
+        None,
+        "text/plain",
+        "image/gif",
+        "video/mp4",
+        "image/jpeg;quality",  # a parameter without '='
+        "caf\u00e9/x",
+        "image/x-raw;format=rgb24;width=2;height=2",
+        "image/x-raw;format=bgr24;height=2",
+        "image/x-raw;format=bgr24;width=two;height=2",
+        "image/x-raw;format=bgr24;width=0;height=2",
+        "image/x-raw;format=bgr24;width=8193;height=1",
+        "audio/pcm;format=u8;rate=16000;channels=1",
+        "audio/pcm;rate=16000;channels=1",
+        "audio/pcm;format=s16le;rate=999;channels=1",
+        "audio/pcm;format=s16le;rate=384001;channels=1",
+        "audio/pcm;format=s16le;rate=16000;channels=0",
+        "audio/pcm;format=s16le;rate=16000;channels=33",
+        "audio/pcm;format=s16le;channels=1",
+    ],
+)
+def test_bad_content_type(ct: str | None) -> None:
+    value = bytes(12) if ct and ("raw" in ct or "pcm" in ct) else JPEG
+    assert reason_of(rec(value, ct.encode("utf-8") if ct else None)) is Reason.BAD_CONTENT_TYPE
+
+
+@pytest.mark.parametrize("expect", [Modality.AUDIO, Modality.TEXT])
+def test_content_type_of_another_modality_on_a_topic_is_bad_content_type(expect: Modality) -> None:
+    assert reason_of(rec(), expect=expect) is Reason.BAD_CONTENT_TYPE
+
+
+# --------------------------------------------------------------------------- payload_size
+
+
+@pytest.mark.parametrize(
+    "value, ct",
+    [
+        (None, "image/jpeg"),
+        (b"", "image/png"),
+        (b"", "audio/pcm;format=s16le;rate=16000;channels=1"),
+        (b"", "application/json"),
+    ],
+)
+def test_empty_value_is_payload_size(value: bytes | None, ct: str) -> None:
+    assert reason_of(rec(value, ct)) is Reason.PAYLOAD_SIZE
+
+
+def test_frame_over_the_configured_limit_is_payload_size() -> None:
+    limits = ContractLimits(max_frame_bytes=len(JPEG) - 1)
+    with pytest.raises(ContractError) as info:
+        decode(rec(), limits=limits)
+    assert info.value.reason is Reason.PAYLOAD_SIZE
+    assert str(len(JPEG)) in str(info.value) and str(len(JPEG) - 1) in str(info.value)
+    assert decode(rec(), limits=ContractLimits(max_frame_bytes=len(JPEG))).data == JPEG  # the bound is inclusive
+
+
+def test_audio_and_text_over_their_limits_are_payload_size() -> None:
+    audio = rec(bytes(2002), "audio/pcm;format=s16le;rate=16000;channels=1")
+    assert reason_of(audio, limits=ContractLimits(max_audio_bytes=2000)) is Reason.PAYLOAD_SIZE
+    assert reason_of(seg({**SEGMENT, "text": "x" * 200}), limits=ContractLimits(max_text_bytes=100)) is Reason.PAYLOAD_SIZE
+
+
+@pytest.mark.parametrize("size", [0 + 1, 4 * 2 * 3 - 1, 4 * 2 * 3 + 1, 4 * 2 * 4])
+def test_raw_size_mismatch_is_payload_size(size: int) -> None:
+    record = rec(bytes(size), "image/x-raw;format=bgr24;width=4;height=2")
+    with pytest.raises(ContractError) as info:
+        decode(record)
+    assert info.value.reason is Reason.PAYLOAD_SIZE
+    assert "24 bytes" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "size, fmt, channels",
+    [(3, "s16le", 1), (6, "s16le", 2), (5, "f32le", 1), (12, "f32le", 2), (20, "s16le", 3)],
+)
+def test_pcm_not_a_whole_number_of_frames_is_payload_size(size: int, fmt: str, channels: int) -> None:
+    record = rec(bytes(size), f"audio/pcm;format={fmt};rate=16000;channels={channels}")
+    assert reason_of(record) is Reason.PAYLOAD_SIZE
+
+
+# --------------------------------------------------------------------------- bad_image
+
+
+@pytest.mark.parametrize(
+    "value, ct",
+    [
+        (b"\x00" + JPEG[1:], "image/jpeg"),
+        (JPEG[:-2], "image/jpeg"),
+        (PNG, "image/jpeg"),
+        (b"GIF89a" + bytes(30), "image/png"),
+        (PNG[:-1], "image/png"),
+        (JPEG, "image/png"),
+    ],
+)
+def test_bad_image_markers(value: bytes, ct: str) -> None:
+    assert reason_of(rec(value, ct)) is Reason.BAD_IMAGE
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_truncated_real_images_are_bad_image(image: np.ndarray, encoding: str) -> None:
+    enc = encode(frame_from_image("cam", TS, image, encoding=encoding))  # type: ignore[arg-type]
+    assert decode(Rec(enc.key, enc.value, enc.headers)).data == enc.value
+    for cut in (1, 2, 7, len(enc.value) // 2):
+        with pytest.raises(ContractError) as info:
+            decode(Rec(enc.key, enc.value[:-cut], enc.headers))
+        assert info.value.reason is Reason.BAD_IMAGE, cut
+
+
+# --------------------------------------------------------------------------- bad_json
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"\xff\xfe{",
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        b"{",
+        b"[" * 100_000 + b"]" * 100_000,  # deep nesting: RecursionError inside json
+        b'{"text": "a", "start_ns": ' + b"1" * 5000 + b', "end_ns": 1}',  # over Python's int digit limit
+    ],
+)
+def test_unparseable_json_is_bad_json(body: bytes) -> None:
+    assert reason_of(seg(body), limits=ContractLimits(max_text_bytes=1 << 20)) is Reason.BAD_JSON
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"start_ns": TS, "end_ns": TS},  # no text
+        {"text": "a", "end_ns": TS},  # no start_ns
+        {"text": "a", "start_ns": TS},  # no end_ns
+        {**SEGMENT, "end_ns": TS - 1},  # ends before it starts
+        {**SEGMENT, "confidence": 1.5},
+        {**SEGMENT, "confidence": -0.1},
+        {**SEGMENT, "final": "maybe"},
+        {**SEGMENT, "text": 5},
+        {**SEGMENT, "end_ns": 2**63},
+        {**SEGMENT, "segment_id": "s" * 257},
+        {**SEGMENT, "lang": "x" * 33},
+    ],
+)
+def test_schema_violations_are_bad_json(doc: dict[str, Any]) -> None:
+    with pytest.raises(ContractError) as info:
+        decode(seg(doc))
+    assert info.value.reason is Reason.BAD_JSON
+
+
+def test_bad_json_message_names_the_field() -> None:
+    with pytest.raises(ContractError, match="confidence"):
+        decode(seg({**SEGMENT, "confidence": 2}))
+
+
+def test_unknown_json_fields_are_ignored() -> None:
+    assert decode(seg({**SEGMENT, "speaker": "alice"})).text == "hello"
+
+
+def test_decode_never_lets_another_exception_escape() -> None:
+    for bad in (Rec(123, b"x", []), Rec(b"cam", b"x", [1, 2]), Rec(b"cam", 5, [("mm-ts", b"1")]),
+                Rec(b"cam", JPEG, {"mm-ts": b"1"}), Rec(b"cam", JPEG, 42)):
+        with pytest.raises(ContractError):
+            decode(bad)
+
+
+# --------------------------------------------------------------------------- encode and helpers
+
+
+def test_encode_headers_match_the_documented_contract() -> None:
+    frame = VideoFrame(source_id="cam-1", ts_ns=TS, encoding="raw", width=2, height=1, data=bytes(6))
+    enc = encode(frame)
+    assert enc.key == b"cam-1" and enc.value == bytes(6)
+    assert enc.headers == [("mm-ts", str(TS).encode()),
+                           ("content-type", b"image/x-raw;format=bgr24;width=2;height=1"), ("mm-v", b"1")]
+
+
+def test_encode_transcript_is_compact_json_without_nulls() -> None:
+    item = decode(seg(SEGMENT))
+    enc = encode(item)
+    assert json.loads(enc.value) == {**SEGMENT, "final": True}
+    assert dict(enc.headers)["content-type"] == b"application/json"
+    assert decode(Rec(*enc)) == item
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png", "raw"])
+def test_frame_from_image_round_trips(image: np.ndarray, encoding: str) -> None:
+    item = frame_from_image("cam", TS, image, encoding=encoding)  # type: ignore[arg-type]
+    assert decode(Rec(*encode(item)), expect=Modality.VIDEO) == item
+    if encoding == "raw":
+        assert (item.width, item.height) == (32, 24) and item.data == image.tobytes()
+    else:
+        import cv2
+
+        back = cv2.imdecode(np.frombuffer(item.data, np.uint8), cv2.IMREAD_COLOR)
+        assert back.shape == image.shape
+        if encoding == "png":
+            assert np.array_equal(back, image)
+
+
+@pytest.mark.parametrize("fmt", ["s16le", "f32le"])
+def test_audio_chunk_from_samples_round_trips(fmt: str) -> None:
+    t = np.arange(1600) / 16_000
+    stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), -0.25 * np.ones_like(t)], axis=1)
+    item = audio_chunk_from_samples("mic", TS, stereo, 16_000, sample_format=fmt)  # type: ignore[arg-type]
+    assert (item.channels, item.n_samples, item.sample_rate) == (2, 1600, 16_000)
+    assert decode(Rec(*encode(item)), expect=Modality.AUDIO) == item
+    np.testing.assert_allclose(item.samples(), stereo, atol=1e-4)
+    assert item.sample_ns(16_000) == TS + 1_000_000_000
+
+
+def test_audio_chunk_from_int16_mono_keeps_samples() -> None:
+    pcm = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
+    item = audio_chunk_from_samples("mic", TS, pcm, 8000)
+    assert item.channels == 1 and item.data == pcm.astype("<i2").tobytes()
+
+
+def test_dead_letter_headers_keep_originals_and_add_one_line_error() -> None:
+    original = [("mm-ts", b"1"), ("content-type", b"image/jpeg"), ("mm-ts", b"2")]
+    out = dead_letter_headers(original, Reason.BAD_IMAGE, "JPEG lacks\nits end\tmarker", Origin("mm.video", 3, 42))
+    assert out[:3] == original
+    assert out[3:] == [("mm-error", b"bad_image: JPEG lacks its end marker"), ("mm-origin", b"mm.video/3/42")]
+    long = dead_letter_headers(None, Reason.BAD_JSON, "x" * 2000, Origin("t", 0, 0))
+    assert long[0][0] == "mm-error" and len(long[0][1]) == len("bad_json: ") + 500
+
+
+def test_window_result_id_is_source_and_window_start() -> None:
+    assert WindowResult.make_id("cam-1", TS) == f"cam-1:{TS}"
+
+
+DOCS_CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [*WindowResult.model_fields, *(f"counts.{f}" for f in Counts.model_fields),
+     *(f"latency.{f}" for f in Latency.model_fields), *Presence.model_fields],
+)
+def test_docs_contract_describes_every_result_field(field: str) -> None:
+    assert re.search(rf"`{re.escape(field)}[`.]", DOCS_CONTRACT.read_text()), f"docs/contract.md lacks {field}"
+
+
+def test_docs_contract_result_example_is_a_valid_result() -> None:
+    text = DOCS_CONTRACT.read_text()
+    example = text[text.index("## Results"):].split("```json\n", 1)[1].split("```", 1)[0]
+    result = WindowResult.model_validate_json(example)
+    assert result.id == WindowResult.make_id(result.source_id, result.window_start_ns)
