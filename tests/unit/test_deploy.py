@@ -529,3 +529,38 @@ def test_grafana_provisioning_matches_compose() -> None:
             src = volume.split(":")[0]
             if src.startswith("."):
                 assert (DEPLOY / src).exists(), src
+
+
+def _kustomize() -> list[str] | None:
+    if path := shutil.which("kustomize"):
+        return [path, "build"]
+    if path := shutil.which("kubectl"):
+        return [path, "kustomize"]
+    return None
+
+
+kustomize = _kustomize()
+
+
+@pytest.mark.skipif(kustomize is None, reason="neither kustomize nor kubectl is installed: cannot render deploy/k8s")
+@pytest.mark.parametrize("target", ["base", "overlays/gpu"])
+def test_kustomize_renders(target: str) -> None:
+    out = subprocess.run([*kustomize, str(K8S / target)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out.stdout)}
+    assert {"ConfigMap", "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget",
+            "ScaledObject", "Job", "ServiceAccount"} <= docs.keys()
+    config_map = docs["ConfigMap"]
+    assert config_map["metadata"]["name"].startswith("mmstream-config-")  # hashed: a change rolls the pods
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    assert {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v} == {config_map["metadata"]["name"]}
+    assert yaml.safe_load(config_map["data"]["mmstream.yaml"]) == load_yaml(K8S / "base" / "mmstream.yaml")
+    (c,) = spec["containers"]
+    env = env_of(c["env"])
+    assert "MMSTREAM_METRICS__PORT" in env  # base env survives the overlay's patch
+    if target == "overlays/gpu":
+        assert c["image"].endswith("-cuda")
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert env["MMSTREAM_MODEL__DEVICE"] == "cuda"
+    else:
+        assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
