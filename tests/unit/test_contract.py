@@ -283,6 +283,7 @@ def test_truncated_real_images_are_bad_image(image: np.ndarray, encoding: str) -
         b"{",
         b"[" * 100_000 + b"]" * 100_000,  # deep nesting: RecursionError inside json
         b'{"text": "a", "start_ns": ' + b"1" * 5000 + b', "end_ns": 1}',  # over Python's int digit limit
+        b'{"text": "\\ud800", "start_ns": 1, "end_ns": 1}',  # a lone surrogate: could never be re-encoded
     ],
 )
 def test_unparseable_json_is_bad_json(body: bytes) -> None:
