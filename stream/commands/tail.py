@@ -1,0 +1,327 @@
+"""``mmstream tail [TOPIC]``: print a topic's records one line each (the results topic by default).
+
+Every kind of record mmstream reads or writes is recognised: window results (JSON), the three
+contract-v1 inputs (decoded with ``stream.contract.decode``), dead letters (``mm-error`` and
+``mm-origin``) and, for anything else, why it does not decode.
+
+Positions come from each partition's high watermark as reported by a first fetch, never from
+``end_offsets``/``seek_to_end`` (wrong on the embedded tansu broker for multi-record batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from stream.commands._common import add_kafka_options, settings_from
+
+__all__ = ["read_records", "register", "run", "summarize"]
+
+log = logging.getLogger(__name__)
+
+_PROBE_TIMEOUT_S = 10.0  # bound on connecting, and on the first fetch reporting every partition's high watermark
+_IDLE_S = 3.0  # catching up stops after this long without a record (a partition that never reaches its mark)
+_POLL_MS = 250
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tail", help="print the latest records of a topic (results by default), one line each",
+        description="Print the records of TOPIC one line each: window results; video frames, audio chunks and "
+        "transcript segments decoded per wire contract v1 (source, mm-ts as ISO time, content type, size); "
+        "dead letters with their mm-error and mm-origin. By default the last N records, then exit; "
+        "--follow keeps printing new ones until Ctrl-C.",
+    )
+    add_kafka_options(p)
+    p.add_argument("topic", nargs="?", metavar="TOPIC", help="topic to read (default: the configured results topic)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--from-beginning", action="store_true", help="print every record from the start of the topic")
+    where.add_argument("--last", type=_non_negative, default=10, metavar="N",
+                       help="print the N newest records first (default 10; 0 with --follow = only new ones)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new records until Ctrl-C")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: a result's value as published; a summary object for other records")
+    p.add_argument("--max", type=_positive, metavar="N", dest="max_records", help="stop after printing N records")
+    p.set_defaults(func=run)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    topic = args.topic or settings.topics.results
+    if getattr(args, "verbose", 0) < 2:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our own error says it once, in plain words
+    write = _json_writer() if args.json else _pretty_writer()
+    try:
+        return asyncio.run(_tail(settings, topic, args, write))
+    except BrokenPipeError:  # `mmstream tail | head`: the reader left; not an error
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _tail(settings: Any, topic: str, args: argparse.Namespace, write: Callable[[dict[str, Any]], None]) -> int:
+    last = None if args.from_beginning else args.last
+    printed = 0
+    async with contextlib.aclosing(read_records(settings, topic, last=last, follow=args.follow)) as records:
+        async for record in records:
+            write(summarize(record, results_topic=settings.topics.results, limits=settings.limits))
+            printed += 1
+            if args.max_records is not None and printed >= args.max_records:
+                break
+    if printed == 0 and not args.json:
+        print(f"no records in {topic}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def read_records(settings: Any, topic: str, *, last: int | None, follow: bool) -> AsyncIterator[Any]:
+    """The records of every partition of ``topic``, without joining a consumer group.
+
+    Args:
+        settings: ``stream.config.Settings`` (kafka connection and size limits).
+        topic: the topic to read.
+        last: the number of newest records (over all partitions, by ``mm-ts`` event time, else the
+            Kafka timestamp) to yield first; None yields every record from the beginning.
+        follow: after those, keep yielding new records as they arrive, forever.
+
+    Raises:
+        KafkaError: the cluster cannot be reached, the topic does not exist, or its partitions do not
+            report a high watermark in time.
+    """
+    from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaError as AIOKafkaError
+
+    from stream.errors import KafkaError
+    from stream.kafka import make_consumer, stop_bounded
+
+    bootstrap = settings.kafka.bootstrap_servers
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    try:
+        try:
+            await asyncio.wait_for(consumer.start(), _PROBE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise KafkaError(f"no answer from Kafka at {bootstrap} within {_PROBE_TIMEOUT_S:g} s") from exc
+        except (AIOKafkaError, OSError) as exc:
+            raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}; is the broker running?") from exc
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            existing = sorted(t for t in await consumer.topics() if not t.startswith("__"))
+            raise KafkaError(f"topic {topic!r} does not exist on {bootstrap}; topics there: "
+                             f"{', '.join(existing) or 'none'}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        marks = await _high_watermarks(consumer, tps, bootstrap)
+        if last is None:
+            await consumer.seek_to_beginning(*tps)
+            async for record in _until_marks(consumer, marks):
+                yield record
+        elif last:
+            for tp, mark in marks.items():
+                consumer.seek(tp, max(mark - last, 0))  # below the log start: auto_offset_reset=earliest
+            backlog = sorted([r async for r in _until_marks(consumer, marks)], key=_event_order)
+            for record in backlog[-last:]:
+                yield record
+        if not follow:
+            return
+        for tp, mark in marks.items():
+            consumer.seek(tp, mark)  # on from the marks: records past them in the last fetch were not shown
+        while True:
+            batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            for record in sorted((r for rs in batch.values() for r in rs), key=_event_order):
+                yield record
+    finally:
+        await stop_bounded(consumer, settings.kafka.stop_timeout_ms, "tail consumer")
+
+
+def _event_order(record: Any) -> tuple[int, int, int]:
+    """Event time (``mm-ts``) where the record has one, else its Kafka timestamp; then partition, offset."""
+    ts = next((v for k, v in record.headers or () if k == "mm-ts"), None)
+    ts_ns = int(ts) if ts and ts.isdigit() and len(ts) < 20 else (record.timestamp or 0) * 1_000_000
+    return ts_ns, record.partition, record.offset
+
+
+async def _high_watermarks(consumer: Any, tps: list[Any], bootstrap: str) -> dict[Any, int]:
+    """Each partition's high watermark, from the first fetch responses (records fetched are dropped)."""
+    from stream.errors import KafkaError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _PROBE_TIMEOUT_S
+    while True:
+        marks = {tp: consumer.highwater(tp) for tp in tps}
+        if all(m is not None for m in marks.values()):
+            return marks
+        if loop.time() > deadline:
+            missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp, m in marks.items() if m is None)
+            raise KafkaError(f"{bootstrap} answered no fetch for {missing} within {_PROBE_TIMEOUT_S:g} s")
+        await consumer.getmany(timeout_ms=_POLL_MS)
+
+
+async def _until_marks(consumer: Any, marks: dict[Any, int]) -> AsyncIterator[Any]:
+    """Records from the current positions up to (excluding) each partition's mark."""
+    pending = {tp: mark for tp, mark in marks.items() if mark > 0}
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=_POLL_MS)
+        if any(batch.values()):
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since > _IDLE_S:
+            log.debug("stopped short of the high watermark of %s", sorted(map(str, pending)))
+            return
+        for tp, records in batch.items():
+            for record in records:
+                if record.offset < marks[tp]:
+                    yield record
+            if records and records[-1].offset + 1 >= marks[tp]:
+                pending.pop(tp, None)
+        for tp in list(pending):  # a mark inside a gap of offsets (transaction markers) is passed, not reached
+            if await consumer.position(tp) >= marks[tp]:
+                del pending[tp]
+
+
+# --------------------------------------------------------------------------- describing
+
+
+def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[str, Any]:
+    """What one record is, as a flat JSON-able dict; ``kind`` is result, video, audio, text,
+    dead_letter or undecodable. A result keeps its published JSON under ``result``."""
+    from stream.contract import H_CONTENT_TYPE, H_ERROR, H_ORIGIN, H_TS, AudioChunk, TranscriptSegment, decode
+    from stream.errors import ContractError
+
+    headers = {k.lower(): (v or b"") for k, v in (record.headers or ()) if isinstance(k, str)}
+    out: dict[str, Any] = {
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "timestamp_ms": record.timestamp,
+        "source_id": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "bytes": len(record.value or b""),
+    }
+    if H_ERROR in headers:
+        reason, _, message = headers[H_ERROR].decode("utf-8", "replace").partition(": ")
+        ts = headers.get(H_TS, b"")
+        return {**out, "kind": "dead_letter", "reason": reason, "error": message,
+                "origin": headers.get(H_ORIGIN, b"").decode("utf-8", "replace") or None,
+                "ts_ns": int(ts) if ts.isdigit() else None,
+                "content_type": headers.get(H_CONTENT_TYPE, b"").decode("ascii", "replace") or None}
+    if record.topic == results_topic or b"window_start_ns" in (record.value or b"")[:4096]:
+        try:
+            result = json.loads(record.value)
+            return {**out, "kind": "result", "ts_ns": result["window_start_ns"], "result": result}
+        except (TypeError, ValueError, KeyError) as exc:
+            if record.topic == results_topic:
+                return {**out, "kind": "undecodable", "reason": "bad_json", "error": f"not a result: {exc}"}
+    try:
+        item = decode(record, limits=limits)
+    except ContractError as exc:
+        return {**out, "kind": "undecodable", "reason": exc.reason.value, "error": exc.detail}
+    out.update(kind=item.modality.value, source_id=item.source_id, ts_ns=item.ts_ns, content_type=item.content_type)
+    if isinstance(item, AudioChunk):
+        out.update(samples=item.n_samples, duration_ms=item.n_samples * 1000 / item.sample_rate)
+    elif isinstance(item, TranscriptSegment):
+        out.update(text=item.text, start_ns=item.start_ns, end_ns=item.end_ns, final=item.final,
+                   segment_id=item.segment_id)
+    return out
+
+
+def _iso(ts_ns: int | None) -> str:
+    if ts_ns is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return str(ts_ns)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def _json_writer() -> Callable[[dict[str, Any]], None]:
+    def write(s: dict[str, Any]) -> None:
+        body = s["result"] if s["kind"] == "result" else {**s, "time": _iso(s.get("ts_ns"))}
+        sys.stdout.write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    return write
+
+
+_STYLES = {"result": "bold green", "video": "cyan", "audio": "magenta", "text": "blue",
+           "dead_letter": "bold red", "undecodable": "red"}
+
+
+def _pretty_writer() -> Callable[[dict[str, Any]], None]:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+
+    def write(s: dict[str, Any]) -> None:
+        console.print(render(s))
+
+    return write
+
+
+def render(s: dict[str, Any]) -> Any:
+    """One rich ``Text`` line for a summary: time, kind, source, what it holds, where it is."""
+    from rich.text import Text
+
+    line = Text()
+    line.append(_iso(s.get("ts_ns")), "dim").append("  ")
+    line.append(f"{s['kind'].replace('_', '-'):<11}", _STYLES.get(s["kind"], "")).append(" ")
+    line.append(f"{s.get('source_id') or '-'}", "bold").append("  ")
+    kind = s["kind"]
+    if kind == "result":
+        r = s["result"]
+        if r.get("error"):
+            line.append(f"error: {r['error']}", "red")
+        else:
+            score = (r.get("scores") or {}).get(r.get("label"), 0.0)
+            line.append(f"{r.get('label') or '(no label)'}", "bold yellow").append(f" {score:.2f}")
+        p = r.get("presence", {})
+        mods = "".join(m[0].upper() if p.get(m) else "·" for m in ("video", "audio", "text"))
+        line.append(f"  {'complete' if r.get('complete') else 'partial '} {mods}")
+        c = r.get("counts", {})
+        line.append(f"  {c.get('frames', 0)} frames, {c.get('audio_samples', 0)} samples, "
+                    f"{c.get('segments', 0)} segments")
+        lat = (r.get("latency") or {}).get("capture_to_publish_ms")
+        if lat is not None:
+            line.append(f"  latency {lat:.0f} ms" if lat < 10_000 else f"  latency {lat / 1000:.1f} s")
+        line.append(f"  [{r.get('closed_by', 'watermark')}]", "dim")
+    elif kind == "video":
+        line.append(f"{s['content_type']}  {_size(s['bytes'])}")
+    elif kind == "audio":
+        line.append(f"{s['content_type']}  {s['samples']} samples ({s['duration_ms']:.1f} ms)")
+    elif kind == "text":
+        text = s["text"] if len(s["text"]) <= 80 else s["text"][:79] + "…"
+        line.append("final  " if s["final"] else "partial").append(f" {json.dumps(text, ensure_ascii=False)}")
+        line.append(f" ({(s['end_ns'] - s['start_ns']) / 1e6:.0f} ms)")
+    elif kind == "dead_letter":
+        line.append(f"{s['reason']}: {s['error']}", "red").append(f"  from {s.get('origin') or '?'}")
+        line.append(f"  ({s.get('content_type') or 'no content-type'}, {_size(s['bytes'])})", "dim")
+    else:
+        line.append(f"undecodable {s['reason']}: {s['error']}", "red")
+    line.append(f"  {s['topic']}[{s['partition']}]@{s['offset']}", "dim")
+    return line
