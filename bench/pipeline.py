@@ -1,0 +1,459 @@
+"""End-to-end pipeline throughput and its efficiency ratios: ``python -m bench.pipeline --json``.
+
+One run, one synthetic input, one model preset. The input (``--sources`` sources x ``--seconds``
+of event time: 160x120 JPEG frames at 10 fps, 20 ms PCM chunks, transcript partials and finals)
+is pre-produced as fast as possible into an embedded tansu broker, then read by each variant
+from the beginning with its own consumer group:
+
+1. ``pipeline``: the real ``stream.runtime.Processor`` with the model (consume -> decode -> align
+   -> batch -> infer -> publish -> commit), timed from partition assignment to the broker's
+   acknowledgement of the last expected result. The model is built before (load excluded); the
+   tansu group join (``session_timeout_ms / 2``, a broker artefact) is reported as ``join_s``
+   and excluded too.
+2. ``bare_model``: the same closed windows, in the same batches (recorded from run 1 through a
+   transparent wrapper), fed to ``model.preprocess`` + ``model.infer`` back to back in one
+   thread. ``efficiency`` = pipeline windows/s / bare windows/s (target >= 0.90).
+3. ``null_pipeline`` vs ``raw_consume``: the Processor with a model that answers instantly,
+   timed until every record is consumed and every expected window published, against a bare
+   aiokafka consumer (same client settings, ``assign``) calling ``getmany`` until every record
+   is read. ``null_vs_raw_consume`` = records/s ratio (target >= 0.80).
+4. ``per_record``: what a newcomer writes: ``async for record in consumer``, decode, align, and
+   for each closed window preprocess + infer at batch 1 on the loop, then ``send_and_wait`` the
+   result. ``speedup_vs_per_record`` = pipeline windows/s / per-record windows/s (target >= 8).
+
+"Expected windows" are the windows the input closes by watermark alone (computed by running the
+aligner over the same items, no idle closing): the last ones of each source, which only an idle
+timeout would close, are left out of every variant alike.
+
+Usage::
+
+    python -m bench.pipeline [--sources 16] [--seconds 24] [--preset tiny] [--max-batch 16]
+                             [--repeat 3] [--threads 1] [--json]
+
+The last line (with ``--json``) is one JSON object: the three ratios, each variant's windows,
+records, seconds and rates, and the settings used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import uuid
+from typing import Any
+
+NS_PER_S = 1_000_000_000
+TARGETS = {"efficiency": 0.90, "null_vs_raw_consume": 0.80, "speedup_vs_per_record": 8.0}
+
+
+# --------------------------------------------------------------------------- stand-in models
+
+
+class RecordingModel:
+    """The real model, plus a list of the batches the runtime preprocessed (for the bare run)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.batches: list[list[Any]] = []
+        self.preprocess_s = 0.0
+        self.infer_s = 0.0
+
+    @property
+    def info(self) -> Any:
+        return self.model.info
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    def preprocess(self, windows: list[Any]) -> Any:
+        self.batches.append(list(windows))
+        t0 = time.perf_counter()
+        try:
+            return self.model.preprocess(windows)
+        finally:
+            self.preprocess_s += time.perf_counter() - t0
+
+    def infer(self, batch: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.model.infer(batch)
+        finally:
+            self.infer_s += time.perf_counter() - t0
+
+
+class NullModel:
+    """Answers every window at once: what is left is the pipeline's own cost."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        from operators import ModelInfo
+
+        self.info = ModelInfo(name="null", version="0")
+
+    def preprocess(self, windows: list[Any]) -> int:
+        return len(windows)
+
+    def infer(self, n: int) -> list[Any]:
+        from operators import WindowOutput
+
+        return [WindowOutput(scores={"null": 1.0}, label="null", embedding=None, outputs={}) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- input
+
+
+def expected_window_count(scene: Any, duration_s: float, window_cfg: Any) -> tuple[int, int]:
+    """(windows closed by watermark alone, all non-empty windows) for the produced input."""
+    from stream.contract import Origin
+    from stream.windows import Aligner
+
+    aligner = Aligner(window_cfg, lambda: 0)
+    end = scene.start_ns + round(duration_s * NS_PER_S)
+    for i, item in enumerate(scene.items_between(scene.start_ns, end)):
+        aligner.add(item, Origin(item.modality.value, 0, i))
+    closed = [w for w in aligner.poll(lambda m, p: False) if not w.empty]
+    rest = [w for w in aligner.flush() if not w.empty]
+    return len(closed), len(closed) + len(rest)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class _Timed:
+    """Replaces ``Processor.stats``: stamps the moment the expected window count is reached."""
+
+    def __init__(self, stats: Any, windows: int, records: int) -> None:
+        object.__setattr__(self, "_stats", stats)
+        object.__setattr__(self, "_want", (windows, records))
+        object.__setattr__(self, "t_windows", None)
+        object.__setattr__(self, "t_records", None)
+        object.__setattr__(self, "done", asyncio.Event())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stats, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._stats, name, value)
+        if name == "windows" and self.t_windows is None and value >= self._want[0]:
+            object.__setattr__(self, "t_windows", time.perf_counter())
+        elif name == "records" and self.t_records is None and value >= self._want[1]:
+            object.__setattr__(self, "t_records", time.perf_counter())
+        if self.t_windows is not None and (self.t_records is not None or self._want[1] == 0):
+            self.done.set()
+
+
+async def run_processor(settings: Any, model: Any, windows: int, records: int, timeout_s: float,
+                        profile: str | None = None) -> dict[str, Any]:
+    """The real Processor until ``windows`` results are acknowledged (and ``records`` read)."""
+    from stream.runtime import Processor
+
+    processor = Processor(settings, model=model)
+    timed = _Timed(processor.stats, windows, records)
+    processor.stats = timed  # type: ignore[assignment]
+    stop = asyncio.Event()
+    t_start = time.perf_counter()
+    await processor.start()
+    task = asyncio.create_task(processor.run(stop))
+    prof = None
+    try:
+        while not processor.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.002)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        try:
+            await asyncio.wait_for(timed.done.wait(), timeout_s)
+        except TimeoutError:
+            raise RuntimeError(f"{settings.kafka.group_id}: {processor.stats.windows}/{windows} windows, "
+                               f"{processor.stats.records}/{records} records after {timeout_s:.0f} s") from None
+        cpu_s = time.process_time() - c0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+    finally:
+        stop.set()
+        await task
+        await processor.stop()
+    t_end = max(timed.t_windows, timed.t_records or 0.0)
+    st = processor.stats
+    return {
+        "windows": windows, "records": st.records if records == 0 else records,
+        "seconds": t_end - t0, "join_s": t0 - t_start,
+        "windows_per_s": windows / (t_end - t0), "records_per_s": (records or st.records) / (t_end - t0),
+        "cpu_s": cpu_s, "late": st.late, "dead_letters": st.dead_letters, "windows_complete": st.windows_complete,
+    }
+
+
+def run_bare(model: Any, batches: list[list[Any]]) -> dict[str, Any]:
+    """preprocess + infer on recorded batches, back to back, in this thread."""
+    n = sum(len(b) for b in batches)
+    t0 = time.perf_counter()
+    for batch in batches:
+        model.infer(model.preprocess(batch))
+    dt = time.perf_counter() - t0
+    sizes = [len(b) for b in batches]
+    return {"windows": n, "batches": len(batches), "mean_batch": n / max(len(batches), 1),
+            "max_batch_seen": max(sizes, default=0), "seconds": dt, "windows_per_s": n / dt}
+
+
+def _input_partitions(settings: Any, partitions: int) -> list[Any]:
+    from aiokafka import TopicPartition
+
+    t = settings.topics
+    return [TopicPartition(topic, p) for topic in (t.video, t.audio, t.text) for p in range(partitions)]
+
+
+async def run_raw_consume(settings: Any, partitions: int, records: int, timeout_s: float) -> dict[str, Any]:
+    """A bare aiokafka consumer (the runtime's client settings, ``assign``): getmany until all read."""
+    from stream.kafka import make_consumer
+
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    await consumer.start()
+    try:
+        tps = _input_partitions(settings, partitions)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + timeout_s
+        while n < records:
+            batch = await consumer.getmany(timeout_ms=100)
+            n += sum(len(v) for v in batch.values())
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"raw consume: {n}/{records} records after {timeout_s:.0f} s")
+        dt = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+    return {"records": n, "seconds": dt, "records_per_s": n / dt}
+
+
+async def run_per_record(settings: Any, model: Any, partitions: int, windows: int,
+                         timeout_s: float) -> dict[str, Any]:
+    """A naive processor: one record at a time, batch-1 inference on the loop, send_and_wait."""
+    from stream.contract import ModelInfo, Origin, decode
+    from stream.errors import ContractError
+    from stream.kafka import make_consumer, make_producer
+    from stream.results import build_result, result_record, to_input
+    from stream.windows import Aligner
+
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    producer = make_producer(settings.kafka, settings.limits, linger_ms=0)  # no linger: one result at a time
+    modality_of = settings.topics.inputs
+    info = ModelInfo(name=model.info.name, version=model.info.version)
+    aligner = Aligner(settings.window, lambda: time.monotonic_ns() // 1_000_000)
+    await consumer.start()
+    await producer.start()
+    done = records = 0
+    model_s = 0.0
+    try:
+        tps = _input_partitions(settings, partitions)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        t0 = time.perf_counter()
+        deadline = t0 + timeout_s
+        async for record in consumer:
+            records += 1
+            try:
+                item = decode(record, expect=modality_of[record.topic], limits=settings.limits)
+            except ContractError:
+                continue
+            aligner.add(item, Origin(record.topic, record.partition, record.offset))
+            for window in aligner.poll(lambda m, p: False):
+                if window.empty:
+                    continue
+                m0 = time.perf_counter()
+                out = model.infer(model.preprocess([to_input(window)]))[0]
+                m1 = time.perf_counter()
+                model_s += m1 - m0
+                result = build_result(window, out, info, inference_ms=(m1 - m0) * 1000, include_embedding=False)
+                key, value, headers = result_record(result)
+                await producer.send_and_wait(settings.topics.results, value=value, key=key, headers=headers)
+                done += 1
+            if done >= windows:
+                break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"per-record baseline: {done}/{windows} windows after {timeout_s:.0f} s")
+        dt = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {"windows": done, "records": records, "seconds": dt, "windows_per_s": done / dt,
+            "records_per_s": records / dt, "model_share": model_s / dt}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _settings(bootstrap: str, run: str, variant: str, args: argparse.Namespace) -> Any:
+    from stream.config import load_settings
+
+    return load_settings(overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"bench-{run}-{variant}",
+                  "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "partitions": args.partitions},
+        "topics": {"video": f"bench-{run}.video", "audio": f"bench-{run}.audio", "text": f"bench-{run}.text",
+                   "results": f"bench-{run}.results.{variant}", "dead_letter": f"bench-{run}.dlq"},
+        "metrics": {"port": None},
+        "batching": {"max_batch": args.max_batch},
+        "model": {"preset": args.preset, "device": args.device},
+    })
+
+
+async def _amain(args: argparse.Namespace) -> dict[str, Any]:
+    from operators import build_model
+    from stream.broker import EmbeddedBroker
+    from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
+
+    run = uuid.uuid4().hex[:8]
+    timeout = args.timeout
+    with EmbeddedBroker() as broker:
+        base = _settings(broker.bootstrap, run, "input", args)
+        start_ns = (time.time_ns() // NS_PER_S - 3600) * NS_PER_S  # an hour ago, on a window boundary
+        scene = SyntheticScene(SyntheticConfig(sources=args.sources, seed=1), start_ns=start_ns)
+        t = time.perf_counter()
+        produced = await produce(scene, base.kafka, base.topics, base.limits, duration_s=args.seconds,
+                                 realtime=False, max_in_flight=4096)
+        produce_s = time.perf_counter() - t
+        records = produced.total
+        windows, windows_all = expected_window_count(scene, args.seconds, base.window)
+        _log(f"input        {records} records ({', '.join(f'{k}={v}' for k, v in produced.records.items())}) "
+             f"produced in {produce_s:.1f} s; {windows} windows close by watermark ({windows_all} in all)")
+
+        t = time.perf_counter()
+        model = build_model(base.model)
+        load_s = time.perf_counter() - t
+        _log(f"model        {args.preset} on {model.device} loaded in {load_s:.1f} s (not timed)")
+
+        res: dict[str, list[dict[str, Any]]] = {k: [] for k in
+                                                ("raw_consume", "null_pipeline", "pipeline", "bare_model", "per_record")}
+        rounds: list[dict[str, float]] = []
+        for r in range(args.repeat):
+            for _ in range(3):  # short and cheap: best of three per round
+                raw = await run_raw_consume(base, args.partitions, records, timeout)
+                res["raw_consume"].append(raw)
+            best_raw = _best(res["raw_consume"][-3:], "records_per_s")
+            _log(f"[{r + 1}] raw consume    {best_raw['records_per_s']:10,.0f} records/s  ({best_raw['seconds']:.2f} s, "
+                 f"best of 3)")
+            null = await run_processor(_settings(broker.bootstrap, run, f"null{r}", args), NullModel(),
+                                       windows, records, timeout, profile=args.profile and f"{args.profile}.null{r}")
+            res["null_pipeline"].append(null)
+            _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
+                 f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
+            rec = RecordingModel(model)
+            pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
+                                       profile=args.profile and f"{args.profile}.pipe{r}")
+            pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
+            res["pipeline"].append(pipe)
+            _log(f"[{r + 1}] pipeline       {pipe['windows_per_s']:10,.1f} windows/s  ({pipe['seconds']:.2f} s, "
+                 f"cpu {pipe['cpu_s']:.2f} s; in it preprocess {rec.preprocess_s:.2f} s, infer {rec.infer_s:.2f} s)")
+            bare = await asyncio.to_thread(run_bare, model, rec.batches)
+            res["bare_model"].append(bare)
+            _log(f"[{r + 1}] bare model     {bare['windows_per_s']:10,.1f} windows/s  ({bare['seconds']:.2f} s, "
+                 f"{bare['batches']} batches, mean {bare['mean_batch']:.1f})")
+            naive = await run_per_record(_settings(broker.bootstrap, run, f"naive{r}", args), model,
+                                         args.partitions, windows, timeout)
+            res["per_record"].append(naive)
+            _log(f"[{r + 1}] per-record     {naive['windows_per_s']:10,.1f} windows/s  "
+                 f"({naive['seconds']:.2f} s, model {naive['model_share']:.0%} of it)")
+            rounds.append({
+                "efficiency": pipe["windows_per_s"] / bare["windows_per_s"],
+                "null_vs_raw_consume": null["records_per_s"] / best_raw["records_per_s"],
+                "speedup_vs_per_record": pipe["windows_per_s"] / naive["windows_per_s"],
+            })
+    return {"res": res, "rounds": rounds, "records": records, "windows": windows, "windows_all": windows_all,
+            "produce_s": produce_s, "load_s": load_s, "device": str(model.device)}
+
+
+def _best(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    return max(runs, key=lambda r: r[key])
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sources", type=int, default=16, help="synthetic sources")
+    p.add_argument("--seconds", type=float, default=24, help="event-time seconds of input per source")
+    p.add_argument("--preset", choices=["tiny", "offline"], default="tiny")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--max-batch", type=int, default=16, help="batching.max_batch of the pipeline")
+    p.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of all variants; the best of each counts")
+    p.add_argument("--timeout", type=float, default=120, help="bound on each variant, seconds")
+    p.add_argument("--profile", default=None, help="write cProfile stats of the pipeline runs to PREFIX.pipeN")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    out = asyncio.run(_amain(args))
+    res = out["res"]
+    raw = _best(res["raw_consume"], "records_per_s")
+    null = _best(res["null_pipeline"], "records_per_s")
+    pipe = _best(res["pipeline"], "windows_per_s")
+    bare = _best(res["bare_model"], "windows_per_s")
+    naive = _best(res["per_record"], "windows_per_s")
+    ratios = {
+        "efficiency": pipe["windows_per_s"] / bare["windows_per_s"],
+        "null_vs_raw_consume": null["records_per_s"] / raw["records_per_s"],
+        "speedup_vs_per_record": pipe["windows_per_s"] / naive["windows_per_s"],
+    }
+    print(f"input            {out['records']} records, {args.sources} sources x {args.seconds:g} s; "
+          f"{out['windows']} windows measured; preset {args.preset} on {out['device']}, max_batch {args.max_batch}")
+    print(f"{'variant':<16}{'windows':>9}{'records':>9}{'seconds':>9}{'windows/s':>11}{'records/s':>11}")
+    for name, r in (("pipeline", pipe), ("bare model", bare), ("null pipeline", null), ("raw consume", raw),
+                    ("per-record", naive)):
+        w = r.get("windows")
+        print(f"{name:<16}{w if w is not None else '-':>9}{r.get('records', '-'):>9}{r['seconds']:>9.2f}"
+              f"{r['windows_per_s'] if 'windows_per_s' in r else float('nan'):>11.1f}"
+              f"{r.get('records_per_s', float('nan')):>11,.0f}")
+    for name, value in ratios.items():
+        target = TARGETS[name]
+        print(f"{name:<24}{value:8.2f}   target >= {target:g}: {'met' if value >= target else 'NOT met'}")
+    if args.json:
+        def clean(r: dict[str, Any]) -> dict[str, Any]:
+            return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+
+        summary = {
+            "bench": "pipeline",
+            **{k: round(v, 3) for k, v in ratios.items()},
+            "targets": TARGETS,
+            "met": {k: ratios[k] >= TARGETS[k] for k in ratios},
+            "pipeline": clean(pipe), "bare_model": clean(bare), "null_pipeline": clean(null),
+            "raw_consume": clean(raw), "per_record": clean(naive),
+            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in out["rounds"]],
+            "runs": {k: [clean(r) for r in v] for k, v in res.items()},
+            "input": {"records": out["records"], "windows": out["windows"], "windows_all": out["windows_all"],
+                      "produce_s": round(out["produce_s"], 2)},
+            "settings": {"sources": args.sources, "seconds": args.seconds, "preset": args.preset,
+                         "device": out["device"], "max_batch": args.max_batch, "partitions": args.partitions,
+                         "threads": args.threads, "repeat": args.repeat, "fps": 10, "frame": "160x120 jpeg",
+                         "load_s": round(out["load_s"], 2)},
+            "total_s": round(time.perf_counter() - t_all, 1),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
