@@ -37,8 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Our own INFO lines (assignments, drains) by default; the Kafka client's only with -v.
+    logging.basicConfig(level=logging.WARNING if args.verbose < 2 else logging.DEBUG,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("stream").setLevel(logging.INFO if args.verbose < 2 else logging.DEBUG)
+    if args.verbose == 1:
+        logging.getLogger().setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except MmstreamError as exc:

@@ -80,6 +80,13 @@ class TopicsConfig(_Section):
     results: str = "mm.results"
     dead_letter: str = "mm.dlq"
     late: str | None = Field(None, description="where late records go; None = count them only")
+    state: str | None = Field(
+        None, description="published horizons per input partition (compacted); None = '<results>.state.<group_id>'"
+    )
+
+    def state_topic(self, group_id: str) -> str:
+        """The state topic of one consumer group: groups must not share it."""
+        return self.state or f"{self.results}.state.{group_id}"
 
     def input(self, modality: Modality) -> str:
         return getattr(self, modality.value)

@@ -7,9 +7,14 @@ the aligner drops records whose windows end at or before the source's horizon.
 
 A horizon only advances over a contiguous prefix: windows of a source close in event-time order,
 but batches may finish out of order, so the horizon is the end of the newest window such that
-every window of that source closed before it has been acknowledged. Horizons travel with the
-offset commit, as Kafka commit metadata (a compact JSON object per partition), so whoever owns
-the partition next reads them back before it consumes.
+every window of that source closed before it has been acknowledged.
+
+Horizons are saved before each offset commit to a small per-group state topic (one record per
+save, written to the partition with the input partition's number; compacted on Kafka), and whoever
+owns the partition next reads the newest record back before it consumes. Kafka's commit metadata
+would be the natural home, but the embedded broker (tansu) drops it; the state topic behaves the
+same everywhere. A horizon is a fact ("published up to here"), so a state record newer than the
+committed offsets is still right.
 """
 
 from __future__ import annotations
@@ -19,13 +24,11 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 
-__all__ = ["HorizonTracker", "decode_metadata", "encode_metadata"]
+__all__ = ["HorizonTracker", "decode_state", "encode_state"]
 
 log = logging.getLogger(__name__)
 
-METADATA_VERSION = 1
-# Kafka's offset.metadata.max.bytes defaults to 4096; stay under it with a margin.
-MAX_METADATA_BYTES = 3800
+STATE_VERSION = 1
 
 
 class HorizonTracker:
@@ -71,28 +74,18 @@ class HorizonTracker:
         return {s: self._horizon[s] for s in sources if s in self._horizon}
 
 
-def encode_metadata(horizons: dict[str, int]) -> str:
-    """Commit metadata for one partition. Sources beyond the size bound are left out, oldest first:
-    for them a replay can repeat a window (still a full one if its records are all replayed)."""
-    items = sorted(horizons.items(), key=lambda kv: kv[1], reverse=True)
-    doc: dict[str, object] = {"v": METADATA_VERSION, "h": dict(items)}
-    text = json.dumps(doc, separators=(",", ":"))
-    while len(text.encode()) > MAX_METADATA_BYTES and items:
-        items = items[: max(0, len(items) - max(1, len(items) // 8))]
-        doc["h"] = dict(items)
-        text = json.dumps(doc, separators=(",", ":"))
-    if len(items) < len(horizons):
-        log.warning("commit metadata holds %d of %d source horizons (size bound)", len(items), len(horizons))
-    return text
+def encode_state(horizons: dict[str, int]) -> bytes:
+    """The state record of one input partition: every known source's horizon."""
+    return json.dumps({"v": STATE_VERSION, "h": horizons}, separators=(",", ":")).encode()
 
 
-def decode_metadata(text: str | None) -> dict[str, int]:
-    """Horizons from commit metadata; anything unreadable (or another tool's metadata) is empty."""
-    if not text:
+def decode_state(value: bytes | None) -> dict[str, int]:
+    """Horizons from a state record; anything unreadable is empty (a replay may then repeat windows)."""
+    if not value:
         return {}
     try:
-        doc = json.loads(text)
-        if doc.get("v") != METADATA_VERSION:
+        doc = json.loads(value)
+        if doc.get("v") != STATE_VERSION:
             return {}
         return {str(k): int(v) for k, v in doc.get("h", {}).items()}
     except (ValueError, TypeError, AttributeError):

@@ -32,6 +32,7 @@ from stream.errors import KafkaError, Reason, TopicLayoutError
 
 __all__ = [
     "DeadLetterSink",
+    "read_last",
     "check_copartitioned",
     "client_options",
     "ensure_topics",
@@ -126,6 +127,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
     names = [topics.video, topics.audio, topics.text, topics.results, topics.dead_letter]
     if topics.late:
         names.append(topics.late)
+    state = topics.state_topic(kafka.group_id)
     admin = AIOKafkaAdminClient(**client_options(kafka))
     try:
         await admin.start()
@@ -135,6 +137,14 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
             NewTopic(n, kafka.partitions, kafka.replication_factor, topic_configs={"max.message.bytes": max_bytes})
             for n in dict.fromkeys(names) if n not in existing
         ]
+        if state not in existing:
+            # as many partitions as the inputs (state of input partition p lives in partition p)
+            # (describe only an existing topic: a metadata request for a missing one auto-creates it on tansu)
+            n = kafka.partitions
+            if topics.video in existing:
+                (video,) = await admin.describe_topics([topics.video])
+                n = len(video["partitions"]) or n
+            missing.append(NewTopic(state, n, kafka.replication_factor, topic_configs={"cleanup.policy": "compact"}))
         if missing:
             try:
                 await admin.create_topics(missing)
@@ -190,3 +200,45 @@ class DeadLetterSink:
         hdrs = dead_letter_headers(headers, reason, message, origin)
         log.debug("dead letter %s from %s: %s", reason.value, origin, message)
         return await self._producer.send(self.topic, value=value, key=key, headers=hdrs)
+
+
+async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int],
+                    timeout_s: float = 10.0) -> dict[int, bytes | None]:
+    """The value of the newest record of each partition (None when empty), via a non-group consumer.
+
+    Positions come from the high watermark of a fetch response, not ``end_offsets`` (which tansu
+    answers wrongly when the last batch holds several records).
+    """
+    from aiokafka import TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in partitions]
+    out: dict[int, bytes | None] = {tp.partition: None for tp in tps}
+    if not tps:
+        return out
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    high: dict[TopicPartition, int] = {}
+    while len(high) < len(tps) and loop.time() < deadline:
+        await consumer.getmany(*[tp for tp in tps if tp not in high], timeout_ms=100, max_records=1)
+        for tp in tps:
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                high[tp] = hw
+    if len(high) < len(tps):
+        raise KafkaError(f"no high watermark for {topic} within {timeout_s} s")
+    pending = {tp for tp, hw in high.items() if hw > 0}
+    for tp in pending:
+        consumer.seek(tp, high[tp] - 1)
+    while pending and loop.time() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=100)
+        for tp, records in batch.items():
+            for record in records:
+                if record.offset == high[tp] - 1:
+                    out[tp.partition] = record.value
+                    pending.discard(tp)
+    if pending:
+        raise KafkaError(f"could not read the last record of {sorted(tp.partition for tp in pending)} in {topic}")
+    return out

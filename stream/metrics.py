@@ -13,7 +13,14 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -53,6 +60,8 @@ class Metrics:
         self.queue_depth = Gauge("mmstream_queue_depth", "Items waiting per stage", ["stage"], registry=r)
         self.paused = Gauge("mmstream_paused", "1 while input partitions are paused (backpressure or alignment)",
                             registry=r)
+        self.pauses = Counter("mmstream_pauses", "Times input partitions were paused, by reason "
+                              "(alignment|aligner_full|batcher_full)", ["reason"], registry=r)
         self.open_windows = Gauge("mmstream_open_windows", "Windows still collecting records", registry=r)
         self.commits = Counter("mmstream_commits", "Offset commits", ["outcome"], registry=r)
         self.gpu_memory_bytes = Gauge("mmstream_gpu_memory_bytes", "CUDA memory allocated by the model",

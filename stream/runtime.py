@@ -26,16 +26,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError as AIOKafkaError
 
 from stream.batching import Batcher, BatchPipeline
 from stream.config import Settings
-from stream.contract import ModelInfo, Modality, Origin, decode
+from stream.contract import Modality, ModelInfo, Origin, decode
 from stream.errors import ContractError, KafkaError, MmstreamError, ModelError, Reason
 from stream.flow import decide_pauses
-from stream.horizon import HorizonTracker, decode_metadata, encode_metadata
-from stream.kafka import DeadLetterSink, client_options, ensure_topics, make_consumer, make_producer, stop_bounded
+from stream.horizon import HorizonTracker, decode_state, encode_state
+from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, read_last, stop_bounded
 from stream.metrics import Metrics, MetricsServer
 from stream.offsets import OffsetLedger
 from stream.results import av_skew_ns, build_result, result_record, to_input
@@ -50,7 +49,10 @@ _COMMIT_INTERVAL_S = 1.0
 _GAUGE_INTERVAL_S = 1.0
 _SEND_ATTEMPTS = 3
 
-Job = tuple[ClosedWindow, list[int | bool]]  # a window and its horizon token
+# A window, its horizon token and the assignment generation it was built in. Ledger keys carry
+# the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
+# and a late acknowledgement of the old copy must not release the new copy's offsets.
+Job = tuple[ClosedWindow, list[int | bool], int]
 
 
 class ProcessorStats:
@@ -107,7 +109,9 @@ class Processor:
         self._pipeline: BatchPipeline[Job, Any, Any] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._admin: AIOKafkaAdminClient | None = None
+        self._state_reader: AIOKafkaConsumer | None = None
+        self._state_topic = topics.state_topic(settings.kafka.group_id)
+        self._saved_state: dict[int, bytes] = {}
         self._dlq: DeadLetterSink | None = None
         self._server: MetricsServer | None = None
         self._assigned: set[TopicPartition] = set()
@@ -115,7 +119,7 @@ class Processor:
         self._position: dict[TopicPartition, int] = {}
         self._event_ns: dict[tuple[Modality, int], int] = {}
         self._source_partition: dict[str, int] = {}
-        self._committed: dict[TopicPartition, tuple[int, str]] = {}
+        self._committed: dict[TopicPartition, int] = {}
         self._model_info = ModelInfo(name="unloaded", version="0")
         self._started = False
         self._stopped = False
@@ -123,6 +127,7 @@ class Processor:
         self._last_commit = 0.0
         self._last_gauges = 0.0
         self._kafka_down_since: float | None = None
+        self._generation = 0  # bumped at every revocation
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,10 +157,10 @@ class Processor:
         self._model_info = ModelInfo(name=info.name, version=info.version)
         self._producer = make_producer(s.kafka, s.limits)
         self._consumer = make_consumer(s.kafka, s.limits)
-        self._admin = AIOKafkaAdminClient(**client_options(s.kafka))
+        self._state_reader = make_consumer(s.kafka, s.limits, group=False)
         try:
             await self._producer.start()
-            await self._admin.start()
+            await self._state_reader.start()
             await self._consumer.start()
         except AIOKafkaError as exc:
             await self.stop()
@@ -193,8 +198,7 @@ class Processor:
             log.warning("drain did not finish within %.1f s; in-flight windows will be replayed", bound)
 
     async def _drain(self) -> None:
-        for window in self._aligner.poll(self._caught_up):
-            await self._submit(window)
+        await self._close_ready()
         if self._pipeline is not None:
             await self._pipeline.stop()
         await self._commit(force=True)
@@ -210,9 +214,8 @@ class Processor:
                 await asyncio.wait_for(self._pipeline.stop(), timeout_ms / 1000)
         if self._consumer is not None:
             await stop_bounded(self._consumer, timeout_ms, "consumer")
-        if self._admin is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._admin.close(), timeout_ms / 1000)
+        if self._state_reader is not None:
+            await stop_bounded(self._state_reader, timeout_ms, "state reader")
         if self._producer is not None:
             await stop_bounded(self._producer, timeout_ms, "producer")
         if self._server is not None:
@@ -237,13 +240,13 @@ class Processor:
             await asyncio.sleep(0.5)
             return
         self._kafka_ok()
+        generation = self._generation
         for tp, records in batch.items():
             for record in records:
-                if tp not in self._assigned:
-                    break  # revoked while we were busy: its next owner reads it
+                if generation != self._generation or tp not in self._assigned:
+                    break  # a rebalance happened while we were busy: the consumer re-fetches from the commit
                 await self._handle(tp, record)
-        for window in self._aligner.poll(self._caught_up):
-            await self._submit(window)
+        await self._close_ready()
         self._flow()
         now = time.monotonic()
         if now - self._last_commit >= _COMMIT_INTERVAL_S:
@@ -270,7 +273,8 @@ class Processor:
         if status is AddStatus.ACCEPTED:
             self._source_partition[item.source_id] = tp.partition
             if result.windows:
-                self._ledger.hold(origin, result.keys)
+                gen = self._generation
+                self._ledger.hold(origin, [(gen, key) for key in result.keys])
             else:
                 self._ledger.done(origin)
             self.metrics.records.labels(tp.topic, "ok").inc()
@@ -292,23 +296,26 @@ class Processor:
         self.metrics.records.labels(origin.topic, "dead_letter").inc()
         self.metrics.dead_letters.labels(reason.value).inc()
         log.info("dead letter %s %s: %s", origin, reason.value, message)
+        generation = self._generation
         fut = await self._dlq.send(record.key, record.value, record.headers, reason, message, origin)
-        fut.add_done_callback(lambda f: self._finish_on_ack(f, origin))
+        fut.add_done_callback(lambda f: self._finish_on_ack(f, origin, generation))
 
     async def _route_late(self, record: Any, origin: Origin) -> None:
         late_topic = self.settings.topics.late
         if late_topic is None or self._producer is None:
             self._ledger.done(origin)
             return
+        generation = self._generation
         fut = await self._producer.send(late_topic, value=record.value, key=record.key, headers=list(record.headers))
-        fut.add_done_callback(lambda f: self._finish_on_ack(f, origin))
+        fut.add_done_callback(lambda f: self._finish_on_ack(f, origin, generation))
 
-    def _finish_on_ack(self, fut: asyncio.Future[Any], origin: Origin) -> None:
+    def _finish_on_ack(self, fut: asyncio.Future[Any], origin: Origin, generation: int) -> None:
         if fut.cancelled() or fut.exception() is not None:
             log.error("could not write %s aside (%s); its offset stays uncommitted", origin,
                       None if fut.cancelled() else fut.exception())
             return
-        self._ledger.done(origin)
+        if generation == self._generation:  # else: revoked since; the offset may be re-read and re-tracked
+            self._ledger.done(origin)
 
     # ------------------------------------------------------------------ flow control
 
@@ -334,6 +341,7 @@ class Processor:
             resume, pause = self._paused - want, want - self._paused
             if pause:
                 self._consumer.pause(*pause)
+                self.metrics.pauses.labels(decision.reason).inc()
                 log.debug("paused %s (%s)", sorted(pause), decision.reason)
             if resume:
                 self._consumer.resume(*resume)
@@ -342,16 +350,27 @@ class Processor:
 
     # ------------------------------------------------------------------ inference
 
-    async def _submit(self, window: ClosedWindow) -> None:
-        if window.empty:
-            self._ledger.release(window.key)  # a revision moved everything out: nothing to say
-            return
-        token = self._horizons.closed(window.source_id, window.end_ns)
-        await self._batcher.put((window, token))
+    async def _close_ready(self) -> None:
+        """Hand every window that can close to the batcher.
+
+        ``put`` may wait for room, and a rebalance may run meanwhile. aiokafka's protocol is eager
+        (every rebalance revokes every partition), so after one the rest of these windows belong
+        to forgotten state: drop them unpublished; their records were not committed and whoever
+        owns their partition now rebuilds them whole.
+        """
+        generation = self._generation
+        for window in self._aligner.poll(self._caught_up):
+            if generation != self._generation:
+                break
+            if window.empty:
+                self._ledger.release((generation, window.key))  # a revision moved everything out
+                continue
+            token = self._horizons.closed(window.source_id, window.end_ns)
+            await self._batcher.put((window, token, generation))
 
     def _preprocess(self, jobs: list[Job]) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        prepared = self._model.preprocess([to_input(w) for w, _ in jobs])
+        prepared = self._model.preprocess([to_input(job[0]) for job in jobs])
         return prepared, time.perf_counter() - t0
 
     def _infer(self, prepared: tuple[Any, float]) -> list[tuple[Any, float, float]]:
@@ -380,16 +399,16 @@ class Processor:
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])
         acks = []
-        for (window, token), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
+        for (window, token, generation), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
             result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
                                   include_embedding=self.settings.include_embedding, error=err)
-            acks.append(self._publish(window, token, result))
+            acks.append(self._publish(window, token, generation, result))
             if output is not None:
                 for index, reason in output.dropped_frames:
                     await self._dead_letter_frame(window, index, reason)
         await asyncio.gather(*acks)
 
-    async def _publish(self, window: ClosedWindow, token: list[int | bool], result: Any) -> None:
+    async def _publish(self, window: ClosedWindow, token: list[int | bool], generation: int, result: Any) -> None:
         assert self._producer is not None
         key, value, headers = result_record(result)
         for attempt in range(_SEND_ATTEMPTS):
@@ -402,7 +421,7 @@ class Processor:
                     log.error("result %s not published (%s); its offsets stay uncommitted", result.id, exc)
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
-        self._ledger.release(window.key)
+        self._ledger.release((generation, window.key))
         self._horizons.acked(window.source_id, token)
         self._observe_result(window, result)
 
@@ -432,24 +451,37 @@ class Processor:
 
     # ------------------------------------------------------------------ commit and rebalance
 
-    def _metadata(self, partition: int) -> str:
-        sources = [s for s, p in self._source_partition.items() if p == partition]
-        return encode_metadata(self._horizons.snapshot(sources))
+    async def _save_state(self, partitions: set[int]) -> bool:
+        """Write each partition's horizons to the state topic (when changed) and await the acks:
+        they must be safe before offsets that depend on them are committed."""
+        assert self._producer is not None
+        futures = []
+        for partition in partitions:
+            sources = [src for src, p in self._source_partition.items() if p == partition]
+            value = encode_state(self._horizons.snapshot(sources))
+            if self._saved_state.get(partition) != value:
+                fut = await self._producer.send(self._state_topic, value=value, key=str(partition).encode(),
+                                                partition=partition)
+                futures.append((partition, value, fut))
+        try:
+            for partition, value, fut in futures:
+                await fut
+                self._saved_state[partition] = value
+        except AIOKafkaError as exc:
+            log.warning("could not save horizons (%s); not committing this time", exc)
+            return False
+        return True
 
     async def _commit(self, *, only: set[TopicPartition] | None = None, force: bool = False) -> None:
         self._last_commit = time.monotonic()
         if self._consumer is None:
             return
-        offsets: dict[TopicPartition, tuple[int, str]] = {}
-        metadata: dict[int, str] = {}
+        offsets: dict[TopicPartition, int] = {}
         for tp in only if only is not None else self._assigned:
             safe = self._ledger.safe_offset(tp.topic, tp.partition)
-            if safe is None:
-                continue
-            md = metadata.setdefault(tp.partition, self._metadata(tp.partition))
-            if force or self._committed.get(tp) != (safe, md):
-                offsets[tp] = (safe, md)
-        if not offsets:
+            if safe is not None and (force or self._committed.get(tp) != safe):
+                offsets[tp] = safe
+        if not offsets or not await self._save_state({tp.partition for tp in offsets}):
             return
         try:
             await self._consumer.commit(offsets)
@@ -468,12 +500,15 @@ class Processor:
             await asyncio.wait_for(self._commit(only=mine, force=True), 5)
         partitions = {tp.partition for tp in mine}
         for key in self._aligner.forget_partitions(partitions):
-            self._ledger.release(key)
+            self._ledger.release((self._generation, key))
+        self._generation += 1
         self._ledger.forget(partitions)
         gone = [s for s, p in self._source_partition.items() if p in partitions]
         self._horizons.forget(gone)
         for s in gone:
             del self._source_partition[s]
+        for partition in partitions:
+            self._saved_state.pop(partition, None)
         for tp in mine:
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
@@ -486,21 +521,24 @@ class Processor:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self._assigned
         self._assigned |= assigned
-        if new and self._admin is not None:
+        partitions = sorted({tp.partition for tp in new})
+        if partitions and self._state_reader is not None:
             try:
-                committed = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
-                    self.settings.kafka.group_id, partitions=sorted(new)), 10)
-            except (AIOKafkaError, TimeoutError) as exc:
-                log.warning("could not read committed horizons (%s); a replay may repeat windows", exc)
-                committed = {}
-            for tp, meta in committed.items():
-                horizons = decode_metadata(getattr(meta, "metadata", None))
+                states = await read_last(self._state_reader, self._state_topic, partitions)
+            except (AIOKafkaError, KafkaError) as exc:
+                log.warning("could not read published horizons (%s); a replay may repeat windows", exc)
+                states = {}
+            for partition, value in states.items():
+                horizons = decode_state(value)
                 self._horizons.load(horizons)
                 for source, end_ns in horizons.items():
                     for key in self._aligner.set_horizon(source, end_ns):
-                        self._ledger.release(key)
-                    self._source_partition.setdefault(source, tp.partition)
-        log.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))
+                        self._ledger.release((self._generation, key))
+                    self._source_partition.setdefault(source, partition)
+                if value is not None:
+                    self._saved_state[partition] = value
+        log.info("partitions assigned: %s (published horizons of %d sources loaded)",
+                 sorted(str(tp) for tp in assigned), len(self._horizons.snapshot(self._source_partition)))
         self.metrics.ready.set(1 if self.ready else 0)
 
     # ------------------------------------------------------------------ gauges and errors

@@ -60,3 +60,119 @@ def expected_windows(scene: Any, window_ns: int) -> dict[str, dict[str, int]]:
                                             "segments": c.segments}
             start += window_ns
     return out
+
+
+class ProcessorProcess:
+    """``mmstream run`` in a child process, configured by a YAML file written from ``settings``."""
+
+    def __init__(self, settings: Settings, tmp_path: Any, name: str = "p") -> None:
+        import socket
+
+        import yaml
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = s.getsockname()[1]
+        doc = settings.model_dump(mode="json")
+        doc["metrics"] = {"host": "127.0.0.1", "port": self.metrics_port}
+        self.config = tmp_path / f"{name}.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+        self.log = tmp_path / f"{name}.log"
+        self.proc: Any = None
+
+    def start(self) -> ProcessorProcess:
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(self.config)],
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except OSError:
+            return 0, b""
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"processor exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            status, _ = await asyncio.to_thread(self.get, "/readyz")
+            if status == 200:
+                return
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"processor not ready in {timeout_s} s: {self.log.read_text()[-2000:]}")
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples (all label sets) from /metrics."""
+        _, body = self.get("/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and (line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log_file.close()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        self._log_file.close()
+        return code
+
+
+def check_results(results: list[dict[str, Any]], expected: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Every expected window present with exact counts (a partial repeat would differ); returns
+    the number of copies of each id."""
+    copies: dict[str, int] = {}
+    for r in results:
+        copies[r["id"]] = copies.get(r["id"], 0) + 1
+        want = expected.get(r["id"])
+        assert want is not None, f"unexpected window {r['id']}"
+        got = {k: r["counts"][k] for k in want}
+        if got != want:
+            others = [(o["counts"], o["offsets"], o.get("closed_by")) for o in results if o["id"] == r["id"]]
+            raise AssertionError(f"{r['id']}: {got} != {want}; all copies: {others}")
+    missing = sorted(set(expected) - set(copies))
+    assert not missing, f"{len(missing)} windows missing, e.g. {missing[:3]}"
+    return copies
+
+
+async def read_until_ids(settings: Settings, ids: set[str], timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Results from the beginning until every id in ``ids`` was seen (or the timeout), plus a short
+    tail so that late duplicates show up too."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        results = results_of(await read_topic(settings, settings.topics.results, timeout_s=5, idle_s=1.0))
+        seen = {r["id"] for r in results}
+        if ids <= seen or loop.time() > deadline:
+            return results
+        await asyncio.sleep(1.0)

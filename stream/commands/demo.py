@@ -1,0 +1,195 @@
+"""``mmstream demo``: the whole product on one machine, in one command.
+
+Starts the embedded broker, creates the topics, starts the input (synthetic sources by default;
+a camera, microphone or video file when asked), runs the processor with the offline preset and
+shows a live view of the results. ``--duration`` ends it with a summary (``--json``: the last line
+is a JSON summary). Ctrl-C drains and stops everything it started; a second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Labels that match what the synthetic scene scripts, so the zero-shot scores mean something.
+DEMO_LABELS = ["a red ball", "a blue square", "someone speaking", "a quiet room", "static noise", "a beep"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run broker + sources + processor locally with a live view",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=None, help="seconds of input, then a summary (default: until Ctrl-C)")
+    p.add_argument("--sources", type=int, default=4, help="synthetic sources (default 4)")
+    p.add_argument("--fps", type=float, default=10.0, help="synthetic frames per second per source")
+    p.add_argument("--preset", choices=["tiny", "offline"], default="offline", help="model preset (default offline)")
+    p.add_argument("--model", metavar="PATH", help="a checkpoint from `mmstream train` instead of a preset")
+    p.add_argument("--port", type=int, default=None, help="broker port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: any free port)")
+    p.add_argument("--camera", metavar="DEV", help="capture a camera (index or URL) instead of synthetic sources")
+    p.add_argument("--mic", metavar="DEV", help="capture a microphone (name or index)")
+    p.add_argument("--video", metavar="FILE", help="replay a video file instead of synthetic sources")
+    p.add_argument("--json", action="store_true", help="no live view; the last line is a JSON summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from stream.broker import EmbeddedBroker
+    from stream.config import load_settings
+    from stream.runtime import Processor
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            raise SystemExit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    broker = EmbeddedBroker(args.port)
+    t0 = time.monotonic()
+    bootstrap = await asyncio.to_thread(broker.start)
+    try:
+        model: dict[str, Any] = {"path": args.model} if args.model else {"preset": args.preset, "labels": DEMO_LABELS}
+        settings = load_settings(overrides={
+            "kafka": {"bootstrap_servers": bootstrap, "group_id": "mmstream-demo", "session_timeout_ms": 6000,
+                      "heartbeat_interval_ms": 2000, "partitions": 4},
+            "window": {"idle_timeout_ms": 2000},
+            "metrics": {"port": args.metrics_port, "host": "127.0.0.1"},
+            "model": model,
+        })
+        processor = Processor(settings)
+        await processor.start()
+        _say(args, f"broker {bootstrap}, model {processor._model_info.name} loaded in {time.monotonic() - t0:.1f} s, "
+             f"metrics on http://127.0.0.1:{processor._server.port if processor._server else '-'}/metrics")
+        run_task = asyncio.create_task(processor.run(stop), name="processor")
+        inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
+        view = asyncio.create_task(_live_view(processor, stop), name="view") if not args.json else None
+        t_start = time.monotonic()
+        try:
+            await inputs
+            if args.duration is not None and not stop.is_set():
+                # input ended: sources fall silent, the processor closes their last windows after the idle timeout
+                await _settle(processor, settings.window.idle_timeout_ms / 1000 + 3.0, stop)
+                stop.set()
+            await run_task
+        finally:
+            stop.set()
+            if view is not None:
+                view.cancel()
+            await processor.stop()
+        summary = _summary(processor, time.monotonic() - t_start)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            _print_summary(summary)
+        return 0
+    finally:
+        broker.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _inputs(args: argparse.Namespace, settings: Any, stop: asyncio.Event) -> None:
+    """Run the chosen input until its duration ends or ``stop``."""
+    duration = args.duration if args.duration is not None else 365 * 24 * 3600.0
+    if args.camera or args.mic or args.video:
+        from stream.sources import live
+
+        await live.run_demo_inputs(settings, camera=args.camera, mic=args.mic, video=args.video,
+                                   duration_s=duration, stop=stop)
+        return
+    from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
+
+    scene = SyntheticScene(SyntheticConfig(sources=args.sources, fps=args.fps), start_ns=time.time_ns())
+    await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=duration, realtime=True, stop=stop)
+
+
+async def _settle(processor: Any, max_wait_s: float, stop: asyncio.Event) -> None:
+    """Wait until no window is open any more (or the bound), so the summary covers the whole input."""
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline and not stop.is_set():
+        if processor._aligner.open_windows == 0 and processor._batcher.depth == 0:
+            await asyncio.sleep(0.5)  # the last batch may still be publishing
+            return
+        await asyncio.sleep(0.2)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+def _summary(processor: Any, elapsed_s: float) -> dict[str, Any]:
+    st = processor.stats
+    return {
+        "windows": st.windows,
+        "windows_complete": st.windows_complete,
+        "results_per_s": round(st.windows / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+        "p50_latency_s": _percentile(st.latencies_s, 0.50),
+        "p99_latency_s": _percentile(st.latencies_s, 0.99),
+        "records": st.records,
+        "dead_letters": st.dead_letters,
+        "late": st.late,
+        "sources": len(st.last_results),
+        "elapsed_s": round(elapsed_s, 2),
+    }
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _table(processor: Any) -> Any:
+    from rich.table import Table
+
+    st = processor.stats
+    table = Table(title="mmstream demo: latest window per source", expand=False)
+    for col in ("source", "window end", "label", "top scores", "present", "frames/samples/segs"):
+        table.add_column(col)
+    for source, r in sorted(st.last_results.items()):
+        top = sorted(r["scores"].items(), key=lambda kv: -kv[1])[:3]
+        pres = "".join(k[0].upper() if v else "-" for k, v in r["presence"].items())
+        c = r["counts"]
+        table.add_row(source, time.strftime("%H:%M:%S", time.localtime(r["window_end_ns"] / 1e9)),
+                      str(r["label"]), ", ".join(f"{k} {v:.2f}" for k, v in top), pres,
+                      f"{c['frames']}/{c['audio_samples']}/{c['segments']}")
+    p50, p99 = _percentile(st.latencies_s, 0.5), _percentile(st.latencies_s, 0.99)
+    table.caption = (f"records {st.records}  windows {st.windows} ({st.windows_complete} complete)  "
+                     f"latency p50 {p50}s p99 {p99}s  late {st.late}  dead letters {st.dead_letters}  "
+                     f"open windows {processor._aligner.open_windows}")
+    return table
+
+
+async def _live_view(processor: Any, stop: asyncio.Event) -> None:
+    from rich.live import Live
+
+    with Live(_table(processor), refresh_per_second=2, transient=False) as live:
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            live.update(_table(processor))
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    Console().print("summary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
