@@ -52,6 +52,9 @@ class KafkaConfig(_Section):
     session_timeout_ms: int = Field(10_000, ge=6000, description="Kafka rejects < 6000 by default")
     heartbeat_interval_ms: int = Field(3000, gt=0)
     fetch_max_wait_ms: int = Field(50, ge=0, description="tansu answers fetches only at this bound")
+    max_partition_fetch_bytes: int = Field(
+        2**20, gt=0, description="per-partition fetch size; a larger record still arrives whole (Kafka >= 0.10.1)"
+    )
     acks: Literal["all", 1, 0] = "all"
     linger_ms: int = Field(5, ge=0)
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"

@@ -13,6 +13,7 @@ Schema of every record type defined here.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -295,7 +296,10 @@ class RecordLike(Protocol):
 # --------------------------------------------------------------------------- decode
 
 
+@functools.lru_cache(maxsize=512)
 def _parse_content_type(raw: str) -> tuple[str, dict[str, str]]:
+    """(mime, params); cached because nearly every record repeats its topic's content type.
+    Callers must not mutate the returned dict."""
     parts = [p.strip() for p in raw.split(";")]
     params: dict[str, str] = {}
     for p in parts[1:]:

@@ -128,6 +128,8 @@ class Processor:
         self._last_gauges = 0.0
         self._kafka_down_since: float | None = None
         self._generation = 0  # bumped at every revocation
+        self._topic_counters: dict[str, dict[str, Any]] = {}
+        self._blocked: dict[TopicPartition, int] = {}  # held back by alignment: event time of the next record
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,10 +244,17 @@ class Processor:
         self._kafka_ok()
         generation = self._generation
         for tp, records in batch.items():
-            for record in records:
-                if generation != self._generation or tp not in self._assigned:
-                    break  # a rebalance happened while we were busy: the consumer re-fetches from the commit
-                await self._handle(tp, record)
+            if generation != self._generation:
+                break  # a rebalance ran while we were awaiting: the consumer re-fetches from the commit
+            if tp in self._assigned and records:
+                aside = self._handle_batch(tp, records)
+                for record, reason, message, origin in aside:
+                    if generation != self._generation:
+                        break
+                    if reason is None:
+                        await self._route_late(record, origin)
+                    else:
+                        await self._dead_letter(record, reason, message, origin)
         await self._close_ready()
         self._flow()
         now = time.monotonic()
@@ -254,46 +263,113 @@ class Processor:
         if now - self._last_gauges >= _GAUGE_INTERVAL_S:
             await self._update_gauges()
 
-    async def _handle(self, tp: TopicPartition, record: Any) -> None:
-        origin = Origin(tp.topic, tp.partition, record.offset)
-        self._position[tp] = record.offset + 1
-        self._ledger.track(origin)
-        self.stats.records += 1
-        modality = self._modality_of[tp.topic]
-        try:
-            item = decode(record, expect=modality, limits=self.settings.limits)
-        except ContractError as exc:
-            await self._dead_letter(record, exc.reason, exc.detail, origin)
-            return
-        slot = (modality, tp.partition)
-        if item.end_ns > self._event_ns.get(slot, -1):
-            self._event_ns[slot] = item.end_ns
-        result = self._aligner.add(item, origin)
-        status = result.status
-        if status is AddStatus.ACCEPTED:
-            self._source_partition[item.source_id] = tp.partition
-            if result.windows:
-                gen = self._generation
-                self._ledger.hold(origin, [(gen, key) for key in result.keys])
-            else:
-                self._ledger.done(origin)
-            self.metrics.records.labels(tp.topic, "ok").inc()
-        elif status is AddStatus.LATE:
-            self.stats.late += 1
-            self.metrics.records.labels(tp.topic, "late").inc()
-            log.debug("late record %s from %s: %s", origin, item.source_id, result.detail)
-            await self._route_late(record, origin)
-        elif status is AddStatus.REJECTED:
-            await self._dead_letter(record, result.reason or Reason.TS_OUT_OF_RANGE, result.detail, origin)
-        else:  # REPLAYED: its window was published before a restart
-            self.stats.replayed += 1
-            self.metrics.records.labels(tp.topic, "replayed").inc()
-            self._ledger.done(origin)
+    def _handle_batch(self, tp: TopicPartition, records: list[Any]) -> list[tuple[Any, Reason | None, str, Origin]]:
+        """Decode and align one partition's fetched records; the hot path, so no awaits in it.
+
+        Returns the records to write aside, as (record, reason, message, origin): a dead letter
+        with its reason, or a late record (reason None). They are sent after the loop.
+        """
+        topic, partition = tp.topic, tp.partition
+        modality = self._modality_of[topic]
+        limits = self.settings.limits
+        ledger, aligner, generation = self._ledger, self._aligner, self._generation
+        slot = (modality, partition)
+        newest = self._event_ns.get(slot, -1)
+        limit_ns = self._ahead_limit(modality, partition, newest if newest >= 0 else None)
+        aside: list[tuple[Any, Reason | None, str, Origin]] = []
+        ok = late = replayed = handled = 0
+        blocked_ns: int | None = None
+        for record in records:
+            origin = Origin(topic, partition, record.offset)
+            try:
+                item = decode(record, expect=modality, limits=limits)
+            except ContractError as exc:
+                ledger.track(origin)
+                handled += 1
+                aside.append((record, exc.reason, exc.detail, origin))
+                continue
+            end_ns = item.end_ns
+            if limit_ns is None:
+                limit_ns = self._ahead_limit(modality, partition, end_ns)
+            if limit_ns is not None and end_ns > limit_ns:
+                # watermark alignment: this topic runs ahead of a slower modality of the same
+                # partition; stop here, re-read from this record once the others caught up
+                self._consumer.seek(tp, record.offset)
+                blocked_ns = end_ns
+                break
+            ledger.track(origin)
+            handled += 1
+            result = aligner.add(item, origin)
+            status = result.status
+            if status is AddStatus.ACCEPTED:
+                ok += 1
+                if end_ns > newest:
+                    newest = end_ns
+                self._source_partition[result.source_id] = partition
+                if result.windows:
+                    source_id = result.source_id
+                    ledger.hold(origin, tuple((generation, (source_id, start)) for start in result.windows))
+                else:
+                    ledger.done(origin)  # a stale revision of a transcript segment
+            elif status is AddStatus.LATE:
+                late += 1
+                aside.append((record, None, result.detail, origin))
+            elif status is AddStatus.REJECTED:
+                aside.append((record, result.reason or Reason.TS_OUT_OF_RANGE, result.detail, origin))
+            else:  # REPLAYED: its window was published before a restart
+                replayed += 1
+                ledger.done(origin)
+        if handled:
+            self._position[tp] = records[handled - 1].offset + 1
+        self._event_ns[slot] = newest
+        if blocked_ns is not None:
+            self._blocked[tp] = blocked_ns
+        else:
+            self._blocked.pop(tp, None)
+        self.stats.records += handled
+        self.stats.late += late
+        self.stats.replayed += replayed
+        counters = self._counters(topic)
+        if ok:
+            counters["ok"].inc(ok)
+        if late:
+            counters["late"].inc(late)
+        if replayed:
+            counters["replayed"].inc(replayed)
+        return aside
+
+    def _ahead_limit(self, modality: Modality, partition: int, own_ns: int | None) -> int | None:
+        """The newest event time this modality may reach in this partition now: the slowest other
+        modality with unread data, plus ``max_ahead_ms``. Another modality not read yet counts as
+        being where this one is, so progress is bounded until it shows up. None = no bound."""
+        floor: int | None = None
+        for other in Modality:
+            if other is modality or TopicPartition(self._topic_of[other], partition) not in self._assigned:
+                continue
+            if self._caught_up(other, partition):
+                continue  # nothing waiting there: it cannot be the one holding windows back
+            t = self._event_ns.get((other, partition))
+            if t is None or t < 0:
+                t = own_ns
+            if t is None:
+                return None
+            floor = t if floor is None else min(floor, t)
+        return None if floor is None else floor + self.settings.window.max_ahead_ms * 1_000_000
+
+    def _counters(self, topic: str) -> dict[str, Any]:
+        """The labelled record counters of a topic, looked up once (labels() is costly per record)."""
+        found = self._topic_counters.get(topic)
+        if found is None:
+            found = self._topic_counters[topic] = {
+                outcome: self.metrics.records.labels(topic, outcome)
+                for outcome in ("ok", "late", "replayed", "dead_letter")
+            }
+        return found
 
     async def _dead_letter(self, record: Any, reason: Reason, message: str, origin: Origin) -> None:
         assert self._dlq is not None
         self.stats.dead_letters += 1
-        self.metrics.records.labels(origin.topic, "dead_letter").inc()
+        self._counters(origin.topic)["dead_letter"].inc()
         self.metrics.dead_letters.labels(reason.value).inc()
         log.info("dead letter %s %s: %s", origin, reason.value, message)
         generation = self._generation
@@ -302,6 +378,7 @@ class Processor:
 
     async def _route_late(self, record: Any, origin: Origin) -> None:
         late_topic = self.settings.topics.late
+        log.debug("late record %s", origin)
         if late_topic is None or self._producer is None:
             self._ledger.done(origin)
             return
@@ -331,8 +408,13 @@ class Processor:
     def _flow(self) -> None:
         assert self._consumer is not None
         slots = [(self._modality_of[tp.topic], tp.partition) for tp in self._assigned]
+        blocked_slots = {(self._modality_of[tp.topic], tp.partition) for tp in self._blocked}
+        progress = dict(self._event_ns)
+        for tp, next_ns in self._blocked.items():
+            slot = (self._modality_of[tp.topic], tp.partition)
+            progress[slot] = max(progress.get(slot, -1), next_ns)
         decision = decide_pauses(
-            slots, self._event_ns, lambda m, p: not self._caught_up(m, p),
+            slots, progress, lambda m, p: not self._caught_up(m, p) or (m, p) in blocked_slots,
             max_ahead_ms=self.settings.window.max_ahead_ms,
             aligner_full=self._aligner.full, batcher_full=self._batcher.full,
         )
@@ -510,6 +592,7 @@ class Processor:
         for partition in partitions:
             self._saved_state.pop(partition, None)
         for tp in mine:
+            self._blocked.pop(tp, None)
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
             self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)

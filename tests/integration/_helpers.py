@@ -115,12 +115,13 @@ class ProcessorProcess:
             await asyncio.sleep(0.3)
         raise AssertionError(f"processor not ready in {timeout_s} s: {self.log.read_text()[-2000:]}")
 
-    def metric(self, name: str) -> float:
-        """Sum of a metric's samples (all label sets) from /metrics."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples from /metrics over the label sets that match ``labels``."""
         _, body = self.get("/metrics")
         total = 0.0
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
         for line in body.decode().splitlines():
-            if line.startswith(name) and (line[len(name)] in " {"):
+            if line.startswith(name) and line[len(name)] in " {" and all(w in line for w in wanted):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
