@@ -10,6 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+DEMO_ARGS ?= --duration 60
+
 .PHONY: demo test install apt lint clean bench
 
 demo: $(STAMP)/install

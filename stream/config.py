@@ -9,7 +9,7 @@ file, the defaults. An invalid value fails at start with ``ConfigError`` naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     drain_timeout_ms: int = Field(15_000, gt=0, description="SIGTERM: time to close, infer, publish, commit")
     include_embedding: bool = Field(False, description="put the fused embedding in each result")
 
+    _read_env: ClassVar[bool] = True
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -161,7 +163,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the YAML file, which arrives as init kwargs.
-        return env_settings, init_settings
+        return (env_settings, init_settings) if cls._read_env else (init_settings,)
+
+
+class _Resolved(Settings):
+    """Settings whose values are all explicit: no environment pass (it was applied already)."""
+
+    _read_env: ClassVar[bool] = False
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -187,10 +195,12 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"config {path} must be a YAML mapping, got {type(loaded).__name__}")
         data = loaded
     try:
-        settings = Settings(**data)
+        settings = Settings(**data)  # the environment wins over the file here
         if overrides:
-            settings = Settings(**_deep_merge(settings.model_dump(exclude_unset=False), overrides))
+            # the environment is already in ``settings``; re-validate with the constructor's values only
+            settings = _Resolved(**_deep_merge(settings.model_dump(), overrides))
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid config: " + "; ".join(lines)) from exc
+        # ``from None``: pydantic's error text repeats the input values, secrets included
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
     return settings

@@ -12,10 +12,11 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from typing import Any
+
+from stream.commands._common import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +46,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    with stop_on_signals(stop, "stopping the demo"):
+        return await _demo_until(args, stop)
+
+
+async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from stream.broker import EmbeddedBroker
     from stream.config import load_settings
     from stream.runtime import Processor
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    presses = 0
-
-    def on_signal() -> None:
-        nonlocal presses
-        presses += 1
-        if presses > 1:
-            raise SystemExit(130)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
 
     broker = EmbeddedBroker(args.port)
     t0 = time.monotonic()
@@ -103,8 +96,6 @@ async def _demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         broker.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 async def _inputs(args: argparse.Namespace, settings: Any, stop: asyncio.Event) -> None:
@@ -126,7 +117,8 @@ async def _settle(processor: Any, max_wait_s: float, stop: asyncio.Event) -> Non
     """Wait until no window is open any more (or the bound), so the summary covers the whole input."""
     deadline = time.monotonic() + max_wait_s
     while time.monotonic() < deadline and not stop.is_set():
-        if processor._aligner.open_windows == 0 and processor._batcher.depth == 0:
+        # records > 0: a short input may end before the consumer group even joined (no windows yet)
+        if processor.stats.records > 0 and processor._aligner.open_windows == 0 and processor._batcher.depth == 0:
             await asyncio.sleep(0.5)  # the last batch may still be publishing
             return
         await asyncio.sleep(0.2)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
-from stream.commands._common import add_kafka_options, settings_from
+from stream.commands._common import add_kafka_options, settings_from, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +39,11 @@ async def serve(settings, stop: asyncio.Event | None = None) -> int:
     from stream.runtime import Processor
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second signal: exiting now")
-            raise SystemExit(130)
-        log.warning("signal received: draining (up to %d ms)", settings.drain_timeout_ms)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     processor = Processor(settings)
-    try:
-        await processor.start()
-        await processor.run(stop)
-    finally:
-        await processor.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    with stop_on_signals(stop, f"draining (up to {settings.drain_timeout_ms} ms)"):
+        try:
+            await processor.start()
+            await processor.run(stop)
+        finally:
+            await processor.stop()
     return 0

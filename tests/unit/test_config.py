@@ -92,8 +92,6 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
     assert s.kafka.bootstrap_servers == "cli:1" and s.kafka.linger_ms == 7
 
 
-@pytest.mark.xfail(strict=True, reason="config.py bug: env beats explicit overrides (--bootstrap), "
-                   "against the documented precedence overrides > env > file > defaults")
 def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSTREAM_KAFKA__BOOTSTRAP_SERVERS", "from-env:9092")
     assert load_settings(overrides={"kafka": {"bootstrap_servers": "cli:1"}}).kafka.bootstrap_servers == "cli:1"
@@ -204,8 +202,6 @@ def test_secret_is_not_in_config_error_message(tmp_path: Path) -> None:
     assert SECRET not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py bug: ConfigError is raised `from` pydantic's ValidationError, "
-                   "whose text shows input_value with the plain password; a logged traceback leaks it")
 def test_secret_is_not_in_config_error_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, f"kafka:\n  security_protocol: SASL_SSL\n  sasl_password: {SECRET}\n")
     with pytest.raises(ConfigError) as info:
