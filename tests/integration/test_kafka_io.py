@@ -191,14 +191,44 @@ async def test_ensure_topics_on_an_unreachable_cluster_is_a_kafka_error() -> Non
 
 
 async def test_client_sizes_follow_the_frame_limit() -> None:
-    """A 16 MiB frame must fit in one fetch and one produce request (aiokafka's private fields, read only)."""
+    """A 16 MiB frame must fit in one produce request and one fetch response; the per-partition fetch
+    stays small (a record larger than it still arrives whole, see the next test)."""
     limits = LimitsConfig(max_frame_bytes=16 * 2**20)
     consumer = make_consumer(KafkaConfig(), limits, group=False)
     producer = make_producer(KafkaConfig(), limits)
-    assert consumer._max_partition_fetch_bytes > 16 * 2**20
-    assert consumer._fetch_max_bytes >= consumer._max_partition_fetch_bytes
+    assert consumer._max_partition_fetch_bytes == KafkaConfig().max_partition_fetch_bytes
+    assert consumer._fetch_max_bytes > 16 * 2**20
     assert producer._max_request_size > 16 * 2**20
     assert consumer._group_id is None  # group=False: assign() only, no group membership
+
+
+async def test_frame_larger_than_the_partition_fetch_arrives_whole(settings_for) -> None:
+    settings = settings_for(limits={"max_frame_bytes": 4 * 2**20})
+    await ensure_topics(settings.kafka, settings.topics, settings.limits)
+    side = 1100  # 1100 x 1100 x 3 raw bytes: 3.6 MiB, over the 1 MiB per-partition fetch
+    frame = frame_from_image("big", 1, np.full((side, side, 3), 7, np.uint8), encoding="raw")
+    record = encode(frame)
+    producer = make_producer(settings.kafka, settings.limits)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topics.video, value=record.value, key=record.key, headers=record.headers)
+    finally:
+        await producer.stop()
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(settings.topics.video, p) for p in range(settings.kafka.partitions)])
+        await consumer.seek_to_beginning()
+        got = []
+        for _ in range(50):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(records)
+            if got:
+                break
+    finally:
+        await consumer.stop()
+    assert len(got) == 1
+    assert decode(got[0], expect=Modality.VIDEO, limits=settings.limits) == frame
 
 
 async def test_stop_bounded_returns_even_when_stop_hangs(caplog: pytest.LogCaptureFixture) -> None:

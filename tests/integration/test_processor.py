@@ -78,3 +78,35 @@ async def test_bad_records_are_dead_lettered_and_valid_stream_continues(settings
     assert reasons == sorted(b[4] for b in bad)
     assert all(dict(r.headers)["mm-origin"].startswith(settings.topics.video.encode()) or dict(r.headers)["mm-origin"].startswith(settings.topics.text.encode()) for r in letters)
     assert processor.stats.dead_letters == len(bad)
+
+
+async def test_late_record_is_counted_and_routed_not_merged(settings_for, unique) -> None:
+    import numpy as np
+
+    settings = settings_for(window={"idle_timeout_ms": 800, "allowed_lateness_ms": 100},
+                            topics={"late": f"late-{unique}"})
+    scene = SyntheticScene(SyntheticConfig(sources=1, fps=5, seed=7), start_ns=time.time_ns() - 10 * 10**9)
+    await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=2.0, realtime=False)
+    expected = expected_windows(scene, 1_000_000_000)
+    processor = Processor(settings)
+    stop = asyncio.Event()
+    await processor.start()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        first = await read_topic(settings, settings.topics.results, expect=len(expected), timeout_s=60)
+        assert len(first) == len(expected)
+        # a frame inside the first, long closed window of src-0
+        late = encode(frame_from_image("src-0", scene.start_ns + 1, np.zeros((8, 8, 3), np.uint8)))
+        producer = make_producer(settings.kafka, settings.limits)
+        await producer.start()
+        await producer.send_and_wait(settings.topics.video, value=late.value, key=late.key, headers=late.headers)
+        await producer.stop()
+        routed = await read_topic(settings, f"late-{unique}", expect=1, timeout_s=15)
+    finally:
+        stop.set()
+        await task
+        await processor.stop()
+    assert processor.stats.late == 1
+    assert len(routed) == 1 and routed[0].value == late.value
+    after = await read_topic(settings, settings.topics.results, timeout_s=5, idle_s=1.0)
+    assert sorted(r.offset for r in after) == sorted(r.offset for r in first), "the late frame made a new result"
