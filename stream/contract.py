@@ -58,7 +58,6 @@ H_TS, H_CONTENT_TYPE, H_VERSION = "mm-ts", "content-type", "mm-v"
 H_ERROR, H_ORIGIN = "mm-error", "mm-origin"
 
 _KEY_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_TS_RE = re.compile(rb"[0-9]{1,19}")
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
@@ -329,6 +328,18 @@ def _check_size(value: bytes, limit: int, what: str) -> None:
 def _decode_key(key: bytes | None) -> str:
     if key is None:
         raise ContractError(Reason.BAD_KEY, "record has no key; the key must be the source id")
+    if type(key) is bytes and len(key) <= 128:
+        return _decode_valid_key(key)
+    return _check_key(key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_valid_key(key: bytes) -> str:
+    """Cached: a source sends thousands of records with one key (errors are not cached)."""
+    return _check_key(key)
+
+
+def _check_key(key: bytes) -> str:
     try:
         text = key.decode("utf-8")
     except UnicodeDecodeError:
@@ -349,7 +360,7 @@ def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]
 def _decode_ts(raw: bytes | None) -> int:
     if raw is None:
         raise ContractError(Reason.MISSING_TS, "header mm-ts is missing")
-    if not _TS_RE.fullmatch(raw) or int(raw) > MAX_TS_NS:
+    if not (type(raw) is bytes and 0 < len(raw) <= 19 and raw.isdigit()) or int(raw) > MAX_TS_NS:
         raise ContractError(Reason.BAD_TS, f"mm-ts {raw[:32]!r} is not a non-negative int64 of ns")
     return int(raw)
 

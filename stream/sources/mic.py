@@ -223,7 +223,7 @@ class MicSource:
         seen_lost = 0
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
-            while limit is None or self.stats.samples < limit:
+            while (limit is None or self.stats.samples < limit) and not stop.is_set():
                 get = asyncio.ensure_future(chunks.get())
                 done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
