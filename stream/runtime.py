@@ -129,7 +129,10 @@ class Processor:
         self._kafka_down_since: float | None = None
         self._generation = 0  # bumped at every revocation
         self._topic_counters: dict[str, dict[str, Any]] = {}
-        self._blocked: dict[TopicPartition, int] = {}  # held back by alignment: event time of the next record
+        # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
+        # and the event time of the first of them
+        self._held: dict[TopicPartition, list[Any]] = {}
+        self._blocked: dict[TopicPartition, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -243,9 +246,12 @@ class Processor:
             return
         self._kafka_ok()
         generation = self._generation
-        for tp, records in batch.items():
+        for tp, fetched in batch.items():  # a held partition is paused, but a fetch may have been in flight
+            self._held.setdefault(tp, []).extend(fetched)
+        for tp in list(self._held):
             if generation != self._generation:
                 break  # a rebalance ran while we were awaiting: the consumer re-fetches from the commit
+            records = self._held.pop(tp)
             if tp in self._assigned and records:
                 aside = self._handle_batch(tp, records)
                 for record, reason, message, origin in aside:
@@ -293,8 +299,8 @@ class Processor:
                 limit_ns = self._ahead_limit(modality, partition, end_ns)
             if limit_ns is not None and end_ns > limit_ns:
                 # watermark alignment: this topic runs ahead of a slower modality of the same
-                # partition; stop here, re-read from this record once the others caught up
-                self._consumer.seek(tp, record.offset)
+                # partition; keep the rest for when the others have caught up (the partition pauses)
+                self._held[tp] = records[handled:]
                 blocked_ns = end_ns
                 break
             ledger.track(origin)
@@ -593,6 +599,7 @@ class Processor:
             self._saved_state.pop(partition, None)
         for tp in mine:
             self._blocked.pop(tp, None)
+            self._held.pop(tp, None)
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
             self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)
