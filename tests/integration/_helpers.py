@@ -177,3 +177,26 @@ async def read_until_ids(settings: Settings, ids: set[str], timeout_s: float = 6
         if ids <= seen or loop.time() > deadline:
             return results
         await asyncio.sleep(1.0)
+
+
+def fake_mic_env(tmp_path: Any, samples: Any) -> dict[str, str]:
+    """Environment for an ALSA ``file``-plugin microphone ``fakemic`` (also the default device)
+    that captures ``samples`` (int16, 16 kHz mono) bit for bit; see docs/capture.md."""
+    raw = tmp_path / "fakemic16k.raw"
+    samples.astype("<i2").tofile(raw)
+    conf = tmp_path / "asound.conf"
+    conf.write_text(f"""
+pcm.fakemic {{
+    type plug
+    slave {{ pcm {{ type file; slave.pcm "null"; file "/dev/null"; infile "{raw}"; format "raw" }}
+            format S16_LE; rate 16000; channels 1 }}
+    hint.description "Fake microphone (file)"
+}}
+pcm.!default "fakemic"
+""")
+    return {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+
+
+async def read_all(settings: Settings, topic: str, expect: int, timeout_s: float = 20.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning, once ``expect`` have arrived (or the timeout)."""
+    return await read_topic(settings, topic, expect=expect, timeout_s=timeout_s)

@@ -17,7 +17,7 @@ import yaml
 
 from stream.config import Settings
 from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame, decode
-from tests.integration.test_capture_synthetic import read_all
+from tests.integration._helpers import fake_mic_env, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -97,29 +97,13 @@ def test_capture_video_in_real_time_takes_the_clip_length(settings_for, tmp_path
     assert time.monotonic() - t >= 0.9
 
 
-def _fake_mic(tmp_path: Path, samples: np.ndarray) -> dict[str, str]:
-    raw = tmp_path / "speech16k.raw"
-    samples.astype("<i2").tofile(raw)
-    conf = tmp_path / "asound.conf"
-    conf.write_text(f"""
-pcm.fakemic {{
-    type plug
-    slave {{ pcm {{ type file; slave.pcm "null"; file "/dev/null"; infile "{raw}"; format "raw" }}
-            format S16_LE; rate 16000; channels 1 }}
-    hint.description "Fake microphone (file)"
-}}
-pcm.!default "fakemic"
-""")
-    return {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-
-
 def test_capture_mic_through_a_fake_alsa_device_is_bit_exact(settings_for, tmp_path: Path) -> None:
     pytest.importorskip("pyaudio")
     if not Path("/usr/share/alsa/alsa.conf").exists():
         pytest.skip("no ALSA base configuration")
     s = settings_for()
     wav = (np.random.default_rng(5).standard_normal(24_000) * 4000).clip(-32768, 32767).astype(np.int16)
-    env = _fake_mic(tmp_path, wav)
+    env = fake_mic_env(tmp_path, wav)
     summary, _ = capture(["mic", "--device", "fakemic", "--source-id", "mic-7", "--duration", "1.5",
                           "--config", config_file(tmp_path, s)], env=env)
     assert summary["samples"] == 24_000 and summary["chunks"] == 75 and summary["overruns"] == 0

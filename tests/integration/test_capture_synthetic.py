@@ -6,44 +6,17 @@ import argparse
 import asyncio
 import json
 from collections import Counter
-from typing import Any
 
 import pytest
 
-from stream.config import Settings
 from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame, decode
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
+from tests.integration._helpers import read_all
 
 pytestmark = pytest.mark.integration
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
-
-
-async def read_all(settings: Settings, topic: str, expect: int, timeout_s: float = 20.0) -> list[Any]:
-    """Every record of ``topic`` (all partitions, from the beginning) once ``expect`` have arrived."""
-    from aiokafka import TopicPartition
-
-    from stream.kafka import make_consumer
-
-    consumer = make_consumer(settings.kafka, settings.limits, group=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        while not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - tests only
-            parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
-        await consumer.seek_to_beginning()
-        out: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(out) < expect and loop.time() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(recs)
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def test_produce_delivers_every_record_matching_the_truth(settings_for) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.integration._helpers import fake_mic_env
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
@@ -42,19 +44,8 @@ def summary(proc: subprocess.CompletedProcess) -> dict[str, Any]:
 
 
 def fake_mic(tmp_path: Path, seconds: float) -> dict[str, str]:
-    """An ALSA ``file``-plugin device playing noise (as in test_capture.py)."""
-    raw = tmp_path / "mic16k.raw"
-    (np.random.default_rng(3).standard_normal(round(16000 * seconds)) * 3000).astype("<i2").tofile(raw)
-    conf = tmp_path / "asound.conf"
-    conf.write_text(f"""
-pcm.fakemic {{
-    type plug
-    slave {{ pcm {{ type file; slave.pcm "null"; file "/dev/null"; infile "{raw}"; format "raw" }}
-            format S16_LE; rate 16000; channels 1 }}
-    hint.description "Fake microphone (file)"
-}}
-""")
-    return {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    """The shared ALSA fake microphone, playing noise."""
+    return fake_mic_env(tmp_path, np.random.default_rng(3).standard_normal(round(16000 * seconds)) * 3000)
 
 
 def test_demo_replays_a_video_file_into_windows(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 from stream.contract import Modality, TranscriptSegment, decode
 from stream.errors import ModelError
 from stream.sources.transcribe import TranscribeConfig, load_whisper
+from tests.integration._helpers import read_all
 from tests.integration.test_capture import capture, config_file
-from tests.integration.test_capture_synthetic import read_all
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
