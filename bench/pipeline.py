@@ -334,6 +334,12 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
         model = build_model(base.model)
         load_s = time.perf_counter() - t
         _log(f"model        {args.preset} on {model.device} loaded in {load_s:.1f} s (not timed)")
+        served: Any = model
+        if args.worker == "process":  # what the runtime does by default: the model in a child process
+            from stream.worker import ProcessModel
+
+            served = ProcessModel(base.model, torch_threads=args.threads)
+            await asyncio.to_thread(served.start)
 
         res: dict[str, list[dict[str, Any]]] = {k: [] for k in
                                                 ("raw_consume", "null_pipeline", "pipeline", "bare_model", "per_record")}
@@ -350,7 +356,7 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
             res["null_pipeline"].append(null)
             _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
                  f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
-            rec = RecordingModel(model)
+            rec = RecordingModel(served)
             pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
                                        profile=args.profile and f"{args.profile}.pipe{r}")
             pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
@@ -371,6 +377,8 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                 "null_vs_raw_consume": null["records_per_s"] / best_raw["records_per_s"],
                 "speedup_vs_per_record": pipe["windows_per_s"] / naive["windows_per_s"],
             })
+    if served is not model:
+        await asyncio.to_thread(served.stop)
     return {"res": res, "rounds": rounds, "records": records, "windows": windows, "windows_all": windows_all,
             "produce_s": produce_s, "load_s": load_s, "device": str(model.device)}
 
@@ -392,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16, help="batching.max_batch of the pipeline")
     p.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    p.add_argument("--worker", choices=["process", "thread"], default="process",
+                   help="where the pipeline runs the model (batching.worker; the runtime's default is process)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of all variants; the best of each counts")
     p.add_argument("--timeout", type=float, default=120, help="bound on each variant, seconds")
     p.add_argument("--profile", default=None, help="write cProfile stats of the pipeline runs to PREFIX.pipeN")
@@ -446,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                       "produce_s": round(out["produce_s"], 2)},
             "settings": {"sources": args.sources, "seconds": args.seconds, "preset": args.preset,
                          "device": out["device"], "max_batch": args.max_batch, "partitions": args.partitions,
-                         "threads": args.threads, "repeat": args.repeat, "fps": 10, "frame": "160x120 jpeg",
+                         "threads": args.threads, "worker": args.worker, "repeat": args.repeat, "fps": 10,
+                         "frame": "160x120 jpeg",
                          "load_s": round(out["load_s"], 2)},
             "total_s": round(time.perf_counter() - t_all, 1),
             "python": platform.python_version(), "cpus": os.cpu_count(),

@@ -98,6 +98,7 @@ class Processor:
         self.metrics = metrics or Metrics()
         self.stats = ProcessorStats()
         self._model = model
+        self._owned_model: Any = None  # a model worker process this processor started
         self._clock_ms = clock_ms
         topics = settings.topics
         self._modality_of = topics.inputs
@@ -157,7 +158,13 @@ class Processor:
             self._server.start()
         await ensure_topics(s.kafka, s.topics, s.limits)
         if self._model is None:
-            self._model = await asyncio.to_thread(_load_model, s)
+            if s.batching.worker == "process":
+                from stream.worker import ProcessModel
+
+                self._model = self._owned_model = ProcessModel(s.model)
+                await asyncio.to_thread(self._owned_model.start)
+            else:
+                self._model = await asyncio.to_thread(_load_model, s)
         info = self._model.info
         self._model_info = ModelInfo(name=info.name, version=info.version)
         self._producer = make_producer(s.kafka, s.limits)
@@ -225,6 +232,8 @@ class Processor:
             await stop_bounded(self._producer, timeout_ms, "producer")
         if self._server is not None:
             self._server.stop()
+        if self._owned_model is not None:
+            await asyncio.to_thread(self._owned_model.stop)
         self.metrics.ready.set(0)
 
     async def __aenter__(self) -> Processor:
@@ -654,10 +663,14 @@ class Processor:
         self.metrics.queue_depth.labels("inference").set(self._pipeline.in_flight if self._pipeline else 0)
         self.metrics.open_windows.set(self._aligner.open_windows)
         self.metrics.ready.set(1 if self.ready else 0)
-        if getattr(self._model, "device", None) is not None and str(self._model.device).startswith("cuda"):
-            import torch
+        if str(getattr(self._model, "device", "")).startswith("cuda"):
+            held = getattr(self._model, "gpu_memory_bytes", None)  # a worker process reports its own
+            if held is None and self._owned_model is None:
+                import torch
 
-            self.metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated())
+                held = torch.cuda.memory_allocated()
+            if held is not None:
+                self.metrics.gpu_memory_bytes.set(held)
 
     def _kafka_trouble(self, exc: Exception) -> None:
         if self._kafka_down_since is None:
