@@ -1,0 +1,233 @@
+"""Delivery in the processor: close windows, infer, publish results, save horizons, commit, rebalance.
+
+Part of ``Processor`` (``stream.runtime``), as a mixin over the processor's state. The rules it
+keeps (docs/processor.md): an input offset is committed only when every window that used it is
+published and acknowledged; each commit is preceded by saving the sources' published horizons, so a
+replay never rebuilds a published window; work of an older assignment generation never releases
+offsets of a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
+
+from stream.contract import encode
+from stream.errors import KafkaError, Reason
+from stream.horizon import decode_state, encode_state
+from stream.kafka import read_last
+from stream.results import av_skew_ns, build_result, result_record, to_input
+from stream.windows import ClosedWindow
+
+__all__ = ["Job"]
+
+log = logging.getLogger("stream.runtime")
+
+_SEND_ATTEMPTS = 3
+
+# A window, its horizon token and the assignment generation it was built in. Ledger keys carry
+# the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
+# and a late acknowledgement of the old copy must not release the new copy's offsets.
+Job = tuple[ClosedWindow, list[int | bool], int]
+
+
+class DeliveryMixin:
+    """Windows to results to commits (see the module docstring)."""
+
+    async def _close_ready(self) -> None:
+        """Hand every window that can close to the batcher.
+
+        ``put`` may wait for room, and a rebalance may run meanwhile. aiokafka's protocol is eager
+        (every rebalance revokes every partition), so after one the rest of these windows belong
+        to forgotten state: drop them unpublished; their records were not committed and whoever
+        owns their partition now rebuilds them whole.
+        """
+        generation = self._generation
+        for window in self._aligner.poll(self._caught_up):
+            if generation != self._generation:
+                break
+            if window.empty:
+                self._ledger.release((generation, window.key))  # a revision moved everything out
+                continue
+            token = self._horizons.closed(window.source_id, window.end_ns)
+            await self._batcher.put((window, token, generation))
+
+    def _preprocess(self, jobs: list[Job]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        prepared = self._model.preprocess([to_input(job[0]) for job in jobs])
+        return prepared, time.perf_counter() - t0
+
+    def _infer(self, prepared: tuple[Any, float]) -> list[tuple[Any, float, float]]:
+        batch, pre_s = prepared
+        t0 = time.perf_counter()
+        outputs = self._model.infer(batch)
+        infer_s = time.perf_counter() - t0
+        return [(out, pre_s, infer_s) for out in outputs]
+
+    async def _deliver(self, jobs: list[Job], results: Sequence[Any] | None, error: BaseException | None) -> None:
+        if error is not None and len(jobs) > 1:
+            log.error("batch of %d failed (%s); retrying its windows one by one", len(jobs), error)
+            for job in jobs:
+                try:
+                    one = await asyncio.to_thread(lambda j=job: self._infer(self._preprocess([j])))
+                    await self._deliver([job], one, None)
+                except Exception as exc:  # noqa: BLE001 - a poison window is published with its error
+                    await self._deliver([job], None, exc)
+            return
+        if results is None:
+            outputs: list[tuple[Any, float, float]] = [(None, 0.0, 0.0)]
+            err = f"{type(error).__name__}: {error}"
+        else:
+            outputs, err = list(results), None
+            self.metrics.batch_size.observe(len(jobs))
+            self.metrics.preprocess_seconds.observe(outputs[0][1])
+            self.metrics.inference_seconds.observe(outputs[0][2])
+        acks = []
+        for (window, token, generation), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
+            result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
+                                  include_embedding=self.settings.include_embedding, error=err)
+            acks.append(self._publish(window, token, generation, result))
+            if output is not None:
+                for index, reason in output.dropped_frames:
+                    await self._dead_letter_frame(window, index, reason)
+        await asyncio.gather(*acks)
+
+    async def _publish(self, window: ClosedWindow, token: list[int | bool], generation: int, result: Any) -> None:
+        assert self._producer is not None
+        key, value, headers = result_record(result)
+        for attempt in range(_SEND_ATTEMPTS):
+            try:
+                fut = await self._producer.send(self.settings.topics.results, value=value, key=key, headers=headers)
+                await fut
+                break
+            except AIOKafkaError as exc:
+                if attempt == _SEND_ATTEMPTS - 1:
+                    log.error("result %s not published (%s); its offsets stay uncommitted", result.id, exc)
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
+        self._ledger.release((generation, window.key))
+        self._horizons.acked(window.source_id, token)
+        self._observe_result(window, result)
+
+    async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> None:
+        frame, origin = window.frames[index], window.frame_origins[index]
+        key, value, headers = encode(frame)
+        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(Reason.DECODE_FAILED.value).inc()
+        assert self._dlq is not None
+        await self._dlq.send(key, value, headers, Reason.DECODE_FAILED, reason, origin)
+
+    def _observe_result(self, window: ClosedWindow, result: Any) -> None:
+        self.stats.windows += 1
+        self.stats.windows_complete += int(result.complete)
+        self.metrics.windows.labels(str(result.complete).lower()).inc()
+        latency_s = result.latency.capture_to_publish_ms / 1000
+        self.metrics.e2e_latency_seconds.observe(max(latency_s, 0.0))
+        self.stats.latencies_s.append(latency_s)
+        if len(self.stats.latencies_s) > 10_000:
+            del self.stats.latencies_s[:5000]
+        skew = av_skew_ns(window)
+        if skew is not None:
+            self.metrics.av_skew_seconds.observe(skew / 1e9)
+        self.stats.last_results[result.source_id] = result.model_dump(mode="json", exclude={"embedding"})
+
+    # ------------------------------------------------------------------ commit and rebalance
+
+    async def _save_state(self, partitions: set[int]) -> bool:
+        """Write each partition's horizons to the state topic (when changed) and await the acks:
+        they must be safe before offsets that depend on them are committed."""
+        assert self._producer is not None
+        futures = []
+        for partition in partitions:
+            sources = [src for src, p in self._source_partition.items() if p == partition]
+            value = encode_state(self._horizons.snapshot(sources))
+            if self._saved_state.get(partition) != value:
+                fut = await self._producer.send(self._state_topic, value=value, key=str(partition).encode(),
+                                                partition=partition)
+                futures.append((partition, value, fut))
+        try:
+            for partition, value, fut in futures:
+                await fut
+                self._saved_state[partition] = value
+        except AIOKafkaError as exc:
+            log.warning("could not save horizons (%s); not committing this time", exc)
+            return False
+        return True
+
+    async def _commit(self, *, only: set[TopicPartition] | None = None, force: bool = False) -> None:
+        self._last_commit = time.monotonic()
+        if self._consumer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for tp in only if only is not None else self._assigned:
+            safe = self._ledger.safe_offset(tp.topic, tp.partition)
+            if safe is not None and (force or self._committed.get(tp) != safe):
+                offsets[tp] = safe
+        if not offsets or not await self._save_state({tp.partition for tp in offsets}):
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except AIOKafkaError as exc:  # a rebalance in progress, or the broker away: next time
+            self.metrics.commits.labels("failed").inc()
+            log.warning("commit failed (%s); will retry", exc)
+            return
+        self._committed.update(offsets)
+        self.metrics.commits.labels("ok").inc()
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        mine = revoked & self._assigned
+        if not mine:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._commit(only=mine, force=True), 5)
+        partitions = {tp.partition for tp in mine}
+        for key in self._aligner.forget_partitions(partitions):
+            self._ledger.release((self._generation, key))
+        self._generation += 1
+        self._ledger.forget(partitions)
+        gone = [s for s, p in self._source_partition.items() if p in partitions]
+        self._horizons.forget(gone)
+        for s in gone:
+            del self._source_partition[s]
+        for partition in partitions:
+            self._saved_state.pop(partition, None)
+        for tp in mine:
+            self._blocked.pop(tp, None)
+            self._held.pop(tp, None)
+            self._position.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)
+        self._assigned -= mine
+        self._paused -= mine
+        log.info("partitions revoked: %s", sorted(str(tp) for tp in mine))
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new = assigned - self._assigned
+        self._assigned |= assigned
+        partitions = sorted({tp.partition for tp in new})
+        if partitions and self._state_reader is not None:
+            try:
+                states = await read_last(self._state_reader, self._state_topic, partitions)
+            except (AIOKafkaError, KafkaError) as exc:
+                log.warning("could not read published horizons (%s); a replay may repeat windows", exc)
+                states = {}
+            for partition, value in states.items():
+                horizons = decode_state(value)
+                self._horizons.load(horizons)
+                for source, end_ns in horizons.items():
+                    for key in self._aligner.set_horizon(source, end_ns):
+                        self._ledger.release((self._generation, key))
+                    self._source_partition.setdefault(source, partition)
+                if value is not None:
+                    self._saved_state[partition] = value
+        log.info("partitions assigned: %s (published horizons of %d sources loaded)",
+                 sorted(str(tp) for tp in assigned), len(self._horizons.snapshot(self._source_partition)))
+        self.metrics.ready.set(1 if self.ready else 0)
