@@ -31,6 +31,7 @@ __all__ = ["Job"]
 log = logging.getLogger("stream.runtime")
 
 _SEND_ATTEMPTS = 3
+_STATE_RECORDS = 8  # state records read back per partition at assignment
 
 # A window, its horizon token and the assignment generation it was built in. Ledger keys carry
 # the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
@@ -162,6 +163,13 @@ class DeliveryMixin:
         return True
 
     async def _commit(self, *, only: set[TopicPartition] | None = None, force: bool = False) -> None:
+        """Save horizons, then commit the safe offsets. One at a time: a rebalance callback can
+        commit while the loop's periodic commit is awaiting, and an older snapshot landing after a
+        newer offset commit would let a replay rebuild a published window."""
+        async with self._commit_lock:
+            await self._commit_now(only, force)
+
+    async def _commit_now(self, only: set[TopicPartition] | None, force: bool) -> None:
         self._last_commit = time.monotonic()
         if self._consumer is None:
             return
@@ -215,19 +223,24 @@ class DeliveryMixin:
         partitions = sorted({tp.partition for tp in new})
         if partitions and self._state_reader is not None:
             try:
-                states = await read_last(self._state_reader, self._state_topic, partitions)
+                states = await read_last(self._state_reader, self._state_topic, partitions, count=_STATE_RECORDS)
             except (AIOKafkaError, KafkaError) as exc:
                 log.warning("could not read published horizons (%s); a replay may repeat windows", exc)
                 states = {}
-            for partition, value in states.items():
-                horizons = decode_state(value)
+            for partition, values in states.items():
+                # a horizon is a fact ("published up to here"), so the newest few records merge by
+                # maximum: no reliance on which save landed last
+                horizons: dict[str, int] = {}
+                for value in values:
+                    for source, end_ns in decode_state(value).items():
+                        horizons[source] = max(end_ns, horizons.get(source, end_ns))
                 self._horizons.load(horizons)
                 for source, end_ns in horizons.items():
                     for key in self._aligner.set_horizon(source, end_ns):
                         self._ledger.release((self._generation, key))
                     self._source_partition.setdefault(source, partition)
-                if value is not None:
-                    self._saved_state[partition] = value
+                if values:
+                    self._saved_state[partition] = values[-1]
         log.info("partitions assigned: %s (published horizons of %d sources loaded)",
                  sorted(str(tp) for tp in assigned), len(self._horizons.snapshot(self._source_partition)))
         self.metrics.ready.set(1 if self.ready else 0)

@@ -11,7 +11,8 @@ every window of that source closed before it has been acknowledged.
 
 Horizons are saved before each offset commit to a small per-group state topic (one record per
 save, written to the partition with the input partition's number; compacted on Kafka), and whoever
-owns the partition next reads the newest record back before it consumes. Kafka's commit metadata
+owns the partition next reads the newest few records back before it consumes, merging them by
+maximum. Kafka's commit metadata
 would be the natural home, but the embedded broker (tansu) drops it; the state topic behaves the
 same everywhere. A horizon is a fact ("published up to here"), so a state record newer than the
 committed offsets is still right.

@@ -204,17 +204,21 @@ class DeadLetterSink:
         return await self._producer.send(self.topic, value=value, key=key, headers=hdrs)
 
 
-async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int],
-                    timeout_s: float = 10.0) -> dict[int, bytes | None]:
-    """The value of the newest record of each partition (None when empty), via a non-group consumer.
+async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], count: int = 1,
+                    timeout_s: float = 10.0) -> dict[int, list[bytes]]:
+    """The values of the newest ``count`` records of each partition, oldest first, via a non-group
+    consumer (an empty list for an empty partition).
 
     Positions come from the high watermark of a fetch response, not ``end_offsets`` (which tansu
     answers wrongly when the last batch holds several records).
+
+    Raises:
+        KafkaError: no answer within ``timeout_s``.
     """
     from aiokafka import TopicPartition
 
     tps = [TopicPartition(topic, p) for p in partitions]
-    out: dict[int, bytes | None] = {tp.partition: None for tp in tps}
+    out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
     if not tps:
         return out
     consumer.assign(tps)
@@ -233,14 +237,15 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
         raise KafkaError(f"no high watermark for {topic} within {timeout_s} s")
     pending = {tp for tp, hw in high.items() if hw > 0}
     for tp in pending:
-        consumer.seek(tp, high[tp] - 1)
+        consumer.seek(tp, max(high[tp] - count, 0))
     while pending and loop.time() < deadline:
         batch = await consumer.getmany(*pending, timeout_ms=100)
         for tp, records in batch.items():
             for record in records:
-                if record.offset == high[tp] - 1:
-                    out[tp.partition] = record.value
+                if high[tp] - count <= record.offset < high[tp] and record.value is not None:
+                    out[tp.partition].append(record.value)
+                if record.offset >= high[tp] - 1:
                     pending.discard(tp)
     if pending:
-        raise KafkaError(f"could not read the last record of {sorted(tp.partition for tp in pending)} in {topic}")
+        raise KafkaError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
     return out

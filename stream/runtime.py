@@ -128,6 +128,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._last_gauges = 0.0
         self._kafka_down_since: float | None = None
         self._generation = 0  # bumped at every revocation
+        self._commit_lock = asyncio.Lock()
         self._topic_counters: dict[str, dict[str, Any]] = {}
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
         # and the event time of the first of them
