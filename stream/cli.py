@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("stream").setLevel(logging.INFO if args.verbose < 2 else logging.DEBUG)
     if args.verbose == 1:
         logging.getLogger().setLevel(logging.INFO)
+    if args.verbose < 2:
+        from stream.logs import install
+
+        install()  # a lost broker: a few lines per episode, not one per retry
     try:
         return int(args.func(args) or 0)
     except MmstreamError as exc:

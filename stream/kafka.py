@@ -114,6 +114,13 @@ async def stop_bounded(client: Any, timeout_ms: int, what: str) -> None:
         await asyncio.wait_for(client.stop(), timeout_ms / 1000)
     except (TimeoutError, AIOKafkaError, OSError) as exc:
         log.warning("%s did not stop cleanly within %d ms: %s", what, timeout_ms, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled: let it through
+        # aiokafka's consumer.stop() re-raises the cancellation of its own fetch task when the
+        # broker is gone; that is an unclean stop, not a reason to crash the shutdown
+        log.warning("%s stopped uncleanly (broker unreachable?)", what)
 
 
 async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: LimitsConfig) -> dict[str, int]:
