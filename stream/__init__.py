@@ -1,0 +1,13 @@
+"""mmstream's runtime: Kafka, event time, batching, the processor and the CLI.
+
+Where to start reading:
+
+- ``stream.contract``: wire contract v1 (records, ``decode``, ``encode``) — the public interface;
+- ``stream.windows``: event-time alignment (pure logic); ``stream.offsets``: the offset ledger;
+- ``stream.runtime``: the processor (``Processor``), with ``stream.intake`` and ``stream.delivery``;
+- ``stream.config``: the settings; ``stream.errors``: every error and dead-letter reason;
+- ``stream.sources``: producers (synthetic, camera, microphone, files, transcription);
+- ``stream.cli`` and ``stream.commands``: the ``mmstream`` command.
+
+Importing ``stream`` imports nothing heavy; the modules above are imported where used.
+"""
