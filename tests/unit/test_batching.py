@@ -59,12 +59,15 @@ async def test_window_waits_at_most_delay_plus_one_inference() -> None:
     waits: list[float] = []
     sizes: list[int] = []
 
+    took: list[float] = []  # what "one inference" really took (sleep overruns on a loaded machine)
+
     async def consumer() -> None:
         while batch := await b.next_batch():
             now = time.monotonic()
             sizes.append(len(batch))
             waits.extend(now - t for t in batch)
             await asyncio.sleep(inference_s)  # one inference
+            took.append(time.monotonic() - now)
 
     task = asyncio.create_task(consumer())
     for _ in range(60):
@@ -75,7 +78,7 @@ async def test_window_waits_at_most_delay_plus_one_inference() -> None:
     assert len(waits) == 60
     assert max(sizes) <= cfg.max_batch
     slack = 0.05  # scheduler jitter on a shared 2-core machine
-    assert max(waits) <= cfg.max_delay_ms / 1000 + inference_s + slack
+    assert max(waits) <= cfg.max_delay_ms / 1000 + max(took) + slack
 
 
 async def test_backpressure_when_full() -> None:
