@@ -142,6 +142,22 @@ class Processor(IntakeMixin, DeliveryMixin):
         """Partitions assigned and model loaded: what /readyz reports."""
         return self._started and self._model is not None and bool(self._assigned) and not self._stopped
 
+    @property
+    def lag(self) -> int:
+        """Records behind the high watermark over the assigned input partitions (0 when unknown)."""
+        if self._consumer is None:
+            return 0
+        total = 0
+        for tp in self._assigned:
+            high, position = self._consumer.highwater(tp), self._position.get(tp)
+            if high is not None and position is not None:
+                total += max(high - position, 0)
+        return total
+
+    @property
+    def open_windows(self) -> int:
+        return self._aligner.open_windows
+
     async def start(self) -> None:
         """Create topics (checking co-partitioning), load the model, start clients and metrics.
 

@@ -118,7 +118,7 @@ async def _settle(processor: Any, max_wait_s: float, stop: asyncio.Event) -> Non
     deadline = time.monotonic() + max_wait_s
     while time.monotonic() < deadline and not stop.is_set():
         # records > 0: a short input may end before the consumer group even joined (no windows yet)
-        if processor.stats.records > 0 and processor._aligner.open_windows == 0 and processor._batcher.depth == 0:
+        if processor.stats.records > 0 and processor.open_windows == 0 and processor._batcher.depth == 0:
             await asyncio.sleep(0.5)  # the last batch may still be publishing
             return
         await asyncio.sleep(0.2)
@@ -151,7 +151,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def _table(processor: Any) -> Any:
+def _table(processor: Any, started: float) -> Any:
     from rich.table import Table
 
     st = processor.stats
@@ -166,22 +166,24 @@ def _table(processor: Any) -> Any:
                       str(r["label"]), ", ".join(f"{k} {v:.2f}" for k, v in top), pres,
                       f"{c['frames']}/{c['audio_samples']}/{c['segments']}")
     p50, p99 = _percentile(st.latencies_s, 0.5), _percentile(st.latencies_s, 0.99)
-    table.caption = (f"records {st.records}  windows {st.windows} ({st.windows_complete} complete)  "
-                     f"latency p50 {p50}s p99 {p99}s  late {st.late}  dead letters {st.dead_letters}  "
-                     f"open windows {processor._aligner.open_windows}")
+    rate = st.windows / max(time.monotonic() - started, 1e-9)
+    table.caption = (f"records {st.records}  windows {st.windows} ({st.windows_complete} complete, {rate:.1f}/s)  "
+                     f"latency p50 {p50}s p99 {p99}s  lag {processor.lag}  late {st.late}  "
+                     f"dead letters {st.dead_letters}  open windows {processor.open_windows}")
     return table
 
 
 async def _live_view(processor: Any, stop: asyncio.Event) -> None:
     from rich.live import Live
 
-    with Live(_table(processor), refresh_per_second=2, transient=False) as live:
+    started = time.monotonic()
+    with Live(_table(processor, started), refresh_per_second=2, transient=False) as live:
         while not stop.is_set():
             await asyncio.sleep(0.5)
-            live.update(_table(processor))
+            live.update(_table(processor, started))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    Console().print("summary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    Console().print("\nsummary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
