@@ -70,12 +70,14 @@ async def test_window_waits_at_most_delay_plus_one_inference() -> None:
             took.append(time.monotonic() - now)
 
     task = asyncio.create_task(consumer())
-    for _ in range(60):
+    # 100 windows/s: at most 6 arrive during one 60 ms inference, fewer than max_batch, so the
+    # batcher is not overloaded (overloaded, a window can wait behind several inferences)
+    for _ in range(40):
         await b.put(time.monotonic())
-        await asyncio.sleep(0.004)
+        await asyncio.sleep(0.01)
     b.close()
     await task
-    assert len(waits) == 60
+    assert len(waits) == 40
     assert max(sizes) <= cfg.max_batch
     slack = 0.05  # scheduler jitter on a shared 2-core machine
     assert max(waits) <= cfg.max_delay_ms / 1000 + max(took) + slack
