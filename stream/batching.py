@@ -5,7 +5,8 @@ windows are queued or ``max_delay_ms`` after the *first* window of the batch arr
 comes first. ``max_delay_ms=0`` means "take what is queued now" (still a batch when several
 windows are waiting), never "no batching". Because the deadline counts from a window's arrival,
 a window waits at most ``max_delay_ms`` plus the time the consumer spends on the batch before
-(one inference).
+(one inference) while the consumer keeps up (fewer than ``max_batch`` arrivals per inference);
+beyond that the queue grows towards ``max_queued_windows`` and the source pauses.
 
 Backpressure: ``full`` is True once ``max_queued_windows`` windows wait; the runtime then pauses
 its Kafka partitions so lag grows in Kafka, not in memory. ``put`` waits for room;
