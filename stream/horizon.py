@@ -21,13 +21,10 @@ committed offsets is still right.
 from __future__ import annotations
 
 import json
-import logging
 from collections import deque
 from collections.abc import Iterable
 
 __all__ = ["HorizonTracker", "decode_state", "encode_state"]
-
-log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
@@ -43,7 +40,7 @@ class HorizonTracker:
         return self._horizon.get(source_id)
 
     def load(self, horizons: dict[str, int]) -> None:
-        """Adopt horizons read from commit metadata (never moving one backwards)."""
+        """Adopt horizons read back from the state topic (never moving one backwards)."""
         for source, end_ns in horizons.items():
             if end_ns > self._horizon.get(source, -1):
                 self._horizon[source] = end_ns

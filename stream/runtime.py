@@ -158,6 +158,20 @@ class Processor(IntakeMixin, DeliveryMixin):
     def open_windows(self) -> int:
         return self._aligner.open_windows
 
+    @property
+    def queued_windows(self) -> int:
+        """Closed windows waiting for inference."""
+        return self._batcher.depth
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._model_info
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics is served on (None without a metrics server)."""
+        return self._server.port if self._server is not None else None
+
     async def start(self) -> None:
         """Create topics (checking co-partitioning), load the model, start clients and metrics.
 

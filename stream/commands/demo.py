@@ -70,8 +70,8 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
         })
         processor = Processor(settings)
         await processor.start()
-        _say(args, f"broker {bootstrap}, model {processor._model_info.name} loaded in {time.monotonic() - t0:.1f} s, "
-             f"metrics on http://127.0.0.1:{processor._server.port if processor._server else '-'}/metrics")
+        _say(args, f"broker {bootstrap}, model {processor.model_info.name} loaded in {time.monotonic() - t0:.1f} s, "
+             f"metrics on http://127.0.0.1:{processor.metrics_port or '-'}/metrics")
         run_task = asyncio.create_task(processor.run(stop), name="processor")
         inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
         view = asyncio.create_task(_live_view(processor, stop), name="view") if not args.json else None
@@ -118,7 +118,7 @@ async def _settle(processor: Any, max_wait_s: float, stop: asyncio.Event) -> Non
     deadline = time.monotonic() + max_wait_s
     while time.monotonic() < deadline and not stop.is_set():
         # records > 0: a short input may end before the consumer group even joined (no windows yet)
-        if processor.stats.records > 0 and processor.open_windows == 0 and processor._batcher.depth == 0:
+        if processor.stats.records > 0 and processor.open_windows == 0 and processor.queued_windows == 0:
             await asyncio.sleep(0.5)  # the last batch may still be publishing
             return
         await asyncio.sleep(0.2)

@@ -206,3 +206,15 @@ pcm.!default "fakemic"
 async def read_all(settings: Settings, topic: str, expect: int, timeout_s: float = 20.0) -> list[Any]:
     """Every record of ``topic`` from the beginning, once ``expect`` have arrived (or the timeout)."""
     return await read_topic(settings, topic, expect=expect, timeout_s=timeout_s)
+
+
+async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
+    """Create topics with the given partition counts directly (to set up layouts mmstream refuses)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, n, 1) for name, n in partitions.items()])
+    finally:
+        await admin.close()

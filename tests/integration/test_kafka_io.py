@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream.config import KafkaConfig, LimitsConfig, Settings, TopicsConfig
 from stream.contract import (
@@ -23,6 +22,7 @@ from stream.contract import (
 )
 from stream.errors import ContractError, KafkaError, Reason, TopicLayoutError
 from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
+from tests.integration._helpers import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -166,13 +166,7 @@ async def test_bad_record_goes_to_the_dead_letter_topic_with_reason_and_origin(s
 
 async def test_ensure_topics_refuses_inputs_with_different_partition_counts(settings_for: Any) -> None:
     s = settings_for()
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(s.topics.video, 3, 1), NewTopic(s.topics.audio, 2, 1),
-                                   NewTopic(s.topics.text, 3, 1)])
-    finally:
-        await admin.close()
+    await create_topics(s.kafka.bootstrap_servers, {s.topics.video: 3, s.topics.audio: 2, s.topics.text: 3})
     with pytest.raises(TopicLayoutError) as info:
         await ensure_topics(s.kafka, s.topics, s.limits)
     msg = str(info.value)

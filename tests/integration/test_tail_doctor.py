@@ -224,20 +224,10 @@ def test_doctor_healthy_setup(settings_for, tmp_path: Path, capsys) -> None:
 
 
 def test_doctor_reports_topics_not_co_partitioned(settings_for, tmp_path: Path, capsys) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from tests.integration._helpers import create_topics
 
     s = settings_for()
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(s.topics.video, 2, 1), NewTopic(s.topics.audio, 3, 1),
-                                       NewTopic(s.topics.text, 2, 1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    asyncio.run(create_topics(s.kafka.bootstrap_servers, {s.topics.video: 2, s.topics.audio: 3, s.topics.text: 2}))
     cfg = config_file(s, tmp_path)
     code, checks = doctor(capsys, "--config", cfg, "--no-build")
     assert code == 1
