@@ -242,7 +242,8 @@ async def run_raw_consume(settings: Any, partitions: int, records: int, timeout_
 async def run_per_record(settings: Any, model: Any, partitions: int, windows: int,
                          timeout_s: float) -> dict[str, Any]:
     """A naive processor: one record at a time, batch-1 inference on the loop, send_and_wait."""
-    from stream.contract import ModelInfo, Origin, decode
+    from stream.contract import ModelInfo, Origin
+    from stream.decode import decode
     from stream.errors import ContractError
     from stream.kafka import make_consumer, make_producer
     from stream.results import build_result, result_record, to_input

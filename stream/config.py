@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     drain_timeout_ms: int = Field(15_000, gt=0, description="SIGTERM: time to close, infer, publish, commit")
     include_embedding: bool = Field(False, description="put the fused embedding in each result")
+    gc_threshold: int | None = Field(
+        50_000, ge=700, description="first-generation threshold of Python's cyclic GC while processing; None = leave it"
+    )
 
     _read_env: ClassVar[bool] = True
 

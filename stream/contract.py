@@ -3,8 +3,8 @@
 Every input record carries its source id as key and its capture instant in the ``mm-ts`` header
 (integer nanoseconds since the Unix epoch). ``decode`` turns a Kafka record into one of the three
 typed items or raises ``ContractError`` with a stable reason code; nothing else escapes it, so a
-bad record can always be dead-lettered and never stops the processor. ``encode`` is its inverse
-and what producers use. The checks are cheap on purpose (markers, sizes, schema): full image
+bad record can always be dead-lettered and never stops the processor (``decode`` lives in
+``stream.decode``: it is the hot path). ``encode`` is its inverse and what producers use. The checks are cheap on purpose (markers, sizes, schema): full image
 decoding happens later, off the event loop, in the operators.
 
 The public description of this module is docs/contract.md; ``mmstream schema`` prints the JSON
@@ -13,15 +13,13 @@ Schema of every record type defined here.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stream.errors import ContractError, Reason
 
@@ -44,7 +42,6 @@ __all__ = [
     "WindowResult",
     "audio_chunk_from_samples",
     "dead_letter_headers",
-    "decode",
     "encode",
     "frame_from_image",
     "record_schemas",
@@ -57,9 +54,6 @@ MAX_TS_NS = 2**63 - 1
 H_TS, H_CONTENT_TYPE, H_VERSION = "mm-ts", "content-type", "mm-v"
 H_ERROR, H_ORIGIN = "mm-error", "mm-origin"
 
-_KEY_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
-_PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
 
 SourceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
@@ -282,204 +276,6 @@ class EncodedRecord(NamedTuple):
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-class RecordLike(Protocol):
-    """The part of a consumed record ``decode`` reads (aiokafka's ConsumerRecord has it)."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
-# --------------------------------------------------------------------------- decode
-
-
-@functools.lru_cache(maxsize=512)
-def _parse_content_type(raw: str) -> tuple[str, dict[str, str]]:
-    """(mime, params); cached because nearly every record repeats its topic's content type.
-    Callers must not mutate the returned dict."""
-    parts = [p.strip() for p in raw.split(";")]
-    params: dict[str, str] = {}
-    for p in parts[1:]:
-        if not p:
-            continue
-        name, sep, value = p.partition("=")
-        if not sep:
-            raise ContractError(Reason.BAD_CONTENT_TYPE, f"parameter {p!r} has no '=' in {raw!r}")
-        params[name.strip().lower()] = value.strip()
-    return parts[0].lower(), params
-
-
-def _int_param(params: dict[str, str], name: str, raw: str) -> int:
-    try:
-        return int(params[name])
-    except (KeyError, ValueError):
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{raw!r} needs an integer {name}=") from None
-
-
-def _check_size(value: bytes, limit: int, what: str) -> None:
-    if not value:
-        raise ContractError(Reason.PAYLOAD_SIZE, f"empty {what}")
-    if len(value) > limit:
-        raise ContractError(Reason.PAYLOAD_SIZE, f"{what} of {len(value)} bytes exceeds the limit of {limit}")
-
-
-def _decode_key(key: bytes | None) -> str:
-    if key is None:
-        raise ContractError(Reason.BAD_KEY, "record has no key; the key must be the source id")
-    if type(key) is bytes and len(key) <= 128:
-        return _decode_valid_key(key)
-    return _check_key(key)
-
-
-@functools.lru_cache(maxsize=8192)
-def _decode_valid_key(key: bytes) -> str:
-    """Cached: a source sends thousands of records with one key (errors are not cached)."""
-    return _check_key(key)
-
-
-def _check_key(key: bytes) -> str:
-    try:
-        text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ContractError(Reason.BAD_KEY, "key is not UTF-8") from None
-    if not _KEY_RE.fullmatch(text):
-        raise ContractError(Reason.BAD_KEY, f"key {text[:40]!r} is not 1-128 characters of [A-Za-z0-9._:-]")
-    return text
-
-
-def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name, value in headers or ():
-        if isinstance(name, str):
-            out[name.lower()] = value if isinstance(value, bytes) else b""
-    return out
-
-
-def _decode_ts(raw: bytes | None) -> int:
-    if raw is None:
-        raise ContractError(Reason.MISSING_TS, "header mm-ts is missing")
-    if not (type(raw) is bytes and 0 < len(raw) <= 19 and raw.isdigit()) or int(raw) > MAX_TS_NS:
-        raise ContractError(Reason.BAD_TS, f"mm-ts {raw[:32]!r} is not a non-negative int64 of ns")
-    return int(raw)
-
-
-def decode(
-    record: RecordLike, *, expect: Modality | None = None, limits: ContractLimits | None = None
-) -> Item:
-    """Check a consumed record against contract v1 and return its typed item.
-
-    Args:
-        record: anything with ``key``, ``value`` and ``headers`` (aiokafka's ConsumerRecord).
-        expect: the modality of the topic it came from; another content type is rejected.
-        limits: size bounds; the defaults of ``ContractLimits`` when omitted.
-
-    Raises:
-        ContractError: for every violation, with a ``Reason``; never any other exception.
-    """
-    try:
-        return _decode(record, expect, limits or _DEFAULT_LIMITS)
-    except ContractError:
-        raise
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ContractError(Reason.BAD_JSON, f"{where}: {first.get('msg')}") from exc
-    except Exception as exc:  # the promise is "only ContractError"; keep it if a check is missed
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"undecodable record: {type(exc).__name__}: {exc}") from exc
-
-
-_DEFAULT_LIMITS = ContractLimits()
-
-
-def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits) -> Item:
-    source_id = _decode_key(record.key)
-    headers = _header_map(record.headers)
-    version = headers.get(H_VERSION, b"1")
-    if version.strip() != b"1":
-        raise ContractError(Reason.BAD_VERSION, f"mm-v {version[:16]!r} is not supported (only 1)")
-    ts_ns = _decode_ts(headers.get(H_TS))
-    raw_ct = headers.get(H_CONTENT_TYPE)
-    if raw_ct is None:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
-    try:
-        ct_text = raw_ct.decode("ascii")
-    except UnicodeDecodeError:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, "content-type is not ASCII") from None
-    mime, params = _parse_content_type(ct_text)
-    value = record.value or b""
-    if mime.startswith("image/"):
-        item: Item = _decode_frame(source_id, ts_ns, mime, params, ct_text, value, limits)
-    elif mime == "audio/pcm":
-        item = _decode_audio(source_id, ts_ns, params, ct_text, value, limits)
-    elif mime == "application/json":
-        item = _decode_segment(source_id, ts_ns, value, limits)
-    else:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported content-type {ct_text[:80]!r}")
-    if expect is not None and item.modality is not expect:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{ct_text[:80]!r} on the {expect.value} topic")
-    return item
-
-
-def _decode_frame(
-    source_id: str, ts_ns: int, mime: str, params: dict[str, str], raw: str, value: bytes, limits: ContractLimits
-) -> VideoFrame:
-    _check_size(value, limits.max_frame_bytes, "frame")
-    if mime == "image/jpeg":
-        if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
-            raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
-        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="jpeg", data=value)
-    if mime == "image/png":
-        if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
-            raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
-        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="png", data=value)
-    if mime == "image/x-raw":
-        if params.get("format", "").lower() != "bgr24":
-            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frames must be format=bgr24, got {raw!r}")
-        width, height = _int_param(params, "width", raw), _int_param(params, "height", raw)
-        if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
-            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
-        if len(value) != width * height * 3:
-            raise ContractError(
-                Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
-            )
-        return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding="raw", width=width, height=height, data=value)
-    raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported image type {raw[:80]!r}")
-
-
-def _decode_audio(
-    source_id: str, ts_ns: int, params: dict[str, str], raw: str, value: bytes, limits: ContractLimits
-) -> AudioChunk:
-    fmt = params.get("format", "").lower()
-    if fmt not in _SAMPLE_BYTES:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"audio format must be s16le or f32le, got {raw!r}")
-    rate, channels = _int_param(params, "rate", raw), _int_param(params, "channels", raw)
-    if not (1000 <= rate <= 384_000 and 1 <= channels <= 32):
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"rate {rate} or channels {channels} out of range")
-    _check_size(value, limits.max_audio_bytes, "audio chunk")
-    frame_bytes = _SAMPLE_BYTES[fmt] * channels
-    if len(value) % frame_bytes:
-        raise ContractError(
-            Reason.PAYLOAD_SIZE, f"{len(value)} bytes is not a whole number of {frame_bytes}-byte {fmt} frames"
-        )
-    return AudioChunk(
-        source_id=source_id, ts_ns=ts_ns, sample_format=fmt, sample_rate=rate, channels=channels, data=value
-    )
-
-
-def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLimits) -> TranscriptSegment:
-    _check_size(value, limits.max_text_bytes, "transcript")
-    try:
-        doc = json.loads(value)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
-        raise ContractError(Reason.BAD_JSON, f"value is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ContractError(Reason.BAD_JSON, "value must be a JSON object")
-    payload = _TranscriptPayload.model_validate(doc)
-    if payload.start_ns != ts_ns:
-        raise ContractError(Reason.BAD_TS, f"mm-ts {ts_ns} differs from start_ns {payload.start_ns}")
-    return TranscriptSegment(source_id=source_id, ts_ns=ts_ns, **payload.model_dump())
 
 
 # --------------------------------------------------------------------------- encode

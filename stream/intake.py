@@ -14,7 +14,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from stream.contract import Modality, Origin, decode
+from stream.contract import Modality, Origin
+from stream.decode import decode
 from stream.errors import ContractError, Reason
 from stream.windows import AddStatus
 
@@ -41,6 +42,7 @@ class IntakeMixin:
         slot = (modality, partition)
         newest = self._event_ns.get(slot, -1)
         limit_ns = self._ahead_limit(modality, partition, newest if newest >= 0 else None)
+        settle = newest < 0  # the bound may depend on this topic's own time, unknown until a record
         aside: list[tuple[Any, Reason | None, str, Origin]] = []
         ok = late = replayed = handled = 0
         blocked_ns: int | None = None
@@ -54,8 +56,8 @@ class IntakeMixin:
                 aside.append((record, exc.reason, exc.detail, origin))
                 continue
             end_ns = item.end_ns
-            if limit_ns is None:
-                limit_ns = self._ahead_limit(modality, partition, end_ns)
+            if settle:
+                limit_ns, settle = self._ahead_limit(modality, partition, end_ns), False
             if limit_ns is not None and end_ns > limit_ns:
                 # watermark alignment: this topic runs ahead of a slower modality of the same
                 # partition; keep the rest for when the others have caught up (the partition pauses)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -211,6 +212,8 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver)
         await self._pipeline.start()
         self._consumer.subscribe(list(self._modality_of), listener=_Listener(self))
+        if s.gc_threshold is not None:
+            _tune_gc(s.gc_threshold)
         self._started = True
         self.metrics.ready.set(0)
         log.info("processor started: model %s %s, group %s", info.name, info.version, s.kafka.group_id)
@@ -385,6 +388,14 @@ class Processor(IntakeMixin, DeliveryMixin):
         if self._kafka_down_since is not None:
             log.warning("broker back after %.1f s", time.monotonic() - self._kafka_down_since)
             self._kafka_down_since = None
+
+
+def _tune_gc(threshold: int) -> None:
+    """Fewer cyclic-GC passes over the loop's many short-lived, acyclic objects (docs/config.md)."""
+    gc.collect()
+    gc.freeze()  # start-up objects (model, clients, modules) are never scanned again
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(threshold, gc.get_threshold()[0]), gen1, gen2)
 
 
 def _load_model(settings: Settings) -> Any:

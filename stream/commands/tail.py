@@ -210,7 +210,8 @@ async def _until_marks(consumer: Any, marks: dict[Any, int]) -> AsyncIterator[An
 def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[str, Any]:
     """What one record is, as a flat JSON-able dict; ``kind`` is result, video, audio, text,
     dead_letter or undecodable. A result keeps its published JSON under ``result``."""
-    from stream.contract import H_CONTENT_TYPE, H_ERROR, H_ORIGIN, H_TS, AudioChunk, TranscriptSegment, decode
+    from stream.contract import H_CONTENT_TYPE, H_ERROR, H_ORIGIN, H_TS, AudioChunk, TranscriptSegment
+    from stream.decode import decode
     from stream.errors import ContractError
 
     headers = {k.lower(): (v or b"") for k, v in (record.headers or ()) if isinstance(k, str)}

@@ -252,7 +252,7 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
     """
     import torch
 
-    from stream.contract import decode
+    from stream.decode import decode
     from stream.kafka import make_consumer, stop_bounded
     from stream.sources._publish import Publisher
 

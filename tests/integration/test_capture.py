@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from stream.config import Settings
-from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame, decode
+from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
+from stream.decode import decode
 from tests.integration._helpers import fake_mic_env, read_all
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame, decode
+from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
+from stream.decode import decode
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
 from tests.integration._helpers import read_all
 

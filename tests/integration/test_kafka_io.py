@@ -16,10 +16,10 @@ from stream.contract import (
     Origin,
     TranscriptSegment,
     audio_chunk_from_samples,
-    decode,
     encode,
     frame_from_image,
 )
+from stream.decode import decode
 from stream.errors import ContractError, KafkaError, Reason, TopicLayoutError
 from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
 from tests.integration._helpers import create_topics

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame, decode
+from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
+from stream.decode import decode
 from stream.kafka import ensure_topics
 
 confluent_kafka = pytest.importorskip("confluent_kafka")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.contract import Modality, TranscriptSegment, decode
+from stream.contract import Modality, TranscriptSegment
+from stream.decode import decode
 from stream.errors import ModelError
 from stream.sources.transcribe import TranscribeConfig, load_whisper
 from tests.integration._helpers import read_all

@@ -23,10 +23,10 @@ from stream.contract import (
     WindowResult,
     audio_chunk_from_samples,
     dead_letter_headers,
-    decode,
     encode,
     frame_from_image,
 )
+from stream.decode import decode
 from stream.errors import ContractError, Reason
 
 TS = 1_700_000_000_123_456_789

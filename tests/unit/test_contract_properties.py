@@ -15,9 +15,9 @@ from stream.contract import (
     Modality,
     TranscriptSegment,
     VideoFrame,
-    decode,
     encode,
 )
+from stream.decode import decode
 from stream.errors import ContractError, Reason
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,6 +105,10 @@ def test_decode_round_trips_every_encoded_item(item: VideoFrame | AudioChunk | T
     assert back == item
     assert type(back) is type(item)
     assert encode(back) == enc
+    # decode builds items without re-running validation: they must be indistinguishable
+    assert list(back.model_dump().items()) == list(item.model_dump().items())  # same fields, same order
+    assert hash(back.source_id) == hash(item.source_id) and back.end_ns == item.end_ns
+    assert type(back).model_validate(back.model_dump()) == back
 
 
 @FAST

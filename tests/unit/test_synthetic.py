@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from stream.contract import AudioChunk, TranscriptSegment, VideoFrame, decode, encode
+from stream.contract import AudioChunk, TranscriptSegment, VideoFrame, encode
+from stream.decode import decode
 from stream.sources.synthetic import LABELS, SyntheticConfig, SyntheticScene
 
 S = 1_000_000_000

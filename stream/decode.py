@@ -1,0 +1,271 @@
+"""``decode``: a consumed Kafka record checked against contract v1 and turned into its typed item.
+
+The first step of the processor's hot path, run once per record on the event loop, so it is
+written for the common case: a topic repeats one content type and a source repeats one key, so
+both are parsed and validated once and cached (errors are never cached: a bad record is checked in
+full every time). The fields of an item are all checked here, so the item is built without running
+pydantic's validation a second time. The checks stay cheap on purpose (markers, sizes, schema):
+full image decoding happens later, in the model's preprocessing, off the event loop.
+
+Contract: ``decode`` raises ``ContractError`` (with a ``Reason``) and nothing else, whatever the
+bytes; ``decode(encode(item)) == item``. Both are property-tested (tests/unit/test_contract*.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from stream.contract import (
+    H_CONTENT_TYPE,
+    H_TS,
+    H_VERSION,
+    MAX_TS_NS,
+    AudioChunk,
+    ContractLimits,
+    Item,
+    Modality,
+    TranscriptSegment,
+    VideoFrame,
+    _TranscriptPayload,
+)
+from stream.errors import ContractError, Reason
+
+__all__ = ["RecordLike", "decode"]
+
+_KEY_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
+_HEADERS = frozenset((H_TS, H_CONTENT_TYPE, H_VERSION))
+_DEFAULT_LIMITS = ContractLimits()
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class RecordLike(Protocol):
+    """The part of a consumed record ``decode`` reads (aiokafka's ConsumerRecord has it)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+def decode(
+    record: RecordLike, *, expect: Modality | None = None, limits: ContractLimits | None = None
+) -> Item:
+    """Check a consumed record against contract v1 and return its typed item.
+
+    Args:
+        record: anything with ``key``, ``value`` and ``headers`` (aiokafka's ConsumerRecord).
+        expect: the modality of the topic it came from; another content type is rejected.
+        limits: size bounds; the defaults of ``ContractLimits`` when omitted.
+
+    Raises:
+        ContractError: for every violation, with a ``Reason``; never any other exception.
+    """
+    try:
+        return _decode(record, expect, limits or _DEFAULT_LIMITS)
+    except ContractError:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ContractError(Reason.BAD_JSON, f"{where}: {first.get('msg')}") from exc
+    except Exception as exc:  # the promise is "only ContractError"; keep it if a check is missed
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"undecodable record: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits) -> Item:
+    source_id = _decode_key(record.key)
+    ts_raw = ct_raw = None
+    version = b"1"
+    for name, value in record.headers or ():  # header names are case-insensitive; the last one wins
+        if name not in _HEADERS:
+            if not isinstance(name, str) or (name := name.lower()) not in _HEADERS:
+                continue
+        if not isinstance(value, bytes):
+            value = b""
+        if name == H_TS:
+            ts_raw = value
+        elif name == H_CONTENT_TYPE:
+            ct_raw = value
+        else:
+            version = value
+    if version != b"1" and version.strip() != b"1":
+        raise ContractError(Reason.BAD_VERSION, f"mm-v {version[:16]!r} is not supported (only 1)")
+    ts_ns = _decode_ts(ts_raw)
+    if ct_raw is None:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
+    spec = _content_type(ct_raw)
+    kind = spec[0]
+    value = record.value or b""
+    if kind == "audio":
+        item: Item = _decode_audio(source_id, ts_ns, spec, value, limits)
+    elif kind == "json":
+        item = _decode_segment(source_id, ts_ns, value, limits)
+    else:
+        item = _decode_frame(source_id, ts_ns, spec, value, limits)
+    if expect is not None and item.modality is not expect:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{spec[-1][:80]!r} on the {expect.value} topic")
+    return item
+
+
+def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
+    """An item from fields ``decode`` has already checked: pydantic's validation would repeat the
+    checks at about 1 µs a record. ``fields`` in the class's field order (dumps follow it): the
+    state pydantic's own constructor leaves, which the round-trip property test compares."""
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+# --------------------------------------------------------------------------- key, time, type
+
+
+def _decode_key(key: bytes | None) -> str:
+    if key is None:
+        raise ContractError(Reason.BAD_KEY, "record has no key; the key must be the source id")
+    if type(key) is bytes and len(key) <= 128:
+        return _decode_valid_key(key)
+    return _check_key(key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_valid_key(key: bytes) -> str:
+    """Cached: a source sends thousands of records with one key (errors are not cached)."""
+    return _check_key(key)
+
+
+def _check_key(key: bytes) -> str:
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(Reason.BAD_KEY, "key is not UTF-8") from None
+    if not _KEY_RE.fullmatch(text):
+        raise ContractError(Reason.BAD_KEY, f"key {text[:40]!r} is not 1-128 characters of [A-Za-z0-9._:-]")
+    return text
+
+
+def _decode_ts(raw: bytes | None) -> int:
+    if raw is None:
+        raise ContractError(Reason.MISSING_TS, "header mm-ts is missing")
+    if not (type(raw) is bytes and 0 < len(raw) <= 19 and raw.isdigit()) or int(raw) > MAX_TS_NS:
+        raise ContractError(Reason.BAD_TS, f"mm-ts {raw[:32]!r} is not a non-negative int64 of ns")
+    return int(raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _content_type(raw: bytes) -> tuple[Any, ...]:
+    """What a content-type header asks for, checked once per distinct header (nearly every record
+    of a topic repeats one): ``(kind, ..., text)`` with kind jpeg, png, raw (width, height),
+    audio (format, rate, channels) or json; the header text last, for messages."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ContractError(Reason.BAD_CONTENT_TYPE, "content-type is not ASCII") from None
+    parts = [p.strip() for p in text.split(";")]
+    params: dict[str, str] = {}
+    for p in parts[1:]:
+        if not p:
+            continue
+        name, sep, value = p.partition("=")
+        if not sep:
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"parameter {p!r} has no '=' in {text!r}")
+        params[name.strip().lower()] = value.strip()
+    mime = parts[0].lower()
+    if mime in ("image/jpeg", "image/png"):
+        return (mime[6:], text)
+    if mime == "image/x-raw":
+        if params.get("format", "").lower() != "bgr24":
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frames must be format=bgr24, got {text!r}")
+        return ("raw", _int_param(params, "width", text), _int_param(params, "height", text), text)
+    if mime == "audio/pcm":
+        fmt = params.get("format", "").lower()
+        if fmt not in _SAMPLE_BYTES:
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"audio format must be s16le or f32le, got {text!r}")
+        rate, channels = _int_param(params, "rate", text), _int_param(params, "channels", text)
+        if not (1000 <= rate <= 384_000 and 1 <= channels <= 32):
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"rate {rate} or channels {channels} out of range")
+        return ("audio", fmt, rate, channels, text)
+    if mime == "application/json":
+        return ("json", text)
+    raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported content-type {text[:80]!r}")
+
+
+def _int_param(params: dict[str, str], name: str, raw: str) -> int:
+    try:
+        return int(params[name])
+    except (KeyError, ValueError):
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{raw!r} needs an integer {name}=") from None
+
+
+def _check_size(value: bytes, limit: int, what: str) -> None:
+    if not value:
+        raise ContractError(Reason.PAYLOAD_SIZE, f"empty {what}")
+    if len(value) > limit:
+        raise ContractError(Reason.PAYLOAD_SIZE, f"{what} of {len(value)} bytes exceeds the limit of {limit}")
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def _decode_frame(
+    source_id: str, ts_ns: int, spec: tuple[Any, ...], value: bytes, limits: ContractLimits
+) -> VideoFrame:
+    _check_size(value, limits.max_frame_bytes, "frame")
+    kind = spec[0]
+    if kind == "jpeg":
+        if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
+            raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
+        width = height = None
+    elif kind == "png":
+        if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
+            raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
+        width = height = None
+    else:
+        _, width, height, text = spec
+        if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
+        if len(value) != width * height * 3:
+            raise ContractError(
+                Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
+            )
+    return _trusted(VideoFrame, {"source_id": source_id, "ts_ns": ts_ns, "encoding": kind,
+                                 "width": width, "height": height, "data": value})
+
+
+def _decode_audio(
+    source_id: str, ts_ns: int, spec: tuple[Any, ...], value: bytes, limits: ContractLimits
+) -> AudioChunk:
+    _, fmt, rate, channels, _text = spec
+    _check_size(value, limits.max_audio_bytes, "audio chunk")
+    frame_bytes = _SAMPLE_BYTES[fmt] * channels
+    if len(value) % frame_bytes:
+        raise ContractError(
+            Reason.PAYLOAD_SIZE, f"{len(value)} bytes is not a whole number of {frame_bytes}-byte {fmt} frames"
+        )
+    return _trusted(AudioChunk, {"source_id": source_id, "ts_ns": ts_ns, "sample_format": fmt,
+                                 "sample_rate": rate, "channels": channels, "data": value})
+
+
+def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLimits) -> TranscriptSegment:
+    _check_size(value, limits.max_text_bytes, "transcript")
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
+        raise ContractError(Reason.BAD_JSON, f"value is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ContractError(Reason.BAD_JSON, "value must be a JSON object")
+    payload = _TranscriptPayload.model_validate(doc)
+    if payload.start_ns != ts_ns:
+        raise ContractError(Reason.BAD_TS, f"mm-ts {ts_ns} differs from start_ns {payload.start_ns}")
+    return _trusted(TranscriptSegment, {**payload.__dict__, "source_id": source_id, "ts_ns": ts_ns})
