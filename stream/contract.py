@@ -145,8 +145,10 @@ class AudioChunk(_Item):
 
     @property
     def end_ns(self) -> int:
-        """The last sample's instant: the latest time this chunk vouches for."""
-        return self.sample_ns(self.n_samples - 1)
+        """The last sample's instant: the latest time this chunk vouches for (one expression: the
+        processor asks it once per chunk)."""
+        n = len(self.data) // (_SAMPLE_BYTES[self.sample_format] * self.channels)
+        return self.ts_ns + ((n - 1) * NS_PER_S) // self.sample_rate
 
     def samples(self) -> np.ndarray:
         """Float32 samples in [-1, 1], shape (n_samples, channels)."""

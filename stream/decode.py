@@ -13,7 +13,6 @@ bytes; ``decode(encode(item)) == item``. Both are property-tested (tests/unit/te
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Sequence
@@ -82,7 +81,10 @@ def decode(
 
 
 def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits) -> Item:
-    source_id = _decode_key(record.key)
+    key = record.key
+    source_id = _KEYS.get(key) if type(key) is bytes else None  # type: ignore[arg-type]
+    if source_id is None:
+        source_id = _decode_key(key)
     ts_raw = ct_raw = None
     version = b"1"
     for name, value in record.headers or ():  # header names are case-insensitive; the last one wins
@@ -102,7 +104,9 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
     ts_ns = _decode_ts(ts_raw)
     if ct_raw is None:
         raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
-    spec = _content_type(ct_raw)
+    spec = _SPECS.get(ct_raw)
+    if spec is None:
+        spec = _content_type(ct_raw)
     kind = spec[0]
     value = record.value or b""
     if kind == "audio":
@@ -131,18 +135,23 @@ def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
 # --------------------------------------------------------------------------- key, time, type
 
 
+# Valid keys and content types seen, checked once each: a source sends thousands of records
+# with one key, a topic repeats one content type. Plain dicts (a lookup is cheaper than a cached
+# call), emptied when full; errors are never cached.
+_KEYS: dict[bytes, str] = {}
+_SPECS: dict[bytes, tuple[Any, ...]] = {}
+_CACHE_SIZE = 8192
+
+
 def _decode_key(key: bytes | None) -> str:
     if key is None:
         raise ContractError(Reason.BAD_KEY, "record has no key; the key must be the source id")
-    if type(key) is bytes and len(key) <= 128:
-        return _decode_valid_key(key)
-    return _check_key(key)
-
-
-@functools.lru_cache(maxsize=8192)
-def _decode_valid_key(key: bytes) -> str:
-    """Cached: a source sends thousands of records with one key (errors are not cached)."""
-    return _check_key(key)
+    text = _check_key(key)
+    if type(key) is bytes:
+        if len(_KEYS) >= _CACHE_SIZE:
+            _KEYS.clear()
+        _KEYS[key] = text
+    return text
 
 
 def _check_key(key: bytes) -> str:
@@ -163,11 +172,17 @@ def _decode_ts(raw: bytes | None) -> int:
     return int(raw)
 
 
-@functools.lru_cache(maxsize=512)
 def _content_type(raw: bytes) -> tuple[Any, ...]:
-    """What a content-type header asks for, checked once per distinct header (nearly every record
-    of a topic repeats one): ``(kind, ..., text)`` with kind jpeg, png, raw (width, height),
-    audio (format, rate, channels) or json; the header text last, for messages."""
+    """What a content-type header asks for, then cached: ``(kind, ..., text)`` with kind jpeg,
+    png, raw (width, height), audio (format, rate, channels) or json; the header text last."""
+    spec = _parse_content_type(raw)
+    if len(_SPECS) >= _CACHE_SIZE:
+        _SPECS.clear()
+    _SPECS[raw] = spec
+    return spec
+
+
+def _parse_content_type(raw: bytes) -> tuple[Any, ...]:
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:

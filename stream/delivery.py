@@ -54,6 +54,7 @@ class DeliveryMixin:
         for window in self._aligner.poll(self._caught_up):
             if generation != self._generation:
                 break
+            self._window_keys.pop(window.key, None)
             if window.empty:
                 self._ledger.release((generation, window.key))  # a revision moved everything out
                 continue
@@ -199,6 +200,7 @@ class DeliveryMixin:
         for key in self._aligner.forget_partitions(partitions):
             self._ledger.release((self._generation, key))
         self._generation += 1
+        self._window_keys.clear()
         self._ledger.forget(partitions)
         gone = [s for s, p in self._source_partition.items() if p in partitions]
         self._horizons.forget(gone)
@@ -238,6 +240,7 @@ class DeliveryMixin:
                 for source, end_ns in horizons.items():
                     for key in self._aligner.set_horizon(source, end_ns):
                         self._ledger.release((self._generation, key))
+                        self._window_keys.pop(key, None)
                     self._source_partition.setdefault(source, partition)
                 if values:
                     self._saved_state[partition] = values[-1]

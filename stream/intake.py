@@ -39,6 +39,7 @@ class IntakeMixin:
         modality = self._modality_of[topic]
         limits = self.settings.limits
         ledger, aligner, generation = self._ledger, self._aligner, self._generation
+        keys_of = self._window_keys
         slot = (modality, partition)
         newest = self._event_ns.get(slot, -1)
         limit_ns = self._ahead_limit(modality, partition, newest if newest >= 0 else None)
@@ -64,7 +65,6 @@ class IntakeMixin:
                 self._held[tp] = records[handled:]
                 blocked_ns = end_ns
                 break
-            ledger.track(origin)
             handled += 1
             result = aligner.add(item, origin)
             status = result.status
@@ -72,20 +72,30 @@ class IntakeMixin:
                 ok += 1
                 if end_ns > newest:
                     newest = end_ns
-                self._source_partition[result.source_id] = partition
-                if result.windows:
+                windows = result.windows
+                if len(windows) == 1:  # the common case: ledger keys made once per window
+                    window_key = (result.source_id, windows[0])
+                    keys = keys_of.get(window_key)
+                    if keys is None:
+                        keys = keys_of[window_key] = ((generation, window_key),)
+                        self._source_partition[result.source_id] = partition
+                    ledger.read(origin, keys)
+                elif windows:
                     source_id = result.source_id
-                    ledger.hold(origin, tuple((generation, (source_id, start)) for start in result.windows))
+                    ledger.read(origin, tuple([(generation, (source_id, start)) for start in windows]))
+                    self._source_partition[source_id] = partition
                 else:
-                    ledger.done(origin)  # a stale revision of a transcript segment
+                    ledger.read(origin)  # a stale revision of a transcript segment
             elif status is AddStatus.LATE:
+                ledger.track(origin)  # finished when the late topic acknowledges it
                 late += 1
                 aside.append((record, None, result.detail, origin))
             elif status is AddStatus.REJECTED:
+                ledger.track(origin)  # finished when the dead-letter topic acknowledges it
                 aside.append((record, result.reason or Reason.TS_OUT_OF_RANGE, result.detail, origin))
             else:  # REPLAYED: its window was published before a restart
                 replayed += 1
-                ledger.done(origin)
+                ledger.read(origin)
         if handled:
             self._position[tp] = records[handled - 1].offset + 1
         self._event_ns[slot] = newest

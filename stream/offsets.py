@@ -6,6 +6,7 @@ that used it has been published and acknowledged. The runtime tells the ledger, 
 - ``track(origin)`` when it reads the record (in offset order per partition);
 - then exactly one of ``hold(origin, window_keys)`` (the aligner placed it in those windows) or
   ``done(origin)`` (dead-lettered and acknowledged, late, rejected, replayed: nothing waits on it);
+- or, when the decision is known at once, ``read(origin, window_keys)``: both steps in one call;
 - ``release(window_key)`` once that window's result is acknowledged by the broker (or the window
   was dropped unpublished by revocation or a horizon: its records are not needed any more either).
 
@@ -82,6 +83,29 @@ class OffsetLedger:
             part.queue.append(off)
             part.refs[off] = 1
             part.last = off
+
+    def read(self, origin: Origin, window_keys: tuple[Hashable, ...] = ()) -> None:
+        """``track`` then ``hold`` (or ``done`` without keys) in one step: the processor's common
+        case, once per record, so it is one call. ``window_keys`` distinct."""
+        tp = (origin[0], origin[1])
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = _Partition()
+        off = origin[2]
+        if off <= part.last:
+            return  # read before (a re-delivery after seek): its first reading counts
+        part.last = off
+        if not window_keys:
+            return  # finished at once: nothing to wait for, and the commit may pass it
+        part.queue.append(off)
+        part.refs[off] = len(window_keys)
+        holds = self._holds
+        for key in window_keys:
+            held = holds.get(key)
+            if held is None:
+                holds[key] = [origin]
+            else:
+                held.append(origin)
 
     def hold(self, origin: Origin, window_keys: Iterable[Hashable]) -> None:
         """The record went into these windows: it stays needed until each one is released."""

@@ -120,6 +120,9 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._position: dict[TopicPartition, int] = {}
         self._event_ns: dict[tuple[Modality, int], int] = {}
         self._source_partition: dict[str, int] = {}
+        # ledger keys of the open windows, made once per window instead of once per record;
+        # they carry the generation, so the map is cleared at every revocation
+        self._window_keys: dict[tuple[str, int], tuple[tuple[int, tuple[str, int]], ...]] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._model_info = ModelInfo(name="unloaded", version="0")
         self._started = False

@@ -157,12 +157,15 @@ class Aligner:
                 n = len(item.data)
                 w.nbytes += n
                 self._bytes += n
-                placed: tuple[int, ...] = (s,)
-                partly = False
-            else:
-                placed, partly = self._place_frame(src, item, origin, t)
-                if not placed:
-                    return self._late(src, t, t)
+                if t > src.vouched[M_VIDEO]:
+                    src.vouched[M_VIDEO] = t
+                    src.dirty = True
+                    if t > src.max_ns:
+                        src.max_ns = t
+                return self._accepted(src, s)
+            placed, partly = self._place_frame(src, item, origin, t)
+            if not placed:
+                return self._late(src, t, t)
             if t > src.vouched[M_VIDEO]:
                 src.vouched[M_VIDEO] = t
                 src.dirty = True
@@ -194,6 +197,15 @@ class Aligner:
         if len(src.windows) > self._max_open:
             self._over[src.id] = src
         return w
+
+    @staticmethod
+    def _accepted(src: SourceState, s: int) -> AddResult:
+        """Accepted into the one window starting at ``s``; the result is immutable, so records of
+        the same window share one (built once per window, not once per record)."""
+        res = src.accepted
+        if res is None or res.windows[0] != s:
+            res = src.accepted = AddResult(AddStatus.ACCEPTED, src.id, (s,))
+        return res
 
     def _reject(self, src: SourceState, t: int, what: str = "") -> AddResult:
         detail = what or (
@@ -240,15 +252,26 @@ class Aligner:
         W = self._window_ns
         s = ts - ts % self._hop_ns
         if self._tumbling and end < s + W:
-            # the common case: the whole chunk inside one window
+            # the common case (most records are short chunks): the whole chunk inside one window
+            src.seen_ms[M_AUDIO] = now
             if s + W <= src.frontier:
-                src.seen_ms[M_AUDIO] = now
                 return self._late(src, ts, end)
-            starts: range | tuple[int, ...] = (s,)
-        else:
-            starts = interval_windows(ts, end, W, self._hop_ns)
-            if len(starts) > self._max_open:
-                return self._reject(src, end, f"audio chunk spans {len(starts)} windows (> {self._max_open})")
+            src.partitions.add(origin[1])
+            w = src.windows.get(s) or self._open_window(src, s)
+            w.audio.append((ts, origin, item, 0, n))
+            w.origins.append(origin)
+            b = n * width
+            w.nbytes += b
+            self._bytes += b
+            if end > src.vouched[M_AUDIO]:
+                src.vouched[M_AUDIO] = end
+                src.dirty = True
+                if end > src.max_ns:
+                    src.max_ns = end
+            return self._accepted(src, s)
+        starts = interval_windows(ts, end, W, self._hop_ns)
+        if len(starts) > self._max_open:
+            return self._reject(src, end, f"audio chunk spans {len(starts)} windows (> {self._max_open})")
         src.partitions.add(origin[1])
         src.seen_ms[M_AUDIO] = now
         placed = []
@@ -257,12 +280,9 @@ class Aligner:
             if s + W <= src.frontier:
                 skipped = True
                 continue
-            if len(starts) == 1:
-                lo, hi = 0, n
-            else:
-                lo, hi = audio_cut(ts, rate, n, s, s + W)
-                if hi <= lo:
-                    continue
+            lo, hi = audio_cut(ts, rate, n, s, s + W)
+            if hi <= lo:
+                continue
             w = src.windows.get(s) or self._open_window(src, s)
             w.audio.append((ts + (lo * 1_000_000_000) // rate, origin, item, lo, hi))
             w.origins.append(origin)

@@ -62,7 +62,7 @@ class SourceState:
 
     __slots__ = (
         "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon", "max_ns",
-        "revisions", "dirty", "check_at_ms", "min_start",
+        "revisions", "dirty", "check_at_ms", "min_start", "accepted",
     )
 
     def __init__(self, source_id: str, now_ms: int) -> None:
@@ -79,3 +79,4 @@ class SourceState:
         self.dirty = False  # vouched time moved since the last evaluation
         self.check_at_ms = now_ms
         self.min_start = ALWAYS
+        self.accepted: AddResult | None = None  # the last one-window result, shared (see Aligner._accepted)
