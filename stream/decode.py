@@ -101,7 +101,9 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
             version = value
     if version != b"1" and version.strip() != b"1":
         raise ContractError(Reason.BAD_VERSION, f"mm-v {version[:16]!r} is not supported (only 1)")
-    ts_ns = _decode_ts(ts_raw)
+    ts_ns = int(ts_raw) if type(ts_raw) is bytes and 0 < len(ts_raw) <= 19 and ts_raw.isdigit() else -1
+    if ts_ns > MAX_TS_NS or ts_ns < 0:
+        ts_ns = _decode_ts(ts_raw)  # raises, saying what is wrong
     if ct_raw is None:
         raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
     spec = _SPECS.get(ct_raw)

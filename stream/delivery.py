@@ -214,6 +214,7 @@ class DeliveryMixin:
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
             self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)
+            self._first_ns.pop((self._modality_of[tp.topic], tp.partition), None)
         self._assigned -= mine
         self._paused -= mine
         log.info("partitions revoked: %s", sorted(str(tp) for tp in mine))

@@ -39,6 +39,7 @@ def decide_pauses(
     max_ahead_ms: int,
     aligner_full: bool,
     batcher_full: bool,
+    blocked: Iterable[Slot] = (),
 ) -> FlowDecision:
     """The set of (modality, partition) slots to keep paused now.
 
@@ -48,6 +49,8 @@ def decide_pauses(
         has_unread: whether the slot's partition has data we have not read (not caught up).
         max_ahead_ms: alignment bound.
         aligner_full, batcher_full: the bounded stages' states.
+        blocked: slots whose next record the runtime holds back (past its alignment bound); they
+            stay paused whatever the others' progress, so nothing more piles up behind that record.
     """
     slots = list(slots)
     if batcher_full:
@@ -55,8 +58,8 @@ def decide_pauses(
     by_partition: dict[int, list[Modality]] = {}
     for modality, partition in slots:
         by_partition.setdefault(partition, []).append(modality)
-    paused: set[Slot] = set()
-    reason = ""
+    paused: set[Slot] = set(blocked) & set(slots)
+    reason = "alignment" if paused else ""
     ahead_ns = max_ahead_ms * 1_000_000
     for partition, modalities in by_partition.items():
         waiting = [m for m in modalities if has_unread(m, partition)]

@@ -40,10 +40,12 @@ class IntakeMixin:
         limits = self.settings.limits
         ledger, aligner, generation = self._ledger, self._aligner, self._generation
         keys_of = self._window_keys
+        now_ms = self._clock_ms()  # once per batch: idle timeouts are seconds, a batch milliseconds
         slot = (modality, partition)
         newest = self._event_ns.get(slot, -1)
-        limit_ns = self._ahead_limit(modality, partition, newest if newest >= 0 else None)
-        settle = newest < 0  # the bound may depend on this topic's own time, unknown until a record
+        first_ns = self._first_ns.get(slot)
+        limit_ns = self._ahead_limit(modality, partition, first_ns)
+        settle = first_ns is None  # the bound may depend on this topic's first time: wait for a record
         aside: list[tuple[Any, Reason | None, str, Origin]] = []
         ok = late = replayed = handled = 0
         blocked_ns: int | None = None
@@ -58,6 +60,7 @@ class IntakeMixin:
                 continue
             end_ns = item.end_ns
             if settle:
+                self._first_ns[slot] = end_ns
                 limit_ns, settle = self._ahead_limit(modality, partition, end_ns), False
             if limit_ns is not None and end_ns > limit_ns:
                 # watermark alignment: this topic runs ahead of a slower modality of the same
@@ -66,7 +69,7 @@ class IntakeMixin:
                 blocked_ns = end_ns
                 break
             handled += 1
-            result = aligner.add(item, origin)
+            result = aligner.add(item, origin, now_ms)
             status = result.status
             if status is AddStatus.ACCEPTED:
                 ok += 1
@@ -115,10 +118,11 @@ class IntakeMixin:
             counters["replayed"].inc(replayed)
         return aside
 
-    def _ahead_limit(self, modality: Modality, partition: int, own_ns: int | None) -> int | None:
+    def _ahead_limit(self, modality: Modality, partition: int, first_ns: int | None) -> int | None:
         """The newest event time this modality may reach in this partition now: the slowest other
         modality with unread data, plus ``max_ahead_ms``. Another modality not read yet counts as
-        being where this one is, so progress is bounded until it shows up. None = no bound."""
+        being where this one started (``first_ns``, its first record since the assignment), so it
+        gets at most ``max_ahead_ms`` ahead until the others show up. None = no bound."""
         floor: int | None = None
         for other in Modality:
             if other is modality or TopicPartition(self._topic_of[other], partition) not in self._assigned:
@@ -127,7 +131,7 @@ class IntakeMixin:
                 continue  # nothing waiting there: it cannot be the one holding windows back
             t = self._event_ns.get((other, partition))
             if t is None or t < 0:
-                t = own_ns
+                t = first_ns
             if t is None:
                 return None
             floor = t if floor is None else min(floor, t)

@@ -118,7 +118,8 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._position: dict[TopicPartition, int] = {}
-        self._event_ns: dict[tuple[Modality, int], int] = {}
+        self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
+        self._first_ns: dict[tuple[Modality, int], int] = {}  # first, since the assignment
         self._source_partition: dict[str, int] = {}
         # ledger keys of the open windows, made once per window instead of once per record;
         # they carry the generation, so the map is cleared at every revocation
@@ -212,7 +213,10 @@ class Processor(IntakeMixin, DeliveryMixin):
             await self.stop()
             raise KafkaError(f"cannot connect to {s.kafka.bootstrap_servers}: {exc}") from exc
         self._dlq = DeadLetterSink(self._producer, s.topics.dead_letter)
-        self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver)
+        # a model in another process takes the next batch while it runs the current one
+        overlap = s.batching.max_in_flight if getattr(self._model, "pipelined", False) else 1
+        self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver,
+                                       infer_threads=overlap)
         await self._pipeline.start()
         self._consumer.subscribe(list(self._modality_of), listener=_Listener(self))
         if s.gc_threshold is not None:
@@ -336,7 +340,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         decision = decide_pauses(
             slots, progress, lambda m, p: not self._caught_up(m, p) or (m, p) in blocked_slots,
             max_ahead_ms=self.settings.window.max_ahead_ms,
-            aligner_full=self._aligner.full, batcher_full=self._batcher.full,
+            aligner_full=self._aligner.full, batcher_full=self._batcher.full, blocked=blocked_slots,
         )
         want = {TopicPartition(self._topic_of[m], p) for m, p in decision.paused}
         if want != self._paused:

@@ -123,19 +123,21 @@ class Aligner:
 
     # ------------------------------------------------------------------ input
 
-    def add(self, item: Item, origin: Origin) -> AddResult:
+    def add(self, item: Item, origin: Origin, now_ms: int | None = None) -> AddResult:
         """Place one record in the windows it overlaps.
 
         Args:
             item: a decoded contract item.
             origin: its topic/partition/offset (kept for the ledger and the result's offsets).
+            now_ms: the clock's reading, when the caller read it once for a whole fetched batch
+                (idle timeouts are far coarser than a batch); None reads the clock.
 
         Returns:
             ``AddResult``: accepted (with window starts), late, rejected (with a ``Reason``) or
             replayed. Never raises for a valid contract item.
         """
         src = self._sources.get(item.source_id)
-        now = self._clock()
+        now = self._clock() if now_ms is None else now_ms
         if src is None:
             src = self._new_source(item.source_id, now)
         cls = type(item)
