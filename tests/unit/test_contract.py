@@ -409,3 +409,20 @@ def test_docs_contract_result_example_is_a_valid_result() -> None:
     example = text[text.index("## Results"):].split("```json\n", 1)[1].split("```", 1)[0]
     result = WindowResult.model_validate_json(example)
     assert result.id == WindowResult.make_id(result.source_id, result.window_start_ns)
+
+
+def test_checked_keys_and_content_types_are_cached_but_errors_never_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode caches what it has checked (a source repeats its key, a topic its content type);
+    a bad value is checked in full every time, and a full cache starts over without losing anything."""
+    import stream.decode as dec
+
+    for _ in range(2):
+        assert reason_of(rec(key=b"bad key!")) is Reason.BAD_KEY
+        assert reason_of(rec(ct="image/gif")) is Reason.BAD_CONTENT_TYPE
+    assert b"bad key!" not in dec._KEYS and b"image/gif" not in dec._SPECS
+    monkeypatch.setattr(dec, "_CACHE_SIZE", 4)
+    for i in range(20):
+        item = decode(rec(key=f"cam-{i}".encode()))
+        assert item.source_id == f"cam-{i}"
+        assert len(dec._KEYS) <= 4
+    assert reason_of(rec(key=b"x" * 129)) is Reason.BAD_KEY  # too long, whatever was cached

@@ -136,3 +136,29 @@ def test_safe_offset_never_passes_a_held_offset_and_reaches_the_end(data: st.Dat
         if mine:
             assert led.safe_offset(V, p) == mine[-1].offset + 1
     assert led.outstanding() == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_read_is_track_then_hold_or_done(data: st.DataObject) -> None:
+    """``read`` (the processor's one call per record) is exactly ``track`` followed at once by
+    ``hold`` (or ``done`` without windows), whatever the later releases."""
+    keys = [("s", k) for k in range(5)]
+    two_step, one_step = OffsetLedger(), OffsetLedger()
+    offsets = sorted(data.draw(st.sets(st.integers(0, 60), max_size=30)))
+    for off in offsets:
+        origin = Origin(V, off % 2, off)
+        held = tuple(data.draw(st.lists(st.sampled_from(keys), max_size=3, unique=True)))
+        two_step.track(origin)
+        if held:
+            two_step.hold(origin, held)
+        else:
+            two_step.done(origin)
+        one_step.read(origin, held)
+        one_step.read(origin, held)  # a second reading of the same offset changes nothing
+    assert one_step.safe_offsets() == two_step.safe_offsets()
+    for key in data.draw(st.permutations(keys)):
+        two_step.release(key)
+        one_step.release(key)
+        assert one_step.safe_offsets() == two_step.safe_offsets()
+        assert one_step.outstanding() == two_step.outstanding()
