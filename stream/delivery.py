@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 
-from stream.contract import encode
+from stream.contract import WindowResult, encode
 from stream.errors import KafkaError, Reason
 from stream.horizon import decode_state, encode_state
 from stream.kafka import read_last
@@ -37,6 +37,7 @@ _STATE_RECORDS = 8  # state records read back per partition at assignment
 # the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
 # and a late acknowledgement of the old copy must not release the new copy's offsets.
 Job = tuple[ClosedWindow, list[int | bool], int]
+_Outgoing = tuple[ClosedWindow, list[int | bool], int, WindowResult]  # a job and its result
 
 
 class DeliveryMixin:
@@ -91,32 +92,55 @@ class DeliveryMixin:
             self.metrics.batch_size.observe(len(jobs))
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])
-        acks = []
+        ready: list[_Outgoing] = []
         for (window, token, generation), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
             result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
                                   include_embedding=self.settings.include_embedding, error=err)
-            acks.append(self._publish(window, token, generation, result))
+            ready.append((window, token, generation, result))
             if output is not None:
                 for index, reason in output.dropped_frames:
                     await self._dead_letter_frame(window, index, reason)
-        await asyncio.gather(*acks)
+        await self._publish(ready)
 
-    async def _publish(self, window: ClosedWindow, token: list[int | bool], generation: int, result: Any) -> None:
+    async def _publish(self, outgoing: list[_Outgoing]) -> None:
+        """Send a batch's results, then await their acknowledgements together (one wait per batch,
+        not a task per window); what failed is retried, with backoff. A result still not sent after
+        the last attempt keeps its offsets uncommitted: a restart replays its window."""
         assert self._producer is not None
-        key, value, headers = result_record(result)
+        topic = self.settings.topics.results
+        pending = outgoing
+        error: Exception | None = None
         for attempt in range(_SEND_ATTEMPTS):
-            try:
-                fut = await self._producer.send(self.settings.topics.results, value=value, key=key, headers=headers)
-                await fut
-                break
-            except AIOKafkaError as exc:
-                if attempt == _SEND_ATTEMPTS - 1:
-                    log.error("result %s not published (%s); its offsets stay uncommitted", result.id, exc)
-                    return
-                await asyncio.sleep(0.5 * 2**attempt)
-        self._ledger.release((generation, window.key))
-        self._horizons.acked(window.source_id, token)
-        self._observe_result(window, result)
+            sent: list[tuple[_Outgoing, asyncio.Future[Any] | None]] = []
+            for entry in pending:
+                key, value, headers = result_record(entry[3])
+                try:
+                    sent.append((entry, await self._producer.send(topic, value=value, key=key, headers=headers)))
+                except AIOKafkaError as exc:
+                    log.debug("result %s not sent (%s)", entry[3].id, exc)
+                    sent.append((entry, None))
+            failed: list[_Outgoing] = []
+            for entry, fut in sent:
+                try:
+                    if fut is None:
+                        raise KafkaError("not sent")
+                    await fut
+                except (AIOKafkaError, KafkaError) as exc:
+                    failed.append(entry)
+                    error = exc
+                    continue
+                window, token, generation, result = entry
+                self._ledger.release((generation, window.key))
+                self._horizons.acked(window.source_id, token)
+                self._observe_result(window, result)
+            if not failed:
+                return
+            if attempt == _SEND_ATTEMPTS - 1:
+                for entry in failed:
+                    log.error("result %s not published (%s); its offsets stay uncommitted", entry[3].id, error)
+                return
+            await asyncio.sleep(0.5 * 2**attempt)
+            pending = failed
 
     async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> None:
         frame, origin = window.frames[index], window.frame_origins[index]
@@ -138,7 +162,7 @@ class DeliveryMixin:
         skew = av_skew_ns(window)
         if skew is not None:
             self.metrics.av_skew_seconds.observe(skew / 1e9)
-        self.stats.last_results[result.source_id] = result.model_dump(mode="json", exclude={"embedding"})
+        self.stats.last_results[result.source_id] = result
 
     # ------------------------------------------------------------------ commit and rebalance
 

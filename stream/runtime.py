@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 
 from stream.batching import Batcher, BatchPipeline
 from stream.config import Settings
-from stream.contract import Modality, ModelInfo
+from stream.contract import Modality, ModelInfo, WindowResult
 from stream.delivery import DeliveryMixin, Job
 from stream.errors import KafkaError, MmstreamError, ModelError
 from stream.flow import decide_pauses
@@ -66,7 +66,7 @@ class ProcessorStats:
         self.late = 0
         self.replayed = 0
         self.latencies_s: list[float] = []
-        self.last_results: dict[str, dict[str, Any]] = {}
+        self.last_results: dict[str, WindowResult] = {}  # the newest published result per source
 
 
 class _Listener(ConsumerRebalanceListener):

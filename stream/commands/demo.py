@@ -159,12 +159,12 @@ def _table(processor: Any, started: float) -> Any:
     for col in ("source", "window end", "label", "top scores", "present", "frames/samples/segs"):
         table.add_column(col)
     for source, r in sorted(st.last_results.items()):
-        top = sorted(r["scores"].items(), key=lambda kv: -kv[1])[:3]
-        pres = "".join(k[0].upper() if v else "-" for k, v in r["presence"].items())
-        c = r["counts"]
-        table.add_row(source, time.strftime("%H:%M:%S", time.localtime(r["window_end_ns"] / 1e9)),
-                      str(r["label"]), ", ".join(f"{k} {v:.2f}" for k, v in top), pres,
-                      f"{c['frames']}/{c['audio_samples']}/{c['segments']}")
+        top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
+        pres = "".join(k[0].upper() if v else "-" for k, v in r.presence.model_dump().items())
+        c = r.counts
+        table.add_row(source, time.strftime("%H:%M:%S", time.localtime(r.window_end_ns / 1e9)),
+                      str(r.label), ", ".join(f"{k} {v:.2f}" for k, v in top), pres,
+                      f"{c.frames}/{c.audio_samples}/{c.segments}")
     p50, p99 = _percentile(st.latencies_s, 0.5), _percentile(st.latencies_s, 0.99)
     rate = st.windows / max(time.monotonic() - started, 1e-9)
     table.caption = (f"records {st.records}  windows {st.windows} ({st.windows_complete} complete, {rate:.1f}/s)  "
