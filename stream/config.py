@@ -111,6 +111,9 @@ class WindowConfig(_Section):
     max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="all window payloads together")
     max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of its source's watermark is rejected")
     max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
+    source_ttl_ms: int = Field(
+        600_000, gt=0, description="a source silent this long (processing time) with no open window is retired: its state freed"
+    )
 
     @model_validator(mode="after")
     def _hop_divides(self) -> WindowConfig:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Hashable
 from stream.config import WindowConfig
 from stream.contract import AudioChunk, Item, Modality, Origin, TranscriptSegment, VideoFrame
 from stream.errors import Reason
-from stream.windows._closed import SAMPLE_BYTES, CloseCause, ClosedWindow, OpenWindow, WindowKey
+from stream.windows._closed import SAMPLE_BYTES, OpenWindow
+from stream.windows._closing import Closing, Retired
 from stream.windows._ranges import (
     NS_PER_MS,
     audio_cut,
@@ -27,7 +28,6 @@ from stream.windows._ranges import (
     segment_windows,
 )
 from stream.windows._state import (
-    ALWAYS,
     M_AUDIO,
     M_TEXT,
     M_VIDEO,
@@ -35,13 +35,12 @@ from stream.windows._state import (
     NEVER,
     AddResult,
     AddStatus,
-    CaughtUp,
     SourceState,
 )
 
 __all__ = ["Aligner"]
 
-class Aligner:
+class Aligner(Closing):
     """Aligns the three inputs of every source into event-time windows.
 
     Built from a ``WindowConfig`` (the validated spec) and a processing-time ``clock`` returning
@@ -80,6 +79,9 @@ class Aligner:
         self._open: dict[str, SourceState] = {}  # sources with at least one open window
         self._over: dict[str, SourceState] = {}  # sources above max_open_windows_per_source
         self._horizons: dict[str, int] = {}  # horizons of sources not seen yet
+        self._retired: dict[str, Retired] = {}  # what is kept of sources retired for silence
+        self._ttl_ms = config.source_ttl_ms
+        self._next_sweep_ms = 0
         self._bytes = 0
         self._n_open = 0
 
@@ -187,6 +189,11 @@ class Aligner:
         horizon = self._horizons.pop(source_id, None)
         if horizon is not None:
             src.horizon = src.frontier = horizon
+        retired = self._retired.pop(source_id, None)
+        if retired is not None:  # back after a long silence: its closed windows stay closed
+            src.horizon = max(src.horizon, retired[0])
+            src.frontier = max(src.frontier, retired[1])
+            src.partitions.update(retired[2])
         return src
 
     def _open_window(self, src: SourceState, s: int) -> OpenWindow:
@@ -350,148 +357,3 @@ class Aligner:
             if end > src.max_ns:
                 src.max_ns = end
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
-
-    # ------------------------------------------------------------------ output
-
-    def poll(self, caught_up: CaughtUp | None = None) -> list[ClosedWindow]:
-        """Close every window that can close now, oldest first per source.
-
-        A window closes when every modality of its source has either a watermark at or past its
-        end, or is idle: silent for ``idle_timeout_ms`` of processing time (never-sent modalities
-        count from the source's first record) *and* ``caught_up(modality, partition)`` for every
-        partition the source's records came from. A source whose modalities are all idle has all
-        its windows closed. Then, if a bound is exceeded, the oldest windows are shed.
-
-        Args:
-            caught_up: see ``CaughtUp``; None treats every partition as caught up (tests, files).
-        """
-        now = self._clock()
-        out: list[ClosedWindow] = []
-        for src in list(self._open.values()):
-            if src.dirty or now >= src.check_at_ms:
-                self._evaluate(src, now, caught_up, out)
-        if self._over or self._bytes > self._max_bytes:
-            self._shed(out)
-        return out
-
-    def _evaluate(self, src: SourceState, now: int, caught_up: CaughtUp | None, out: list[ClosedWindow]) -> None:
-        bound = ALWAYS
-        any_idle = False
-        check_at = ALWAYS
-        for m in (M_VIDEO, M_AUDIO, M_TEXT):
-            seen = src.seen_ms[m]
-            if now - seen >= self._idle_ms and (
-                caught_up is None or all(caught_up(MODALITIES[m], p) for p in src.partitions)
-            ):
-                any_idle = True
-                continue
-            check_at = min(check_at, seen + self._idle_ms)
-            bound = min(bound, src.vouched[m] - self._lateness_ns)
-        src.dirty = False
-        src.check_at_ms = check_at
-        cause: CloseCause = "idle" if any_idle else "watermark"
-        if bound == ALWAYS:  # every modality idle: the source went silent
-            self._close_through(src, ALWAYS, cause, out)
-            return
-        if bound < 0:
-            return
-        self._close_through(src, bound, cause, out)
-        # windows ending by the watermark are closed even if they never opened: later data is late
-        edge = (bound // self._hop_ns) * self._hop_ns
-        if edge > src.frontier:
-            src.frontier = edge
-
-    def _close_through(self, src: SourceState, bound: int, cause: CloseCause, out: list[ClosedWindow]) -> None:
-        """Close the source's windows ending at or before ``bound`` (ns), oldest first."""
-        if src.min_start + self._window_ns > bound:
-            return
-        for s in sorted(src.windows):
-            if s + self._window_ns > bound:
-                break
-            out.append(self._close(src, s, cause))
-
-    def _close(self, src: SourceState, s: int, cause: CloseCause) -> ClosedWindow:
-        w = src.windows.pop(s)
-        self._n_open -= 1
-        self._bytes -= w.nbytes
-        if w.end > src.frontier:
-            src.frontier = w.end
-        if src.windows:
-            if s == src.min_start:
-                src.min_start = min(src.windows)
-            if len(src.windows) <= self._max_open:
-                self._over.pop(src.id, None)
-        else:
-            src.min_start = ALWAYS
-            self._open.pop(src.id, None)
-            self._over.pop(src.id, None)
-        for key in w.segments:
-            if isinstance(key, str):
-                rev = src.revisions.get(key)
-                if rev is not None and (not rev[1] or rev[1][-1] <= s):
-                    del src.revisions[key]
-        return w.close(src.id, cause)
-
-    def _shed(self, out: list[ClosedWindow]) -> None:
-        """Close the oldest windows until within bounds (backpressure could not prevent it)."""
-        for src in list(self._over.values()):
-            while len(src.windows) > self._max_open:
-                out.append(self._close(src, src.min_start, "pressure"))
-        if self._bytes > self._max_bytes:
-            # oldest start first across sources; per source that is also its oldest window, so
-            # each source's frontier invariant holds
-            for s, sid in sorted((s, src.id) for src in self._open.values() for s in src.windows):
-                if self._bytes <= self._max_bytes:
-                    break
-                out.append(self._close(self._sources[sid], s, "pressure"))
-
-    def flush(self) -> list[ClosedWindow]:
-        """Close every open window now (shutdown drain), oldest first per source."""
-        out: list[ClosedWindow] = []
-        for src in list(self._open.values()):
-            self._close_through(src, ALWAYS, "flush", out)
-        return out
-
-    # ------------------------------------------------------------------ lifecycle of sources
-
-    def forget_partitions(self, partitions: set[int]) -> list[WindowKey]:
-        """Drop the state of every source whose records came from these partition numbers
-        (partition revocation). Returns the keys of the open windows dropped unpublished."""
-        dropped: list[WindowKey] = []
-        for sid, src in list(self._sources.items()):
-            if not src.partitions & partitions:
-                continue
-            for s in sorted(src.windows):
-                w = src.windows[s]
-                self._bytes -= w.nbytes
-                self._n_open -= 1
-                dropped.append((sid, s))
-            del self._sources[sid]
-            self._open.pop(sid, None)
-            self._over.pop(sid, None)
-        return dropped
-
-    def set_horizon(self, source_id: str, published_end_ns: int) -> list[WindowKey]:
-        """Windows of ``source_id`` ending at or before ``published_end_ns`` were published before
-        a restart: records falling only in them come back ``REPLAYED`` and never rebuild a
-        partial window. Open windows already covered are dropped; their keys are returned."""
-        src = self._sources.get(source_id)
-        if src is None:
-            self._horizons[source_id] = max(self._horizons.get(source_id, NEVER), published_end_ns)
-            return []
-        src.horizon = max(src.horizon, published_end_ns)
-        src.frontier = max(src.frontier, published_end_ns)
-        dropped: list[WindowKey] = []
-        for s in sorted(src.windows):
-            if s + self._window_ns > published_end_ns:
-                break
-            w = src.windows.pop(s)
-            self._bytes -= w.nbytes
-            self._n_open -= 1
-            dropped.append((source_id, s))
-        src.min_start = min(src.windows) if src.windows else ALWAYS
-        if not src.windows:
-            self._open.pop(source_id, None)
-        if len(src.windows) <= self._max_open:
-            self._over.pop(source_id, None)
-        return dropped
