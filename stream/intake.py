@@ -1,4 +1,5 @@
-"""The record path of the processor: decode, align, hold offsets, write bad and late records aside.
+"""The record path of the processor: decode, align, hold offsets, write bad and late records aside,
+and pace the input (watermark alignment and backpressure pauses, ``stream.flow`` decides).
 
 Part of ``Processor`` (``stream.runtime``), as a mixin: it reads and writes the processor's state
 (``_aligner``, ``_ledger``, ``_event_ns``, ``_held``, ``_blocked``, ``_position``, ``_generation``...),
@@ -17,6 +18,7 @@ from aiokafka import TopicPartition
 from stream.contract import Modality, Origin
 from stream.decode import decode
 from stream.errors import ContractError, Reason
+from stream.flow import decide_pauses
 from stream.windows import AddStatus
 
 __all__: list[str] = []
@@ -136,6 +138,40 @@ class IntakeMixin:
                 return None
             floor = t if floor is None else min(floor, t)
         return None if floor is None else floor + self.settings.window.max_ahead_ms * 1_000_000
+
+    def _caught_up(self, modality: Modality, partition: int) -> bool:
+        """No unread data in this modality's partition: only then can its silence mean idle."""
+        tp = TopicPartition(self._topic_of[modality], partition)
+        if tp not in self._assigned or tp in self._paused or self._consumer is None:
+            return False
+        high = self._consumer.highwater(tp)
+        position = self._position.get(tp)
+        return high is not None and position is not None and position >= high
+
+    def _flow(self) -> None:
+        assert self._consumer is not None
+        slots = [(self._modality_of[tp.topic], tp.partition) for tp in self._assigned]
+        blocked_slots = {(self._modality_of[tp.topic], tp.partition) for tp in self._blocked}
+        progress = dict(self._event_ns)
+        for tp, next_ns in self._blocked.items():
+            slot = (self._modality_of[tp.topic], tp.partition)
+            progress[slot] = max(progress.get(slot, -1), next_ns)
+        decision = decide_pauses(
+            slots, progress, lambda m, p: not self._caught_up(m, p) or (m, p) in blocked_slots,
+            max_ahead_ms=self.settings.window.max_ahead_ms,
+            aligner_full=self._aligner.full, batcher_full=self._batcher.full, blocked=blocked_slots,
+        )
+        want = {TopicPartition(self._topic_of[m], p) for m, p in decision.paused}
+        if want != self._paused:
+            resume, pause = self._paused - want, want - self._paused
+            if pause:
+                self._consumer.pause(*pause)
+                self.metrics.pauses.labels(decision.reason).inc()
+                log.debug("paused %s (%s)", sorted(pause), decision.reason)
+            if resume:
+                self._consumer.resume(*resume)
+            self._paused = want
+        self.metrics.paused.set(1 if self._paused else 0)
 
     def _counters(self, topic: str) -> dict[str, Any]:
         """The labelled record counters of a topic, looked up once (labels() is costly per record)."""

@@ -4,8 +4,8 @@ One event loop runs the consumer, the aligner and the publisher; the model runs 
 process (``stream.worker``) or thread, through ``BatchPipeline``, so the loop keeps consuming while
 a batch runs. Every queue is bounded and a full stage pauses the input partitions (``stream.flow``).
 
-This file holds the lifecycle, the consume loop and flow control; the record path is in
-``stream.intake`` and results, commits and rebalancing in ``stream.delivery`` (mixins of
+This file holds the lifecycle and the consume loop; the record path and flow control are in
+``stream.intake``, results, commits and rebalancing in ``stream.delivery`` (mixins of
 ``Processor``).
 
 Delivery is at-least-once: an input offset is committed only when every window that used it has
@@ -38,7 +38,6 @@ from stream.config import Settings
 from stream.contract import Modality, ModelInfo, WindowResult
 from stream.delivery import DeliveryMixin, Job
 from stream.errors import KafkaError, MmstreamError, ModelError
-from stream.flow import decide_pauses
 from stream.horizon import HorizonTracker
 from stream.intake import IntakeMixin
 from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
@@ -317,42 +316,6 @@ class Processor(IntakeMixin, DeliveryMixin):
             await self._commit()
         if now - self._last_gauges >= _GAUGE_INTERVAL_S:
             await self._update_gauges()
-
-    # ------------------------------------------------------------------ flow control
-
-    def _caught_up(self, modality: Modality, partition: int) -> bool:
-        """No unread data in this modality's partition: only then can its silence mean idle."""
-        tp = TopicPartition(self._topic_of[modality], partition)
-        if tp not in self._assigned or tp in self._paused or self._consumer is None:
-            return False
-        high = self._consumer.highwater(tp)
-        position = self._position.get(tp)
-        return high is not None and position is not None and position >= high
-
-    def _flow(self) -> None:
-        assert self._consumer is not None
-        slots = [(self._modality_of[tp.topic], tp.partition) for tp in self._assigned]
-        blocked_slots = {(self._modality_of[tp.topic], tp.partition) for tp in self._blocked}
-        progress = dict(self._event_ns)
-        for tp, next_ns in self._blocked.items():
-            slot = (self._modality_of[tp.topic], tp.partition)
-            progress[slot] = max(progress.get(slot, -1), next_ns)
-        decision = decide_pauses(
-            slots, progress, lambda m, p: not self._caught_up(m, p) or (m, p) in blocked_slots,
-            max_ahead_ms=self.settings.window.max_ahead_ms,
-            aligner_full=self._aligner.full, batcher_full=self._batcher.full, blocked=blocked_slots,
-        )
-        want = {TopicPartition(self._topic_of[m], p) for m, p in decision.paused}
-        if want != self._paused:
-            resume, pause = self._paused - want, want - self._paused
-            if pause:
-                self._consumer.pause(*pause)
-                self.metrics.pauses.labels(decision.reason).inc()
-                log.debug("paused %s (%s)", sorted(pause), decision.reason)
-            if resume:
-                self._consumer.resume(*resume)
-            self._paused = want
-        self.metrics.paused.set(1 if self._paused else 0)
 
     # ------------------------------------------------------------------ gauges and errors
 

@@ -1,0 +1,263 @@
+"""The variants ``bench.pipeline`` compares, each timed on the same pre-produced input.
+
+``run_processor`` (the real Processor, with the model or ``NullModel``), ``run_bare`` (the model
+alone on the batches the pipeline formed, recorded by ``RecordingModel``), ``run_raw_consume``
+(aiokafka alone) and ``run_per_record`` (the naive consumer). See bench/pipeline.py for what the
+ratios between them mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+NS_PER_S = 1_000_000_000
+
+
+# --------------------------------------------------------------------------- stand-in models
+
+
+class RecordingModel:
+    """The real model, plus a list of the batches the runtime preprocessed (for the bare run)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.batches: list[list[Any]] = []
+        self.preprocess_s = 0.0
+        self.infer_s = 0.0
+
+    @property
+    def info(self) -> Any:
+        return self.model.info
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    @property
+    def pipelined(self) -> bool:
+        return bool(getattr(self.model, "pipelined", False))
+
+    def preprocess(self, windows: list[Any]) -> Any:
+        self.batches.append(list(windows))
+        t0 = time.perf_counter()
+        try:
+            return self.model.preprocess(windows)
+        finally:
+            self.preprocess_s += time.perf_counter() - t0
+
+    def infer(self, batch: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.model.infer(batch)
+        finally:
+            self.infer_s += time.perf_counter() - t0
+
+
+class NullModel:
+    """Answers every window at once: what is left is the pipeline's own cost."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        from operators import ModelInfo
+
+        self.info = ModelInfo(name="null", version="0")
+
+    def preprocess(self, windows: list[Any]) -> int:
+        return len(windows)
+
+    def infer(self, n: int) -> list[Any]:
+        from operators import WindowOutput
+
+        return [WindowOutput(scores={"null": 1.0}, label="null", embedding=None, outputs={}) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- input
+
+
+def expected_window_count(scene: Any, duration_s: float, window_cfg: Any) -> tuple[int, int]:
+    """(windows closed by watermark alone, all non-empty windows) for the produced input."""
+    from stream.contract import Origin
+    from stream.windows import Aligner
+
+    aligner = Aligner(window_cfg, lambda: 0)
+    end = scene.start_ns + round(duration_s * NS_PER_S)
+    for i, item in enumerate(scene.items_between(scene.start_ns, end)):
+        aligner.add(item, Origin(item.modality.value, 0, i))
+    closed = [w for w in aligner.poll(lambda m, p: False) if not w.empty]
+    rest = [w for w in aligner.flush() if not w.empty]
+    return len(closed), len(closed) + len(rest)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class _Timed:
+    """Replaces ``Processor.stats``: stamps the moment the expected window count is reached."""
+
+    def __init__(self, stats: Any, windows: int, records: int) -> None:
+        object.__setattr__(self, "_stats", stats)
+        object.__setattr__(self, "_want", (windows, records))
+        object.__setattr__(self, "t_windows", None)
+        object.__setattr__(self, "t_records", None)
+        object.__setattr__(self, "done", asyncio.Event())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stats, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._stats, name, value)
+        if name == "windows" and self.t_windows is None and value >= self._want[0]:
+            object.__setattr__(self, "t_windows", time.perf_counter())
+        elif name == "records" and self.t_records is None and value >= self._want[1]:
+            object.__setattr__(self, "t_records", time.perf_counter())
+        if self.t_windows is not None and (self.t_records is not None or self._want[1] == 0):
+            self.done.set()
+
+
+async def run_processor(settings: Any, model: Any, windows: int, records: int, timeout_s: float,
+                        profile: str | None = None) -> dict[str, Any]:
+    """The real Processor until ``windows`` results are acknowledged (and ``records`` read)."""
+    from stream.runtime import Processor
+
+    processor = Processor(settings, model=model)
+    timed = _Timed(processor.stats, windows, records)
+    processor.stats = timed  # type: ignore[assignment]
+    stop = asyncio.Event()
+    t_start = time.perf_counter()
+    await processor.start()
+    task = asyncio.create_task(processor.run(stop))
+    prof = None
+    try:
+        while not processor.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.002)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        try:
+            await asyncio.wait_for(timed.done.wait(), timeout_s)
+        except TimeoutError:
+            raise RuntimeError(f"{settings.kafka.group_id}: {processor.stats.windows}/{windows} windows, "
+                               f"{processor.stats.records}/{records} records after {timeout_s:.0f} s") from None
+        cpu_s = time.process_time() - c0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+    finally:
+        stop.set()
+        await task
+        await processor.stop()
+    t_end = max(timed.t_windows, timed.t_records or 0.0)
+    st = processor.stats
+    return {
+        "windows": windows, "records": st.records if records == 0 else records,
+        "seconds": t_end - t0, "join_s": t0 - t_start,
+        "windows_per_s": windows / (t_end - t0), "records_per_s": (records or st.records) / (t_end - t0),
+        "cpu_s": cpu_s, "cpu_us_per_record": cpu_s / (records or st.records) * 1e6, "late": st.late, "dead_letters": st.dead_letters, "windows_complete": st.windows_complete,
+    }
+
+
+def run_bare(model: Any, batches: list[list[Any]]) -> dict[str, Any]:
+    """preprocess + infer on recorded batches, back to back, in this thread."""
+    n = sum(len(b) for b in batches)
+    t0 = time.perf_counter()
+    for batch in batches:
+        model.infer(model.preprocess(batch))
+    dt = time.perf_counter() - t0
+    sizes = [len(b) for b in batches]
+    return {"windows": n, "batches": len(batches), "mean_batch": n / max(len(batches), 1),
+            "max_batch_seen": max(sizes, default=0), "seconds": dt, "windows_per_s": n / dt}
+
+
+def _input_partitions(settings: Any, partitions: int) -> list[Any]:
+    from aiokafka import TopicPartition
+
+    t = settings.topics
+    return [TopicPartition(topic, p) for topic in (t.video, t.audio, t.text) for p in range(partitions)]
+
+
+async def run_raw_consume(settings: Any, partitions: int, records: int, timeout_s: float) -> dict[str, Any]:
+    """A bare aiokafka consumer (the runtime's client settings, ``assign``): getmany until all read."""
+    from stream.kafka import make_consumer
+
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    await consumer.start()
+    try:
+        tps = _input_partitions(settings, partitions)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n = 0
+        t0, c0 = time.perf_counter(), time.process_time()
+        deadline = t0 + timeout_s
+        while n < records:
+            batch = await consumer.getmany(timeout_ms=100)
+            n += sum(len(v) for v in batch.values())
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"raw consume: {n}/{records} records after {timeout_s:.0f} s")
+        dt, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        await consumer.stop()
+    return {"records": n, "seconds": dt, "records_per_s": n / dt, "cpu_s": cpu_s,
+            "cpu_us_per_record": cpu_s / n * 1e6}
+
+
+async def run_per_record(settings: Any, model: Any, partitions: int, windows: int,
+                         timeout_s: float) -> dict[str, Any]:
+    """A naive processor: one record at a time, batch-1 inference on the loop, send_and_wait."""
+    from stream.contract import ModelInfo, Origin
+    from stream.decode import decode
+    from stream.errors import ContractError
+    from stream.kafka import make_consumer, make_producer
+    from stream.results import build_result, result_record, to_input
+    from stream.windows import Aligner
+
+    consumer = make_consumer(settings.kafka, settings.limits, group=False)
+    producer = make_producer(settings.kafka, settings.limits, linger_ms=0)  # no linger: one result at a time
+    modality_of = settings.topics.inputs
+    info = ModelInfo(name=model.info.name, version=model.info.version)
+    aligner = Aligner(settings.window, lambda: time.monotonic_ns() // 1_000_000)
+    await consumer.start()
+    await producer.start()
+    done = records = 0
+    model_s = 0.0
+    try:
+        tps = _input_partitions(settings, partitions)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        t0 = time.perf_counter()
+        deadline = t0 + timeout_s
+        async for record in consumer:
+            records += 1
+            try:
+                item = decode(record, expect=modality_of[record.topic], limits=settings.limits)
+            except ContractError:
+                continue
+            aligner.add(item, Origin(record.topic, record.partition, record.offset))
+            for window in aligner.poll(lambda m, p: False):
+                if window.empty:
+                    continue
+                m0 = time.perf_counter()
+                out = model.infer(model.preprocess([to_input(window)]))[0]
+                m1 = time.perf_counter()
+                model_s += m1 - m0
+                result = build_result(window, out, info, inference_ms=(m1 - m0) * 1000, include_embedding=False)
+                key, value, headers = result_record(result)
+                await producer.send_and_wait(settings.topics.results, value=value, key=key, headers=headers)
+                done += 1
+            if done >= windows:
+                break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"per-record baseline: {done}/{windows} windows after {timeout_s:.0f} s")
+        dt = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {"windows": done, "records": records, "seconds": dt, "windows_per_s": done / dt,
+            "records_per_s": records / dt, "model_share": model_s / dt}
