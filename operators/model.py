@@ -5,45 +5,40 @@ The runtime's view (see ``operators/__init__.py``): ``preprocess`` (CPU, thread-
 ``WindowOutput`` per window. ``save``/``load`` write and read a checkpoint folder: ``config.json``
 (the ``FusedModelConfig``) and ``model.safetensors``.
 
-Why the split: decoding JPEGs, resampling and tokenising are CPU work that can run in a thread
-pool for the next batch while the accelerator runs the current one; ``infer`` only moves ready
-tensors (pinned, non-blocking on CUDA) and runs the network.
+Why preprocess and infer are separate: decoding JPEGs, resampling and tokenising are CPU work
+that can run in a thread pool for the next batch while the accelerator runs the current one;
+``infer`` only moves ready tensors (pinned, non-blocking on CUDA) and runs the network.
+
+Beside it: ``fused_config.py`` (``FusedModelConfig``, ``ModelInfo``), ``batch.py``
+(``PreparedBatch``, ``FusedOutput``) and ``checkpoint.py`` (the folder format). Their public
+names are re-exported here, where callers have always imported them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from operators.audio import AudioBatch, AudioEncoder, AudioEncoderConfig
+from operators.audio import AudioEncoder
+from operators.batch import FusedOutput, PreparedBatch
+from operators.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from operators.errors import ModelConfigError, ModelLoadError
-from operators.fusion import (
-    EventHead,
-    FusionConfig,
-    HeadConfig,
-    ModalityProjector,
-    ZeroShotHead,
-    build_fusion,
-)
+from operators.fused_config import FusedModelConfig, ModelInfo
+from operators.fusion import EventHead, ModalityProjector, ZeroShotHead, build_fusion
 from operators.inputs import WindowInput, WindowOutput
-from operators.text import TextBatch, TextEncoder, TextEncoderConfig
-from operators.vision import VisionBatch, VisionEncoder, VisionEncoderConfig
+from operators.text import TextEncoder
+from operators.vision import VisionEncoder
 from stream.contract import Modality
 
 __all__ = ["CHECKPOINT_FORMAT", "FusedModel", "FusedModelConfig", "FusedOutput", "ModelInfo", "PreparedBatch"]
 
-CHECKPOINT_FORMAT = 1
 MODALITIES: tuple[Modality, ...] = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
-_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "model.safetensors"
 
 # What each audio cue means in the shared text space (offline preset's label bridge).
 AUDIO_CUES: dict[str, str] = {
@@ -53,117 +48,8 @@ AUDIO_CUES: dict[str, str] = {
 }
 
 
-class FusedModelConfig(BaseModel):
-    """The full model description; what a checkpoint's config.json holds.
-
-    Example: ``operators.presets.resolve(ModelConfig(preset="tiny"))`` returns one.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "mmstream-fused"
-    version: str = "0"
-    vision: VisionEncoderConfig | None = Field(default_factory=VisionEncoderConfig)
-    audio: AudioEncoderConfig | None = Field(default_factory=AudioEncoderConfig)
-    text: TextEncoderConfig | None = Field(default_factory=TextEncoderConfig)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    head: HeadConfig
-    bridge: bool = Field(False, description="offline label bridge into MiniLM space (needs minilm text + mobilenet)")
-    image_prompt: str = Field("a photo of a {}", description="bridge: prompt for each ImageNet class")
-    embedding: Literal["fused", "bridge", "none"] = "fused"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    autocast: bool = True
-
-    def check(self) -> None:
-        """Cross-field rules; raises ModelConfigError naming the values."""
-        if self.bridge and (self.text is None or self.text.kind != "minilm" or self.vision is None
-                            or self.vision.kind != "mobilenet_v2"):
-            raise ModelConfigError("bridge=True needs text.kind='minilm' and vision.kind='mobilenet_v2'")
-        if self.head.zero_shot and not self.bridge:
-            raise ModelConfigError("head.zero_shot=True needs bridge=True (a shared label space)")
-        if self.embedding == "bridge" and not self.bridge:
-            raise ModelConfigError("embedding='bridge' needs bridge=True")
-        if len(set(self.head.labels)) != len(self.head.labels):
-            raise ModelConfigError(f"labels must be unique: {self.head.labels}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What results carry as ``model``: a name and a version string."""
-
-    name: str
-    version: str
-
-
-@dataclass
-class PreparedBatch:
-    """B windows, preprocessed on the CPU and ready to move to the device.
-
-    Attributes:
-        size: B.
-        vision / audio / text: each encoder's batch (see its module), None without that encoder.
-        dropped: per window, (frame index, reason) of frames that failed to decode.
-        frames_used: per window, decoded frames used.
-    """
-
-    size: int
-    vision: VisionBatch | None
-    audio: AudioBatch | None
-    text: TextBatch | None
-    dropped: list[list[tuple[int, str]]]
-    frames_used: list[int]
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> PreparedBatch:
-        """A copy with every tensor on ``device``."""
-        def move(obj: Any) -> Any:
-            if isinstance(obj, torch.Tensor):
-                return obj.to(device, non_blocking=non_blocking)
-            if isinstance(obj, dict):
-                return {k: move(v) for k, v in obj.items()}
-            if is_dataclass(obj) and not isinstance(obj, type):
-                return type(obj)(**{f.name: move(getattr(obj, f.name)) for f in fields(obj)})
-            return obj
-
-        return move(self)
-
-    def pin_memory(self) -> PreparedBatch:
-        """A copy with every tensor in page-locked memory (for non-blocking host->GPU copies)."""
-        def pin(obj: Any) -> Any:
-            if isinstance(obj, torch.Tensor):
-                return obj.pin_memory()
-            if isinstance(obj, dict):
-                return {k: pin(v) for k, v in obj.items()}
-            if is_dataclass(obj) and not isinstance(obj, type):
-                return type(obj)(**{f.name: pin(getattr(obj, f.name)) for f in fields(obj)})
-            return obj
-
-        return pin(self)
-
-
-@dataclass
-class FusedOutput:
-    """Batched result of ``FusedModel.forward``.
-
-    Attributes:
-        logits: (B, L) per-label logits (zero-shot + trained head).
-        scores: (B, L) sigmoid(logits).
-        embedding: (B, E) L2-normalised window embedding.
-        mask: (B, 3) bool, modalities used (video, audio, text).
-        speech_probability: (B,); rms: (B,), zeros without audio.
-        image_probs: (B, 1000) ImageNet probabilities, or None.
-    """
-
-    logits: torch.Tensor
-    scores: torch.Tensor
-    embedding: torch.Tensor
-    mask: torch.Tensor
-    speech_probability: torch.Tensor
-    rms: torch.Tensor
-    image_probs: torch.Tensor | None
-
-
 def _resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present; 'cuda' without CUDA fails at build, not at the first batch."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelConfigError("model.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     if name == "auto":
@@ -393,46 +279,24 @@ class FusedModel(nn.Module):
         sources (packages or model ids named in the config) on load: small checkpoints for
         frozen-encoder training. Returns the folder.
         """
-        from safetensors.torch import save_file
-
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         state = self.state_dict() if weights == "all" else self.trainable_state()
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(folder / _WEIGHTS_FILE), metadata={"format": str(CHECKPOINT_FORMAT), "weights": weights})
-        meta = {"format": CHECKPOINT_FORMAT, "weights": weights, "config": self.config.model_dump(mode="json")}
-        (folder / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        return folder
+        return write_checkpoint(path, self.config, state, weights)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> FusedModel:
         """A model from a folder written by ``save``; outputs equal the saved model's exactly.
 
+        The bridge tables are read from the file, not recomputed: outputs match bit for bit and
+        loading skips embedding a prompt per ImageNet class.
+
         Raises:
             ModelLoadError: the folder, its files or an encoder's source are missing or unreadable.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        folder = Path(path)
-        cfg_file, w_file = folder / _CONFIG_FILE, folder / _WEIGHTS_FILE
-        if not cfg_file.is_file() or not w_file.is_file():
-            raise ModelLoadError(f"no checkpoint at {folder}: expected {_CONFIG_FILE} and {_WEIGHTS_FILE} "
-                                 "(written by `mmstream train` or FusedModel.save)")
-        try:
-            meta = json.loads(cfg_file.read_text())
-            config = FusedModelConfig.model_validate(meta["config"])
-            tensors = load_file(str(w_file))
-        except (OSError, ValueError, KeyError, ValidationError, SafetensorError) as exc:
-            raise ModelLoadError(f"unreadable checkpoint {folder}: {exc}".splitlines()[0]) from exc
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ModelLoadError(f"checkpoint {folder} has format {meta.get('format')}, this mmstream reads "
-                                 f"{CHECKPOINT_FORMAT}")
-        model = cls(config, compute_bridge=False)
-        strict = meta.get("weights", "all") == "all"
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        missing = [k for k in missing if strict or not k.startswith("encoders.")]
+        ckpt = read_checkpoint(path)
+        model = cls(ckpt.config, compute_bridge=False)
+        missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
+        missing = [k for k in missing if ckpt.has_encoders or not k.startswith("encoders.")]
         if missing or unexpected:
-            raise ModelLoadError(f"checkpoint {folder} does not match its config: missing {missing[:5]}, "
+            raise ModelLoadError(f"checkpoint {ckpt.folder} does not match its config: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
-        return model.place(device or config.device)
+        return model.place(device or ckpt.config.device)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from operators.audio import AudioEncoderConfig
 from operators.config import ModelConfig
+from operators.fused_config import FusedModelConfig
 from operators.fusion import FusionConfig, HeadConfig
-from operators.model import FusedModelConfig
 from operators.text import TextEncoderConfig
 from operators.vision import VisionEncoderConfig
 
