@@ -35,10 +35,6 @@ class RecordingModel:
     def device(self) -> Any:
         return self.model.device
 
-    @property
-    def pipelined(self) -> bool:
-        return bool(getattr(self.model, "pipelined", False))
-
     def preprocess(self, windows: list[Any]) -> Any:
         self.batches.append(list(windows))
         t0 = time.perf_counter()

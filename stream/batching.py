@@ -18,9 +18,7 @@ Shutdown: ``close()`` refuses new windows and makes ``next_batch`` return what i
 
 ``BatchPipeline`` is the optional engine on top: preprocessing in a thread pool, inference in one
 worker thread, at most ``max_in_flight`` batches at once, so the event loop never blocks and the
-next batch is prepared while the current one runs. A model served by another process takes
-``infer_threads > 1``: the threads only wait on it, and the next batch is already on its way to
-the model while the current one runs (the model process queues them in order).
+next batch is prepared while the current one runs.
 
 Only this module of the runtime's batching path uses asyncio primitives directly; it never
 imports torch (the model is passed in as plain callables).
@@ -167,8 +165,7 @@ class Batcher(Generic[T]):
 
 
 class BatchPipeline(Generic[T, P, R]):
-    """Batches from a ``Batcher`` -> ``preprocess`` (thread pool) -> ``infer`` (one thread, or
-    ``infer_threads`` for a model in another process) -> ``deliver``.
+    """Batches from a ``Batcher`` -> ``preprocess`` (thread pool) -> ``infer`` (one thread) -> ``deliver``.
 
     At most ``config.max_in_flight`` batches are between ``next_batch`` and ``deliver`` at once,
     so memory is bounded and the next batch is preprocessed while the current one runs.
@@ -188,12 +185,10 @@ class BatchPipeline(Generic[T, P, R]):
         deliver: Callable[[list[T], Sequence[R] | None, BaseException | None], Awaitable[None]],
         *,
         preprocess_threads: int = 2,
-        infer_threads: int = 1,
     ) -> None:
         self.batcher = batcher
         self._preprocess, self._infer, self._deliver = preprocess, infer, deliver
         self._threads = preprocess_threads
-        self._infer_threads = infer_threads
         self._pool: ThreadPoolExecutor | None = None
         self._worker: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,7 +208,7 @@ class BatchPipeline(Generic[T, P, R]):
         if self._task is not None:
             raise RuntimeError("BatchPipeline already started")
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mm-preprocess")
-        self._worker = ThreadPoolExecutor(self._infer_threads, thread_name_prefix="mm-infer")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="mm-infer")
         self._slots = asyncio.Semaphore(self.batcher.config.max_in_flight)
         self._task = asyncio.create_task(self._dispatch(), name="mm-batch-dispatch")
 

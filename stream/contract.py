@@ -240,6 +240,10 @@ class Latency(BaseModel):
 class WindowResult(BaseModel):
     """One result per (source, window) on the results topic; ``id`` is stable across replays."""
 
+    # a score a model made NaN or infinite is written as NaN/Infinity (what Python's json module
+    # writes and reads), so a result always reads back with model_validate_json
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
     id: str = Field(description="source_id:window_start_ns, for de-duplication downstream")
     source_id: SourceId
     window_start_ns: TimeNs

@@ -42,6 +42,7 @@ _JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
 _HEADERS = frozenset((H_TS, H_CONTENT_TYPE, H_VERSION))
+_ENCODED_FRAME_FIELDS = frozenset(("source_id", "ts_ns", "encoding", "data"))  # jpeg/png: no width/height
 _DEFAULT_LIMITS = ContractLimits()
 
 M = TypeVar("M", bound=BaseModel)
@@ -88,7 +89,7 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
     ts_raw = ct_raw = None
     version = b"1"
     for name, value in record.headers or ():  # header names are case-insensitive; the last one wins
-        if name not in _HEADERS:
+        if name.__class__ is not str or name not in _HEADERS:
             if not isinstance(name, str) or (name := name.lower()) not in _HEADERS:
                 continue
         if not isinstance(value, bytes):
@@ -106,11 +107,18 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
         ts_ns = _decode_ts(ts_raw)  # raises, saying what is wrong
     if ct_raw is None:
         raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
+    value = record.value or b""
+    if type(value) is not bytes:
+        value = _as_bytes(value)
     spec = _SPECS.get(ct_raw)
     if spec is None:
-        spec = _content_type(ct_raw)
+        try:
+            spec = _content_type(ct_raw)
+        except ContractError:
+            if ct_raw[:6].lower() == b"image/":  # for frames a size error comes first (reasons are stable)
+                _check_size(value, limits.max_frame_bytes, "frame")
+            raise
     kind = spec[0]
-    value = record.value or b""
     if kind == "audio":
         item: Item = _decode_audio(source_id, ts_ns, spec, value, limits)
     elif kind == "json":
@@ -122,13 +130,14 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
     return item
 
 
-def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
+def _trusted(cls: type[M], fields: dict[str, Any], given: frozenset[str] | None = None) -> M:
     """An item from fields ``decode`` has already checked: pydantic's validation would repeat the
-    checks at about 1 µs a record. ``fields`` in the class's field order (dumps follow it): the
-    state pydantic's own constructor leaves, which the round-trip property test compares."""
+    checks at about 1 µs a record. ``fields`` in the class's field order (dumps follow it) and
+    ``given`` the ones a constructor call would name (default: all): the state pydantic's own
+    constructor leaves, which the round-trip property test compares."""
     obj = object.__new__(cls)
     object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields if given is None else given))
     object.__setattr__(obj, "__pydantic_extra__", None)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj
@@ -143,6 +152,13 @@ def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
 _KEYS: dict[bytes, str] = {}
 _SPECS: dict[bytes, tuple[Any, ...]] = {}
 _CACHE_SIZE = 8192
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A record value that is not ``bytes`` (a ``RecordLike`` other than aiokafka's)."""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise ContractError(Reason.BAD_CONTENT_TYPE, f"record value is {type(value).__name__}, not bytes")
 
 
 def _decode_key(key: bytes | None) -> str:
@@ -215,6 +231,8 @@ def _parse_content_type(raw: bytes) -> tuple[Any, ...]:
         return ("audio", fmt, rate, channels, text)
     if mime == "application/json":
         return ("json", text)
+    if mime.startswith("image/"):
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported image type {text[:80]!r}")
     raise ContractError(Reason.BAD_CONTENT_TYPE, f"unsupported content-type {text[:80]!r}")
 
 
@@ -257,7 +275,8 @@ def _decode_frame(
                 Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
             )
     return _trusted(VideoFrame, {"source_id": source_id, "ts_ns": ts_ns, "encoding": kind,
-                                 "width": width, "height": height, "data": value})
+                                 "width": width, "height": height, "data": value},
+                    None if kind == "raw" else _ENCODED_FRAME_FIELDS)
 
 
 def _decode_audio(

@@ -104,43 +104,44 @@ class DeliveryMixin:
 
     async def _publish(self, outgoing: list[_Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
-        not a task per window); what failed is retried, with backoff. A result still not sent after
-        the last attempt keeps its offsets uncommitted: a restart replays its window."""
+        not a task per window); what the broker refused is retried, with backoff. A result not
+        published (after the last attempt, or failing for another reason, which is a bug and is
+        logged with its traceback) keeps its offsets uncommitted: a restart replays its window."""
         assert self._producer is not None
         topic = self.settings.topics.results
         pending = outgoing
-        error: Exception | None = None
         for attempt in range(_SEND_ATTEMPTS):
-            sent: list[tuple[_Outgoing, asyncio.Future[Any] | None]] = []
+            sent: list[tuple[_Outgoing, asyncio.Future[Any]]] = []
+            retry: list[tuple[_Outgoing, Exception]] = []
             for entry in pending:
-                key, value, headers = result_record(entry[3])
                 try:
+                    key, value, headers = result_record(entry[3])
                     sent.append((entry, await self._producer.send(topic, value=value, key=key, headers=headers)))
                 except AIOKafkaError as exc:
-                    log.debug("result %s not sent (%s)", entry[3].id, exc)
-                    sent.append((entry, None))
-            failed: list[_Outgoing] = []
+                    retry.append((entry, exc))
+                except Exception:
+                    log.exception("result %s cannot be sent; its offsets stay uncommitted", entry[3].id)
             for entry, fut in sent:
                 try:
-                    if fut is None:
-                        raise KafkaError("not sent")
                     await fut
-                except (AIOKafkaError, KafkaError) as exc:
-                    failed.append(entry)
-                    error = exc
+                except AIOKafkaError as exc:
+                    retry.append((entry, exc))
+                    continue
+                except Exception:
+                    log.exception("result %s failed; its offsets stay uncommitted", entry[3].id)
                     continue
                 window, token, generation, result = entry
                 self._ledger.release((generation, window.key))
                 self._horizons.acked(window.source_id, token)
                 self._observe_result(window, result)
-            if not failed:
+            if not retry:
                 return
             if attempt == _SEND_ATTEMPTS - 1:
-                for entry in failed:
-                    log.error("result %s not published (%s); its offsets stay uncommitted", entry[3].id, error)
+                for entry, exc in retry:
+                    log.error("result %s not published (%s); its offsets stay uncommitted", entry[3].id, exc)
                 return
             await asyncio.sleep(0.5 * 2**attempt)
-            pending = failed
+            pending = [entry for entry, _ in retry]
 
     async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> None:
         frame, origin = window.frames[index], window.frame_origins[index]

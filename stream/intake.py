@@ -43,10 +43,11 @@ class IntakeMixin:
         ledger, aligner, generation = self._ledger, self._aligner, self._generation
         keys_of = self._window_keys
         now_ms = self._clock_ms()  # once per batch: idle timeouts are seconds, a batch milliseconds
+        future_ns = self.settings.window.max_future_ms * 1_000_000
         slot = (modality, partition)
         newest = self._event_ns.get(slot, -1)
         first_ns = self._first_ns.get(slot)
-        limit_ns = self._ahead_limit(modality, partition, first_ns)
+        limit_ns = self._ahead_limit(modality, partition, first_ns, newest if newest >= 0 else first_ns)
         settle = first_ns is None  # the bound may depend on this topic's first time: wait for a record
         aside: list[tuple[Any, Reason | None, str, Origin]] = []
         ok = late = replayed = handled = 0
@@ -63,10 +64,12 @@ class IntakeMixin:
             end_ns = item.end_ns
             if settle:
                 self._first_ns[slot] = end_ns
-                limit_ns, settle = self._ahead_limit(modality, partition, end_ns), False
-            if limit_ns is not None and end_ns > limit_ns:
+                limit_ns, settle = self._ahead_limit(modality, partition, end_ns, end_ns), False
+            if limit_ns is not None and limit_ns < end_ns <= limit_ns + future_ns:
                 # watermark alignment: this topic runs ahead of a slower modality of the same
-                # partition; keep the rest for when the others have caught up (the partition pauses)
+                # partition; keep the rest for when the others have caught up (the partition pauses).
+                # A record further ahead still is a bad timestamp, not progress: the aligner
+                # rejects it; holding it back would stall the topic until the others catch up.
                 self._held[tp] = records[handled:]
                 blocked_ns = end_ns
                 break
@@ -94,6 +97,8 @@ class IntakeMixin:
             elif status is AddStatus.LATE:
                 ledger.track(origin)  # finished when the late topic acknowledges it
                 late += 1
+                if end_ns > newest:  # read progress all the same (a far-future REJECTED one is not)
+                    newest = end_ns
                 aside.append((record, None, result.detail, origin))
             elif status is AddStatus.REJECTED:
                 ledger.track(origin)  # finished when the dead-letter topic acknowledges it
@@ -101,6 +106,8 @@ class IntakeMixin:
             else:  # REPLAYED: its window was published before a restart
                 replayed += 1
                 ledger.read(origin)
+                if end_ns > newest:  # read progress: a replay must not hold the other topics back
+                    newest = end_ns
         if handled:
             self._position[tp] = records[handled - 1].offset + 1
         self._event_ns[slot] = newest
@@ -120,11 +127,16 @@ class IntakeMixin:
             counters["replayed"].inc(replayed)
         return aside
 
-    def _ahead_limit(self, modality: Modality, partition: int, first_ns: int | None) -> int | None:
+    def _ahead_limit(self, modality: Modality, partition: int, first_ns: int | None, own_ns: int | None) -> int | None:
         """The newest event time this modality may reach in this partition now: the slowest other
-        modality with unread data, plus ``max_ahead_ms``. Another modality not read yet counts as
-        being where this one started (``first_ns``, its first record since the assignment), so it
-        gets at most ``max_ahead_ms`` ahead until the others show up. None = no bound."""
+        modality with unread data, plus ``max_ahead_ms``. None = no bound.
+
+        Another modality not read at all yet counts as being where this one started (``first_ns``,
+        its first record since the assignment): at most ``max_ahead_ms`` ahead until the others
+        show up, which is what keeps a backfill's first windows quick to close. One that was read
+        but holds no event time (only dead letters or rejected timestamps) counts as being where
+        this one is now (``own_ns``): it cannot hold the others back for ever.
+        """
         floor: int | None = None
         for other in Modality:
             if other is modality or TopicPartition(self._topic_of[other], partition) not in self._assigned:
@@ -132,8 +144,10 @@ class IntakeMixin:
             if self._caught_up(other, partition):
                 continue  # nothing waiting there: it cannot be the one holding windows back
             t = self._event_ns.get((other, partition))
-            if t is None or t < 0:
+            if t is None:
                 t = first_ns
+            elif t < 0:
+                t = own_ns
             if t is None:
                 return None
             floor = t if floor is None else min(floor, t)
@@ -152,7 +166,9 @@ class IntakeMixin:
         assert self._consumer is not None
         slots = [(self._modality_of[tp.topic], tp.partition) for tp in self._assigned]
         blocked_slots = {(self._modality_of[tp.topic], tp.partition) for tp in self._blocked}
-        progress = dict(self._event_ns)
+        # a slot read but holding no event time (dead letters, rejected timestamps) is no basis
+        # for alignment: it counts as unknown, like one not read yet
+        progress = {slot: t for slot, t in self._event_ns.items() if t >= 0}
         for tp, next_ns in self._blocked.items():
             slot = (self._modality_of[tp.topic], tp.partition)
             progress[slot] = max(progress.get(slot, -1), next_ns)

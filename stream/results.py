@@ -83,6 +83,6 @@ def build_result(
 
 def result_record(result: WindowResult) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """(key, value, headers) of a result: key = source id, ``mm-ts`` = window start."""
-    value = result.model_dump_json(exclude_none=True).encode()  # compact; NaN/inf would become null
+    value = result.model_dump_json(exclude_none=True).encode()  # compact, UTF-8
     headers = [(H_TS, str(result.window_start_ns).encode()), (H_CONTENT_TYPE, b"application/json"), (H_VERSION, b"1")]
     return result.source_id.encode(), value, headers

@@ -134,6 +134,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._generation = 0  # bumped at every revocation
         self._commit_lock = asyncio.Lock()
         self._topic_counters: dict[str, dict[str, Any]] = {}
+        self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
         # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}
@@ -212,14 +213,11 @@ class Processor(IntakeMixin, DeliveryMixin):
             await self.stop()
             raise KafkaError(f"cannot connect to {s.kafka.bootstrap_servers}: {exc}") from exc
         self._dlq = DeadLetterSink(self._producer, s.topics.dead_letter)
-        # a model in another process takes the next batch while it runs the current one
-        overlap = s.batching.max_in_flight if getattr(self._model, "pipelined", False) else 1
-        self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver,
-                                       infer_threads=overlap)
+        self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver)
         await self._pipeline.start()
         self._consumer.subscribe(list(self._modality_of), listener=_Listener(self))
         if s.gc_threshold is not None:
-            _tune_gc(s.gc_threshold)
+            self._gc_restore = _tune_gc(s.gc_threshold)
         self._started = True
         self.metrics.ready.set(0)
         log.info("processor started: model %s %s, group %s", info.name, info.version, s.kafka.group_id)
@@ -273,6 +271,8 @@ class Processor(IntakeMixin, DeliveryMixin):
             self._server.stop()
         if self._owned_model is not None:
             await asyncio.to_thread(self._owned_model.stop)
+        if self._gc_restore is not None:
+            self._gc_restore()
         self.metrics.ready.set(0)
 
     async def __aenter__(self) -> Processor:
@@ -360,12 +360,25 @@ class Processor(IntakeMixin, DeliveryMixin):
             self._kafka_down_since = None
 
 
-def _tune_gc(threshold: int) -> None:
-    """Fewer cyclic-GC passes over the loop's many short-lived, acyclic objects (docs/config.md)."""
+def _tune_gc(threshold: int) -> Callable[[], None]:
+    """Fewer cyclic-GC passes over the loop's many short-lived, acyclic objects (docs/config.md).
+
+    Returns what undoes it at ``stop()``: frozen objects become collectable again (the processor
+    itself sits in reference cycles: its clients hold callbacks to it) and the threshold returns
+    to what it was, unless someone changed it since.
+    """
     gc.collect()
     gc.freeze()  # start-up objects (model, clients, modules) are never scanned again
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(threshold, gc.get_threshold()[0]), gen1, gen2)
+    before = gc.get_threshold()
+    tuned = (max(threshold, before[0]), before[1], before[2])
+    gc.set_threshold(*tuned)
+
+    def restore() -> None:
+        gc.unfreeze()
+        if gc.get_threshold() == tuned:
+            gc.set_threshold(*before)
+
+    return restore
 
 
 def _load_model(settings: Settings) -> Any:

@@ -57,10 +57,6 @@ class _Info:
 class ProcessModel:
     """A model served by one child process.
 
-    ``infer`` may be called from several threads at once: the child runs the batches one after
-    another, in the order they were sent, and sending the next one while the child is busy keeps
-    it from waiting on the transfer (``pipelined``).
-
     Args:
         config: what the child builds.
         torch_threads: torch's intra-op threads in the child (None: torch's default).
@@ -75,7 +71,6 @@ class ProcessModel:
         self.info: Any = None
         self.device: str = "unstarted"
         self.gpu_memory_bytes: int | None = None  # CUDA memory the child's model holds, after each batch
-        self.pipelined = True  # concurrent infer calls queue in the child (BatchPipeline.infer_threads)
 
     def start(self) -> None:
         """Spawn the child and load the model there (blocking: call it off the event loop).

@@ -145,7 +145,7 @@ class Aligner(Closing):
         cls = type(item)
         if cls is VideoFrame:
             t = item.ts_ns
-            if t > src.max_ns + self._future_ns and src.max_ns != NEVER:
+            if t > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, t, now):
                 return self._reject(src, t)
             src.partitions.add(origin[1])
             src.seen_ms[M_VIDEO] = now
@@ -216,6 +216,13 @@ class Aligner(Closing):
             res = src.accepted = AddResult(AddStatus.ACCEPTED, src.id, (s,))
         return res
 
+    def _too_far(self, src: SourceState, t: int, now: int) -> bool:
+        """More than ``max_future_ms`` ahead of the source's newest time, plus the processing time
+        it has been silent: a camera paused for two minutes resumes two minutes further on, which
+        is not a bad timestamp. (Called only past the plain bound, so rarely.)"""
+        silent_ns = max(now - max(src.seen_ms), 0) * NS_PER_MS
+        return t > src.max_ns + self._future_ns + silent_ns
+
     def _reject(self, src: SourceState, t: int, what: str = "") -> AddResult:
         detail = what or (
             f"event time {t} ns is more than max_future_ms={self.config.max_future_ms} ahead of "
@@ -256,7 +263,7 @@ class Aligner(Closing):
         if n == 0:
             return AddResult(AddStatus.REJECTED, src.id, (), Reason.PAYLOAD_SIZE, "audio chunk holds no whole sample")
         end = ts + ((n - 1) * 1_000_000_000) // rate
-        if end > src.max_ns + self._future_ns and src.max_ns != NEVER:
+        if end > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, end, now):
             return self._reject(src, end)
         W = self._window_ns
         s = ts - ts % self._hop_ns
@@ -310,7 +317,7 @@ class Aligner(Closing):
 
     def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
         start, end, final, sid = item.start_ns, item.end_ns, item.final, item.segment_id
-        if end > src.max_ns + self._future_ns and src.max_ns != NEVER:
+        if end > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, end, now):
             return self._reject(src, end)
         W = self._window_ns
         starts = segment_windows(start, end, W, self._hop_ns)

@@ -147,9 +147,9 @@ class Closing:
 
     def _retire_silent(self, now: int) -> None:
         """Free the state of sources silent for ``source_ttl_ms`` with no open window (cameras come
-        and go: ids that never return must not hold memory for ever). What decides a returning
-        record's fate is kept, a few integers: its horizon and frontier (late stays late, a
-        published window is never rebuilt) and its partitions (so revocation forgets it too)."""
+        and go: ids that never return must not keep their windows' state). What decides a
+        returning record's fate is kept, a few dozen bytes: its horizon and frontier (late stays
+        late, a published window is never rebuilt) and its partitions (so revocation forgets it)."""
         self._next_sweep_ms = now + max(self._ttl_ms // 4, 1)
         for sid, src in list(self._sources.items()):
             if src.windows or now - max(src.seen_ms) < self._ttl_ms:

@@ -175,32 +175,3 @@ async def test_pipeline_reports_errors_to_deliver() -> None:
         b.put_nowait(1)
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
-
-async def test_pipeline_overlaps_infer_calls_for_a_model_in_another_process() -> None:
-    """``infer_threads=2`` (a worker-process model): the next batch is handed over while the
-    current one runs, never more than ``max_in_flight`` at once, and every window is delivered."""
-    cfg = _cfg(max_batch=2, max_delay_ms=0, max_in_flight=2)
-    b: Batcher[int] = Batcher(cfg)
-    lock = threading.Lock()
-    calls = peak = 0
-    delivered: list[int] = []
-
-    def infer(prepared: list[int]) -> list[int]:
-        nonlocal calls, peak
-        with lock:
-            calls += 1
-            peak = max(peak, calls)
-        time.sleep(0.03)
-        with lock:
-            calls -= 1
-        return prepared
-
-    async def deliver(batch: list[int], results, error) -> None:
-        assert error is None
-        delivered.extend(results)
-
-    async with BatchPipeline(b, lambda batch: batch, infer, deliver, infer_threads=2):
-        for i in range(12):
-            await b.put(i)
-    assert sorted(delivered) == list(range(12))
-    assert peak == 2  # overlapped, and bounded by max_in_flight

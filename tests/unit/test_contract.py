@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from stream.contract import (
     Counts,
     Latency,
     Modality,
+    ModelInfo,
     Origin,
     Presence,
     TranscriptSegment,
@@ -392,6 +394,24 @@ def test_window_result_id_is_source_and_window_start() -> None:
     assert WindowResult.make_id("cam-1", TS) == f"cam-1:{TS}"
 
 
+def test_a_result_record_always_reads_back_even_with_non_finite_scores() -> None:
+    from stream.results import result_record
+
+    result = WindowResult(
+        id=WindowResult.make_id("cam-1", TS), source_id="cam-1", window_start_ns=TS, window_end_ns=TS + 10**9,
+        complete=True, presence=Presence(video=True, audio=True, text=False),
+        counts=Counts(frames=1, audio_samples=16_000, segments=0), scores={"cat": float("nan"), "dog": float("inf")},
+        label="cat", model=ModelInfo(name="m", version="1"),
+        latency=Latency(capture_to_publish_ms=1.0, window_end_to_publish_ms=1.0, inference_ms=1.0), offsets=[],
+        outputs={"speech_probability": 0.5, "naïve": 1.0},
+    )
+    key, value, headers = result_record(result)
+    back = WindowResult.model_validate_json(value)
+    assert key == b"cam-1" and dict(headers)["mm-ts"] == str(TS).encode()
+    assert math.isnan(back.scores["cat"]) and back.scores["dog"] == math.inf
+    assert back.outputs == result.outputs and json.loads(value)["label"] == "cat"
+
+
 DOCS_CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
 
 
@@ -426,3 +446,19 @@ def test_checked_keys_and_content_types_are_cached_but_errors_never_are(monkeypa
         assert item.source_id == f"cam-{i}"
         assert len(dec._KEYS) <= 4
     assert reason_of(rec(key=b"x" * 129)) is Reason.BAD_KEY  # too long, whatever was cached
+
+
+def test_for_frames_a_size_error_comes_before_a_type_error() -> None:
+    """Reason codes are stable: an empty or oversized image is payload_size whatever its type."""
+    assert reason_of(rec(b"", "image/gif")) is Reason.PAYLOAD_SIZE
+    assert reason_of(rec(b"", "image/x-raw;format=rgb24;width=2;height=2")) is Reason.PAYLOAD_SIZE
+    with pytest.raises(ContractError, match="unsupported image type"):
+        decode(rec(JPEG, "image/gif"))
+
+
+def test_odd_record_objects_decode_or_fail_cleanly() -> None:
+    """``RecordLike`` is any object: an unhashable header name is skipped, a bytearray value is
+    taken as bytes, a str value is a clear contract error."""
+    item = decode(rec(bytearray(JPEG), extra=[(["odd"], b"x")]))  # type: ignore[list-item]
+    assert type(item.data) is bytes and item.data == JPEG
+    assert reason_of(rec("not bytes")) is Reason.BAD_CONTENT_TYPE  # type: ignore[arg-type]

@@ -107,7 +107,8 @@ def test_decode_round_trips_every_encoded_item(item: VideoFrame | AudioChunk | T
     assert encode(back) == enc
     # decode builds items without re-running validation: they must be indistinguishable
     assert list(back.model_dump().items()) == list(item.model_dump().items())  # same fields, same order
-    assert hash(back.source_id) == hash(item.source_id) and back.end_ns == item.end_ns
+    assert hash(back) == hash(item) and back.end_ns == item.end_ns
+    assert back.model_fields_set == item.model_fields_set
     assert type(back).model_validate(back.model_dump()) == back
 
 

@@ -472,3 +472,14 @@ def test_horizon_loaded_at_start_does_not_start_the_idle_clock(make, clock) -> N
     al.add(frame(T0 + 2 * S), origin())
     assert al.poll() == []  # audio and text are not idle yet: silence counts from now
     assert al.add(frame(T0 - 1), origin()).status is AddStatus.REPLAYED
+
+
+def test_a_source_resuming_after_a_pause_is_not_a_far_future_timestamp(make, clock) -> None:
+    """max_future_ms guards against bad clocks, not pauses: a camera silent for two minutes of
+    processing time resumes two minutes on in event time, and is accepted."""
+    al = make(max_future_ms=60_000, idle_timeout_ms=1000)
+    al.add(frame(T0), origin())
+    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.REJECTED  # no pause: a bad clock
+    clock.advance(120_000)
+    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.ACCEPTED
+    assert al.add(frame(T0 + 300 * S), origin()).status is AddStatus.REJECTED  # still bounded
