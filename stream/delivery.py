@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.errors import KafkaTimeoutError
 
 from stream.contract import WindowResult, encode
 from stream.errors import KafkaError, Reason
@@ -30,7 +32,7 @@ __all__ = ["Job"]
 
 log = logging.getLogger("stream.runtime")
 
-_SEND_ATTEMPTS = 3
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
 _STATE_RECORDS = 8  # state records read back per partition at assignment
 
 # A window, its horizon token and the assignment generation it was built in. Ledger keys carry
@@ -104,44 +106,64 @@ class DeliveryMixin:
 
     async def _publish(self, outgoing: list[_Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
-        not a task per window); what the broker refused is retried, with backoff. A result not
-        published (after the last attempt, or failing for another reason, which is a bug and is
-        logged with its traceback) keeps its offsets uncommitted: a restart replays its window."""
+        not a task per window).
+
+        A transient refusal (broker away, leader moving, timeout) is retried with backoff until
+        it succeeds: meanwhile this batch holds its pipeline slot, the batcher fills and the input
+        pauses, so nothing piles up and nothing is skipped; a shutdown cuts the wait at
+        ``drain_timeout_ms``. A permanent refusal (a result too large, no authorization) cannot
+        heal by waiting: it becomes the processor's fatal error, ``run()`` drains and raises it,
+        and the window's offsets stay uncommitted, so the restart replays it.
+        """
         assert self._producer is not None
         topic = self.settings.topics.results
         pending = outgoing
-        for attempt in range(_SEND_ATTEMPTS):
+        for attempt in itertools.count():
+            retry: list[_Outgoing] = []
+            error: Exception | None = None
             sent: list[tuple[_Outgoing, asyncio.Future[Any]]] = []
-            retry: list[tuple[_Outgoing, Exception]] = []
             for entry in pending:
                 try:
                     key, value, headers = result_record(entry[3])
                     sent.append((entry, await self._producer.send(topic, value=value, key=key, headers=headers)))
-                except AIOKafkaError as exc:
-                    retry.append((entry, exc))
-                except Exception:
-                    log.exception("result %s cannot be sent; its offsets stay uncommitted", entry[3].id)
+                except Exception as exc:  # noqa: BLE001 - sorted by _refused
+                    if self._refused(entry, exc):
+                        retry.append(entry)
+                        error = exc
             for entry, fut in sent:
                 try:
                     await fut
-                except AIOKafkaError as exc:
-                    retry.append((entry, exc))
-                    continue
-                except Exception:
-                    log.exception("result %s failed; its offsets stay uncommitted", entry[3].id)
+                except Exception as exc:  # noqa: BLE001 - sorted by _refused
+                    if self._refused(entry, exc):
+                        retry.append(entry)
+                        error = exc
                     continue
                 window, token, generation, result = entry
                 self._ledger.release((generation, window.key))
                 self._horizons.acked(window.source_id, token)
                 self._observe_result(window, result)
             if not retry:
+                if attempt:
+                    log.warning("results published after %d retries", attempt)
                 return
-            if attempt == _SEND_ATTEMPTS - 1:
-                for entry, exc in retry:
-                    log.error("result %s not published (%s); its offsets stay uncommitted", entry[3].id, exc)
-                return
-            await asyncio.sleep(0.5 * 2**attempt)
-            pending = [entry for entry, _ in retry]
+            if attempt == 0:
+                log.warning("%d results not acknowledged (%s); retrying until they are", len(retry), error)
+            await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            pending = retry
+
+    def _refused(self, entry: _Outgoing, exc: Exception) -> bool:
+        """Sort a failed result: True to retry it (transient); False when given up (permanent:
+        recorded as the processor's fatal error, or a bug: logged with its traceback)."""
+        if isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+            return True
+        if isinstance(exc, AIOKafkaError):
+            log.error("result %s refused by the broker (%s); stopping: its offsets stay uncommitted",
+                      entry[3].id, exc)
+            if self._fatal is None:
+                self._fatal = KafkaError(f"result {entry[3].id} refused by the broker: {type(exc).__name__}: {exc}")
+        else:
+            log.error("result %s cannot be sent; its offsets stay uncommitted", entry[3].id, exc_info=exc)
+        return False
 
     async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> None:
         frame, origin = window.frames[index], window.frame_origins[index]

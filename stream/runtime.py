@@ -135,6 +135,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._commit_lock = asyncio.Lock()
         self._topic_counters: dict[str, dict[str, Any]] = {}
         self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
+        self._fatal: MmstreamError | None = None  # a failure waiting cannot heal: run() raises it
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
         # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}
@@ -145,7 +146,8 @@ class Processor(IntakeMixin, DeliveryMixin):
     @property
     def ready(self) -> bool:
         """Partitions assigned and model loaded: what /readyz reports."""
-        return self._started and self._model is not None and bool(self._assigned) and not self._stopped
+        return (self._started and self._model is not None and bool(self._assigned) and not self._stopped
+                and self._fatal is None)
 
     @property
     def lag(self) -> int:
@@ -223,16 +225,22 @@ class Processor(IntakeMixin, DeliveryMixin):
         log.info("processor started: model %s %s, group %s", info.name, info.version, s.kafka.group_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then drain within ``drain_timeout_ms``."""
+        """Consume until ``stop`` is set, then drain within ``drain_timeout_ms``.
+
+        Raises:
+            KafkaError: the broker refused a result for good (after the drain; restart to replay).
+        """
         if not self._started or self._consumer is None:
             raise MmstreamError("start() the processor before run()")
         self._consuming = True
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._fatal is None:
                 await self._step()
         finally:
             self._consuming = False
         await self.drain()
+        if self._fatal is not None:
+            raise self._fatal  # after the drain: what could be published and committed was
 
     async def drain(self) -> None:
         """Publish what can close now, finish in-flight batches, commit; then stop fetching.
