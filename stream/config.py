@@ -132,6 +132,9 @@ class BatchConfig(_Section):
     worker: Literal["process", "thread"] = Field(
         "process", description="run the model in a child process (overlaps with the consume loop) or a thread"
     )
+    worker_threads: int | None = Field(
+        None, ge=1, description="torch threads of the model worker process; None = the CPUs less one (at least 1)"
+    )
 
 
 class MetricsConfig(_Section):

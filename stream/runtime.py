@@ -198,7 +198,7 @@ class Processor(IntakeMixin, DeliveryMixin):
             if s.batching.worker == "process":
                 from stream.worker import ProcessModel
 
-                self._model = self._owned_model = ProcessModel(s.model)
+                self._model = self._owned_model = ProcessModel(s.model, torch_threads=s.batching.worker_threads)
                 await asyncio.to_thread(self._owned_model.start)
             else:
                 self._model = await asyncio.to_thread(_load_model, s)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 from typing import Any
 
 from operators import ModelConfig, WindowInput, WindowOutput
 from stream.errors import ModelError
 
-__all__ = ["ProcessModel"]
+__all__ = ["ProcessModel", "default_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ def _run(windows: list[WindowInput]) -> tuple[list[WindowOutput], int | None]:
     return outputs, None
 
 
+def default_threads() -> int:
+    """Torch threads for a model worker: the CPUs this process may use, less one for the consume
+    loop (torch's own default takes them all, and the two then fight over the cores)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(cpus - 1, 1)
+
+
 class _Info:
     def __init__(self, name: str, version: str) -> None:
         self.name, self.version = name, version
@@ -59,13 +70,13 @@ class ProcessModel:
 
     Args:
         config: what the child builds.
-        torch_threads: torch's intra-op threads in the child (None: torch's default).
+        torch_threads: torch's intra-op threads in the child (None: ``default_threads()``).
         load_timeout_s: bound on the child's start and model load.
     """
 
     def __init__(self, config: ModelConfig, *, torch_threads: int | None = None, load_timeout_s: float = 300) -> None:
         self._config = config
-        self._threads = torch_threads
+        self._threads = torch_threads or default_threads()
         self._timeout_s = load_timeout_s
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.info: Any = None
