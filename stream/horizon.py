@@ -72,8 +72,18 @@ class HorizonTracker:
         return {s: self._horizon[s] for s in sources if s in self._horizon}
 
 
-def encode_state(horizons: dict[str, int]) -> bytes:
-    """The state record of one input partition: every known source's horizon."""
+MAX_STATE_SOURCES = 10_000
+"""Horizons one state record carries at most (about 50 bytes each, well under Kafka's default
+1 MB record limit): past it, the sources published longest ago are left out. Without a bound,
+source ids that come and go would grow the record until the broker refused it, and with it every
+commit. A source left out loses only its replay guard: a replay could rebuild a window of it
+that was published long ago (its records are behind the commit, so only a re-sent old record can)."""
+
+
+def encode_state(horizons: dict[str, int], limit: int = MAX_STATE_SOURCES) -> bytes:
+    """The state record of one input partition: the sources' horizons, the newest ``limit``."""
+    if len(horizons) > limit:
+        horizons = dict(sorted(horizons.items(), key=lambda kv: kv[1])[-limit:])
     return json.dumps({"v": STATE_VERSION, "h": horizons}, separators=(",", ":")).encode()
 
 
