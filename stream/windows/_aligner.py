@@ -161,7 +161,7 @@ class Aligner(Closing):
                 n = len(item.data)
                 w.nbytes += n
                 self._bytes += n
-                if t > src.vouched[M_VIDEO]:
+                if t > src.vouched[M_VIDEO]:  # _vouch, inline: the per-record path
                     src.vouched[M_VIDEO] = t
                     src.dirty = True
                     if t > src.max_ns:
@@ -170,11 +170,7 @@ class Aligner(Closing):
             placed, partly = self._place_frame(src, item, origin, t)
             if not placed:
                 return self._late(src, t, t)
-            if t > src.vouched[M_VIDEO]:
-                src.vouched[M_VIDEO] = t
-                src.dirty = True
-                if t > src.max_ns:
-                    src.max_ns = t
+            self._vouch(src, M_VIDEO, t)
             return AddResult(AddStatus.ACCEPTED, src.id, placed, None, "", partly)
         if cls is AudioChunk:
             return self._add_audio(src, item, origin, now)
@@ -206,6 +202,15 @@ class Aligner(Closing):
         if len(src.windows) > self._max_open:
             self._over[src.id] = src
         return w
+
+    @staticmethod
+    def _vouch(src: SourceState, m: int, t: int) -> None:
+        """Modality ``m`` of the source has data up to ``t``: its watermark may move."""
+        if t > src.vouched[m]:
+            src.vouched[m] = t
+            src.dirty = True
+            if t > src.max_ns:
+                src.max_ns = t
 
     @staticmethod
     def _accepted(src: SourceState, s: int) -> AddResult:
@@ -279,7 +284,7 @@ class Aligner(Closing):
             b = n * width
             w.nbytes += b
             self._bytes += b
-            if end > src.vouched[M_AUDIO]:
+            if end > src.vouched[M_AUDIO]:  # _vouch, inline: the per-record path
                 src.vouched[M_AUDIO] = end
                 src.dirty = True
                 if end > src.max_ns:
@@ -308,11 +313,7 @@ class Aligner(Closing):
             placed.append(s)
         if not placed:
             return self._late(src, ts, end)
-        if end > src.vouched[M_AUDIO]:
-            src.vouched[M_AUDIO] = end
-            src.dirty = True
-            if end > src.max_ns:
-                src.max_ns = end
+        self._vouch(src, M_AUDIO, end)
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
 
     def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
@@ -358,9 +359,6 @@ class Aligner(Closing):
                 src.revisions.pop(sid, None)
         if not placed:
             return self._late(src, start, max(start, end - 1))
-        if final and end > src.vouched[M_TEXT]:
-            src.vouched[M_TEXT] = end
-            src.dirty = True
-            if end > src.max_ns:
-                src.max_ns = end
+        if final:
+            self._vouch(src, M_TEXT, end)
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
