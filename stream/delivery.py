@@ -238,6 +238,7 @@ class DeliveryMixin:
         self.metrics.commits.labels("ok").inc()
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._loading -= revoked
         mine = revoked & self._assigned
         if not mine:
             return
@@ -268,9 +269,23 @@ class DeliveryMixin:
         self.metrics.ready.set(1 if self.ready else 0)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Records of the new partitions may be fetched while the published horizons are read
+        # (aiokafka fetches as soon as it has positions): they wait in ``_held`` until the
+        # partitions join ``_assigned`` below. Aligned before the horizons, a replayed record
+        # would rebuild a window that was published whole, as a partial copy.
         new = assigned - self._assigned
-        self._assigned |= assigned
-        partitions = sorted({tp.partition for tp in new})
+        self._loading |= new
+        try:
+            await self._load_horizons(sorted({tp.partition for tp in new}))
+        finally:
+            self._loading -= new
+            self._assigned |= assigned
+        log.info("partitions assigned: %s (published horizons of %d sources loaded)",
+                 sorted(str(tp) for tp in assigned), len(self._horizons.snapshot(self._source_partition)))
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    async def _load_horizons(self, partitions: list[int]) -> None:
+        """Read the newest state records of these partitions and apply their horizons."""
         if partitions and self._state_reader is not None:
             try:
                 states = await read_last(self._state_reader, self._state_topic, partitions, count=_STATE_RECORDS)
@@ -292,6 +307,3 @@ class DeliveryMixin:
                     self._source_partition.setdefault(source, partition)
                 if values:
                     self._saved_state[partition] = values[-1]
-        log.info("partitions assigned: %s (published horizons of %d sources loaded)",
-                 sorted(str(tp) for tp in assigned), len(self._horizons.snapshot(self._source_partition)))
-        self.metrics.ready.set(1 if self.ready else 0)

@@ -115,6 +115,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._dlq: DeadLetterSink | None = None
         self._server: MetricsServer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._loading: set[TopicPartition] = set()  # assigned, published horizons not read yet
         self._paused: set[TopicPartition] = set()
         self._position: dict[TopicPartition, int] = {}
         self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
@@ -308,6 +309,9 @@ class Processor(IntakeMixin, DeliveryMixin):
             if generation != self._generation:
                 break  # a rebalance ran while we were awaiting: the consumer re-fetches from the commit
             records = self._held.pop(tp)
+            if tp in self._loading:  # its published horizons are being read: keep them until then
+                self._held[tp] = records
+                continue
             if tp in self._assigned and records:
                 aside = self._handle_batch(tp, records)
                 for record, reason, message, origin in aside:
