@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,7 +23,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["Metrics", "MetricsServer"]
+if TYPE_CHECKING:
+    from stream.contract import WindowResult
+
+__all__ = ["Metrics", "MetricsServer", "ProcessorStats"]
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +130,17 @@ class MetricsServer:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+class ProcessorStats:
+    """Counters the demo and tests read without scraping Prometheus."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.windows = 0
+        self.windows_complete = 0
+        self.dead_letters = 0
+        self.late = 0
+        self.replayed = 0
+        self.latencies_s: list[float] = []
+        self.last_results: dict[str, WindowResult] = {}  # the newest published result per source

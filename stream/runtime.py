@@ -35,13 +35,13 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 
 from stream.batching import Batcher, BatchPipeline
 from stream.config import Settings
-from stream.contract import Modality, ModelInfo, WindowResult
+from stream.contract import Modality, ModelInfo
 from stream.delivery import DeliveryMixin, Job
 from stream.errors import KafkaError, MmstreamError, ModelError
 from stream.horizon import HorizonTracker
 from stream.intake import IntakeMixin
 from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
-from stream.metrics import Metrics, MetricsServer
+from stream.metrics import Metrics, MetricsServer, ProcessorStats
 from stream.offsets import OffsetLedger
 from stream.windows import Aligner
 
@@ -52,20 +52,6 @@ log = logging.getLogger(__name__)
 _TICK_MS = 100
 _COMMIT_INTERVAL_S = 1.0
 _GAUGE_INTERVAL_S = 1.0
-
-
-class ProcessorStats:
-    """Counters the demo and tests read without scraping Prometheus."""
-
-    def __init__(self) -> None:
-        self.records = 0
-        self.windows = 0
-        self.windows_complete = 0
-        self.dead_letters = 0
-        self.late = 0
-        self.replayed = 0
-        self.latencies_s: list[float] = []
-        self.last_results: dict[str, WindowResult] = {}  # the newest published result per source
 
 
 class _Listener(ConsumerRebalanceListener):
