@@ -267,7 +267,7 @@ def _decode_frame(
             raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
         width = height = None
     else:
-        _, width, height, text = spec
+        _, width, height, _text = spec
         if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
             raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
         if len(value) != width * height * 3:

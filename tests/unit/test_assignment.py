@@ -14,62 +14,28 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 import stream.delivery as delivery
 from stream.config import load_settings
-from stream.contract import AudioChunk, VideoFrame, encode
+from stream.contract import AudioChunk, VideoFrame
 from stream.horizon import encode_state
 from stream.runtime import Processor
+from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_700_000_000 * S
-JPEG = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"
-
-
-class Consumer:
-    """Hands out the given records in fetches of 100 per partition, as a consumer would."""
-
-    def __init__(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        self.records = records
-        self.pos = dict.fromkeys(records, 0)
-
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
-        await asyncio.sleep(0)
-        out = {}
-        for tp, recs in self.records.items():
-            if self.pos[tp] < len(recs):
-                out[tp] = recs[self.pos[tp]:self.pos[tp] + 100]
-                self.pos[tp] += len(out[tp])
-        return out
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return len(self.records[tp])
-
-    def pause(self, *tps: TopicPartition) -> None:
-        pass
-
-    def resume(self, *tps: TopicPartition) -> None:
-        pass
-
-
-def _record(tp: TopicPartition, offset: int, item: Any) -> ConsumerRecord:
-    key, value, headers = encode(item)
-    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, value, None, len(key), len(value), headers)
-
-
 async def test_records_fetched_during_assignment_wait_for_the_published_horizons(monkeypatch: pytest.MonkeyPatch) -> None:
     processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
     video = TopicPartition(processor.settings.topics.video, 0)
     audio = TopicPartition(processor.settings.topics.audio, 0)
     records = {
-        video: [_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
+        video: [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
                 for i in range(300)],
-        audio: [_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
+        audio: [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
                                              sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)],
     }
-    processor._consumer = Consumer(records)  # type: ignore[assignment]
+    processor._consumer = FakeConsumer(records)  # type: ignore[assignment]
     processor._state_reader = object()  # type: ignore[assignment]
     processor._last_commit = processor._last_gauges = float("inf")  # no commits or gauges in this test
     reading = asyncio.Event()

@@ -15,9 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.config import load_settings
-from stream.contract import AudioChunk, Modality, VideoFrame, encode
+from stream.contract import AudioChunk, Modality, VideoFrame
 from stream.flow import decide_pauses
 from stream.runtime import Processor
+from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
 V, A, T = Modality.VIDEO, Modality.AUDIO, Modality.TEXT
 S = 1_000_000_000
@@ -68,24 +69,21 @@ def test_the_slowest_topic_with_unread_data_is_never_paused(times: dict[Modality
 # --------------------------------------------------------------------------- the processor's bound
 
 
-def _audio_records(topic: str, seconds: int) -> list[ConsumerRecord]:
-    out = []
-    for i in range(seconds * 50):  # 20 ms chunks
-        chunk = AudioChunk(source_id="cam-1", ts_ns=1_700_000_000 * S + i * 20 * MS, sample_format="s16le",
-                           sample_rate=16_000, channels=1, data=bytes(640))
-        key, value, headers = encode(chunk)
-        out.append(ConsumerRecord(topic, 0, i, 0, 0, key, value, None, len(key), len(value), headers))
-    return out
+def _audio_records(tp: TopicPartition, seconds: int) -> list[ConsumerRecord]:
+    return [consumer_record(tp, i, AudioChunk(source_id="cam-1", ts_ns=1_700_000_000 * S + i * 20 * MS,
+                                              sample_format="s16le", sample_rate=16_000, channels=1,
+                                              data=bytes(640)))
+            for i in range(seconds * 50)]  # 20 ms chunks
 
 
-def test_a_topic_read_first_gets_at_most_max_ahead_past_its_first_record() -> None:
+def test_a_topic_read_first_gets_at_most_max_ahead_past_its_firstconsumer_record() -> None:
     settings = load_settings(overrides={"metrics": {"port": None}, "window": {"max_ahead_ms": 3000}})
     processor = Processor(settings, model=object())
     tps = {m: TopicPartition(settings.topics.input(m), 0) for m in Modality}
     processor._assigned = set(tps.values())  # video and text assigned, nothing read from them yet
     audio = tps[A]
     processor._held[audio] = []
-    records = _audio_records(audio.topic, 10)
+    records = _audio_records(audio, 10)
     processor._handle_batch(audio, records)
     handled = processor.stats.records
     assert handled == 3 * 50 + 1  # 0 .. 3.00 s inclusive: the bound is the first record + 3 s
@@ -98,26 +96,10 @@ def test_a_topic_read_first_gets_at_most_max_ahead_past_its_first_record() -> No
     assert len(processor._held[audio]) == len(records) - handled
 
 
-class _Consumer:
-    """What ``_handle_batch`` and ``_flow`` ask of the consumer: high watermarks, pause, resume."""
-
-    def __init__(self, high: dict[TopicPartition, int]) -> None:
-        self.high = high
-
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.high.get(tp)
-
-    def pause(self, *tps: TopicPartition) -> None:
-        pass
-
-    def resume(self, *tps: TopicPartition) -> None:
-        pass
-
-
 def _drive(processor: Processor, fetched: dict[TopicPartition, list[ConsumerRecord]], steps: int = 40) -> None:
     """The consume loop's record path without a broker: each step every partition not paused
     delivers its next 50 records, then every partition's held records are handled, then flow."""
-    processor._consumer = _Consumer({tp: len(recs) for tp, recs in fetched.items()})  # type: ignore[assignment]
+    processor._consumer = FakeConsumer(fetched)  # type: ignore[assignment]
     processor._assigned = set(fetched)
     pos = dict.fromkeys(fetched, 0)
     for _ in range(steps):
@@ -132,22 +114,15 @@ def _drive(processor: Processor, fetched: dict[TopicPartition, list[ConsumerReco
         processor._flow()
 
 
-def _record(tp: TopicPartition, offset: int, item: Any, value: bytes | None = None) -> ConsumerRecord:
-    key, data, headers = encode(item)
-    data = data if value is None else value
-    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, data, None, len(key), len(data), headers)
-
-
 def _two_topics(frame_value: bytes | None = None, frames: int = 300) -> tuple[Processor, dict[TopicPartition, list[ConsumerRecord]]]:
     settings = load_settings(overrides={"metrics": {"port": None}})
     processor = Processor(settings, model=object())
     video = TopicPartition(settings.topics.video, 0)
     audio = TopicPartition(settings.topics.audio, 0)
     t0 = 1_700_000_000 * S
-    jpeg = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"
-    video_records = [_record(video, i, VideoFrame(source_id="cam", ts_ns=t0 + i * 100 * MS, encoding="jpeg", data=jpeg),
+    video_records = [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=t0 + i * 100 * MS, encoding="jpeg", data=JPEG),
                       frame_value) for i in range(frames)]
-    chunks = [_record(audio, i, AudioChunk(source_id="cam", ts_ns=t0 + i * 100 * MS, sample_format="s16le",
+    chunks = [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=t0 + i * 100 * MS, sample_format="s16le",
                                            sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)]
     return processor, {video: video_records, audio: chunks}
 
@@ -178,9 +153,8 @@ def test_a_far_future_timestamp_is_not_held_back_as_if_it_were_progress() -> Non
     processor, fetched = _two_topics()
     video, audio = fetched
     t0 = 1_700_000_000 * S
-    jpeg = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"
-    frames = [VideoFrame(source_id="cam", ts_ns=t0 + 3600 * S, encoding="jpeg", data=jpeg)]
-    frames += [VideoFrame(source_id="cam", ts_ns=t0 + i * 100 * MS, encoding="jpeg", data=jpeg) for i in range(300)]
-    fetched[video] = [_record(video, i, frame) for i, frame in enumerate(frames)]
+    frames = [VideoFrame(source_id="cam", ts_ns=t0 + 3600 * S, encoding="jpeg", data=JPEG)]
+    frames += [VideoFrame(source_id="cam", ts_ns=t0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(300)]
+    fetched[video] = [consumer_record(video, i, frame) for i, frame in enumerate(frames)]
     _drive(processor, fetched, steps=20)
     assert processor._position[video] == 301 and processor._position[audio] == 300

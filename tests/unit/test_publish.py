@@ -20,10 +20,10 @@ from stream.contract import ModelInfo, Origin, VideoFrame
 from stream.errors import KafkaError
 from stream.results import build_result
 from stream.runtime import Processor
+from tests.unit._fakes import JPEG
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
-JPEG = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"
 
 
 class Producer:

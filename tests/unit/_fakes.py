@@ -1,0 +1,48 @@
+"""Stand-ins for the broker side in unit tests that drive the processor's record path directly:
+records built from contract items, and a consumer that hands them out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from stream.contract import encode
+
+JPEG = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"  # passes decode's marker check; never decoded here
+
+
+def consumer_record(tp: TopicPartition, offset: int, item: Any, value: bytes | None = None) -> ConsumerRecord:
+    """The record a consumer would return for ``item`` (``value`` replaces its payload)."""
+    key, data, headers = encode(item)
+    data = data if value is None else value
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, key, data, None, len(key), len(data), headers)
+
+
+class FakeConsumer:
+    """What the processor asks of its consumer: fetches (100 records per partition each),
+    high watermarks, pause and resume."""
+
+    def __init__(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self.records = records
+        self.pos = dict.fromkeys(records, 0)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0)
+        out = {}
+        for tp, recs in self.records.items():
+            if self.pos[tp] < len(recs):
+                out[tp] = recs[self.pos[tp]:self.pos[tp] + 100]
+                self.pos[tp] += len(out[tp])
+        return out
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.records[tp])
+
+    def pause(self, *tps: TopicPartition) -> None:
+        pass
+
+    def resume(self, *tps: TopicPartition) -> None:
+        pass
