@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from stream.contract import WindowResult, encode
 from stream.errors import KafkaError, Reason
-from stream.horizon import decode_state, encode_state
+from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
 from stream.kafka import read_last
 from stream.results import av_skew_ns, build_result, result_record, to_input
 from stream.windows import ClosedWindow
@@ -196,6 +196,8 @@ class DeliveryMixin:
         futures = []
         for partition in partitions:
             sources = [src for src, p in self._source_partition.items() if p == partition]
+            if len(sources) > MAX_STATE_SOURCES:
+                sources = self._forget_oldest(sources)
             value = encode_state(self._horizons.snapshot(sources))
             if self._saved_state.get(partition) != value:
                 fut = await self._producer.send(self._state_topic, value=value, key=str(partition).encode(),
@@ -209,6 +211,19 @@ class DeliveryMixin:
             log.warning("could not save horizons (%s); not committing this time", exc)
             return False
         return True
+
+    def _forget_oldest(self, sources: list[str]) -> list[str]:
+        """Keep what is remembered of one partition's sources bounded as ids come and go: beyond
+        the newest ``MAX_STATE_SOURCES`` (by horizon), sources with nothing open or in flight are
+        forgotten whole, as the state record already leaves them out. Returns those kept."""
+        horizons = self._horizons.snapshot(sources)
+        by_age = sorted(sources, key=lambda s: horizons.get(s, -1))
+        candidates = [s for s in by_age[:-MAX_STATE_SOURCES] if not self._horizons.pending(s)]
+        gone = set(self._aligner.forget_sources(candidates))
+        self._horizons.forget(gone)
+        for s in gone:
+            del self._source_partition[s]
+        return [s for s in sources if s not in gone]
 
     async def _commit(self, *, only: set[TopicPartition] | None = None, force: bool = False) -> None:
         """Save horizons, then commit the safe offsets. One at a time: a rebalance callback can

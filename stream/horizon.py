@@ -68,6 +68,10 @@ class HorizonTracker:
             self._horizon.pop(source, None)
             self._pending.pop(source, None)
 
+    def pending(self, source_id: str) -> bool:
+        """Whether windows of this source are in flight (closed, their results not yet acked)."""
+        return source_id in self._pending
+
     def snapshot(self, sources: Iterable[str]) -> dict[str, int]:
         return {s: self._horizon[s] for s in sources if s in self._horizon}
 
@@ -77,7 +81,9 @@ MAX_STATE_SOURCES = 10_000
 1 MB record limit): past it, the sources published longest ago are left out. Without a bound,
 source ids that come and go would grow the record until the broker refused it, and with it every
 commit. A source left out loses only its replay guard: a replay could rebuild a window of it
-that was published long ago (its records are behind the commit, so only a re-sent old record can)."""
+that was published long ago (its records are behind the commit, so only a re-sent old record can).
+The processor forgets such sources in memory too (those with nothing open or in flight), so what
+it keeps per partition is bounded the same way."""
 
 
 def encode_state(horizons: dict[str, int], limit: int = MAX_STATE_SOURCES) -> bytes:

@@ -29,7 +29,8 @@ The runtime's calls::
     aligner.forget_partitions({partition, ...}) -> list[WindowKey]   # revocation; keys dropped
     aligner.set_horizon(source_id, published_end_ns) -> list[WindowKey]
     aligner.full, aligner.open_windows, aligner.buffered_bytes
-    aligner.watermarks() -> {(source_id, Modality): ns}; aligner.partition_progress()
+    aligner.watermarks() -> {(source_id, Modality): ns}
+    aligner.forget_sources([source_id, ...])         # what is kept of retired sources, dropped
 
 Every key handed out in ``AddResult.keys`` comes back once, in a ``ClosedWindow`` or in the list
 returned by ``forget_partitions``/``set_horizon``: release it in the ``OffsetLedger`` then.

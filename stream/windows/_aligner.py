@@ -111,18 +111,6 @@ class Aligner(Closing):
             if v != NEVER
         }
 
-    def partition_progress(self) -> dict[int, dict[Modality, int]]:
-        """Newest vouched event time (ns) per input partition number and modality, over its sources:
-        what watermark alignment compares to pause a partition running ahead of the others."""
-        out: dict[int, dict[Modality, int]] = {}
-        for src in self._sources.values():
-            for p in src.partitions:
-                row = out.setdefault(p, {})
-                for m, v in enumerate(src.vouched):
-                    if v != NEVER and v > row.get(MODALITIES[m], NEVER):
-                        row[MODALITIES[m]] = v
-        return out
-
     # ------------------------------------------------------------------ input
 
     def add(self, item: Item, origin: Origin, now_ms: int | None = None) -> AddResult:

@@ -7,7 +7,7 @@ file reads top to bottom: ``_aligner`` puts records into windows, this file take
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from stream.config import WindowConfig
 from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
@@ -15,7 +15,7 @@ from stream.windows._state import ALWAYS, M_AUDIO, M_TEXT, M_VIDEO, MODALITIES, 
 
 __all__ = ["Closing"]
 
-Retired = tuple[int, int, frozenset[int]]  # (horizon, frontier, partitions) of a forgotten source
+Retired = tuple[int, int, frozenset[int]]  # (horizon, frontier, partitions) of a retired source
 
 
 class Closing:
@@ -156,6 +156,18 @@ class Closing:
                 continue
             del self._sources[sid]
             self._retired[sid] = (src.horizon, src.frontier, frozenset(src.partitions))
+
+    def forget_sources(self, source_ids: Iterable[str]) -> list[str]:
+        """Drop all that is kept of these sources, if retired or not seen yet (a stored horizon):
+        the processor bounds how many sources it remembers per partition, so ids that come and go
+        cannot grow memory for ever. Active sources are kept; returns the ids forgotten."""
+        forgotten = []
+        for sid in source_ids:
+            if sid not in self._sources:
+                self._retired.pop(sid, None)
+                self._horizons.pop(sid, None)
+                forgotten.append(sid)
+        return forgotten
 
     def forget_partitions(self, partitions: set[int]) -> list[WindowKey]:
         """Drop the state of every source whose records came from these partition numbers

@@ -18,7 +18,7 @@ from aiokafka import TopicPartition
 import stream.delivery as delivery
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
-from stream.horizon import encode_state
+from stream.horizon import decode_state, encode_state
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
@@ -58,3 +58,46 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     assert processor.stats.replayed == 2 * 200  # everything before 20 s, none of it rebuilt
     queued = [job[0] for _, job in processor._batcher._items]
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
+
+
+class _Producer:
+    """Takes state records and acknowledges them at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> asyncio.Future[None]:
+        self.sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory per partition stays bounded under source churn: past the cap, the sources published
+    longest ago are forgotten whole, unless they have windows open or in flight."""
+    monkeypatch.setattr(delivery, "MAX_STATE_SOURCES", 3)
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    processor._consumer = FakeConsumer({video: [consumer_record(
+        video, 0, VideoFrame(source_id="live", ts_ns=T0, encoding="jpeg", data=JPEG))]})  # type: ignore[assignment]
+    processor._state_reader = object()  # type: ignore[assignment]
+    processor._producer = producer = _Producer()  # type: ignore[assignment]
+    processor._last_commit = processor._last_gauges = float("inf")
+    stored = {f"gone-{i}": T0 + i * S for i in range(6)} | {"live": T0 - S}
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state(stored)]}
+
+    monkeypatch.setattr(delivery, "read_last", read_last)
+    await processor._on_assigned({video})
+    await processor._step()  # "live" has an open window: the oldest horizon, yet kept
+    in_flight = processor._horizons.closed("gone-0", T0 + 7 * S)  # a window of gone-0 awaits its ack
+
+    assert await processor._save_state({0})
+    kept = {"live", "gone-0", "gone-3", "gone-4", "gone-5"}
+    assert set(processor._source_partition) == kept
+    assert set(processor._aligner._horizons) == kept - {"live"}  # horizons of sources not seen yet
+    assert set(decode_state(producer.sent[-1])) == kept
+    processor._horizons.acked("gone-0", in_flight)
+    assert processor._horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight

@@ -257,6 +257,22 @@ def test_sources_silent_past_their_ttl_are_retired_yet_their_closed_windows_stay
     assert al.add(frame(T0, sid="cam-1"), origin("mm.video", partition=1)).status is AddStatus.ACCEPTED
 
 
+def test_forget_sources_drops_retired_and_stored_sources_but_never_active_ones(make, clock) -> None:
+    al = make(idle_timeout_ms=1000, source_ttl_ms=1000)
+    al.add(frame(T0, sid="old"), origin("mm.video", partition=0))
+    clock.advance(1000)
+    al.poll(lambda m, p: True)
+    clock.advance(2000)
+    al.poll(lambda m, p: True)  # "old" retired: its closed window stays closed...
+    al.set_horizon("stored", T0 + 10 * S)  # ...and "stored" is a horizon read back, not seen yet
+    al.add(frame(T0, sid="live"), origin("mm.video", partition=0))
+    assert al.forget_sources(["old", "stored", "live"]) == ["old", "stored"]
+    assert al.open_windows == 1
+    # forgotten whole: their windows are new again (what the processor's cap trades away)
+    assert al.add(frame(T0 + S // 2, sid="old"), origin("mm.video", partition=0)).status is AddStatus.ACCEPTED
+    assert al.add(frame(T0 + S, sid="stored"), origin("mm.video", partition=0)).status is AddStatus.ACCEPTED
+
+
 # --------------------------------------------------------------------------- transcripts
 
 
@@ -453,7 +469,7 @@ def test_full_on_buffered_bytes(make) -> None:
     assert not al.full and al.buffered_bytes == 2 * 4004
 
 
-def test_watermarks_and_partition_progress(make) -> None:
+def test_watermarks(make) -> None:
     al = make(allowed_lateness_ms=200)
     al.add(frame(T0 + S, sid="a"), origin(partition=2))
     al.add(chunk(T0, sid="a", n=16), origin("mm.audio", partition=2))
@@ -461,7 +477,6 @@ def test_watermarks_and_partition_progress(make) -> None:
     assert wm[("a", Modality.VIDEO)] == T0 + S - 200 * MS
     assert wm[("a", Modality.AUDIO)] == T0 + 15 * 62_500 - 200 * MS
     assert ("a", Modality.TEXT) not in wm
-    assert al.partition_progress() == {2: {Modality.VIDEO: T0 + S, Modality.AUDIO: T0 + 15 * 62_500}}
 
 
 def test_horizon_loaded_at_start_does_not_start_the_idle_clock(make, clock) -> None:
