@@ -8,12 +8,22 @@ file, the defaults. An invalid value fails at start with ``ConfigError`` naming 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from operators.config import ModelConfig
 from stream.contract import ContractLimits, Modality
@@ -29,6 +39,7 @@ __all__ = [
     "TopicsConfig",
     "WindowConfig",
     "load_settings",
+    "split_host_port",
 ]
 
 
@@ -58,6 +69,20 @@ class KafkaConfig(_Section):
     acks: Literal["all", 1, 0] = "all"
     linger_ms: int = Field(5, ge=0)
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, servers: str) -> str:
+        """The forms aiokafka accepts (no port means 9092; IPv6 in brackets), checked at start: a
+        typo is otherwise an ``OverflowError`` or ``ValueError`` from deep inside a connect."""
+        entries = [e.strip() for e in servers.split(",") if e.strip()]
+        if not entries:
+            raise ValueError("empty; give HOST:PORT[,HOST:PORT...]")
+        for entry in entries:
+            host, port = split_host_port(entry)
+            if not host or (port is not None and not (port.isdigit() and 1 <= int(port) <= 65535)):
+                raise ValueError(f"{entry!r} is not HOST:PORT with a port from 1 to 65535")
+        return servers
     max_batch_size: int = Field(512 * 1024, gt=0, description="producer batch bytes")
     partitions: int = Field(4, ge=1, description="partitions per topic when mmstream creates topics")
     replication_factor: int = Field(1, ge=1)
@@ -191,6 +216,30 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def split_host_port(entry: str) -> tuple[str, str | None]:
+    """``(host, port)`` of one bootstrap entry as aiokafka reads it; port None when the entry has none."""
+    if entry.startswith("["):  # [ipv6] or [ipv6]:port
+        host, _, rest = entry[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else (rest or None)
+    if ":" not in entry:
+        return entry, None
+    with contextlib.suppress(OSError, ValueError):
+        socket.inet_pton(socket.AF_INET6, entry)  # a bare IPv6 literal: the default port
+        return entry, None
+    host, _, port = entry.rpartition(":")
+    return host, port
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line, with line and column (its own text spans several lines and
+    quotes ``<unicode string>`` rather than the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        what = "; ".join(p for p in (exc.context, exc.problem) if p)
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    return " ".join(str(exc).split())
+
+
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Settings from an optional YAML file, the environment and explicit overrides.
 
@@ -200,9 +249,13 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read config {path}: {_yaml_problem(exc)}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a YAML mapping, got {type(loaded).__name__}")
         data = loaded
@@ -215,4 +268,7 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         # ``from None``: pydantic's error text repeats the input values, secrets included
         raise ConfigError("invalid config: " + "; ".join(lines)) from None
+    except SettingsError as exc:  # an MMSTREAM_* variable pydantic-settings cannot parse (bad JSON)
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid MMSTREAM_* environment variable: {exc}{cause}") from None  # may hold secrets
     return settings

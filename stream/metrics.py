@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from stream.errors import ConfigError
+
 if TYPE_CHECKING:
     from stream.contract import WindowResult
 
@@ -119,7 +121,11 @@ class MetricsServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        except OSError as exc:  # taken since the command's up-front check, or an address not ours
+            raise ConfigError(f"cannot listen on {self._host}:{self._port} for metrics: {exc.strerror or exc}; "
+                              "set metrics.port (MMSTREAM_METRICS__PORT) to a free port, 0 for any") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="mmstream-metrics", daemon=True)
         self._thread.start()

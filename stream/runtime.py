@@ -170,6 +170,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         """Create topics (checking co-partitioning), load the model, start clients and metrics.
 
         Raises:
+            ConfigError: the metrics port cannot be bound.
             TopicLayoutError: the input topics are not co-partitioned.
             ModelError: the model cannot be loaded.
             KafkaError: the cluster cannot be reached.
@@ -178,8 +179,9 @@ class Processor(IntakeMixin, DeliveryMixin):
             raise MmstreamError("processor already started")
         s = self.settings
         if s.metrics.port is not None:
-            self._server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port, lambda: self.ready)
-            self._server.start()
+            server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port, lambda: self.ready)
+            server.start()
+            self._server = server
         await ensure_topics(s.kafka, s.topics, s.limits)
         if self._model is None:
             if s.batching.worker == "process":

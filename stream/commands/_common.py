@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from stream.config import Settings, load_settings
+from stream.errors import ConfigError
 
 
 def add_kafka_options(p: argparse.ArgumentParser) -> None:
@@ -24,6 +26,59 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "bootstrap", None):
         merged.setdefault("kafka", {})["bootstrap_servers"] = args.bootstrap
     return load_settings(getattr(args, "config", None), merged or None)
+
+
+def ensure_port_free(host: str, port: int | None, what: str, fix: str) -> None:
+    """Raise ``ConfigError`` when ``host:port`` cannot be bound now (in use, privileged, no such address).
+
+    Servers that bind later (the metrics endpoint, the embedded broker) otherwise fail after the
+    model has loaded, with a traceback (metrics) or the broker's multi-line panic.
+    """
+    if not port:
+        return
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: TIME_WAIT is fine
+            sock.bind(addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}; {fix}") from None
+
+
+def number(kind: Callable[[str], Any], *, minimum: float, inclusive: bool = True) -> Callable[[str], Any]:
+    """An argparse ``type`` for ``kind`` (int or float) that is at least (or above) ``minimum``.
+
+    Why: a negative duration or zero sources used to reach the synthetic source after the broker
+    started and the model loaded, and then fail with a traceback; argparse says it at once, exit 2.
+    """
+    bound = f"{'at least' if inclusive else 'more than'} {minimum:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value < minimum or (not inclusive and value == minimum):  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def port_number(*, minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a TCP port from ``minimum`` to 65535."""
+    at_least = number(int, minimum=minimum)
+
+    def parse(text: str) -> int:
+        value = int(at_least(text))
+        if value > 65535:
+            raise argparse.ArgumentTypeError(f"must be at most 65535, got {text}")
+        return value
+
+    parse.__name__ = "port"
+    return parse
 
 
 @contextlib.contextmanager

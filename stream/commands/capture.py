@@ -16,6 +16,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from stream.commands._common import number
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -86,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(q, source_id=None)
     start(q)
     q.add_argument("--sources", type=int, default=4, help="number of sources (default 4)")
-    q.add_argument("--duration", type=float, default=None, metavar="S", help="seconds of event time (default: until stopped)")
+    q.add_argument("--duration", type=number(float, minimum=0), default=None, metavar="S",
+                   help="seconds of event time (default: until stopped)")
     q.add_argument("--fps", type=float, default=10.0, help="frames per second per source (default 10)")
     q.add_argument("--width", type=int, default=160)
     q.add_argument("--height", type=int, default=120)

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from stream.commands._common import stop_on_signals
+from stream.commands._common import ensure_port_free, number, port_number, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,16 @@ DEMO_LABELS = ["a red ball", "a blue square", "someone speaking", "a quiet room"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run broker + sources + processor locally with a live view",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("--duration", type=float, default=None, help="seconds of input, then a summary (default: until Ctrl-C)")
-    p.add_argument("--sources", type=int, default=4, help="synthetic sources (default 4)")
-    p.add_argument("--fps", type=float, default=10.0, help="synthetic frames per second per source")
+    p.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None,
+                   help="seconds of input, then a summary (default: until Ctrl-C)")
+    p.add_argument("--sources", type=number(int, minimum=1), default=4, help="synthetic sources (default 4)")
+    p.add_argument("--fps", type=number(float, minimum=0, inclusive=False), default=10.0,
+                   help="synthetic frames per second per source")
     p.add_argument("--preset", choices=["tiny", "offline"], default="offline", help="model preset (default offline)")
     p.add_argument("--model", metavar="PATH", help="a checkpoint from `mmstream train` instead of a preset")
-    p.add_argument("--port", type=int, default=None, help="broker port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: any free port)")
+    p.add_argument("--port", type=port_number(minimum=1), default=None, help="broker port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--metrics-port", type=port_number(minimum=0), default=9464,
+                   help="Prometheus /metrics port (0: any free port)")
     p.add_argument("--camera", metavar="DEV", help="capture a camera (index or URL) instead of synthetic sources")
     p.add_argument("--mic", metavar="DEV", help="capture a microphone (name or index)")
     p.add_argument("--video", metavar="FILE", help="replay a video file instead of synthetic sources")
@@ -42,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Both ports are bound only after the broker started and the model loaded (seconds); a busy one
+    # then failed with tansu's multi-line panic or an OSError traceback. Check first, in one line.
+    ensure_port_free("127.0.0.1", args.port, "the embedded broker", "choose another --port, or omit it for a free one")
+    ensure_port_free("127.0.0.1", args.metrics_port, "metrics",
+                     "stop what listens there (another demo or `mmstream run`?) or pass --metrics-port 0 for any free port")
     return asyncio.run(_demo(args))
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from stream.commands._common import add_kafka_options, settings_from
+from stream.commands._common import add_kafka_options, number, settings_from
 
 __all__ = ["Check", "check_cuda", "check_hub_offline", "check_kafka", "check_metrics_port", "check_model",
            "register", "run"]
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["tiny", "offline", "hf"], help="check this preset instead of the configured one")
     p.add_argument("--no-build", action="store_true",
                    help="only check that the model's files and packages are there; do not build it (faster)")
-    p.add_argument("--timeout", type=float, default=3.0, metavar="S",
+    p.add_argument("--timeout", type=number(float, minimum=0, inclusive=False), default=3.0, metavar="S",
                    help="bound on each Kafka call, seconds (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
@@ -163,8 +163,11 @@ async def check_kafka(settings: Any, *, timeout_s: float = 3.0) -> list[Check]:
 
 async def _why_unreachable(bootstrap: str, timeout_s: float) -> str | None:
     """A plain reason from a bare TCP connect to the first bootstrap server; None when it connects."""
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-    host = host.strip("[]") or "localhost"
+    from stream.config import split_host_port
+
+    host, port = split_host_port(bootstrap.split(",")[0].strip())
+    port = port or "9092"  # aiokafka's default when the address has none
+    host = host or "localhost"
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
     except ValueError:

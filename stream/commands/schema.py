@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     schemas = record_schemas()
     if args.record:
         if args.record not in schemas:
-            print(f"unknown record type {args.record!r}; one of: {', '.join(schemas)}")
+            print(f"unknown record type {args.record!r}; one of: {', '.join(schemas)}", file=sys.stderr)
             return 2
         schemas = {args.record: schemas[args.record]}
     print(json.dumps(schemas, indent=2))

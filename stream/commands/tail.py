@@ -210,7 +210,17 @@ async def _until_marks(consumer: Any, marks: dict[Any, int]) -> AsyncIterator[An
 def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[str, Any]:
     """What one record is, as a flat JSON-able dict; ``kind`` is result, video, audio, text,
     dead_letter or undecodable. A result keeps its published JSON under ``result``."""
-    from stream.contract import H_CONTENT_TYPE, H_ERROR, H_ORIGIN, H_TS, AudioChunk, TranscriptSegment
+    from pydantic import ValidationError
+
+    from stream.contract import (
+        H_CONTENT_TYPE,
+        H_ERROR,
+        H_ORIGIN,
+        H_TS,
+        AudioChunk,
+        TranscriptSegment,
+        WindowResult,
+    )
     from stream.decode import decode
     from stream.errors import ContractError
 
@@ -231,8 +241,18 @@ def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[st
     if record.topic == results_topic or b"window_start_ns" in (record.value or b"")[:4096]:
         try:
             result = json.loads(record.value)
+            # Validated, not just parsed: JSON of the wrong shape (a string window_start_ns, null
+            # counts) crashed the line renderer with a traceback. The value printed is still the one
+            # published, not the model's re-serialisation.
+            WindowResult.model_validate(result)
             return {**out, "kind": "result", "ts_ns": result["window_start_ns"], "result": result}
-        except (TypeError, ValueError, KeyError) as exc:
+        except ValidationError as exc:
+            if record.topic == results_topic:
+                wrong = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
+                more = f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""
+                return {**out, "kind": "undecodable", "reason": "bad_json",
+                        "error": f"not a result: {'; '.join(wrong[:2])}{more}"}
+        except (TypeError, ValueError) as exc:
             if record.topic == results_topic:
                 return {**out, "kind": "undecodable", "reason": "bad_json", "error": f"not a result: {exc}"}
     try:

@@ -189,6 +189,18 @@ def test_tail_follow_prints_new_records(settings_for, tmp_path: Path, capsys, wh
     assert ids[old:] == [f"late-cam:{T0 + 99 * S}"]
 
 
+def test_tail_survives_a_wrong_shaped_result(settings_for, tmp_path: Path, capsys) -> None:
+    """JSON of the wrong shape on the results topic is one undecodable line, not a traceback."""
+    s = settings_for()
+    junk = json.dumps({**result("cam-9", T0).model_dump(mode="json"), "window_start_ns": "soon"}).encode()
+    asyncio.run(produce(s, [*result_records(s, 1), (s.topics.results, b"cam-9", junk, [])]))
+    code, lines = run_cli(capsys, "tail", "--config", config_file(s, tmp_path))
+    assert code == 0 and len(lines) == 2
+    bad = next(line for line in lines if "cam-9" in line)
+    assert "undecodable bad_json: not a result:" in bad and "window_start_ns" in bad
+    assert any("result" in line and "speech 0.75" in line for line in lines)
+
+
 def test_tail_missing_topic_says_so(settings_for, tmp_path: Path, capsys) -> None:
     s = settings_for()
     asyncio.run(produce(s, []))

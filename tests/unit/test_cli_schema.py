@@ -194,5 +194,8 @@ def test_one_record_type(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unknown_record_type_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """The error goes to stderr: ``mmstream schema nope > schemas.json`` must not write it into the file."""
     assert main(["schema", "nope"]) == 2
-    assert "video_frame" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "unknown record type 'nope'" in captured.err and "video_frame" in captured.err
+    assert captured.out == ""
