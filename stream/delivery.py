@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import KafkaTimeoutError
 
 from stream.contract import WindowResult, encode
-from stream.errors import KafkaError, Reason
+from stream.errors import KafkaError, ModelUnavailableError, Reason
 from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
 from stream.kafka import read_last
 from stream.results import av_skew_ns, build_result, result_record, to_input
@@ -34,6 +34,11 @@ log = logging.getLogger("stream.runtime")
 
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
 _STATE_RECORDS = 8  # state records read back per partition at assignment
+FAILED_IN_A_ROW = 32
+"""Windows that fail inference alone, one after another, before the model counts as unavailable.
+A poison window fails alone among windows that succeed; two batches' worth failing in a row is
+the model or its device, not the data: the processor then stops (their offsets uncommitted, so a
+restart replays them) rather than publish an error result for every window."""
 
 # A window, its horizon token and the assignment generation it was built in. Ledger keys carry
 # the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
@@ -77,20 +82,32 @@ class DeliveryMixin:
         return [(out, pre_s, infer_s) for out in outputs]
 
     async def _deliver(self, jobs: list[Job], results: Sequence[Any] | None, error: BaseException | None) -> None:
+        if results is None and len(jobs) == 1 and not isinstance(error, ModelUnavailableError):
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= FAILED_IN_A_ROW:
+                error = ModelUnavailableError(f"{self._failed_in_a_row} windows in a row failed inference, "
+                                              f"the last with {type(error).__name__}: {error}")
+        if isinstance(error, ModelUnavailableError):
+            if self._fatal is None:
+                log.error("%s; stopping: windows not published stay uncommitted", error)
+                self._fatal = error
+            return
         if error is not None and len(jobs) > 1:
             log.error("batch of %d failed (%s); retrying its windows one by one", len(jobs), error)
             for job in jobs:
                 try:
                     one = await asyncio.to_thread(lambda j=job: self._infer(self._preprocess([j])))
-                    await self._deliver([job], one, None)
                 except Exception as exc:  # noqa: BLE001 - a poison window is published with its error
                     await self._deliver([job], None, exc)
+                else:
+                    await self._deliver([job], one, None)
             return
         if results is None:
             outputs: list[tuple[Any, float, float]] = [(None, 0.0, 0.0)]
             err = f"{type(error).__name__}: {error}"
         else:
             outputs, err = list(results), None
+            self._failed_in_a_row = 0
             self.metrics.batch_size.observe(len(jobs))
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])

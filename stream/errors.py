@@ -9,6 +9,7 @@ The tree::
     ├── KafkaError                talking to Kafka failed (retriable)
     │   └── TopicLayoutError      input topics are missing or not co-partitioned
     ├── ModelError                a model cannot be built, loaded or run
+    │   └── ModelUnavailableError it cannot serve at all (worker lost): the processor stops
     └── CaptureError              a camera, microphone or file source failed
 
 Lower-level errors (aiokafka, pydantic, OpenCV) are translated into these at the edge and raised
@@ -27,6 +28,7 @@ __all__ = [
     "KafkaError",
     "MmstreamError",
     "ModelError",
+    "ModelUnavailableError",
     "Reason",
     "TopicLayoutError",
 ]
@@ -84,6 +86,14 @@ class TopicLayoutError(KafkaError):
 
 class ModelError(MmstreamError):
     """A model could not be built, loaded or run (missing weights, bad config, bad input)."""
+
+
+class ModelUnavailableError(ModelError):
+    """The model cannot serve any window (its worker keeps dying, or cannot be started again).
+
+    Unlike a ``ModelError`` of one batch, this is not about the data: publishing an error result
+    for every window would commit their input as done. The processor stops instead (exit 2), its
+    windows unpublished and their offsets uncommitted, so a restart replays them."""
 
 
 class CaptureError(MmstreamError):

@@ -123,6 +123,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._topic_counters: dict[str, dict[str, Any]] = {}
         self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
         self._fatal: MmstreamError | None = None  # a failure waiting cannot heal: run() raises it
+        self._failed_in_a_row = 0  # windows that failed inference alone, consecutively
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
         # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}
@@ -218,6 +219,7 @@ class Processor(IntakeMixin, DeliveryMixin):
 
         Raises:
             KafkaError: the broker refused a result for good (after the drain; restart to replay).
+            ModelUnavailableError: the model cannot serve any window (after the drain; likewise).
         """
         if not self._started or self._consumer is None:
             raise MmstreamError("start() the processor before run()")

@@ -9,6 +9,13 @@ preprocess + infer in the child and brings the outputs back.
 
 The child is started with ``spawn`` (no forked torch or aiokafka state) and builds the model from
 the same ``ModelConfig``; a model that cannot load fails ``start`` with the child's error.
+
+A child that dies (killed for memory, a crash in native code) is started again and the batch
+fails with ``ModelError``: the runtime then retries its windows one by one on the new child, so
+a window that kills the model is isolated and the others are served. A child that cannot be
+started again, or dies ``max_restarts`` times within ``restart_window_s``, makes the model
+unavailable (``ModelUnavailableError``): the processor stops rather than publish every window
+as an error.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import threading
+import time
+from collections import deque
 from typing import Any
 
 from operators import ModelConfig, WindowInput, WindowOutput
-from stream.errors import ModelError
+from stream.errors import ModelError, ModelUnavailableError
 
 __all__ = ["ProcessModel", "default_threads"]
 
@@ -74,11 +84,17 @@ class ProcessModel:
         load_timeout_s: bound on the child's start and model load.
     """
 
-    def __init__(self, config: ModelConfig, *, torch_threads: int | None = None, load_timeout_s: float = 300) -> None:
+    def __init__(self, config: ModelConfig, *, torch_threads: int | None = None, load_timeout_s: float = 300,
+                 max_restarts: int = 5, restart_window_s: float = 300) -> None:
         self._config = config
         self._threads = torch_threads or default_threads()
         self._timeout_s = load_timeout_s
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._restart_lock = threading.Lock()  # batches in flight meet the same dead child
+        self._deaths: deque[float] = deque(maxlen=max_restarts + 1)  # times the child died (monotonic)
+        self._window_s = restart_window_s
+        self._lost: ModelUnavailableError | None = None
+        self.restarts = 0
         self.info: Any = None
         self.device: str = "unstarted"
         self.gpu_memory_bytes: int | None = None  # CUDA memory the child's model holds, after each batch
@@ -106,13 +122,40 @@ class ProcessModel:
 
     def infer(self, windows: list[WindowInput]) -> list[WindowOutput]:
         """Preprocess and infer in the child; raises what the child raised."""
-        if self._pool is None:
+        if self._lost is not None:
+            raise self._lost
+        pool = self._pool
+        if pool is None:
             raise ModelError("model worker is not started")
         try:
-            outputs, self.gpu_memory_bytes = self._pool.submit(_run, windows).result()
+            outputs, self.gpu_memory_bytes = pool.submit(_run, windows).result()
         except concurrent.futures.process.BrokenProcessPool as exc:
-            raise ModelError("the model worker process died") from exc
+            self._replace(pool)
+            raise ModelError(f"the model worker process died during a batch of {len(windows)}; "
+                             "started a new one") from exc
         return outputs
+
+    def _replace(self, dead: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Start a new child in place of ``dead`` (once, whichever batch saw it die first)."""
+        with self._restart_lock:
+            if self._pool is not dead:
+                return  # another batch replaced it already
+            now = time.monotonic()
+            self._deaths.append(now)
+            dead.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            if len(self._deaths) == self._deaths.maxlen and now - self._deaths[0] < self._window_s:
+                self._lost = ModelUnavailableError(
+                    f"the model worker died {len(self._deaths)} times in {now - self._deaths[0]:.0f} s")
+                log.error("%s; giving up", self._lost)
+                raise self._lost
+            log.error("the model worker process died; starting a new one")
+            try:
+                self.start()
+            except ModelError as exc:
+                self._lost = ModelUnavailableError(f"the model worker died and could not start again: {exc}")
+                raise self._lost from exc
+            self.restarts += 1
 
     def stop(self) -> None:
         """Stop the child. Idempotent."""

@@ -1,0 +1,139 @@
+"""When the model fails: a poison window is isolated, a dead worker is replaced, and a model that
+cannot serve stops the processor instead of publishing every window as an error.
+
+The producer is a stand-in that acknowledges at once (tests/unit/test_publish.py covers refusals);
+the model worker test spawns a real child process and kills it, as the kernel's OOM killer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+
+import stream.delivery as delivery
+from operators import ModelConfig, WindowInput
+from stream.config import load_settings
+from stream.contract import Origin, VideoFrame
+from stream.errors import ModelError, ModelUnavailableError
+from stream.runtime import Processor
+from stream.worker import ProcessModel
+from tests.unit._fakes import JPEG
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.results: list[bytes] = []
+
+    async def send(self, topic: str, *, value: bytes, key: bytes, headers: Any) -> asyncio.Future[None]:
+        self.results.append(value)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+class Model:
+    """Fails every batch holding a window of a source in ``poison`` (or every batch at all)."""
+
+    def __init__(self, poison: set[str] | None = None) -> None:
+        self.poison = poison
+
+    def preprocess(self, windows: list[WindowInput]) -> list[WindowInput]:
+        return windows
+
+    def infer(self, windows: list[WindowInput]) -> list[Any]:
+        if self.poison is None or any(w.texts and w.texts[0][0] in self.poison for w in windows):
+            raise RuntimeError("boom")
+        return [None] * len(windows)
+
+
+def _jobs(processor: Processor, sources: list[str]) -> list[Any]:
+    """One closed window per source, read into the ledger as the intake would."""
+    aligner, ledger = processor._aligner, processor._ledger
+    for i, sid in enumerate(sources):
+        origin = Origin(processor.settings.topics.video, 0, i)
+        result = aligner.add(VideoFrame(source_id=sid, ts_ns=T0, encoding="jpeg", data=JPEG), origin)
+        ledger.read(origin, tuple((0, key) for key in result.keys))
+    return [(w, processor._horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
+
+
+@pytest.fixture
+def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=Model())
+    processor._producer = Producer()  # type: ignore[assignment]
+    # the stand-in model tells windows apart by a text: the source id
+    monkeypatch.setattr(delivery, "to_input", lambda w: WindowInput(texts=[(w.source_id, 1.0)]))
+    return processor
+
+
+def _published(processor: Processor) -> dict[str, bool]:
+    """Source id -> whether its result carries an error."""
+    import json
+
+    docs = [json.loads(v) for v in processor._producer.results]  # type: ignore[union-attr]
+    return {d["source_id"]: d.get("error") is not None for d in docs}
+
+
+async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_are_served(processor: Processor) -> None:
+    processor._model = Model(poison={"cam-2"})
+    jobs = _jobs(processor, [f"cam-{i}" for i in range(4)])
+    await processor._deliver(jobs, None, RuntimeError("batch failed"))
+    assert _published(processor) == {"cam-0": False, "cam-1": False, "cam-2": True, "cam-3": False}
+    assert processor._fatal is None and processor._failed_in_a_row == 0  # cam-3 succeeded after it
+    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 4
+
+
+async def test_a_model_failing_every_window_stops_the_processor_uncommitted(processor: Processor,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "FAILED_IN_A_ROW", 3)
+    processor._model = Model(poison=None)  # every window fails, alone too: the model, not the data
+    jobs = _jobs(processor, [f"cam-{i}" for i in range(6)])
+    await processor._deliver(jobs[:4], None, RuntimeError("CUDA error: an illegal memory access"))
+    await processor._deliver(jobs[4:], None, RuntimeError("CUDA error: an illegal memory access"))
+    assert isinstance(processor._fatal, ModelUnavailableError)
+    assert "3 windows in a row failed inference" in str(processor._fatal)
+    assert _published(processor) == {"cam-0": True, "cam-1": True}  # before the limit; none after
+    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 2  # cam-2.. replay
+    assert not processor.ready
+
+
+async def test_an_unavailable_model_publishes_nothing(processor: Processor) -> None:
+    jobs = _jobs(processor, ["cam-0", "cam-1"])
+    await processor._deliver(jobs, None, ModelUnavailableError("the model worker died 6 times in 40 s"))
+    assert processor._producer.results == []  # type: ignore[union-attr]
+    assert isinstance(processor._fatal, ModelUnavailableError)
+    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 0  # nothing released
+
+
+def _kill_child(model: ProcessModel) -> None:
+    """SIGKILL the worker's child, as the kernel's OOM killer would."""
+    pool = model._pool
+    assert pool is not None and pool._processes  # type: ignore[attr-defined]
+    for pid in list(pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_model_worker_is_replaced_then_given_up_when_it_keeps_dying() -> None:
+    model = ProcessModel(ModelConfig(preset="tiny", device="cpu"), torch_threads=1, max_restarts=1)
+    model.start()
+    try:
+        assert len(model.infer([WindowInput()])) == 1
+        _kill_child(model)
+        with pytest.raises(ModelError, match="died during a batch of 2; started a new one") as died:
+            model.infer([WindowInput(), WindowInput()])
+        assert not isinstance(died.value, ModelUnavailableError)  # the runtime retries one by one
+        assert model.restarts == 1 and len(model.infer([WindowInput()])) == 1  # served by the new child
+        _kill_child(model)
+        with pytest.raises(ModelUnavailableError, match="died 2 times"):
+            model.infer([WindowInput()])
+        with pytest.raises(ModelUnavailableError):  # at once from now on, no new child
+            model.infer([WindowInput()])
+        assert model._pool is None
+    finally:
+        model.stop()
