@@ -93,6 +93,7 @@ class DeliveryMixin:
                 self._fatal = error
             return
         if error is not None and len(jobs) > 1:
+            self.metrics.inference_errors.labels("batch").inc()
             log.error("batch of %d failed (%s); retrying its windows one by one", len(jobs), error)
             for job in jobs:
                 try:
@@ -105,6 +106,9 @@ class DeliveryMixin:
         if results is None:
             outputs: list[tuple[Any, float, float]] = [(None, 0.0, 0.0)]
             err = f"{type(error).__name__}: {error}"
+            self.metrics.inference_errors.labels("window").inc()
+            log.error("window %s:%d failed inference alone (%s); publishing it with the error",
+                      jobs[0][0].source_id, jobs[0][0].start_ns, err)
         else:
             outputs, err = list(results), None
             self._failed_in_a_row = 0

@@ -70,6 +70,8 @@ class Metrics:
                               "(alignment|aligner_full|batcher_full)", ["reason"], registry=r)
         self.open_windows = Gauge("mmstream_open_windows", "Windows still collecting records", registry=r)
         self.commits = Counter("mmstream_commits", "Offset commits", ["outcome"], registry=r)
+        self.inference_errors = Counter("mmstream_inference_errors", "Inference failures: a batch (retried window "
+                                        "by window) or a window (published with its error)", ["scope"], registry=r)
         self.gpu_memory_bytes = Gauge("mmstream_gpu_memory_bytes", "CUDA memory allocated by the model",
                                       registry=r)
         self.ready = Gauge("mmstream_ready", "1 when partitions are assigned and the model is loaded", registry=r)

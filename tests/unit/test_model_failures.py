@@ -87,6 +87,9 @@ async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_a
     assert _published(processor) == {"cam-0": False, "cam-1": False, "cam-2": True, "cam-3": False}
     assert processor._fatal is None and processor._failed_in_a_row == 0  # cam-3 succeeded after it
     assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 4
+    errors = {scope: processor.metrics.registry.get_sample_value("mmstream_inference_errors_total", {"scope": scope})
+              for scope in ("batch", "window")}
+    assert errors == {"batch": 1.0, "window": 1.0}
 
 
 async def test_a_model_failing_every_window_stops_the_processor_uncommitted(processor: Processor,
