@@ -28,14 +28,8 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(getattr(args, "config", None), merged or None)
 
 
-def ensure_port_free(host: str, port: int | None, what: str, fix: str) -> None:
-    """Raise ``ConfigError`` when ``host:port`` cannot be bound now (in use, privileged, no such address).
-
-    Servers that bind later (the metrics endpoint, the embedded broker) otherwise fail after the
-    model has loaded, with a traceback (metrics) or the broker's multi-line panic.
-    """
-    if not port:
-        return
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (in use, privileged, no such address), or None."""
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
@@ -43,7 +37,18 @@ def ensure_port_free(host: str, port: int | None, what: str, fix: str) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: TIME_WAIT is fine
             sock.bind(addr)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}; {fix}") from None
+        return str(exc.strerror or exc)
+    return None
+
+
+def ensure_port_free(host: str, port: int | None, what: str, fix: str) -> None:
+    """Raise ``ConfigError`` when ``host:port`` cannot be bound now.
+
+    Servers that bind later (the metrics endpoint, the embedded broker) otherwise fail after the
+    model has loaded, with a traceback (metrics) or the broker's multi-line panic.
+    """
+    if port and (problem := bind_problem(host, port)) is not None:
+        raise ConfigError(f"cannot listen on {host}:{port} for {what}: {problem}; {fix}")
 
 
 def number(kind: Callable[[str], Any], *, minimum: float, inclusive: bool = True) -> Callable[[str], Any]:

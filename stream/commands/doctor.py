@@ -249,14 +249,11 @@ def check_metrics_port(settings: Any) -> Check:
         return Check("metrics port", "ok", f"any free port on {host} (metrics.port: 0)")
     fix = f"stop what listens on {port} (another `mmstream run`?) or set metrics.port (MMSTREAM_METRICS__PORT) " \
           "to a free port, 0 for any"
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: TIME_WAIT is fine
-            sock.bind(addr)
-    except OSError as exc:
-        return Check("metrics port", "problem", f"cannot listen on {host}:{port}: {exc.strerror or exc}", fix)
+    from stream.commands._common import bind_problem
+
+    problem = bind_problem(host, port)
+    if problem is not None:
+        return Check("metrics port", "problem", f"cannot listen on {host}:{port}: {problem}", fix)
     return Check("metrics port", "ok", f"{host}:{port} is free")
 
 
