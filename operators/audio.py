@@ -38,9 +38,11 @@ __all__ = [
     "AudioEncoderOutput",
     "log_mel",
     "resample",
+    "resample_span",
 ]
 
 VAD_CHUNK = 512  # Silero VAD's chunk at 16 kHz: 32 ms
+RESAMPLE_TAPS = 16  # sinc zero crossings each side, at the lower of the two rates
 
 
 class AudioEncoderConfig(BaseModel):
@@ -94,22 +96,56 @@ class AudioEncoderOutput:
 # --------------------------------------------------------------------------- signal helpers
 
 
-def resample(x: np.ndarray, rate_in: int, rate_out: int, taps: int = 16) -> np.ndarray:
-    """Band-limited (windowed-sinc) resampling of a mono float32 signal; exact copy when rates match."""
+def _half_width(rate_in: int, rate_out: int, taps: int) -> int:
+    """Input samples each side of an output sample that its kernel reads."""
+    return int(math.ceil(taps / min(1.0, rate_out / rate_in)))
+
+
+def resample_span(n_out: int, rate_in: int, rate_out: int, taps: int = RESAMPLE_TAPS) -> int:
+    """How many leading input samples ``resample`` reads to make its first ``n_out`` outputs."""
+    if rate_in == rate_out:
+        return n_out
+    return int(math.floor(max(n_out - 1, 0) * rate_in / rate_out)) + _half_width(rate_in, rate_out, taps) + 1
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int, taps: int = RESAMPLE_TAPS,
+             n_out: int | None = None) -> np.ndarray:
+    """Band-limited (windowed-sinc) resampling of a mono float32 signal; exact copy when rates match.
+
+    ``taps`` counts the sinc's zero crossings kept on each side *at the lower rate*: when
+    downsampling the kernel widens by ``rate_in / rate_out``, or a high-rate input (192 or 384 kHz,
+    both allowed by the contract) would get a kernel shorter than the sinc's main lobe, losing
+    level (0.61x at 384 kHz) and letting high frequencies alias. The kernel depends only on an
+    output's phase (``j * rate_in mod rate_out``), so the phases' kernels are tabulated once
+    instead of evaluating sinc and cosine per tap; outputs are made in blocks, so memory stays
+    bounded whatever the length. ``n_out`` caps the output length; a non-empty input gives at
+    least one sample, so a few samples at a high rate are not lost.
+    """
     if rate_in == rate_out or x.size == 0:
-        return x.astype(np.float32, copy=False)
-    n_out = int(math.floor(x.size * rate_out / rate_in))
-    ratio = rate_in / rate_out
+        y = x.astype(np.float32, copy=False)
+        return y if n_out is None else y[:n_out]
+    g = math.gcd(rate_in, rate_out)
+    p, q = rate_in // g, rate_out // g
+    total = max(1, x.size * q // p)
+    n_out = total if n_out is None else min(total, n_out)
     cutoff = min(1.0, rate_out / rate_in)
-    t = np.arange(n_out, dtype=np.float64) * ratio
-    base = np.floor(t).astype(np.int64)
-    offsets = np.arange(-taps + 1, taps + 1)
-    idx = base[:, None] + offsets[None, :]
-    dist = t[:, None] - idx
-    kernel = cutoff * np.sinc(cutoff * dist) * (0.5 + 0.5 * np.cos(np.pi * np.clip(dist / taps, -1, 1)))
-    valid = (idx >= 0) & (idx < x.size)
-    vals = np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0)
-    return (vals * kernel).sum(axis=1).astype(np.float32)
+    half = _half_width(rate_in, rate_out, taps)
+    offsets = np.arange(-half + 1, half + 1)
+
+    def kernels(frac: np.ndarray) -> np.ndarray:
+        dist = frac[:, None] - offsets[None, :]
+        return cutoff * np.sinc(cutoff * dist) * (0.5 + 0.5 * np.cos(np.pi * np.clip(dist / half, -1, 1)))
+
+    table = kernels((np.arange(q) * p % q) / q) if q * offsets.size <= (1 << 20) else None
+    xp = np.pad(x.astype(np.float32, copy=False), (half, half + 1))
+    block = max(1, (1 << 20) // offsets.size)  # about 8 MB per temporary array
+    out = np.empty(n_out, np.float32)
+    for start in range(0, n_out, block):
+        j = np.arange(start, min(start + block, n_out), dtype=np.int64)
+        vals = xp[(j * p // q)[:, None] + offsets[None, :] + half]
+        kern = table[j % q] if table is not None else kernels((j * p % q) / q)
+        out[start:start + j.size] = np.einsum("ij,ij->i", vals, kern)
+    return out
 
 
 def _mel_filterbank(n_fft: int, n_mels: int, rate: int) -> np.ndarray:
@@ -218,9 +254,16 @@ class AudioEncoder(nn.Module):
             if not want or a is None or a.size == 0 or not rate:
                 waves.append(np.zeros(0, np.float32))
                 continue
-            mono = a.astype(np.float32).reshape(a.shape[0], -1).mean(axis=1) if a.ndim > 1 else a.astype(np.float32)
-            mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-            mono = resample(mono, int(rate), sr)[: int(cfg.max_seconds * sr)]
+            keep = int(cfg.max_seconds * sr)
+            # Only the input that can reach the kept output is read: resampling a long window whole
+            # and truncating after costs gigabytes (120 s at 48 kHz: 3 GB) for samples thrown away.
+            cut = resample_span(keep, int(rate), sr)
+            # f32le samples are not range-checked on the wire: a finite 1e30 would overflow the
+            # power spectrum to inf and every score to NaN, so samples are clipped to the
+            # contract's [-1, 1] (what a DAC does) before mixing, which would overflow too.
+            samples = np.clip(np.nan_to_num(a[:cut].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+            mono = samples.reshape(samples.shape[0], -1).mean(axis=1) if samples.ndim > 1 else samples
+            mono = resample(mono, int(rate), sr, n_out=keep)
             waves.append(mono)
         mels = [log_mel(w, self._fb, cfg.n_fft, cfg.hop_length) for w in waves]
         if cfg.kind == "transformer":

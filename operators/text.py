@@ -103,6 +103,20 @@ def minilm_path() -> str:
     return str(pkg.get_model_path())
 
 
+def _valid_utf8(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD.
+
+    A Python string may hold them (``mmstream infer --text`` with non-UTF-8 bytes in argv, or any
+    embedder's string) and both tokenizers refuse them, the Rust one with a TypeError that
+    failed the whole batch. One bad character must not cost the window, let alone its batch.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
+
+
 class TextEncoder(nn.Module):
     """Transcript segments -> one embedding per window; see the module docstring for shapes."""
 
@@ -149,7 +163,7 @@ class TextEncoder(nn.Module):
                 continue
             for text, frac in segs:
                 if text and text.strip() and frac > 0:
-                    flat.append(text.strip())
+                    flat.append(_valid_utf8(text.strip()))
                     owner.append(b)
                     weight.append(float(min(max(frac, 0.0), 1.0)))
         enc = self.tokenize(flat) if flat else {"input_ids": torch.zeros(0, 1, dtype=torch.long),

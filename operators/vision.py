@@ -205,8 +205,22 @@ def sample_indices(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
+MAX_ASPECT = 4  # long side / short side kept before resizing; the centre crop is square anyway
+
+
 def _to_tensor(img_bgr: np.ndarray, cfg: VisionEncoderConfig) -> np.ndarray:
     h, w = img_bgr.shape[:2]
+    # Scaling the short side to 256 scales the long side too: a 1 x 20,000 raw frame (60 KB)
+    # became a 256 x 5,120,000 image (4 GB, 13 s) only to keep its centre square, and a slightly
+    # longer one gets the processor OOM-killed. Only the centre of the long side can reach the
+    # crop, so cut it down first; frames within MAX_ASPECT (every real camera) are untouched.
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        keep = MAX_ASPECT * min(h, w)
+        if h > w:
+            img_bgr = img_bgr[(h - keep) // 2:(h - keep) // 2 + keep]
+        else:
+            img_bgr = img_bgr[:, (w - keep) // 2:(w - keep) // 2 + keep]
+        h, w = img_bgr.shape[:2]
     short = cfg.short_side
     scale = short / min(h, w)
     nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
@@ -217,6 +231,23 @@ def _to_tensor(img_bgr: np.ndarray, cfg: VisionEncoderConfig) -> np.ndarray:
     img = img[top:top + s, left:left + s, ::-1].astype(np.float32) / 255.0
     img = (img - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def _nearest_untried(i: int, n: int, tried: set[int], queued: list[int]) -> int | None:
+    """The index nearest ``i`` (the lower one on a tie) in ``range(n)``, neither tried nor queued.
+
+    Searched outward from ``i`` rather than by sorting all ``n`` candidates per failed frame:
+    that was quadratic, so a long window of corrupt frames (4,000) held a preprocessing thread
+    for seconds; the walk stops at the first free index, next to ``i`` in practice, and nothing
+    is searched once every frame is tried or queued (``frames_per_window: 0``).
+    """
+    if len(tried) + len(queued) >= n:  # disjoint: an index leaves the queue before it is tried
+        return None
+    for d in range(1, n):
+        for j in (i - d, i + d):
+            if 0 <= j < n and j not in tried and j not in queued:
+                return j
+    return None
 
 
 # --------------------------------------------------------------------------- encoder
@@ -279,10 +310,9 @@ class VisionEncoder(nn.Module):
                     img, reason = decode_frame(window_frames[i])
                     if img is None:
                         bad.append((i, reason))
-                        alt = sorted((j for j in range(n) if j not in tried and j not in queue),
-                                     key=lambda j, i=i: (abs(j - i), j))
-                        if alt:
-                            queue.append(alt[0])
+                        alt = _nearest_untried(i, n, tried, queue)
+                        if alt is not None:
+                            queue.append(alt)
                         continue
                     arrays.append(_to_tensor(img, self.config))
                     owner.append(b)

@@ -62,3 +62,17 @@ def test_offline_text_and_missing_modality(offline: FusedModel) -> None:
     ]))
     assert a.label == "food"
     assert a.scores == b.scores
+
+
+def test_offline_serves_loud_samples_and_lone_surrogates(offline: FusedModel) -> None:
+    """Silero turned 3.4e38 f32le samples into a NaN speech probability, and MiniLM's Rust
+    tokenizer raised TypeError on a lone surrogate, failing the whole batch."""
+    loud, clipped, text, clean = offline.infer(offline.preprocess([
+        WindowInput(audio=np.full((4000, 2), 3.4e38, np.float32), sample_rate=48000),
+        WindowInput(audio=np.ones((4000, 1), np.float32), sample_rate=48000),
+        WindowInput(texts=[("a plate of pasta \udcff", 1.0)]),
+        WindowInput(texts=[("a plate of pasta \ufffd", 1.0)]),
+    ]))
+    assert np.isfinite(loud.outputs["speech_probability"]) and np.isfinite(list(loud.scores.values())).all()
+    assert loud.scores == pytest.approx(clipped.scores, abs=1e-5)
+    assert text.used[Modality.TEXT] and text.scores == clean.scores
