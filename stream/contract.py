@@ -87,7 +87,7 @@ class ContractLimits(BaseModel):
     max_frame_bytes: int = Field(8 * 2**20, gt=0, description="largest video record value")
     max_audio_bytes: int = Field(2**20, gt=0, description="largest audio record value")
     max_text_bytes: int = Field(64 * 2**10, gt=0, description="largest transcript record value")
-    max_frame_side: int = Field(8192, gt=0, description="largest raw frame width or height, pixels")
+    max_frame_side: int = Field(8192, gt=0, description="largest frame width or height, pixels (JPEG/PNG: as declared in their header)")
 
 
 # --------------------------------------------------------------------------- input items

@@ -261,10 +261,14 @@ def _decode_frame(
     if kind == "jpeg":
         if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
             raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
+        _check_declared_size(_jpeg_size(value), limits.max_frame_side, "JPEG")
         width = height = None
     elif kind == "png":
         if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
             raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
+        if value[12:16] == b"IHDR":
+            _check_declared_size((int.from_bytes(value[16:20], "big"), int.from_bytes(value[20:24], "big")),
+                                 limits.max_frame_side, "PNG")
         width = height = None
     else:
         _, width, height, _text = spec
@@ -277,6 +281,36 @@ def _decode_frame(
     return _trusted(VideoFrame, {"source_id": source_id, "ts_ns": ts_ns, "encoding": kind,
                                  "width": width, "height": height, "data": value},
                     None if kind == "raw" else _ENCODED_FRAME_FIELDS)
+
+
+def _check_declared_size(size: tuple[int, int] | None, limit: int, what: str) -> None:
+    """An image declaring a side over ``max_frame_side`` is refused before anyone decodes it: a
+    few kilobytes of PNG or JPEG can declare 60000x60000 pixels, gigabytes once decoded."""
+    if size is not None and max(size) > limit:
+        raise ContractError(Reason.BAD_IMAGE, f"{what} declares {size[0]}x{size[1]} pixels; "
+                                              f"a side may be at most max_frame_side={limit}")
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
+
+
+def _jpeg_size(value: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, or None when the segments before it do not
+    parse (then the full decode decides: ``decode_failed``, as before this check)."""
+    i, n = 2, len(value)
+    while i + 9 <= n:
+        if value[i] != 0xFF:
+            return None
+        marker = value[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            return int.from_bytes(value[i + 7:i + 9], "big"), int.from_bytes(value[i + 5:i + 7], "big")
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        i += 2 + int.from_bytes(value[i + 2:i + 4], "big")
+    return None
 
 
 def _decode_audio(

@@ -271,6 +271,35 @@ def test_truncated_real_images_are_bad_image(image: np.ndarray, encoding: str) -
         assert info.value.reason is Reason.BAD_IMAGE, cut
 
 
+def _declaring(value: bytes, encoding: str, width: int, height: int) -> bytes:
+    """A real image whose header is edited to declare another size (a decompression bomb's
+    header: what decoding would allocate, with none of the data)."""
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    if encoding == "png":
+        return value[:16] + size + value[24:]
+    at = next(i for i in range(2, len(value)) if value[i] == 0xFF and value[i + 1] in (0xC0, 0xC2))
+    return value[:at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + value[at + 9:]
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_images_declaring_a_side_over_max_frame_side_are_bad_image(image: np.ndarray, encoding: str,
+                                                                     progressive: bool) -> None:
+    import cv2
+
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive and encoding == "jpeg" else []
+    value = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)[1].tobytes()
+    ct = f"image/{encoding}"
+    assert decode(rec(value, ct)).data == value
+    assert decode(rec(_declaring(value, encoding, 8192, 16), ct)).encoding == encoding  # at the limit
+    for width, height in ((8193, 16), (16, 60_000), (65_535, 65_535)):
+        with pytest.raises(ContractError, match=f"declares {width}x{height} pixels") as info:
+            decode(rec(_declaring(value, encoding, width, height), ct))
+        assert info.value.reason is Reason.BAD_IMAGE
+    small = ContractLimits(max_frame_side=20)
+    assert reason_of(rec(value, ct), limits=small) is Reason.BAD_IMAGE  # the image is 32 wide
+
+
 # --------------------------------------------------------------------------- bad_json
 
 
