@@ -53,7 +53,9 @@ class WindowOutput:
         label: the top-scoring label; None when no modality was usable (scores are then the
             head's prior: 0.5 each for an untrained head).
         embedding: the window embedding (fused, or the shared MiniLM-space one for the offline
-            preset), L2-normalised; None when the model is configured without embeddings.
+            preset), L2-normalised; all zeros when the offline preset sees no modality (there
+            is nothing to place in its shared space); None when the model is configured without
+            embeddings.
         outputs: per-modality scalar outputs, e.g. ``speech_probability``, ``audio_rms``,
             ``audio_db``, ``image_top_prob``, ``frames_used``.
         dropped_frames: (index into ``WindowInput.frames``, reason) for each frame that failed to
