@@ -305,11 +305,14 @@ def _jpeg_size(value: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in _SOF:
-            return int.from_bytes(value[i + 7:i + 9], "big"), int.from_bytes(value[i + 5:i + 7], "big")
-        if marker == 0xDA:  # start of scan: no frame header before it
+        length = int.from_bytes(value[i + 2:i + 4], "big")  # of the segment, its own 2 bytes included
+        if length < 2 or i + 2 + length > n or marker == 0xDA:  # malformed, or the scan began first
             return None
-        i += 2 + int.from_bytes(value[i + 2:i + 4], "big")
+        if marker in _SOF:
+            if length < 8:
+                return None
+            return int.from_bytes(value[i + 7:i + 9], "big"), int.from_bytes(value[i + 5:i + 7], "big")
+        i += 2 + length
     return None
 
 

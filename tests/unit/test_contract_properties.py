@@ -57,10 +57,12 @@ def video_frames(draw: st.DrawFn) -> VideoFrame:
         return VideoFrame(source_id=sid, ts_ns=ts, encoding="raw", width=w, height=h,
                           data=draw(st.binary(min_size=w * h * 3, max_size=w * h * 3)))
     body = draw(st.binary(max_size=256))
+    # Random bytes could spell a frame header declaring a side over max_frame_side (then the
+    # frame is rightly refused): a JPEG body opens with a scan marker, a PNG body with no IHDR.
     if encoding == "jpeg":
-        data = JPEG_SOI + body + JPEG_EOI + draw(st.binary(max_size=14))  # padding after EOI is tolerated
+        data = JPEG_SOI + b"\xda" + body + JPEG_EOI + draw(st.binary(max_size=14))  # padding after EOI is tolerated
     else:
-        data = PNG_SIG + body + PNG_IEND
+        data = PNG_SIG + (body if body[4:8] != b"IHDR" else bytes(8)) + PNG_IEND
     return VideoFrame(source_id=sid, ts_ns=ts, encoding=encoding, data=data)
 
 
