@@ -90,7 +90,7 @@ class ProcessModel:
         self._threads = torch_threads or default_threads()
         self._timeout_s = load_timeout_s
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._restart_lock = threading.Lock()  # batches in flight meet the same dead child
+        self._restart_lock = threading.RLock()  # batches in flight meet the same dead child; start() may stop()
         self._deaths: deque[float] = deque(maxlen=max_restarts + 1)  # times the child died (monotonic)
         self._window_s = restart_window_s
         self._lost: ModelUnavailableError | None = None
@@ -158,7 +158,8 @@ class ProcessModel:
             self.restarts += 1
 
     def stop(self) -> None:
-        """Stop the child. Idempotent."""
-        pool, self._pool = self._pool, None
+        """Stop the child. Idempotent. Waits for a restart under way, so no new child outlives it."""
+        with self._restart_lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -140,3 +140,18 @@ def test_a_killed_model_worker_is_replaced_then_given_up_when_it_keeps_dying() -
         assert model._pool is None
     finally:
         model.stop()
+
+
+def test_a_worker_that_cannot_start_again_makes_the_model_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restart's own failure (weights gone, device lost) ends in ModelUnavailableError, not
+    in a deadlock: a failed start stops the half-made pool under the restart lock."""
+    model = ProcessModel(ModelConfig(preset="tiny", device="cpu"), torch_threads=1)
+    model.start()
+    try:
+        model._config = ModelConfig(preset="offline", device="cpu", path="/nonexistent")  # the next load fails
+        _kill_child(model)
+        with pytest.raises(ModelUnavailableError, match="could not start again"):
+            model.infer([WindowInput()])
+        assert model._pool is None and model.restarts == 0
+    finally:
+        model.stop()
