@@ -231,10 +231,16 @@ def _run_mic(args: argparse.Namespace) -> int:
 
 
 def _run_file(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stream.errors import CaptureError
     from stream.sources import files
     from stream.sources._publish import Publisher
     from stream.sources.camera import FrameOptions
 
+    if not Path(args.file).is_file():  # before the topics are made on the broker
+        what = "it is a directory" if Path(args.file).is_dir() else "no such file"
+        raise CaptureError(f"cannot read {args.file}: {what}")
     settings = _settings(args)
     opts = _config(files.ReplayOptions, source_id=args.source_id, start_ns=args.start_ns,
                    realtime=not args.as_fast_as_possible)

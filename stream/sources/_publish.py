@@ -7,6 +7,11 @@ topics first (``ensure_topics``; mmstream never relies on auto-creation), and ke
 - ``await publish(item)`` waits for room: files and synthetic backfills lose nothing;
 - ``offer(item)`` returns False instead of waiting: live devices drop rather than queue when Kafka
   is slower, and the caller counts the drop.
+
+Every record is checked with the contract's own checker (``stream.decode.decode``, under the
+configured ``limits``) before it is sent: a record the processor would dead-letter (a raw frame or
+an audio chunk over its size limit, say) is a ``CaptureError`` naming the reason at the source,
+instead of a stream of dead letters the producer never hears about.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
-from stream.contract import Item, encode
-from stream.errors import KafkaError, MmstreamError
+from stream.contract import EncodedRecord, Item, encode
+from stream.errors import CaptureError, ContractError, KafkaError, MmstreamError
 
 __all__ = ["PublishStats", "Publisher"]
 
@@ -47,9 +52,10 @@ class Publisher:
         async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
             await pub.publish(frame)
 
-    Raises (from ``start``/``publish``/``flush``):
+    Raises (from ``start``/``publish``/``offer``/``flush``):
         KafkaError: the broker cannot be reached, or a send failed (the first failure is raised
             at the next call, so a producer loop stops instead of sending into the void).
+        CaptureError: the item would not pass ``stream.decode.decode`` (nothing is sent).
         TopicLayoutError: the input topics exist with different partition counts.
     """
 
@@ -122,20 +128,22 @@ class Publisher:
     async def publish(self, item: Item) -> None:
         """Send one item, waiting while ``max_in_flight`` records are unacknowledged."""
         self._check()
+        rec = self._encode(item)
         while self._reserved >= self._max_in_flight:
             self._room.clear()
             await self._room.wait()
             self._check()
         self._reserve()
-        await self._send(item)
+        await self._send(self.topic_of(item), rec)
 
     def offer(self, item: Item) -> bool:
         """Send one item only if there is room now; False (nothing sent) when Kafka is behind."""
         self._check()
+        rec = self._encode(item)
         if self._reserved >= self._max_in_flight:
             return False
         self._reserve()
-        task = asyncio.ensure_future(self._send(item))
+        task = asyncio.ensure_future(self._send(self.topic_of(item), rec))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return True
@@ -164,9 +172,19 @@ class Publisher:
         self._reserved -= 1
         self._room.set()
 
-    async def _send(self, item: Item) -> None:
-        topic = self.topic_of(item)
+    def _encode(self, item: Item) -> EncodedRecord:
+        """The record for ``item``, once the contract's checker accepts it as the processor would."""
+        from stream.decode import decode
+
         rec = encode(item)
+        try:
+            decode(rec, expect=item.modality, limits=self._limits)
+        except ContractError as exc:
+            raise CaptureError(f"{item.source_id}: the processor would refuse this {item.modality.value} record "
+                               f"({exc}); nothing sent") from exc
+        return rec
+
+    async def _send(self, topic: str, rec: EncodedRecord) -> None:
         try:
             fut = await self._producer.send(topic, value=rec.value, key=rec.key, headers=rec.headers)
         except Exception as exc:  # noqa: BLE001 - any send failure ends the source, typed

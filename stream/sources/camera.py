@@ -6,7 +6,9 @@ the publisher. When Kafka is slower than the camera the frame is **dropped, not 
 counted): a live source must never build an unbounded backlog.
 
 When the device or stream ends or fails, the source either reconnects with exponential backoff
-or exits cleanly, as configured (``on_end``), and logs one line saying what happened.
+or exits cleanly, as configured (``on_end``), and logs one line saying what happened. A read that
+"succeeds" with an empty image (some V4L2 and network backends do this while a device goes away)
+counts as a failure too: encoding it raised an OpenCV error that ended the whole capture.
 
 Example::
 
@@ -61,6 +63,8 @@ class FrameOptions(BaseModel):
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:  # BGRA (some backends, PNG sequences): raw frames are bgr24
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
         return frame_from_image(source_id, ts_ns, image, encoding=self.encoding, jpeg_quality=self.jpeg_quality)
 
 
@@ -90,24 +94,39 @@ class CameraStats:
     ended: str = ""
 
 
+# FFmpeg codecs that turn a text file into "video" (its tty demuxer renders .txt/.nfo/.asc/... as
+# ANSI art): OpenCV opens such a file happily, and a typo'd path would publish pictures of text.
+_TEXT_CODECS = {b"ansi", b"tty\x00"}
+
+
 def open_capture(device: str, timeout_ms: int = 10_000) -> Any:
     """``cv2.VideoCapture`` for an index, file or URL.
 
     Raises:
-        CaptureError: it cannot be opened; the message names the device.
+        CaptureError: it cannot be opened, or a file holds no video (audio only, not media, a
+            text file FFmpeg would render as ANSI art); the message names the device or file.
     """
     import cv2
 
     target: int | str = int(device) if device.isdigit() else device
+    is_path = isinstance(target, str) and "://" not in target
+    if is_path and Path(target).is_dir():
+        raise CaptureError(f"cannot open video file {device!r}: it is a directory")
     try:
         cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms])
     except cv2.error as exc:
         raise CaptureError(f"cannot open video device {device!r}: {exc}") from exc
     if not cap.isOpened():
         cap.release()
-        hint = "no such file" if isinstance(target, str) and "://" not in target and not Path(target).exists() else (
-            "is the camera connected and free, and the index or URL right?")
+        if is_path and Path(target).exists():
+            raise CaptureError(f"cannot open video file {device!r}: OpenCV finds no video stream in it "
+                               "(an audio-only, damaged or non-media file?)")
+        hint = "no such file" if is_path else "is the camera connected and free, and the index or URL right?"
         raise CaptureError(f"cannot open video device {device!r} ({hint})")
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    if is_path and fourcc.to_bytes(4, "little") in _TEXT_CODECS:
+        cap.release()
+        raise CaptureError(f"cannot open video file {device!r}: it is text, not video")
     return cap
 
 
@@ -196,6 +215,8 @@ class CameraSource:
                 return f"read failed: {exc}"
             if not ok or image is None:
                 return "end of stream" if self._is_file else "device stopped delivering frames"
+            if image.size == 0:
+                return "device delivered an empty frame"
             ts = self._clock.stamp()
             if last_ts is not None and ts - last_ts < min_gap_ns:
                 self.stats.skipped += 1

@@ -82,7 +82,11 @@ async def replay_video(
     """Publish every frame of a video file at its own timestamp on the ``opts`` timeline.
 
     A frame's media time is the container's timestamp (``CAP_PROP_POS_MSEC``); where the
-    container has none, ``index / fps``. ``frames.fps_cap`` skips frames closer than 1/cap.
+    container has none (OpenCV then reports 0), ``index / fps``. A timestamp that repeats or goes
+    back (a glitch in a variable-frame-rate file) puts the frame 1 ns after the previous one: the
+    stream stays in order and on the container's own timeline (switching to ``index / fps`` there
+    moved every later frame of such a file off its real instant). ``frames.fps_cap`` skips frames
+    closer than 1/cap.
 
     Raises:
         CaptureError: the file cannot be opened or has no frame rate and no timestamps.
@@ -91,7 +95,7 @@ async def replay_video(
     import cv2
 
     frames = frames or FrameOptions()
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise CaptureError(f"video file {path} does not exist")
     cap = open_capture(str(path))
     pacer = _Pacer(opts, clock or default_clock())
@@ -107,10 +111,13 @@ async def replay_video(
                 break
             pos_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
             media_ns = round(pos_ms * 1_000_000)
-            if media_ns <= last_media:  # no usable container timestamps: fall back to the frame rate
-                if fps <= 0:
-                    raise CaptureError(f"video file {path} has neither timestamps nor a frame rate")
-                media_ns = round(index * NS_PER_S / fps)
+            if media_ns <= last_media:
+                if media_ns == 0:  # no container timestamp: fall back to the frame rate
+                    if fps <= 0:
+                        raise CaptureError(f"video file {path} has neither timestamps nor a frame rate")
+                    media_ns = max(round(index * NS_PER_S / fps), last_media + 1)
+                else:  # repeated or backwards: keep the order, stay on the container's timeline
+                    media_ns = last_media + 1
             index += 1
             last_media = media_ns
             if last_sent is not None and media_ns - last_sent < min_gap_ns:

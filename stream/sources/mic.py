@@ -1,12 +1,16 @@
 """Microphone source: a PyAudio input stream as contiguous s16le chunks.
 
-PortAudio calls back from its own thread with ``chunk_ms`` of audio; the callback only hands the
-bytes over (a bounded queue). Timestamps come from the sample count, not from each callback: the
-first chunk is stamped from the capture clock minus the device's input latency and the chunk's
-own length, and chunk ``j`` is ``j * chunk_ms`` after it, so ``mm-ts`` is contiguous. An input
-overrun (PortAudio's flag, or our queue full) is counted, never fatal; after samples were lost the
-timeline is re-anchored forward to the clock (the aligner zero-fills the gap). A timeline that
-falls more than ``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way.
+PortAudio calls back from its own thread with ``chunk_ms`` of audio; the callback reads the capture
+clock and hands the bytes and that reading over (a bounded queue). The reading is taken in the
+callback, not when the chunk leaves the queue: when Kafka is slow the queue holds seconds of audio,
+and a clock read at dequeue time would stamp that audio seconds late (and re-anchor the timeline
+into the future). Timestamps come from the sample count, not from each callback: the first chunk
+is stamped from its clock reading minus the device's input latency and the chunk's own length,
+and chunk ``j`` is ``j * chunk_ms`` after it, so ``mm-ts`` is contiguous. An input overrun
+(PortAudio's flag, or our queue full) is counted, never fatal; the first chunk after lost samples
+carries the mark, and the timeline is re-anchored forward to its clock reading (the aligner
+zero-fills the gap) but never back over audio already sent. A timeline that falls more than
+``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way.
 
 Example::
 
@@ -170,22 +174,28 @@ class MicSource:
         cfg = self.config
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue(cfg.queue_chunks)
+        # (pcm, PortAudio's overflow flag, samples were lost just before it, clock read in the callback)
+        chunks: asyncio.Queue[tuple[bytes, bool, bool, int]] = asyncio.Queue(cfg.queue_chunks)
         frame_bytes = 2 * cfg.channels
         pa = _pyaudio()
         stream = None
-        lost = [0]  # chunks the queue could not take (counted in the PortAudio thread's callback)
+        lost = [0, 0]  # chunks the queue could not take; 1 while the next queued chunk follows a loss
+        clock = self._clock
 
-        def put(item: tuple[bytes, bool]) -> None:
+        def put(item: tuple[bytes, bool, int]) -> None:  # on the loop's thread, in callback order
+            data, overflow, read_ns = item
             try:
-                chunks.put_nowait(item)
+                chunks.put_nowait((data, overflow, overflow or bool(lost[1]), read_ns))
+                lost[1] = 0
             except asyncio.QueueFull:
                 lost[0] += 1
+                lost[1] = 1
 
         def callback(in_data: bytes, frame_count: int, time_info: dict, status: int) -> tuple[None, int]:
             import pyaudio
 
-            loop.call_soon_threadsafe(put, (in_data, bool(status & pyaudio.paInputOverflow)))
+            read_ns = clock.now_ns()  # here: the chunk may wait in the queue while Kafka is slow
+            loop.call_soon_threadsafe(put, (in_data, bool(status & pyaudio.paInputOverflow), read_ns))
             return None, pyaudio.paContinue
 
         try:
@@ -229,23 +239,28 @@ class MicSource:
                 if get not in done:
                     get.cancel()
                     break
-                data, overflow = get.result()
-                n = len(data) // frame_bytes
+                data, overflow, after_loss, read_ns = get.result()
+                n_read = len(data) // frame_bytes
+                n = n_read
                 if limit is not None:
                     n = min(n, limit - self.stats.samples)
                     data = data[: n * frame_bytes]
                 if lost[0] > seen_lost or overflow:
                     self.stats.overruns += (lost[0] - seen_lost) + int(overflow)
                     seen_lost = lost[0]
-                    if anchor_ns is not None:
-                        log.warning("mic %s: input overrun (%d so far); samples were lost, re-anchoring",
-                                    cfg.source_id, self.stats.overruns)
-                        anchor_ns = None
-                # this chunk's last sample was captured input latency before the callback
-                now_first = self._clock.stamp(
-                    latency_ns=int(self.stats.input_latency_s * NS_PER_S) + n * NS_PER_S // cfg.sample_rate)
+                if after_loss and anchor_ns is not None:
+                    log.warning("mic %s: input overrun (%d so far); samples were lost, re-anchoring",
+                                cfg.source_id, self.stats.overruns)
+                    # forward to the clock, but never back over audio already sent (a device whose
+                    # clock runs a little fast is ahead of ours: re-anchoring there would overlap)
+                    end_ns = anchor_ns + since_anchor * NS_PER_S // cfg.sample_rate
+                    anchor_ns, since_anchor = None, 0
+                else:
+                    end_ns = None
+                # this chunk's last sample was captured input latency before the callback read the clock
+                now_first = read_ns - int(self.stats.input_latency_s * NS_PER_S) - n_read * NS_PER_S // cfg.sample_rate
                 if anchor_ns is None:
-                    anchor_ns, since_anchor = now_first, 0
+                    anchor_ns, since_anchor = now_first if end_ns is None else max(now_first, end_ns), 0
                 else:
                     ts = anchor_ns + since_anchor * NS_PER_S // cfg.sample_rate
                     if now_first - ts > cfg.resync_ms * 1_000_000:

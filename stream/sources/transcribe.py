@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stream.contract import AudioChunk, Modality, TranscriptSegment
+from stream.contract import AudioChunk, ContractLimits, Modality, TranscriptSegment, encode
 from stream.errors import ContractError, ModelError
 
 __all__ = ["Recognized", "TranscribeConfig", "TranscribeStats", "UtteranceTracker", "default_model_path",
@@ -142,9 +142,10 @@ class UtteranceTracker:
     """
 
     def __init__(self, source_id: str, config: TranscribeConfig, recognize: Recognizer,
-                 vad: Callable[[np.ndarray], float]) -> None:
+                 vad: Callable[[np.ndarray], float], max_text_bytes: int = ContractLimits().max_text_bytes) -> None:
         self.source_id = source_id
         self.config = config
+        self._max_bytes = max_text_bytes
         self._recognize = recognize
         self._vad = vad
         self._anchor_ns: int | None = None  # timeline: sample i at anchor + i * 1e9 / RATE
@@ -228,8 +229,21 @@ class UtteranceTracker:
         end = max(min(base + round(pieces[-1].end_s * NS_PER_S), s_hi), start)
         text = " ".join(p.text for p in pieces)
         seg_id = f"{self.source_id}:{s_lo}"
-        return [TranscriptSegment(source_id=self.source_id, ts_ns=start, text=text[:16_000], start_ns=start,
-                                  end_ns=end, final=final, segment_id=seg_id, lang=self.config.language)]
+        return [fit_text(TranscriptSegment(source_id=self.source_id, ts_ns=start, text=text[:16_000], start_ns=start,
+                                           end_ns=end, final=final, segment_id=seg_id, lang=self.config.language),
+                         self._max_bytes)]
+
+
+def fit_text(segment: TranscriptSegment, max_bytes: int) -> TranscriptSegment:
+    """``segment`` with its text cut until its record fits ``max_bytes``: a long utterance must
+    not stop the transcriber (the publisher refuses a record the processor would dead-letter), and
+    characters count 1 to 6 bytes once JSON-escaped, so a cut by characters alone is not enough."""
+    size = len(encode(segment).value)
+    while size > max_bytes and segment.text:
+        keep = min(len(segment.text) - 1, len(segment.text) * max_bytes // size)
+        segment = segment.model_copy(update={"text": segment.text[:max(keep, 0)]})
+        size = len(encode(segment).value)
+    return segment
 
 
 @dataclass
@@ -311,7 +325,7 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
                         tracker = trackers.get(chunk.source_id)
                         if tracker is None:
                             tracker = trackers[chunk.source_id] = UtteranceTracker(
-                                chunk.source_id, config, recognize, vad_for())
+                                chunk.source_id, config, recognize, vad_for(), settings.limits.max_text_bytes)
                         async with lock:
                             segments = await asyncio.to_thread(tracker.feed, chunk)
                         await publish(segments)

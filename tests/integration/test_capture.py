@@ -186,3 +186,29 @@ async def test_camera_that_cannot_open_is_a_capture_error(settings_for) -> None:
     async with Publisher(s.kafka, s.topics, s.limits) as pub:
         with pytest.raises(CaptureError, match="no such file"):
             await CameraSource(CameraConfig(device="/nonexistent/cam.mp4"), pub).run()
+
+
+def test_bad_inputs_end_with_one_line_and_exit_2_and_send_nothing(settings_for, tmp_path: Path) -> None:
+    """A text file is not a video (FFmpeg would render it as ANSI art, and it was published), and a
+    WAV chunk over ``max_audio_bytes`` would only have become dead letters at the processor."""
+    import wave
+
+    s = settings_for()
+    cfg = config_file(tmp_path, s)
+    (tmp_path / "notes.txt").write_text("turn on the light\n" * 50)
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:  # 40 s: one 40 s chunk is 1.28 MB > 1 MiB
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000 * 40, np.int16).tobytes())
+    for argv, says in ((["video", str(tmp_path / "notes.txt")], "it is text, not video"),
+                       (["wav", str(tmp_path / "long.wav"), "--chunk-ms", "40000"], "payload_size")):
+        proc = subprocess.run([sys.executable, "-m", "stream.cli", "capture", *argv, "--as-fast-as-possible",
+                               "--config", cfg], capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).parents[2])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("mmstream capture: ") and says in last, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert asyncio.run(read_all(s, s.topics.video, 1, timeout_s=3)) == []
+    assert asyncio.run(read_all(s, s.topics.audio, 1, timeout_s=3)) == []

@@ -238,3 +238,14 @@ def test_tail_keeps_a_valid_result_as_published() -> None:
     summary = summarize(_record(value), results_topic="mm.results")
     assert summary["kind"] == "result" and summary["result"] == RESULT
     assert "speech" in render(summary).plain
+
+
+@pytest.mark.parametrize("kind", ["video", "wav", "transcript"])
+def test_capture_of_a_missing_file_fails_before_touching_kafka(kind: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked first: it used to create the topics on the broker, then fail (or, with no broker,
+    to report an unreachable broker instead of the missing file)."""
+    for path, says in ((tmp_path / "gone.bin", "no such file"), (tmp_path, "it is a directory")):
+        code = main(["capture", kind, str(path), "--bootstrap", "127.0.0.1:1"])
+        assert code == 2
+        assert f"cannot read {path}: {says}" in one_line_error(capsys, "capture")
