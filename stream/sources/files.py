@@ -134,24 +134,28 @@ async def replay_video(
     return stats
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """(int16 samples shaped (n, channels), rate) of a 16-bit PCM WAV file.
+def _open_wav(path: str | Path) -> wave.Wave_read:
+    """A 16-bit PCM WAV file, open, with a rate and channel count the contract accepts.
 
     Raises:
-        CaptureError: missing, unreadable, or not 16-bit PCM (convert with ``sox in.wav -b 16 out.wav``).
+        CaptureError: missing, unreadable, not 16-bit PCM (convert with ``sox in.wav -b 16 out.wav``),
+            or a rate or channel count no audio chunk may carry.
     """
     try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-                raise CaptureError(
-                    f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit "
-                    f"{w.getcomptype()}); convert with: sox {path} -b 16 out.wav"
-                )
-            channels, rate = w.getnchannels(), w.getframerate()
-            raw = w.readframes(w.getnframes())
+        w = wave.open(str(path), "rb")
     except (OSError, EOFError, wave.Error) as exc:
         raise CaptureError(f"cannot read WAV file {path}: {exc}") from exc
-    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels), rate
+    problem = None
+    if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
+        problem = (f"only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit {w.getcomptype()}); "
+                   f"convert with: sox {path} -b 16 out.wav")
+    elif not (1000 <= w.getframerate() <= 384_000 and 1 <= w.getnchannels() <= 32):
+        problem = (f"{w.getframerate()} Hz and {w.getnchannels()} channels: audio chunks carry 1000-384000 Hz "
+                   "and 1-32 channels")
+    if problem is not None:
+        w.close()
+        raise CaptureError(f"{path}: {problem}")
+    return w
 
 
 async def replay_wav(
@@ -159,27 +163,34 @@ async def replay_wav(
     clock: CaptureClock | None = None, stop: asyncio.Event | None = None,
 ) -> ReplayStats:
     """Publish a WAV file as contiguous s16le chunks of ``chunk_ms``; the last one may be shorter.
+    The file is read a chunk at a time, so an hour of 48 kHz stereo costs no more memory than 20 ms.
 
     Raises:
         CaptureError: the file is not 16-bit PCM WAV, or ``chunk_ms`` is not a whole number of samples.
         KafkaError: publishing failed.
     """
-    samples, rate = read_wav(path)
-    if (rate * chunk_ms) % 1000 or chunk_ms <= 0:
-        raise CaptureError(f"chunk_ms {chunk_ms} is not a whole number of samples at {rate} Hz")
-    n = rate * chunk_ms // 1000
-    pacer = _Pacer(opts, clock or default_clock())
-    stats = ReplayStats(start_ns=pacer.start_ns)
-    for k in range(0, len(samples), n):
-        if stop is not None and stop.is_set():
-            break
-        media_ns = k * NS_PER_S // rate
-        ts = await pacer.at(media_ns)
-        await publisher.publish(audio_chunk_from_samples(opts.source_id, ts, samples[k: k + n], rate))
-        _seen(stats, ts)
+    with _open_wav(path) as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        if (rate * chunk_ms) % 1000 or chunk_ms <= 0:
+            raise CaptureError(f"chunk_ms {chunk_ms} is not a whole number of samples at {rate} Hz")
+        n = rate * chunk_ms // 1000
+        pacer = _Pacer(opts, clock or default_clock())
+        stats = ReplayStats(start_ns=pacer.start_ns)
+        k = 0
+        while stop is None or not stop.is_set():
+            try:
+                raw = w.readframes(n)
+            except (OSError, EOFError, wave.Error) as exc:
+                raise CaptureError(f"cannot read WAV file {path}: {exc}") from exc
+            samples = np.frombuffer(raw, dtype="<i2")[: len(raw) // (2 * channels) * channels].reshape(-1, channels)
+            if not len(samples):
+                break
+            ts = await pacer.at(k * NS_PER_S // rate)
+            await publisher.publish(audio_chunk_from_samples(opts.source_id, ts, samples, rate))
+            _seen(stats, ts)
+            k += len(samples)
     await publisher.flush()
-    log.info("wav %s: %d chunks (%.2f s at %d Hz) as %s", path, stats.records, len(samples) / rate, rate,
-             opts.source_id)
+    log.info("wav %s: %d chunks (%.2f s at %d Hz) as %s", path, stats.records, k / rate, rate, opts.source_id)
     return stats
 
 

@@ -311,3 +311,54 @@ def test_a_long_transcript_is_cut_to_a_record_the_processor_accepts(char: str, m
     out = decode(record, limits=ContractLimits(max_text_bytes=max_bytes))
     assert isinstance(out, TranscriptSegment) and out.text == fitted.text
     assert fit_text(fitted, max_bytes) == fitted  # what fits is left alone
+
+
+class _Counter(Sink):
+    """Keeps only what the test needs of each chunk: its time, length and first sample."""
+
+    def _take(self, item: Any) -> None:
+        self.items.append((item.ts_ns, item.n_samples, item.samples()[0, 0]))
+
+
+async def test_a_wav_file_is_read_a_chunk_at_a_time_and_contiguous(tmp_path) -> None:
+    import tracemalloc
+    import wave
+
+    from stream.sources.files import ReplayOptions, replay_wav
+
+    rate, seconds = 48_000, 30
+    signal = (np.arange(rate * seconds) % 30_000).astype(np.int16)  # sample i holds i mod 30000
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.repeat(signal, 2).tobytes())  # 5.8 MB
+    sink = _Counter()
+    tracemalloc.start()
+    try:
+        stats = await replay_wav(tmp_path / "long.wav", sink, ReplayOptions(source_id="f", start_ns=0, realtime=False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20  # the whole file would be 5.8 MB
+    assert stats.records == seconds * 50 == len(sink.items)
+    starts = np.cumsum([0] + [n for _, n, _ in sink.items[:-1]])
+    assert [ts for ts, _, _ in sink.items] == [int(k) * 1_000_000_000 // rate for k in starts]  # no gap, no overlap
+    assert [first for _, _, first in sink.items] == pytest.approx([(k % 30_000) / 32768 for k in starts])
+
+
+@pytest.mark.parametrize("rate, channels, says", [(500, 1, "500 Hz and 1 channels"), (16_000, 40, "40 channels")])
+async def test_a_wav_no_audio_chunk_may_carry_is_one_capture_error(tmp_path, rate: int, channels: int,
+                                                                    says: str) -> None:
+    import wave
+
+    from stream.errors import CaptureError
+    from stream.sources.files import ReplayOptions, replay_wav
+
+    with wave.open(str(tmp_path / "odd.wav"), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * channels * rate // 10))
+    with pytest.raises(CaptureError, match=says):
+        await replay_wav(tmp_path / "odd.wav", Sink(), ReplayOptions(source_id="f", start_ns=0, realtime=False))
