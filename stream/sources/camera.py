@@ -33,7 +33,7 @@ from stream.errors import CaptureError
 from stream.sources._publish import Publisher
 from stream.sources.clock import CaptureClock, default_clock
 
-__all__ = ["CameraConfig", "CameraSource", "CameraStats", "FrameOptions", "open_capture"]
+__all__ = ["CameraConfig", "CameraSource", "CameraStats", "FpsCap", "FrameOptions", "open_capture"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,24 @@ class FrameOptions(BaseModel):
         elif image.shape[2] == 4:  # BGRA (some backends, PNG sequences): raw frames are bgr24
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
         return frame_from_image(source_id, ts_ns, image, encoding=self.encoding, jpeg_quality=self.jpeg_quality)
+
+
+class FpsCap:
+    """At most ``fps`` frames a second, on a fixed grid of 1/``fps`` slots: a frame is due when no
+    frame of its slot was sent yet. Comparing each frame with the last one sent instead turns a 30
+    fps camera capped at 15 into 10 fps (the frame 66.6 ms after the last one sent is a hair short
+    of the gap and skipped, so only every third frame goes)."""
+
+    def __init__(self, fps: float | None) -> None:
+        self._slot_ns = int(1e9 / fps) if fps else 0
+        self._sent_slot: int | None = None
+
+    def due(self, ts_ns: int) -> bool:
+        return not self._slot_ns or ts_ns // self._slot_ns != self._sent_slot
+
+    def sent(self, ts_ns: int) -> None:
+        if self._slot_ns:
+            self._sent_slot = ts_ns // self._slot_ns
 
 
 class CameraConfig(FrameOptions):
@@ -198,11 +216,10 @@ class CameraSource:
         import cv2
 
         cfg = self.config
-        min_gap_ns = int(1e9 / cfg.fps_cap) if cfg.fps_cap else 0
+        cap_fps = FpsCap(cfg.fps_cap)
         file_fps = cap.get(cv2.CAP_PROP_FPS) if self._is_file else 0.0
         period_s = 1.0 / file_fps if self._is_file and cfg.file_realtime and file_fps > 0 else 0.0
         next_read = time.monotonic()
-        last_ts: int | None = None
         while not stop.is_set():
             if period_s:
                 delay = next_read - time.monotonic()
@@ -218,13 +235,13 @@ class CameraSource:
             if image.size == 0:
                 return "device delivered an empty frame"
             ts = self._clock.stamp()
-            if last_ts is not None and ts - last_ts < min_gap_ns:
+            if not cap_fps.due(ts):
                 self.stats.skipped += 1
                 continue
             frame = await asyncio.to_thread(cfg.to_frame, cfg.source_id, ts, image)
             if self._pub.offer(frame):
                 self.stats.frames += 1
-                last_ts = ts
+                cap_fps.sent(ts)
             else:
                 self.stats.dropped += 1
                 if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:

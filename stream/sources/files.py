@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stream.contract import TranscriptSegment, audio_chunk_from_samples
 from stream.errors import CaptureError
 from stream.sources._publish import Publisher
-from stream.sources.camera import FrameOptions, open_capture
+from stream.sources.camera import FpsCap, FrameOptions, open_capture
 from stream.sources.clock import CaptureClock, default_clock
 
 __all__ = ["ReplayOptions", "ReplayStats", "read_transcript", "replay_transcript", "replay_video", "replay_wav"]
@@ -101,8 +101,8 @@ async def replay_video(
     pacer = _Pacer(opts, clock or default_clock())
     stats = ReplayStats(start_ns=pacer.start_ns)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-    min_gap_ns = int(NS_PER_S / frames.fps_cap) if frames.fps_cap else 0
-    last_media, last_sent = -1, None
+    cap_fps = FpsCap(frames.fps_cap)
+    last_media = -1
     index = 0
     try:
         while stop is None or not stop.is_set():
@@ -120,12 +120,12 @@ async def replay_video(
                     media_ns = last_media + 1
             index += 1
             last_media = media_ns
-            if last_sent is not None and media_ns - last_sent < min_gap_ns:
+            if not cap_fps.due(media_ns):
                 continue
             ts = await pacer.at(media_ns)
             frame = await asyncio.to_thread(frames.to_frame, opts.source_id, ts, image)
             await publisher.publish(frame)
-            last_sent = media_ns
+            cap_fps.sent(media_ns)
             _seen(stats, ts)
     finally:
         cap.release()

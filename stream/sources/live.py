@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SHARED_SOURCE_ID = "live-0"
 CAMERA_SOURCE_ID = "camera-0"
 MIC_SOURCE_ID = "mic-0"
-DEMO_FPS_CAP = 12.0  # about 10 fps from a 30 fps camera (jitter-safe for a 10 fps file); the models need no more
+DEMO_FPS_CAP = 12.0  # 12 fps from a 30 fps camera, a 10 fps file whole (slots of 1/12 s); the models need no more
 STOP_GRACE_S = 3.0  # a source still running this long after the end is cancelled
 _ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
 

@@ -362,3 +362,19 @@ async def test_a_wav_no_audio_chunk_may_carry_is_one_capture_error(tmp_path, rat
         w.writeframes(bytes(2 * channels * rate // 10))
     with pytest.raises(CaptureError, match=says):
         await replay_wav(tmp_path / "odd.wav", Sink(), ReplayOptions(source_id="f", start_ns=0, realtime=False))
+
+
+@pytest.mark.parametrize("camera_fps, cap, expected", [(30, 15, 15), (30, 10, 10), (30, 60, 30), (25, 15, 15)])
+def test_fps_cap_keeps_the_capped_rate_on_a_jittery_camera(camera_fps: int, cap: float, expected: int) -> None:
+    """The old rule (skip a frame closer than 1/cap to the last one sent) gave 30 fps capped at 15
+    as 10 fps: the frame 2/30 s later is a hair short of the gap whenever the clock jitters."""
+    from stream.sources.camera import FpsCap
+
+    rng = np.random.default_rng(7)
+    limiter, sent = FpsCap(cap), 0
+    for i in range(camera_fps * 20):  # 20 s; each frame stamped up to 2 ms early or late
+        ts = 1_700_000_000 * 10**9 + i * 10**9 // camera_fps + int(rng.integers(-2_000_000, 2_000_000))
+        if limiter.due(ts):
+            limiter.sent(ts)
+            sent += 1
+    assert abs(sent / 20 - expected) <= 0.1
