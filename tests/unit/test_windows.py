@@ -1,93 +1,21 @@
-"""Unit tests of stream.windows: window arithmetic, closing rules, idleness, lateness, bounds."""
+"""Unit tests of stream.windows: window arithmetic, closing rules, idleness, transcripts, lateness and
+audio assembly (sliding windows, horizons, revocation and bounds: test_windows_bounds.py)."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
-import pytest
 
-from stream.config import WindowConfig
-from stream.contract import AudioChunk, Modality, Origin, TranscriptSegment, VideoFrame
+from stream.contract import AudioChunk, Modality
 from stream.errors import Reason
 from stream.windows import (
     AddStatus,
-    Aligner,
     audio_cut,
     instant_windows,
     interval_windows,
     overlap_fraction,
     segment_windows,
 )
-
-MS = 1_000_000
-S = 1_000_000_000
-T0 = 1_700_000_000 * S  # windows align to the epoch, so T0 is a window boundary for 1 s windows
-
-
-class FakeClock:
-    """Processing time in ms, advanced by hand (Bytewax's TimeTestingGetter)."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
-
-
-_offsets = itertools.count()
-
-
-def origin(topic: str = "mm.video", partition: int = 0) -> Origin:
-    return Origin(topic, partition, next(_offsets))
-
-
-def frame(t: int, sid: str = "cam", data: bytes = b"\xff\xd8\xff\xd9") -> VideoFrame:
-    return VideoFrame(source_id=sid, ts_ns=t, encoding="jpeg", data=data)
-
-
-def chunk(t: int, n: int = 320, sid: str = "cam", rate: int = 16_000, channels: int = 1,
-          fmt: str = "s16le", value: int = 1000) -> AudioChunk:
-    if fmt == "s16le":
-        data = np.full(n * channels, value, dtype="<i2").tobytes()
-    else:
-        data = np.full(n * channels, value / 32768, dtype="<f4").tobytes()
-    return AudioChunk(source_id=sid, ts_ns=t, sample_format=fmt, sample_rate=rate, channels=channels, data=data)
-
-
-def segment(start: int, end: int, sid: str = "cam", text: str = "hello", final: bool = True,
-            segment_id: str | None = None) -> TranscriptSegment:
-    return TranscriptSegment(source_id=sid, ts_ns=start, start_ns=start, end_ns=end, text=text,
-                             final=final, segment_id=segment_id)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def make(clock: FakeClock):
-    """Factory: an Aligner from WindowConfig overrides, on the fake clock."""
-
-    def _make(**overrides) -> Aligner:
-        return Aligner(WindowConfig(**overrides), clock=clock)
-
-    return _make
-
-
-def feed_all(al: Aligner, sid: str = "cam", upto_s: int = 3, partition: int = 0) -> None:
-    """Steady input: 30 fps, 20 ms audio chunks, one final segment per second, [T0, T0+upto_s)."""
-    for i in range(upto_s * 30):
-        al.add(frame(T0 + i * S // 30, sid), origin("mm.video", partition))
-    for i in range(upto_s * 50):
-        al.add(chunk(T0 + i * 20 * MS, sid=sid), origin("mm.audio", partition))
-    for i in range(upto_s):
-        al.add(segment(T0 + i * S + 100 * MS, T0 + i * S + 900 * MS, sid), origin("mm.text", partition))
-
+from tests.unit._windows_items import MS, T0, S, chunk, feed_all, frame, origin, segment
 
 # --------------------------------------------------------------------------- pure arithmetic
 
@@ -390,111 +318,3 @@ def test_stereo_f32_and_a_format_change(make) -> None:
     (w,) = al.flush()
     assert w.audio.shape[1] == 2 and w.audio_samples == 800 and w.dropped_samples == 800
     assert np.allclose(w.audio[:800], 0.5)
-
-
-# --------------------------------------------------------------------------- sliding windows
-
-
-def test_sliding_windows_place_a_record_in_every_window_containing_it(make) -> None:
-    al = make(window_ms=1000, hop_ms=250)
-    res = al.add(frame(T0 + 1100 * MS), origin())
-    assert res.windows == (T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
-    res = al.add(segment(T0 + 900 * MS, T0 + 1100 * MS), origin("mm.text"))
-    assert res.windows == (T0, T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
-    res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))
-    out = {w.start_ns: w for w in al.flush()}
-    assert out[T0].audio_samples == 160 and out[T0 + S].audio_samples == 160
-    assert out[T0 + 250 * MS].audio_samples == 320
-    assert [round(f, 2) for _, f in out[T0].segments] == [0.5]
-    assert list(out) == sorted(out)
-
-
-def test_sliding_windows_close_in_order(make) -> None:
-    al = make(window_ms=1000, hop_ms=500)
-    feed_all(al, upto_s=3)
-    starts = [w.start_ns for w in al.poll()]
-    # the min watermark is text's: T0 + 2.9 s - 0.2 s, so windows ending by T0 + 2.5 s close
-    assert starts == [T0 - 500 * MS, T0, T0 + 500 * MS, T0 + S, T0 + 1500 * MS]
-    assert [w.counts.frames for w in al.flush()] == [30, 15]
-
-
-# --------------------------------------------------------------------------- horizon, revocation
-
-
-def test_horizon_drops_replayed_records_and_never_rebuilds_a_partial_window(make) -> None:
-    al = make()
-    al.add(frame(T0 + 100 * MS, sid="a"), origin())
-    assert al.set_horizon("a", T0 + S) == [("a", T0)]  # the open window was published already
-    assert al.open_windows == 0
-    res = al.add(frame(T0 + 200 * MS, sid="a"), origin())
-    assert res.status is AddStatus.REPLAYED and res.windows == ()
-    res = al.add(chunk(T0 + 990 * MS, sid="a", n=320), origin("mm.audio"))
-    assert res.status is AddStatus.ACCEPTED and res.windows == (T0 + S,)
-    assert al.set_horizon("b", T0 + 2 * S) == []  # before any record of b
-    assert al.add(frame(T0 + S, sid="b"), origin()).status is AddStatus.REPLAYED
-    assert al.add(frame(T0 + 2 * S, sid="b"), origin()).status is AddStatus.ACCEPTED
-
-
-def test_forget_partitions_drops_their_sources(make) -> None:
-    al = make()
-    al.add(frame(T0, sid="a"), origin(partition=0))
-    al.add(frame(T0, sid="b"), origin(partition=1))
-    al.add(frame(T0 + S, sid="b"), origin(partition=1))
-    assert sorted(al.forget_partitions({1})) == [("b", T0), ("b", T0 + S)]
-    assert al.open_windows == 1 and al.buffered_bytes == 4
-    assert [w.source_id for w in al.flush()] == ["a"]
-
-
-# --------------------------------------------------------------------------- bounds
-
-
-def test_full_on_too_many_open_windows_then_shed_oldest(make) -> None:
-    al = make(max_open_windows_per_source=3)
-    for k in range(4):
-        al.add(frame(T0 + k * S), origin())
-    assert al.full and al.open_windows == 4
-    out = al.poll()
-    assert [(w.start_ns, w.closed_by) for w in out] == [(T0, "pressure")]
-    assert not al.full and al.open_windows == 3
-    assert al.add(frame(T0 + 10 * MS), origin()).status is AddStatus.LATE
-
-
-def test_full_on_buffered_bytes(make) -> None:
-    al = make(max_buffered_bytes=10_000)
-    for k in range(3):
-        al.add(frame(T0 + k * S, sid=f"s{k}", data=b"\xff\xd8" + bytes(4000) + b"\xff\xd9"), origin())
-    assert al.full and al.buffered_bytes == 3 * 4004
-    out = al.poll()
-    assert [w.source_id for w in out] == ["s0"]
-    assert not al.full and al.buffered_bytes == 2 * 4004
-
-
-def test_watermarks(make) -> None:
-    al = make(allowed_lateness_ms=200)
-    al.add(frame(T0 + S, sid="a"), origin(partition=2))
-    al.add(chunk(T0, sid="a", n=16), origin("mm.audio", partition=2))
-    wm = al.watermarks()
-    assert wm[("a", Modality.VIDEO)] == T0 + S - 200 * MS
-    assert wm[("a", Modality.AUDIO)] == T0 + 15 * 62_500 - 200 * MS
-    assert ("a", Modality.TEXT) not in wm
-
-
-def test_horizon_loaded_at_start_does_not_start_the_idle_clock(make, clock) -> None:
-    al = make(idle_timeout_ms=1000)
-    al.set_horizon("cam", T0)
-    clock.advance(60_000)  # the source resumes a minute after start-up
-    al.add(frame(T0 + 100 * MS), origin())
-    al.add(frame(T0 + 2 * S), origin())
-    assert al.poll() == []  # audio and text are not idle yet: silence counts from now
-    assert al.add(frame(T0 - 1), origin()).status is AddStatus.REPLAYED
-
-
-def test_a_source_resuming_after_a_pause_is_not_a_far_future_timestamp(make, clock) -> None:
-    """max_future_ms guards against bad clocks, not pauses: a camera silent for two minutes of
-    processing time resumes two minutes on in event time, and is accepted."""
-    al = make(max_future_ms=60_000, idle_timeout_ms=1000)
-    al.add(frame(T0), origin())
-    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.REJECTED  # no pause: a bad clock
-    clock.advance(120_000)
-    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.ACCEPTED
-    assert al.add(frame(T0 + 300 * S), origin()).status is AddStatus.REJECTED  # still bounded

@@ -1,0 +1,118 @@
+"""The alignment engine (stream/windows): sliding windows, published horizons and revocation,
+and the bounds on open windows and buffered bytes (closing rules, idleness, transcripts, late
+data and audio assembly: test_windows.py)."""
+
+from __future__ import annotations
+
+from stream.contract import Modality
+from stream.windows import (
+    AddStatus,
+)
+from tests.unit._windows_items import MS, T0, S, chunk, feed_all, frame, origin, segment
+
+# --------------------------------------------------------------------------- sliding windows
+
+
+def test_sliding_windows_place_a_record_in_every_window_containing_it(make) -> None:
+    al = make(window_ms=1000, hop_ms=250)
+    res = al.add(frame(T0 + 1100 * MS), origin())
+    assert res.windows == (T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
+    res = al.add(segment(T0 + 900 * MS, T0 + 1100 * MS), origin("mm.text"))
+    assert res.windows == (T0, T0 + 250 * MS, T0 + 500 * MS, T0 + 750 * MS, T0 + S)
+    res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))
+    out = {w.start_ns: w for w in al.flush()}
+    assert out[T0].audio_samples == 160 and out[T0 + S].audio_samples == 160
+    assert out[T0 + 250 * MS].audio_samples == 320
+    assert [round(f, 2) for _, f in out[T0].segments] == [0.5]
+    assert list(out) == sorted(out)
+
+
+def test_sliding_windows_close_in_order(make) -> None:
+    al = make(window_ms=1000, hop_ms=500)
+    feed_all(al, upto_s=3)
+    starts = [w.start_ns for w in al.poll()]
+    # the min watermark is text's: T0 + 2.9 s - 0.2 s, so windows ending by T0 + 2.5 s close
+    assert starts == [T0 - 500 * MS, T0, T0 + 500 * MS, T0 + S, T0 + 1500 * MS]
+    assert [w.counts.frames for w in al.flush()] == [30, 15]
+
+
+# --------------------------------------------------------------------------- horizon, revocation
+
+
+def test_horizon_drops_replayed_records_and_never_rebuilds_a_partial_window(make) -> None:
+    al = make()
+    al.add(frame(T0 + 100 * MS, sid="a"), origin())
+    assert al.set_horizon("a", T0 + S) == [("a", T0)]  # the open window was published already
+    assert al.open_windows == 0
+    res = al.add(frame(T0 + 200 * MS, sid="a"), origin())
+    assert res.status is AddStatus.REPLAYED and res.windows == ()
+    res = al.add(chunk(T0 + 990 * MS, sid="a", n=320), origin("mm.audio"))
+    assert res.status is AddStatus.ACCEPTED and res.windows == (T0 + S,)
+    assert al.set_horizon("b", T0 + 2 * S) == []  # before any record of b
+    assert al.add(frame(T0 + S, sid="b"), origin()).status is AddStatus.REPLAYED
+    assert al.add(frame(T0 + 2 * S, sid="b"), origin()).status is AddStatus.ACCEPTED
+
+
+def test_forget_partitions_drops_their_sources(make) -> None:
+    al = make()
+    al.add(frame(T0, sid="a"), origin(partition=0))
+    al.add(frame(T0, sid="b"), origin(partition=1))
+    al.add(frame(T0 + S, sid="b"), origin(partition=1))
+    assert sorted(al.forget_partitions({1})) == [("b", T0), ("b", T0 + S)]
+    assert al.open_windows == 1 and al.buffered_bytes == 4
+    assert [w.source_id for w in al.flush()] == ["a"]
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_full_on_too_many_open_windows_then_shed_oldest(make) -> None:
+    al = make(max_open_windows_per_source=3)
+    for k in range(4):
+        al.add(frame(T0 + k * S), origin())
+    assert al.full and al.open_windows == 4
+    out = al.poll()
+    assert [(w.start_ns, w.closed_by) for w in out] == [(T0, "pressure")]
+    assert not al.full and al.open_windows == 3
+    assert al.add(frame(T0 + 10 * MS), origin()).status is AddStatus.LATE
+
+
+def test_full_on_buffered_bytes(make) -> None:
+    al = make(max_buffered_bytes=10_000)
+    for k in range(3):
+        al.add(frame(T0 + k * S, sid=f"s{k}", data=b"\xff\xd8" + bytes(4000) + b"\xff\xd9"), origin())
+    assert al.full and al.buffered_bytes == 3 * 4004
+    out = al.poll()
+    assert [w.source_id for w in out] == ["s0"]
+    assert not al.full and al.buffered_bytes == 2 * 4004
+
+
+def test_watermarks(make) -> None:
+    al = make(allowed_lateness_ms=200)
+    al.add(frame(T0 + S, sid="a"), origin(partition=2))
+    al.add(chunk(T0, sid="a", n=16), origin("mm.audio", partition=2))
+    wm = al.watermarks()
+    assert wm[("a", Modality.VIDEO)] == T0 + S - 200 * MS
+    assert wm[("a", Modality.AUDIO)] == T0 + 15 * 62_500 - 200 * MS
+    assert ("a", Modality.TEXT) not in wm
+
+
+def test_horizon_loaded_at_start_does_not_start_the_idle_clock(make, clock) -> None:
+    al = make(idle_timeout_ms=1000)
+    al.set_horizon("cam", T0)
+    clock.advance(60_000)  # the source resumes a minute after start-up
+    al.add(frame(T0 + 100 * MS), origin())
+    al.add(frame(T0 + 2 * S), origin())
+    assert al.poll() == []  # audio and text are not idle yet: silence counts from now
+    assert al.add(frame(T0 - 1), origin()).status is AddStatus.REPLAYED
+
+
+def test_a_source_resuming_after_a_pause_is_not_a_far_future_timestamp(make, clock) -> None:
+    """max_future_ms guards against bad clocks, not pauses: a camera silent for two minutes of
+    processing time resumes two minutes on in event time, and is accepted."""
+    al = make(max_future_ms=60_000, idle_timeout_ms=1000)
+    al.add(frame(T0), origin())
+    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.REJECTED  # no pause: a bad clock
+    clock.advance(120_000)
+    assert al.add(frame(T0 + 120 * S), origin()).status is AddStatus.ACCEPTED
+    assert al.add(frame(T0 + 300 * S), origin()).status is AddStatus.REJECTED  # still bounded
