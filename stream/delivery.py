@@ -21,8 +21,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import KafkaTimeoutError
 
+from operators import WindowInput
 from stream.contract import WindowResult, encode
-from stream.errors import KafkaError, ModelUnavailableError, Reason
+from stream.errors import KafkaError, ModelUnavailableError, Reason, WorkerDiedError
 from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
 from stream.kafka import read_last
 from stream.results import av_skew_ns, build_result, result_record, to_input
@@ -34,12 +35,6 @@ log = logging.getLogger("stream.runtime")
 
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
 _STATE_RECORDS = 8  # state records read back per partition at assignment
-FAILED_IN_A_ROW = 32
-"""Windows that fail inference alone, one after another, before the model counts as unavailable.
-A poison window fails alone among windows that succeed; two batches' worth failing in a row is
-the model or its device, not the data: the processor then stops (their offsets uncommitted, so a
-restart replays them) rather than publish an error result for every window."""
-
 # A window, its horizon token and the assignment generation it was built in. Ledger keys carry
 # the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
 # and a late acknowledgement of the old copy must not release the new copy's offsets.
@@ -82,36 +77,66 @@ class DeliveryMixin:
         return [(out, pre_s, infer_s) for out in outputs]
 
     async def _deliver(self, jobs: list[Job], results: Sequence[Any] | None, error: BaseException | None) -> None:
-        if results is None and len(jobs) == 1 and not isinstance(error, ModelUnavailableError):
-            self._failed_in_a_row += 1
-            if self._failed_in_a_row >= FAILED_IN_A_ROW:
-                error = ModelUnavailableError(f"{self._failed_in_a_row} windows in a row failed inference, "
-                                              f"the last with {type(error).__name__}: {error}")
-        if isinstance(error, ModelUnavailableError):
-            if self._fatal is None:
-                log.error("%s; stopping: windows not published stay uncommitted", error)
-                self._fatal = error
+        """Publish a batch's results. A failed batch is retried window by window (twice for a
+        window whose worker died under it); a window that fails alone is published with its error
+        once the model has shown it still serves (a probe). Otherwise the model is unavailable:
+        the processor stops and publishes no error results, so those windows' offsets stay
+        uncommitted and the restart replays them."""
+        if error is None:
+            await self._publish_outputs(jobs, list(results or ()), None)
             return
-        if error is not None and len(jobs) > 1:
-            self.metrics.inference_errors.labels("batch").inc()
-            log.error("batch of %d failed (%s); retrying its windows one by one", len(jobs), error)
+        if not isinstance(error, ModelUnavailableError) and not isinstance(self._fatal, ModelUnavailableError):
+            if len(jobs) > 1:
+                self.metrics.inference_errors.labels("batch").inc()
+                log.error("batch of %d failed (%s); retrying its windows one by one", len(jobs), error)
             for job in jobs:
-                try:
-                    one = await asyncio.to_thread(lambda j=job: self._infer(self._preprocess([j])))
-                except Exception as exc:  # noqa: BLE001 - a poison window is published with its error
-                    await self._deliver([job], None, exc)
-                else:
-                    await self._deliver([job], one, None)
-            return
-        if results is None:
-            outputs: list[tuple[Any, float, float]] = [(None, 0.0, 0.0)]
-            err = f"{type(error).__name__}: {error}"
-            self.metrics.inference_errors.labels("window").inc()
-            log.error("window %s:%d failed inference alone (%s); publishing it with the error",
-                      jobs[0][0].source_id, jobs[0][0].start_ns, err)
-        else:
-            outputs, err = list(results), None
-            self._failed_in_a_row = 0
+                one, exc = await self._infer_alone(job)
+                if exc is None:
+                    await self._publish_outputs([job], one, None)
+                    continue
+                if not isinstance(exc, ModelUnavailableError):
+                    exc = await self._probe(exc)
+                if isinstance(exc, ModelUnavailableError):
+                    error = exc
+                    break
+                window = job[0]
+                self.metrics.inference_errors.labels("window").inc()
+                log.error("window %s:%d failed inference alone (%s: %s); publishing it with the error",
+                          window.source_id, window.start_ns, type(exc).__name__, exc)
+                await self._publish_outputs([job], [(None, 0.0, 0.0)], f"{type(exc).__name__}: {exc}")
+            else:
+                return
+        if self._fatal is None:
+            log.error("%s; stopping: windows not published stay uncommitted", error)
+            self._fatal = error if isinstance(error, ModelUnavailableError) else ModelUnavailableError(str(error))
+            self.metrics.ready.set(0)
+
+    async def _infer_alone(self, job: Job) -> tuple[list[Any] | None, BaseException | None]:
+        """One window on its own; once more if the worker died under it (it may have been queued
+        behind another batch's poison window, or killed for memory by something else)."""
+        for attempt in (1, 2):
+            try:
+                return await asyncio.to_thread(lambda: self._infer(self._preprocess([job]))), None
+            except WorkerDiedError as exc:
+                if attempt == 2:
+                    return None, exc
+            except Exception as exc:  # noqa: BLE001 - sorted by the caller (poison window or model)
+                return None, exc
+        raise AssertionError("unreachable")
+
+    async def _probe(self, error: BaseException) -> BaseException:
+        """Whether a window's failure is the window's or the model's: an empty window must still
+        infer. Returns ``error`` (the window's) or a ``ModelUnavailableError`` (the model's)."""
+        try:
+            await asyncio.to_thread(lambda: self._model.infer(self._model.preprocess([WindowInput()])))
+        except Exception as exc:  # noqa: BLE001 - any failure here is the model's
+            return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an "
+                                         f"empty one ({type(exc).__name__}: {exc}): the model cannot serve")
+        return error
+
+    async def _publish_outputs(self, jobs: list[Job], outputs: list[tuple[Any, float, float]], err: str | None) -> None:
+        """Results of ``jobs`` from their outputs (or ``err``), their dropped frames dead-lettered."""
+        if err is None:
             self.metrics.batch_size.observe(len(jobs))
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])

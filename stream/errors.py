@@ -9,6 +9,7 @@ The tree::
     ├── KafkaError                talking to Kafka failed (retriable)
     │   └── TopicLayoutError      input topics are missing or not co-partitioned
     ├── ModelError                a model cannot be built, loaded or run
+    │   ├── WorkerDiedError       its worker process died (a new one was started)
     │   └── ModelUnavailableError it cannot serve at all (worker lost): the processor stops
     └── CaptureError              a camera, microphone or file source failed
 
@@ -31,6 +32,7 @@ __all__ = [
     "ModelUnavailableError",
     "Reason",
     "TopicLayoutError",
+    "WorkerDiedError",
 ]
 
 
@@ -86,6 +88,11 @@ class TopicLayoutError(KafkaError):
 
 class ModelError(MmstreamError):
     """A model could not be built, loaded or run (missing weights, bad config, bad input)."""
+
+
+class WorkerDiedError(ModelError):
+    """The model worker process died during this call (killed for memory, a crash in native code)
+    and a new one was started: the windows may be fine, retry them on the new worker."""
 
 
 class ModelUnavailableError(ModelError):

@@ -123,7 +123,6 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._topic_counters: dict[str, dict[str, Any]] = {}
         self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
         self._fatal: MmstreamError | None = None  # a failure waiting cannot heal: run() raises it
-        self._failed_in_a_row = 0  # windows that failed inference alone, consecutively
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
         # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}

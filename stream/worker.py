@@ -10,12 +10,11 @@ preprocess + infer in the child and brings the outputs back.
 The child is started with ``spawn`` (no forked torch or aiokafka state) and builds the model from
 the same ``ModelConfig``; a model that cannot load fails ``start`` with the child's error.
 
-A child that dies (killed for memory, a crash in native code) is started again and the batch
-fails with ``ModelError``: the runtime then retries its windows one by one on the new child, so
-a window that kills the model is isolated and the others are served. A child that cannot be
-started again, or dies ``max_restarts`` times within ``restart_window_s``, makes the model
-unavailable (``ModelUnavailableError``): the processor stops rather than publish every window
-as an error.
+A child that dies (killed for memory, a crash in native code) is started again and the call
+fails with ``WorkerDiedError``: the runtime retries its windows one by one on the new child, so a
+window that kills the model is isolated and the others are served. A child that cannot be
+started again makes the model unavailable (``ModelUnavailableError``): the processor stops rather
+than publish every window as an error.
 """
 
 from __future__ import annotations
@@ -26,11 +25,10 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from operators import ModelConfig, WindowInput, WindowOutput
-from stream.errors import ModelError, ModelUnavailableError
+from stream.errors import ModelError, ModelUnavailableError, WorkerDiedError
 
 __all__ = ["ProcessModel", "default_threads"]
 
@@ -84,16 +82,13 @@ class ProcessModel:
         load_timeout_s: bound on the child's start and model load.
     """
 
-    def __init__(self, config: ModelConfig, *, torch_threads: int | None = None, load_timeout_s: float = 300,
-                 max_restarts: int = 5, restart_window_s: float = 300) -> None:
+    def __init__(self, config: ModelConfig, *, torch_threads: int | None = None, load_timeout_s: float = 300) -> None:
         self._config = config
         self._threads = torch_threads or default_threads()
         self._timeout_s = load_timeout_s
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._restart_lock = threading.RLock()  # batches in flight meet the same dead child; start() may stop()
-        self._deaths: deque[float] = deque(maxlen=max_restarts + 1)  # times the child died (monotonic)
-        self._window_s = restart_window_s
-        self._lost: ModelUnavailableError | None = None
+        self._lost: str | None = None  # why the model became unavailable
         self.restarts = 0
         self.info: Any = None
         self.device: str = "unstarted"
@@ -112,8 +107,8 @@ class ProcessModel:
             name, version, device = self._pool.submit(
                 _load, self._config.model_dump_json(), self._threads).result(self._timeout_s)
         except Exception as exc:
-            self.stop()
-            raise ModelError(f"the model worker could not load the model: {exc}") from exc
+            self.stop(timeout_s=0)  # a load that timed out may never return: do not wait for it
+            raise ModelError(f"the model worker could not load the model: {exc!r}") from exc
         self.info, self.device = _Info(name, version), device
         log.info("model %s %s loaded in a worker process on %s", name, version, device)
 
@@ -123,43 +118,47 @@ class ProcessModel:
     def infer(self, windows: list[WindowInput]) -> list[WindowOutput]:
         """Preprocess and infer in the child; raises what the child raised."""
         if self._lost is not None:
-            raise self._lost
-        pool = self._pool
+            raise ModelUnavailableError(self._lost)
+        with self._restart_lock:  # a restart under way: wait for the new child
+            pool = self._pool
         if pool is None:
             raise ModelError("model worker is not started")
         try:
             outputs, self.gpu_memory_bytes = pool.submit(_run, windows).result()
         except concurrent.futures.process.BrokenProcessPool as exc:
             self._replace(pool)
-            raise ModelError(f"the model worker process died during a batch of {len(windows)}; "
-                             "started a new one") from exc
+            raise WorkerDiedError(f"the model worker process died during a call of {len(windows)} windows; "
+                                  "started a new one") from exc
         return outputs
 
     def _replace(self, dead: concurrent.futures.ProcessPoolExecutor) -> None:
-        """Start a new child in place of ``dead`` (once, whichever batch saw it die first)."""
+        """Start a new child in place of ``dead`` (once, whichever call saw it die first)."""
         with self._restart_lock:
             if self._pool is not dead:
-                return  # another batch replaced it already
-            now = time.monotonic()
-            self._deaths.append(now)
-            dead.shutdown(wait=False, cancel_futures=True)
+                return  # another call replaced it already, or stop() ran
             self._pool = None
-            if len(self._deaths) == self._deaths.maxlen and now - self._deaths[0] < self._window_s:
-                self._lost = ModelUnavailableError(
-                    f"the model worker died {len(self._deaths)} times in {now - self._deaths[0]:.0f} s")
-                log.error("%s; giving up", self._lost)
-                raise self._lost
+            dead.shutdown(wait=False, cancel_futures=True)
             log.error("the model worker process died; starting a new one")
             try:
                 self.start()
             except ModelError as exc:
-                self._lost = ModelUnavailableError(f"the model worker died and could not start again: {exc}")
-                raise self._lost from exc
+                self._lost = f"the model worker died and could not start again: {exc}"
+                raise ModelUnavailableError(self._lost) from exc
             self.restarts += 1
 
-    def stop(self) -> None:
-        """Stop the child. Idempotent. Waits for a restart under way, so no new child outlives it."""
+    def stop(self, timeout_s: float = 10) -> None:
+        """Stop the child: it may finish the call it runs for up to ``timeout_s``, then it is killed
+        (a load or a device that hangs must not hang the processor's shutdown). Idempotent; waits
+        for a restart under way, so no new child outlives it."""
         with self._restart_lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        children = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout_s
+        for child in children:
+            child.join(max(deadline - time.monotonic(), 0))
+            if child.is_alive():
+                child.kill()
+                child.join(1)
