@@ -291,6 +291,7 @@ def _check_declared_size(size: tuple[int, int] | None, limit: int, what: str) ->
                                               f"a side may be at most max_frame_side={limit}")
 
 
+_JPEG_HEADER_STEPS = 256  # real files reach their frame header within a dozen segments
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
 
 
@@ -298,7 +299,9 @@ def _jpeg_size(value: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's frame header, or None when the segments before it do not
     parse (then the full decode decides: ``decode_failed``, as before this check)."""
     i, n = 2, len(value)
-    while i + 9 <= n:
+    for _ in range(_JPEG_HEADER_STEPS):  # bounded: fill bytes or empty segments cost a step each
+        if i + 9 > n:
+            return None
         if value[i] != 0xFF:
             return None
         marker = value[i + 1]
@@ -313,7 +316,9 @@ def _jpeg_size(value: bytes) -> tuple[int, int] | None:
                 return None
             return int.from_bytes(value[i + 7:i + 9], "big"), int.from_bytes(value[i + 5:i + 7], "big")
         i += 2 + length
-    return None
+    # Real files reach their frame header within a dozen segments; padding it past the bound
+    # would otherwise hide a declared size (and cost the loop a step per byte of an 8 MiB value).
+    raise ContractError(Reason.BAD_IMAGE, f"JPEG has no frame header within {_JPEG_HEADER_STEPS} segments")
 
 
 def _decode_audio(

@@ -260,7 +260,7 @@ class DeliveryMixin:
 
     def _forget_oldest(self, sources: list[str]) -> list[str]:
         """Keep what is remembered of one partition's sources bounded as ids come and go: beyond
-        the newest ``MAX_STATE_SOURCES`` (by horizon), sources with nothing open or in flight are
+        the newest ``MAX_STATE_SOURCES`` (by horizon), retired sources with nothing in flight are
         forgotten whole, as the state record already leaves them out. Returns those kept."""
         horizons = self._horizons.snapshot(sources)
         by_age = sorted(sources, key=lambda s: horizons.get(s, -1))
@@ -269,6 +269,7 @@ class DeliveryMixin:
         self._horizons.forget(gone)
         for s in gone:
             del self._source_partition[s]
+            self.stats.last_results.pop(s, None)
         return [s for s in sources if s not in gone]
 
     async def _commit(self, *, only: set[TopicPartition] | None = None, force: bool = False) -> None:
@@ -315,6 +316,7 @@ class DeliveryMixin:
         self._horizons.forget(gone)
         for s in gone:
             del self._source_partition[s]
+            self.stats.last_results.pop(s, None)
         for partition in partitions:
             self._saved_state.pop(partition, None)
         for tp in mine:

@@ -158,14 +158,13 @@ class Closing:
             self._retired[sid] = (src.horizon, src.frontier, frozenset(src.partitions))
 
     def forget_sources(self, source_ids: Iterable[str]) -> list[str]:
-        """Drop all that is kept of these sources, if retired or not seen yet (a stored horizon):
-        the processor bounds how many sources it remembers per partition, so ids that come and go
-        cannot grow memory for ever. Active sources are kept; returns the ids forgotten."""
+        """Drop all that is kept of these sources if they are retired: the processor bounds how
+        many sources it remembers per partition, so ids that come and go cannot grow memory for
+        ever. Active sources stay, and so do horizons read back at assignment and not used yet (a
+        replay still needs them). Returns the ids forgotten."""
         forgotten = []
         for sid in source_ids:
-            if sid not in self._sources:
-                self._retired.pop(sid, None)
-                self._horizons.pop(sid, None)
+            if self._retired.pop(sid, None) is not None:
                 forgotten.append(sid)
         return forgotten
 

@@ -74,8 +74,9 @@ class _Producer:
 
 
 async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory per partition stays bounded under source churn: past the cap, the sources published
-    longest ago are forgotten whole, unless they have windows open or in flight."""
+    """Memory per partition stays bounded under source churn: past the cap, the retired sources
+    published longest ago are forgotten whole; sources with a window open or in flight, and
+    horizons read back but not used yet (a replay may still need them), are kept."""
     monkeypatch.setattr(delivery, "MAX_STATE_SOURCES", 3)
     processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
     video = TopicPartition(processor.settings.topics.video, 0)
@@ -84,20 +85,24 @@ async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: 
     processor._state_reader = object()  # type: ignore[assignment]
     processor._producer = producer = _Producer()  # type: ignore[assignment]
     processor._last_commit = processor._last_gauges = float("inf")
-    stored = {f"gone-{i}": T0 + i * S for i in range(6)} | {"live": T0 - S}
+    stored = {f"gone-{i}": T0 + i * S for i in range(6)} | {"live": T0 - S, "unseen": T0 - 2 * S}
 
     async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
         return {0: [encode_state(stored)]}
 
     monkeypatch.setattr(delivery, "read_last", read_last)
     await processor._on_assigned({video})
-    await processor._step()  # "live" has an open window: the oldest horizon, yet kept
+    await processor._step()  # "live" has an open window: an old horizon, yet kept
+    aligner = processor._aligner
+    for sid in (f"gone-{i}" for i in range(6)):  # seen since, then retired for silence
+        aligner._retired[sid] = (aligner._horizons.pop(sid), T0, frozenset({0}))
     in_flight = processor._horizons.closed("gone-0", T0 + 7 * S)  # a window of gone-0 awaits its ack
 
     assert await processor._save_state({0})
-    kept = {"live", "gone-0", "gone-3", "gone-4", "gone-5"}
+    kept = {"live", "unseen", "gone-0", "gone-3", "gone-4", "gone-5"}
     assert set(processor._source_partition) == kept
-    assert set(processor._aligner._horizons) == kept - {"live"}  # horizons of sources not seen yet
+    assert set(aligner._retired) == {"gone-0", "gone-3", "gone-4", "gone-5"}
+    assert set(aligner._horizons) == {"unseen"}
     assert set(decode_state(producer.sent[-1])) == kept
     processor._horizons.acked("gone-0", in_flight)
     assert processor._horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight

@@ -305,3 +305,13 @@ def test_decode_never_lets_another_exception_escape() -> None:
                 Rec(b"cam", JPEG, {"mm-ts": b"1"}), Rec(b"cam", JPEG, 42)):
         with pytest.raises(ContractError):
             decode(bad)
+
+
+def test_a_jpeg_padded_before_its_frame_header_is_bad_image_and_cheap() -> None:
+    """Fill bytes or empty segments cost the header walk a step each: 8 MiB of them would hold the
+    event loop for about half a second, and would hide an oversized frame header behind them."""
+    for padding in (b"\xff" * (8 * 2**20 - 16), b"\xff\xfe\x00\x02" * 300):  # fill bytes; empty comments
+        value = b"\xff\xd8" + padding + b"\xff\xd9"
+        with pytest.raises(ContractError, match="no frame header within 256 segments") as info:
+            decode(rec(value, "image/jpeg"))
+        assert info.value.reason is Reason.BAD_IMAGE
