@@ -219,7 +219,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def split_host_port(entry: str) -> tuple[str, str | None]:
     """``(host, port)`` of one bootstrap entry as aiokafka reads it; port None when the entry has none."""
     if entry.startswith("["):  # [ipv6] or [ipv6]:port
-        host, _, rest = entry[1:].partition("]")
+        host, closed, rest = entry[1:].partition("]")
+        if not closed:
+            return "", None  # "[::1" : aiokafka cannot read it
         return host, rest[1:] if rest.startswith(":") else (rest or None)
     if ":" not in entry:
         return entry, None
@@ -256,8 +258,12 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot read config {path}: {_yaml_problem(exc)}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a YAML mapping, got {type(loaded).__name__}")
+        except RecursionError:
+            raise ConfigError(f"cannot read config {path}: nested too deeply") from None
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+            raise ConfigError(f"config {path} must be a YAML mapping of setting names, got {type(loaded).__name__}"
+                              + (f" with the key {next(k for k in loaded if not isinstance(k, str))!r}"
+                                 if isinstance(loaded, dict) else ""))
         data = loaded
     try:
         settings = Settings(**data)  # the environment wins over the file here

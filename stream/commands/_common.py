@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ def bind_problem(host: str, port: int) -> str | None:
             sock.bind(addr)
     except OSError as exc:
         return str(exc.strerror or exc)
+    except (UnicodeError, ValueError) as exc:  # a host name IDNA cannot encode (a label over 63 chars)
+        return f"bad host name ({exc})"
     return None
 
 
@@ -51,8 +54,10 @@ def ensure_port_free(host: str, port: int | None, what: str, fix: str) -> None:
         raise ConfigError(f"cannot listen on {host}:{port} for {what}: {problem}; {fix}")
 
 
-def number(kind: Callable[[str], Any], *, minimum: float, inclusive: bool = True) -> Callable[[str], Any]:
-    """An argparse ``type`` for ``kind`` (int or float) that is at least (or above) ``minimum``.
+def number(kind: Callable[[str], Any], *, minimum: float, inclusive: bool = True,
+           maximum: float = float("inf")) -> Callable[[str], Any]:
+    """An argparse ``type`` for ``kind`` (int or float): finite, at least (or above) ``minimum``
+    and at most ``maximum``.
 
     Why: a negative duration or zero sources used to reach the synthetic source after the broker
     started and the model loaded, and then fail with a traceback; argparse says it at once, exit 2.
@@ -64,8 +69,10 @@ def number(kind: Callable[[str], Any], *, minimum: float, inclusive: bool = True
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or value < minimum or (not inclusive and value == minimum):  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--rate", type=int, default=16000, help="sample rate, Hz (default 16000)")
     q.add_argument("--channels", type=int, default=1)
     q.add_argument("--chunk-ms", type=int, default=20, help="chunk length (default 20)")
-    q.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of audio")
+    q.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None, metavar="S",
+                   help="stop after S seconds of audio")
     q.set_defaults(func=_run_mic)
 
     q = kinds.add_parser("video", help="a video file, frames at their own timestamps from --start-ns")
@@ -90,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--sources", type=int, default=4, help="number of sources (default 4)")
     q.add_argument("--duration", type=number(float, minimum=0), default=None, metavar="S",
                    help="seconds of event time (default: until stopped)")
-    q.add_argument("--fps", type=float, default=10.0, help="frames per second per source (default 10)")
+    q.add_argument("--fps", type=number(float, minimum=0, inclusive=False, maximum=1000), default=10.0,
+                   help="frames per second per source (default 10)")
     q.add_argument("--width", type=int, default=160)
     q.add_argument("--height", type=int, default=120)
     q.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None,
                    help="seconds of input, then a summary (default: until Ctrl-C)")
     p.add_argument("--sources", type=number(int, minimum=1), default=4, help="synthetic sources (default 4)")
-    p.add_argument("--fps", type=number(float, minimum=0, inclusive=False), default=10.0,
+    p.add_argument("--fps", type=number(float, minimum=0, inclusive=False, maximum=1000), default=10.0,
                    help="synthetic frames per second per source")
     p.add_argument("--preset", choices=["tiny", "offline"], default="offline", help="model preset (default offline)")
     p.add_argument("--model", metavar="PATH", help="a checkpoint from `mmstream train` instead of a preset")

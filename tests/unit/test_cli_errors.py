@@ -62,6 +62,8 @@ CONFIGS = {
     "unknown_key": (b"kafkaa:\n  bootstrap_servers: x:1\n", "kafkaa: Extra inputs are not permitted"),
     "wrong_type": (b"kafka:\n  partitions: many\n", "kafka.partitions"),
     "not_a_mapping": (b"- a\n- b\n", "must be a YAML mapping"),
+    "number_key": (b"1: 2\n", "with the key 1"),
+    "too_deep": (b"[" * 5000 + b"]" * 5000, "cannot read config"),
 }
 
 
@@ -96,7 +98,7 @@ def test_doctor_reports_a_malformed_environment_variable(monkeypatch: pytest.Mon
     assert checks["settings"]["status"] == "problem" and "MMSTREAM_" in checks["settings"]["detail"]
 
 
-@pytest.mark.parametrize("bootstrap", ["127.0.0.1:99999", ":9092", "host:abc", "[::1]:0", "a:1,b:-2"])
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:99999", ":9092", "host:abc", "[::1]:0", "a:1,b:-2", "[::1"])
 @pytest.mark.parametrize("command", ["tail", "run", "doctor"])
 def test_bad_bootstrap_address_is_one_line(capsys: pytest.CaptureFixture[str], bootstrap: str, command: str) -> None:
     argv = [command, "--bootstrap", bootstrap] + (["--json", "--no-build"] if command == "doctor" else [])
@@ -169,7 +171,9 @@ def test_a_processor_whose_metrics_port_is_taken_fails_with_a_config_error(busy_
     ["demo", "--duration", "-5"], ["demo", "--duration", "0"], ["demo", "--sources", "0"],
     ["demo", "--fps", "0"], ["demo", "--fps", "nan"], ["demo", "--port", "0"], ["demo", "--metrics-port", "70000"],
     ["broker", "--port", "65536"], ["capture", "synthetic", "--duration", "-1"], ["doctor", "--timeout", "0"],
-    ["doctor", "--timeout", "-3"], ["demo", "--sources", "1.5"],
+    ["doctor", "--timeout", "-3"], ["demo", "--sources", "1.5"], ["demo", "--fps", "2000"], ["demo", "--fps", "inf"],
+    ["capture", "mic", "--duration", "inf"], ["capture", "mic", "--duration", "nan"],
+    ["capture", "synthetic", "--fps", "5000"],
 ])
 def test_out_of_range_numbers_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -249,3 +253,10 @@ def test_capture_of_a_missing_file_fails_before_touching_kafka(kind: str, tmp_pa
         code = main(["capture", kind, str(path), "--bootstrap", "127.0.0.1:1"])
         assert code == 2
         assert f"cannot read {path}: {says}" in one_line_error(capsys, "capture")
+
+
+def test_a_metrics_host_no_resolver_can_encode_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMSTREAM_METRICS__HOST", "a" * 64 + ".example")  # a DNS label over 63 characters
+    assert main(["run"]) == 2
+    assert "bad host name" in one_line_error(capsys, "run")
