@@ -227,7 +227,8 @@ def _run_mic(args: argparse.Namespace) -> int:
         async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
             stats = await MicSource(cfg, pub).run(stop)
         return {"source": "mic", "source_id": cfg.source_id, "chunks": stats.chunks, "samples": stats.samples,
-                "overruns": stats.overruns, "resyncs": stats.resyncs, "first_ts_ns": stats.first_ts_ns}
+                "overruns": stats.overruns, "resyncs": stats.resyncs, "drift_drops": stats.drift_drops,
+                "first_ts_ns": stats.first_ts_ns}
 
     return _run_until_signal(main)
 

@@ -10,7 +10,8 @@ and chunk ``j`` is ``j * chunk_ms`` after it, so ``mm-ts`` is contiguous. An inp
 (PortAudio's flag, or our queue full) is counted, never fatal; the first chunk after lost samples
 carries the mark, and the timeline is re-anchored forward to its clock reading (the aligner
 zero-fills the gap) but never back over audio already sent. A timeline that falls more than
-``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way.
+``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way; one more than
+``max_ahead_ms`` ahead of it (a fast device clock) has chunks left out until it is back within.
 
 Example::
 
@@ -56,6 +57,9 @@ class MicConfig(BaseModel):
     duration_ms: int | None = Field(None, gt=0, description="stop after this much audio; None = until stopped")
     queue_chunks: int = Field(500, ge=1, description="chunks buffered between PortAudio and Kafka")
     resync_ms: int = Field(200, gt=0, description="re-anchor when the sample timeline lags the clock by more")
+    max_ahead_ms: int | None = Field(
+        2000, gt=0, description="drop a chunk when the sample timeline runs ahead of the clock by more (a "
+        "device clock 100 ppm fast gains 8.6 s a day); None = never, for a device that reads faster than real time")
 
     @model_validator(mode="after")
     def _whole_samples(self) -> MicConfig:
@@ -74,6 +78,7 @@ class MicStats:
     samples: int = 0
     overruns: int = 0
     resyncs: int = 0
+    drift_drops: int = 0  # chunks left out because the device clock ran ahead of ours
     first_ts_ns: int | None = None
     input_latency_s: float = 0.0
 
@@ -269,6 +274,14 @@ class MicSource:
                                     cfg.source_id, (now_first - ts) / 1e6)
                         anchor_ns, since_anchor = now_first, 0
                 ts = anchor_ns + since_anchor * NS_PER_S // cfg.sample_rate
+                if cfg.max_ahead_ms is not None and ts - now_first > cfg.max_ahead_ms * 1_000_000:
+                    # a fast device clock: the timeline cannot step back over audio already sent, so
+                    # this chunk is left out and the next takes its place (the lead shrinks by a chunk)
+                    self.stats.drift_drops += 1
+                    if self.stats.drift_drops in (1, 10, 100) or self.stats.drift_drops % 1000 == 0:
+                        log.warning("mic %s: sample clock %.0f ms ahead of the capture clock; %d chunks left "
+                                    "out so far", cfg.source_id, (ts - now_first) / 1e6, self.stats.drift_drops)
+                    continue
                 since_anchor += n
                 if n == 0:
                     continue

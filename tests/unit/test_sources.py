@@ -99,7 +99,7 @@ class SlowKafka:
 
 
 async def _run_mic(monkeypatch: pytest.MonkeyPatch, script: Callable[[SlowKafka, asyncio.AbstractEventLoop], list[Step]],
-                   *, step_ns: int, queue_chunks: int) -> tuple[SlowKafka, mic.MicStats, int]:
+                   *, step_ns: int, queue_chunks: int, **config: Any) -> tuple[SlowKafka, mic.MicStats, int]:
     """A MicSource on a scripted device, until the script ran and the pump drained the queue."""
     pytest.importorskip("pyaudio")
     loop = asyncio.get_running_loop()
@@ -109,7 +109,8 @@ async def _run_mic(monkeypatch: pytest.MonkeyPatch, script: Callable[[SlowKafka,
     steps = [*script(kafka, loop), lambda: loop.call_soon_threadsafe(finished.set)]
     total = sum(s[0] for s in steps if not callable(s))
     monkeypatch.setattr(mic, "_pyaudio", lambda: FakePyAudio(lambda cb: FakeStream(cb, mono, steps, step_ns)))
-    src = mic.MicSource(mic.MicConfig(source_id="mic-t", queue_chunks=queue_chunks), kafka, clock=clock)  # type: ignore[arg-type]
+    src = mic.MicSource(mic.MicConfig(source_id="mic-t", queue_chunks=queue_chunks, **config), kafka,  # type: ignore[arg-type]
+                        clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(src.run(stop))
     await asyncio.wait_for(finished.wait(), 20)
@@ -158,6 +159,24 @@ async def test_mic_after_lost_chunks_never_steps_back_over_audio_already_sent(mo
     assert all(b >= e for e, b in zip(ends, ts[1:], strict=False)), [(t - ts[0]) // MS for t in ts]
     idx = [int(np.frombuffer(c.data, "<i2")[0]) for c in kafka.items]
     assert idx == sorted(idx) and idx[-1] == 47  # the chunks after the loss arrived
+
+
+@pytest.mark.parametrize("max_ahead_ms", [50, None])
+async def test_a_fast_device_clock_is_held_within_max_ahead_ms(monkeypatch, max_ahead_ms: int | None) -> None:
+    """A device clock 5 % fast (a chunk every 19 ms): its timeline gains 1 ms a chunk on ours. It
+    cannot step back over audio already sent, so chunks are left out, the timeline staying whole."""
+    kafka, stats, total = await _run_mic(monkeypatch, lambda k, loop: [(200, 0.0)], step_ns=19 * MS,
+                                         queue_chunks=500, max_ahead_ms=max_ahead_ms)
+    ts = [c.ts_ns for c in kafka.items]
+    assert all(b - a == 20 * MS for a, b in zip(ts, ts[1:], strict=False))  # contiguous, never back
+    index = [int(np.frombuffer(c.data, "<i2")[0]) for c in kafka.items]
+    clock = [T0 + (j + 1) * 19 * MS - round(LATENCY_S * S) - 20 * MS for j in index]  # each chunk's capture
+    lead = [t - c for t, c in zip(ts, clock, strict=True)]
+    if max_ahead_ms is None:
+        assert stats.drift_drops == 0 and len(kafka.items) == total and lead[-1] == 199 * MS
+    else:
+        assert stats.drift_drops == total - len(kafka.items) > 0
+        assert max(lead) <= max_ahead_ms * MS
 
 
 # --------------------------------------------------------------------------- video files and cameras
