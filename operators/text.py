@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -103,6 +104,13 @@ def minilm_path() -> str:
     return str(pkg.get_model_path())
 
 
+def _has_content(text: str) -> bool:
+    """Whether ``text`` holds anything to embed: a character that is not a control, format
+    (zero-width), separator or unassigned one. Segments of only those would mark the window's
+    text present and embed it from the tokenizer's start and end markers alone."""
+    return any(not unicodedata.category(c).startswith(("C", "Z")) for c in text)
+
+
 def _valid_utf8(text: str) -> str:
     """``text`` with lone surrogates replaced by U+FFFD.
 
@@ -162,7 +170,7 @@ class TextEncoder(nn.Module):
             if not want:
                 continue
             for text, frac in segs:
-                if text and text.strip() and frac > 0:
+                if text and frac > 0 and _has_content(text):
                     flat.append(_valid_utf8(text.strip()))
                     owner.append(b)
                     weight.append(float(min(max(frac, 0.0), 1.0)))

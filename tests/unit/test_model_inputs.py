@@ -237,3 +237,12 @@ def test_odd_batch_is_served_alike_alone_and_inputs_stay_untouched(tiny: FusedMo
     assert all(_finite(o) for o in batched)
     for i, w in enumerate(windows):
         _close(tiny.infer(tiny.preprocess([w]))[0], batched[i])
+
+
+def test_text_of_only_control_or_zero_width_characters_is_absent(tiny: FusedModel) -> None:
+    """Such a segment used to mark the window's text present and embed the tokenizer's markers."""
+    texts = [[("\x00\u200b \u2028\x1b", 1.0)], [("\ufeff", 1.0), ("hi", 1.0)], [("😀", 1.0)]]
+    batch = tiny.encoders["text"].preprocess(texts, [True, True, True])
+    assert batch.present.tolist() == [False, True, True]
+    empty, junk = tiny.infer(tiny.preprocess([WindowInput(), WindowInput(texts=texts[0])]))
+    assert empty.scores == junk.scores
