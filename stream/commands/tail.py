@@ -90,7 +90,7 @@ async def _tail(settings: Any, topic: str, args: argparse.Namespace, write: Call
             printed += 1
             if args.max_records is not None and printed >= args.max_records:
                 break
-    if printed == 0 and not args.json:
+    if printed == 0 and not args.json and last != 0:  # --last 0 asked for none
         print(f"no records in {topic}", file=sys.stderr)
     return 0
 

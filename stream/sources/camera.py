@@ -192,7 +192,9 @@ class CameraSource:
                         return self.stats
                     delay_ms = min(cfg.backoff_max_ms, cfg.backoff_initial_ms * 2**attempt)
                     attempt += 1
-                    log.warning("%s; reconnecting in %.1f s (attempt %d)", what, delay_ms / 1000, attempt)
+                    # once per episode at WARNING; the retries of an unplugged camera at INFO
+                    log.log(logging.WARNING if attempt == 1 else logging.INFO,
+                            "%s; reconnecting in %.1f s (attempt %d)", what, delay_ms / 1000, attempt)
                     try:
                         await asyncio.wait_for(stop.wait(), delay_ms / 1000)
                         break
@@ -201,7 +203,8 @@ class CameraSource:
                     try:
                         cap = await asyncio.to_thread(open_capture, cfg.device, cfg.open_timeout_ms)
                         self.stats.reconnects += 1
-                        log.info("camera %s: reconnected to %s", cfg.source_id, cfg.device)
+                        log.warning("camera %s: reconnected to %s after %d attempts", cfg.source_id, cfg.device,
+                                    attempt)
                     except CaptureError as exc:
                         what = f"camera {cfg.source_id}: {exc}"
             if stop.is_set() and not self.stats.ended:

@@ -260,3 +260,19 @@ def test_a_metrics_host_no_resolver_can_encode_is_one_line(monkeypatch: pytest.M
     monkeypatch.setenv("MMSTREAM_METRICS__HOST", "a" * 64 + ".example")  # a DNS label over 63 characters
     assert main(["run"]) == 2
     assert "bad host name" in one_line_error(capsys, "run")
+
+
+def test_tail_last_0_prints_nothing_and_says_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--last 0 asks for no records: "no records in TOPIC" would be false when the topic has some."""
+    import stream.commands.tail as tail
+
+    async def records(*args: object, **kwargs: object):  # an empty read, as --last 0 gives
+        return
+        yield
+
+    monkeypatch.setattr(tail, "read_records", records)
+    assert main(["tail", "mm.results", "--last", "0", "--bootstrap", "127.0.0.1:1"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["tail", "mm.results", "--last", "3", "--bootstrap", "127.0.0.1:1"]) == 0
+    assert "no records in mm.results" in capsys.readouterr().err
