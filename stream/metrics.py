@@ -9,6 +9,7 @@ with those files.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,8 +126,11 @@ class MetricsServer:
 
         try:
             self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        except OSError as exc:  # taken since the command's up-front check, or an address not ours
-            raise ConfigError(f"cannot listen on {self._host}:{self._port} for metrics: {exc.strerror or exc}; "
+        except (OSError, UnicodeError, ValueError) as exc:  # taken, not ours, or a name IDNA cannot encode
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            if isinstance(exc, socket.gaierror) or not isinstance(exc, OSError):
+                problem = f"bad host name ({problem})"
+            raise ConfigError(f"cannot listen on {self._host}:{self._port} for metrics: {problem}; "
                               "set metrics.port (MMSTREAM_METRICS__PORT) to a free port, 0 for any") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="mmstream-metrics", daemon=True)

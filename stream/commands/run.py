@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
-from stream.commands._common import add_kafka_options, ensure_port_free, settings_from, stop_on_signals
-
-if TYPE_CHECKING:
-    from stream.config import Settings
+from stream.commands._common import add_kafka_options, settings_from, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset:
         model["preset"] = args.preset
     settings = settings_from(args, model=model or None)
-    ensure_metrics_port(settings)
     return asyncio.run(serve(settings))
-
-
-def ensure_metrics_port(settings: Settings) -> None:
-    """Fail in one line, before Kafka and the model, when the metrics port cannot be bound.
-
-    Why: the metrics server binds inside ``Processor.start`` and a busy port (a second ``run`` or a
-    ``demo`` on this machine) surfaced as an ``OSError`` traceback.
-    """
-    ensure_port_free(settings.metrics.host, settings.metrics.port, "metrics",
-                     "stop what listens there or set metrics.port (MMSTREAM_METRICS__PORT) to a free port, 0 for any")
 
 
 async def serve(settings, stop: asyncio.Event | None = None) -> int:

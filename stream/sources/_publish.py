@@ -24,6 +24,7 @@ from typing import Any
 
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
 from stream.contract import EncodedRecord, Item, encode
+from stream.decode import decode
 from stream.errors import CaptureError, ContractError, KafkaError, MmstreamError
 
 __all__ = ["PublishStats", "Publisher"]
@@ -174,8 +175,6 @@ class Publisher:
 
     def _encode(self, item: Item) -> EncodedRecord:
         """The record for ``item``, once the contract's checker accepts it as the processor would."""
-        from stream.decode import decode
-
         rec = encode(item)
         try:
             decode(rec, expect=item.modality, limits=self._limits)
