@@ -47,3 +47,7 @@ class ModelConfig(BaseModel):
     audio_model: str | None = Field(None, description="hf preset: id or folder (wav2vec2, Whisper, ...) for audio")
     text_model: str | None = Field(None, description="hf preset: id or folder (BERT-like) for transcripts")
     autocast: bool = Field(True, description="bf16 autocast on CUDA (CPU always runs float32)")
+    infer_timeout_ms: int = Field(
+        30_000, gt=0, description="a model worker with calls waiting and no progress this long is unhealthy, "
+        "killed and replaced (its windows are retried)",
+    )

@@ -20,9 +20,11 @@ class WindowInput:
     """Everything one closed window holds, per modality.
 
     Attributes:
-        frames: the window's frames, time-ordered; encodings jpeg, png or raw bgr24. Decoded here
-            (OpenCV), so a frame that does not decode is reported in ``WindowOutput.dropped_frames``
-            by its index in this list, never raised.
+        frames: the window's frames, time-ordered; encodings jpeg, png or raw bgr24. Decoded by
+            the model (OpenCV), so a frame that does not decode is reported in
+            ``WindowOutput.dropped_frames`` by its index in this list, never raised; so is a JPEG
+            or PNG whose header declares a side over ``MAX_FRAME_SIDE`` (8192) or no size at all,
+            which is never handed to OpenCV.
         audio: float32 samples in [-1, 1], shape (n_samples, channels), gaps already zero-filled;
             None when the window has no audio.
         sample_rate: Hz of ``audio``; None when ``audio`` is None.

@@ -21,14 +21,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from operators._opencv import cv2  # OpenCV with its decoders bounded: imported before any other cv2 use here
 from operators.errors import ModelLoadError
-from stream.contract import VideoFrame
+from stream.contract import MAX_FRAME_SIDE, ContractError, VideoFrame, declared_size
 
 __all__ = [
     "MobileNetV2",
@@ -181,13 +181,27 @@ def imagenet_class_names() -> list[str]:
 
 
 def decode_frame(frame: VideoFrame) -> tuple[np.ndarray | None, str]:
-    """(BGR uint8 image (H, W, 3), "") or (None, reason). Never raises for bad data."""
+    """(BGR uint8 image (H, W, 3), "") or (None, reason). Never raises for bad data.
+
+    The decode is bounded whatever the header says: the size a JPEG or PNG declares is read
+    first (the contract's own walk, ``declared_size``) and a frame over ``MAX_FRAME_SIDE`` is
+    refused before OpenCV allocates anything, so a frame that reached the model without the
+    contract check, or slipped past it, costs microseconds instead of gigabytes. OpenCV's own
+    limits (``operators._opencv``) stand behind this, should its reading of a header differ.
+    """
     try:
         if frame.encoding == "raw":
             w, h = frame.width or 0, frame.height or 0
             if w * h * 3 != len(frame.data) or w == 0:
                 return None, f"raw frame is {len(frame.data)} bytes, expected {w}x{h}x3"
             return np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3), ""
+        try:
+            size = declared_size(frame.data, frame.encoding)
+        except ContractError as exc:
+            return None, f"{frame.encoding} frame not decoded: {exc.detail}"
+        if max(size) > MAX_FRAME_SIDE:
+            return None, (f"{frame.encoding} frame declares {size.width}x{size.height} pixels; "
+                          f"the model decodes no side over {MAX_FRAME_SIDE}")
         img = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             return None, f"OpenCV could not decode the {frame.encoding} frame ({len(frame.data)} bytes)"

@@ -6,6 +6,13 @@ the real port, readiness proven by a real Kafka request (a bare TCP connect may 
 else's broker), a liveness re-check (a busy port makes tansu exit with status 0), and a stop that
 signals only our own child, SIGTERM then SIGKILL.
 
+The child never outlives us and never stops before us: it runs in its own session, so a
+terminal's Ctrl-C (sent to the whole foreground process group) reaches only the processor, which
+drains its results into this broker before stopping it; and it gets SIGKILL from the kernel when
+its parent dies (``stream.children``). That signal follows the *thread* that started the child:
+call ``start`` from a thread that lives until ``stop`` (the main thread, or the event loop's
+default executor as the demo does).
+
 Example::
 
     with EmbeddedBroker() as broker:
@@ -24,6 +31,7 @@ import tempfile
 import time
 from typing import IO
 
+from stream.children import parent_death_signal
 from stream.errors import BrokerError
 
 __all__ = ["EmbeddedBroker", "free_port", "kafka_ready", "tansu_binary"]
@@ -87,6 +95,11 @@ class EmbeddedBroker:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id (fault tests freeze it with SIGSTOP); None when not running."""
+        return self._proc.pid if self.alive else None
+
     def start(self) -> str:
         """Start the broker and return its bootstrap address.
 
@@ -105,6 +118,7 @@ class EmbeddedBroker:
                  "--storage-engine", "memory://tansu/"],
                 stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+                start_new_session=True, preexec_fn=parent_death_signal(),  # noqa: PLW1509 - only a prctl call
             )
             deadline = time.monotonic() + self._timeout_s
             while time.monotonic() < deadline and proc.poll() is None and not kafka_ready(port):

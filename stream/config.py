@@ -57,6 +57,12 @@ class KafkaConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_oauth_token: SecretStr | None = Field(
+        None, description="OAUTHBEARER: a fixed bearer token (for tokens that outlive the process)"
+    )
+    sasl_oauth_token_file: Path | None = Field(
+        None, description="OAUTHBEARER: a file holding the bearer token, kept fresh by someone else; re-read when it changes"
+    )
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -89,11 +95,32 @@ class KafkaConfig(_Section):
     request_timeout_ms: int = Field(30_000, gt=0)
     stop_timeout_ms: int = Field(10_000, gt=0, description="bound on every client stop()")
     enable_idempotence: bool = Field(False, description="needs a broker with InitProducerId v3+ (not tansu)")
+    auto_offset_reset: Literal["earliest", "latest", "none"] = Field(
+        "earliest", description="where the group starts on a partition without a usable committed offset"
+    )
+
+    @field_validator("sasl_oauth_token")
+    @classmethod
+    def _check_token(cls, token: SecretStr | None) -> SecretStr | None:
+        """A fixed token is checked at start, not at the first connection (the message never shows it)."""
+        from stream.oauth import bearer_token_problem
+
+        problem = None if token is None else bearer_token_problem(token.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return token
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        oauth = [name for name in ("sasl_oauth_token", "sasl_oauth_token_file") if getattr(self, name) is not None]
+        if self.sasl_mechanism == "OAUTHBEARER" and len(oauth) != 1:
+            # aiokafka cannot authenticate with OAUTHBEARER without a token provider
+            raise ValueError("sasl_mechanism OAUTHBEARER needs exactly one of sasl_oauth_token, sasl_oauth_token_file"
+                             + (" (both are set)" if oauth else ""))
+        if oauth and self.sasl_mechanism != "OAUTHBEARER":
+            raise ValueError(f"{oauth[0]} is set but sasl_mechanism is {self.sasl_mechanism}, not OAUTHBEARER")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         return self
@@ -134,7 +161,7 @@ class WindowConfig(_Section):
     idle_timeout_ms: int = Field(3000, gt=0, description="processing time after which a silent modality stops holding windows")
     max_open_windows_per_source: int = Field(64, gt=0)
     max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="all window payloads together")
-    max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of its source's watermark is rejected")
+    max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of the processor's wall clock is rejected")
     max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
     source_ttl_ms: int = Field(
         600_000, gt=0, description="a source silent this long (processing time) with no open window is retired: its state freed"
@@ -170,7 +197,10 @@ class MetricsConfig(_Section):
 class LimitsConfig(ContractLimits):
     """Contract size bounds plus the process memory budget."""
 
-    max_rss_bytes: int = Field(4 * 2**30, gt=0, description="resident memory bound the runtime keeps under")
+    max_rss_bytes: int = Field(
+        4 * 2**30, gt=0,
+        description="resident memory of the processor and its model worker; above it all input pauses until it falls",
+    )
 
 
 class Settings(BaseSettings):

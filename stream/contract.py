@@ -4,8 +4,10 @@ Every input record carries its source id as key and its capture instant in the `
 (integer nanoseconds since the Unix epoch). ``decode`` turns a Kafka record into one of the three
 typed items or raises ``ContractError`` with a stable reason code; nothing else escapes it, so a
 bad record can always be dead-lettered and never stops the processor (``decode`` lives in
-``stream.decode``: it is the hot path). ``encode`` is its inverse and what producers use. The checks are cheap on purpose (markers, sizes, schema): full image
-decoding happens later, off the event loop, in the operators.
+``stream.decode``: it is the hot path). ``encode`` is its inverse and what producers use. The
+checks are cheap on purpose (markers, sizes, declared image sizes, schema): full image decoding
+happens later, off the event loop, in the operators, which read the same declared size
+(``declared_size``) and refuse a frame over ``MAX_FRAME_SIDE`` before OpenCV allocates anything.
 
 The public description of this module is docs/contract.md; ``mmstream schema`` prints the JSON
 Schema of every record type defined here.
@@ -19,17 +21,21 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from stream.errors import ContractError, Reason
+from stream.image_header import ImageSize, declared_size  # the size a JPEG/PNG header declares
 
 __all__ = [
     "CONTRACT_VERSION",
+    "MAX_FRAME_SIDE",
     "AudioChunk",
     "ContractLimits",
+    "ContractError",
     "Counts",
     "DeadLetter",
     "EncodedRecord",
+    "ImageSize",
     "Item",
     "Latency",
     "Modality",
@@ -42,6 +48,7 @@ __all__ = [
     "WindowResult",
     "audio_chunk_from_samples",
     "dead_letter_headers",
+    "declared_size",
     "encode",
     "frame_from_image",
     "record_schemas",
@@ -50,6 +57,9 @@ __all__ = [
 CONTRACT_VERSION = 1
 NS_PER_S = 1_000_000_000
 MAX_TS_NS = 2**63 - 1
+# The widest or tallest frame anything decodes: the ceiling of ``limits.max_frame_side`` and the
+# bound the model's frame decoding keeps on its own (operators/vision.py), whatever a header says.
+MAX_FRAME_SIDE = 8192
 
 H_TS, H_CONTENT_TYPE, H_VERSION = "mm-ts", "content-type", "mm-v"
 H_ERROR, H_ORIGIN = "mm-error", "mm-origin"
@@ -87,7 +97,10 @@ class ContractLimits(BaseModel):
     max_frame_bytes: int = Field(8 * 2**20, gt=0, description="largest video record value")
     max_audio_bytes: int = Field(2**20, gt=0, description="largest audio record value")
     max_text_bytes: int = Field(64 * 2**10, gt=0, description="largest transcript record value")
-    max_frame_side: int = Field(8192, gt=0, description="largest frame width or height, pixels (JPEG/PNG: as declared in their header)")
+    max_frame_side: int = Field(
+        MAX_FRAME_SIDE, gt=0, le=MAX_FRAME_SIDE,
+        description="largest frame width or height, pixels (JPEG/PNG: as declared in their header); "
+                    f"at most {MAX_FRAME_SIDE}, the most the model decodes whatever a header says")
 
 
 # --------------------------------------------------------------------------- input items
@@ -109,6 +122,20 @@ class VideoFrame(_Item):
     width: int | None = Field(None, gt=0, description="raw frames only")
     height: int | None = Field(None, gt=0, description="raw frames only")
     data: bytes
+    _headers: tuple[tuple[str, bytes], ...] | None = PrivateAttr(default=None)
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...] | None:
+        """The headers the frame was read with (None for a frame built in code): a frame that
+        fails to decode later is dead-lettered as the record it came in, not re-encoded."""
+        return self._headers
+
+    def __eq__(self, other: object) -> bool:
+        """Frames are equal by their fields: the headers they were read with are provenance."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
 
     @property
     def content_type(self) -> str:

@@ -4,8 +4,11 @@ The first step of the processor's hot path, run once per record on the event loo
 written for the common case: a topic repeats one content type and a source repeats one key, so
 both are parsed and validated once and cached (errors are never cached: a bad record is checked in
 full every time). The fields of an item are all checked here, so the item is built without running
-pydantic's validation a second time. The checks stay cheap on purpose (markers, sizes, schema):
-full image decoding happens later, in the model's preprocessing, off the event loop.
+pydantic's validation a second time. The checks stay cheap on purpose (markers, sizes, the size
+an image's header declares, schema): full image decoding happens later, in the model's
+preprocessing, off the event loop. They run in the documented order (docs/contract.md): key,
+``mm-v``, ``mm-ts``, ``content-type`` (the topic's modality included), then the value (its size,
+then its structure); the first failure names the reason.
 
 Contract: ``decode`` raises ``ContractError`` (with a ``Reason``) and nothing else, whatever the
 bytes; ``decode(encode(item)) == item``. Both are property-tested (tests/unit/test_contract*.py).
@@ -34,6 +37,7 @@ from stream.contract import (
     _TranscriptPayload,
 )
 from stream.errors import ContractError, Reason
+from stream.image_header import ImageSize, declared_size
 
 __all__ = ["RecordLike", "decode"]
 
@@ -44,6 +48,8 @@ _SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
 _HEADERS = frozenset((H_TS, H_CONTENT_TYPE, H_VERSION))
 _ENCODED_FRAME_FIELDS = frozenset(("source_id", "ts_ns", "encoding", "data"))  # jpeg/png: no width/height
 _DEFAULT_LIMITS = ContractLimits()
+_MODALITY = {"jpeg": Modality.VIDEO, "png": Modality.VIDEO, "raw": Modality.VIDEO,
+             "audio": Modality.AUDIO, "json": Modality.TEXT}  # by content-type kind
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -107,26 +113,24 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
         ts_ns = _decode_ts(ts_raw)  # raises, saying what is wrong
     if ct_raw is None:
         raise ContractError(Reason.BAD_CONTENT_TYPE, "header content-type is missing")
+    spec = _SPECS.get(ct_raw)
+    if spec is None:
+        spec = _content_type(ct_raw)
+    kind = spec[0]
+    if expect is not None and _MODALITY[kind] is not expect:  # a type of another modality is a type error
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{spec[-1][:80]!r} on the {expect.value} topic")
     value = record.value or b""
     if type(value) is not bytes:
         value = _as_bytes(value)
-    spec = _SPECS.get(ct_raw)
-    if spec is None:
-        try:
-            spec = _content_type(ct_raw)
-        except ContractError:
-            if ct_raw[:6].lower() == b"image/":  # for frames a size error comes first (reasons are stable)
-                _check_size(value, limits.max_frame_bytes, "frame")
-            raise
-    kind = spec[0]
     if kind == "audio":
         item: Item = _decode_audio(source_id, ts_ns, spec, value, limits)
     elif kind == "json":
         item = _decode_segment(source_id, ts_ns, value, limits)
     else:
         item = _decode_frame(source_id, ts_ns, spec, value, limits)
-    if expect is not None and item.modality is not expect:
-        raise ContractError(Reason.BAD_CONTENT_TYPE, f"{spec[-1][:80]!r} on the {expect.value} topic")
+        # kept for a verbatim dead-letter copy should the frame fail to decode later (the
+        # producer's own headers included): a private attribute, outside the record's schema
+        object.__setattr__(item, "__pydantic_private__", {"_headers": tuple(record.headers or ())})
     return item
 
 
@@ -256,69 +260,38 @@ def _check_size(value: bytes, limit: int, what: str) -> None:
 def _decode_frame(
     source_id: str, ts_ns: int, spec: tuple[Any, ...], value: bytes, limits: ContractLimits
 ) -> VideoFrame:
-    _check_size(value, limits.max_frame_bytes, "frame")
     kind = spec[0]
+    if kind == "raw":  # the size a raw frame declares is a content-type parameter: checked before the value
+        _, width, height, _text = spec
+        if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
+            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
+    _check_size(value, limits.max_frame_bytes, "frame")
     if kind == "jpeg":
         if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
             raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
-        _check_declared_size(_jpeg_size(value), limits.max_frame_side, "JPEG")
+        _check_declared_size(declared_size(value, kind), limits.max_frame_side, "JPEG")
         width = height = None
     elif kind == "png":
         if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
             raise ContractError(Reason.BAD_IMAGE, "PNG lacks its signature or IEND chunk (truncated?)")
-        if value[12:16] == b"IHDR":
-            _check_declared_size((int.from_bytes(value[16:20], "big"), int.from_bytes(value[20:24], "big")),
-                                 limits.max_frame_side, "PNG")
+        _check_declared_size(declared_size(value, kind), limits.max_frame_side, "PNG")
         width = height = None
-    else:
-        _, width, height, _text = spec
-        if not (0 < width <= limits.max_frame_side and 0 < height <= limits.max_frame_side):
-            raise ContractError(Reason.BAD_CONTENT_TYPE, f"raw frame size {width}x{height} out of range")
-        if len(value) != width * height * 3:
-            raise ContractError(
-                Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
-            )
+    elif len(value) != width * height * 3:
+        raise ContractError(
+            Reason.PAYLOAD_SIZE, f"raw bgr24 {width}x{height} needs {width * height * 3} bytes, got {len(value)}"
+        )
     return _trusted(VideoFrame, {"source_id": source_id, "ts_ns": ts_ns, "encoding": kind,
                                  "width": width, "height": height, "data": value},
                     None if kind == "raw" else _ENCODED_FRAME_FIELDS)
 
 
-def _check_declared_size(size: tuple[int, int] | None, limit: int, what: str) -> None:
+def _check_declared_size(size: ImageSize, limit: int, what: str) -> None:
     """An image declaring a side over ``max_frame_side`` is refused before anyone decodes it: a
-    few kilobytes of PNG or JPEG can declare 60000x60000 pixels, gigabytes once decoded."""
-    if size is not None and max(size) > limit:
-        raise ContractError(Reason.BAD_IMAGE, f"{what} declares {size[0]}x{size[1]} pixels; "
+    few kilobytes of PNG or JPEG can declare 60000x60000 pixels, gigabytes once decoded. A header
+    that declares no size it can vouch for is refused by ``declared_size`` itself."""
+    if max(size) > limit:
+        raise ContractError(Reason.BAD_IMAGE, f"{what} declares {size.width}x{size.height} pixels; "
                                               f"a side may be at most max_frame_side={limit}")
-
-
-_JPEG_HEADER_STEPS = 256  # real files reach their frame header within a dozen segments
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
-
-
-def _jpeg_size(value: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, or None when the segments before it do not
-    parse (then the full decode decides: ``decode_failed``, as before this check)."""
-    i, n = 2, len(value)
-    for _ in range(_JPEG_HEADER_STEPS):  # bounded: fill bytes or empty segments cost a step each
-        if i + 9 > n:
-            return None
-        if value[i] != 0xFF:
-            return None
-        marker = value[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        length = int.from_bytes(value[i + 2:i + 4], "big")  # of the segment, its own 2 bytes included
-        if length < 2 or i + 2 + length > n or marker == 0xDA:  # malformed, or the scan began first
-            return None
-        if marker in _SOF:
-            if length < 8:
-                return None
-            return int.from_bytes(value[i + 7:i + 9], "big"), int.from_bytes(value[i + 5:i + 7], "big")
-        i += 2 + length
-    # Real files reach their frame header within a dozen segments; padding it past the bound
-    # would otherwise hide a declared size (and cost the loop a step per byte of an 8 MiB value).
-    raise ContractError(Reason.BAD_IMAGE, f"JPEG has no frame header within {_JPEG_HEADER_STEPS} segments")
 
 
 def _decode_audio(
@@ -343,7 +316,9 @@ def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLi
         raise ContractError(Reason.BAD_JSON, f"value is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ContractError(Reason.BAD_JSON, "value must be a JSON object")
-    payload = _TranscriptPayload.model_validate(doc)
+    # strict: a JSON string is not a number ("123"), nor a number a boolean (1 for final); pydantic's
+    # lax mode converted both, so a producer's type bug went unnoticed until a window was wrong
+    payload = _TranscriptPayload.model_validate(doc, strict=True)
     if payload.start_ns != ts_ns:
         raise ContractError(Reason.BAD_TS, f"mm-ts {ts_ns} differs from start_ns {payload.start_ns}")
     return _trusted(TranscriptSegment, {**payload.__dict__, "source_id": source_id, "ts_ns": ts_ns})

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import KafkaTimeoutError
 
 from operators import WindowInput
+from stream.aside import AsideRecord
 from stream.contract import WindowResult, encode
 from stream.errors import KafkaError, ModelUnavailableError, Reason, WorkerDiedError
 from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
@@ -135,20 +136,41 @@ class DeliveryMixin:
         return error
 
     async def _publish_outputs(self, jobs: list[Job], outputs: list[tuple[Any, float, float]], err: str | None) -> None:
-        """Results of ``jobs`` from their outputs (or ``err``), their dropped frames dead-lettered."""
+        """Results of ``jobs`` from their outputs (or ``err``), their dropped frames dead-lettered
+        first (a window's offsets are released with its result, so its dead letters must be safe
+        before it is published)."""
         if err is None:
             self.metrics.batch_size.observe(len(jobs))
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])
         ready: list[_Outgoing] = []
+        copies: list[asyncio.Future[None]] = []
         for (window, token, generation), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
-            result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
-                                  include_embedding=self.settings.include_embedding, error=err)
+            try:
+                result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
+                                      include_embedding=self.settings.include_embedding, error=err)
+            except Exception as exc:  # noqa: BLE001 - one window's defect must not take its batch down
+                self._unpublishable(window, generation, exc)
+                continue
             ready.append((window, token, generation, result))
             if output is not None:
                 for index, reason in output.dropped_frames:
-                    await self._dead_letter_frame(window, index, reason)
+                    copies.append(await self._dead_letter_frame(window, index, reason))
+        if copies:
+            try:
+                await asyncio.gather(*copies)
+            except (asyncio.CancelledError, KafkaError):
+                return  # stopping, or refused for good (the processor's fatal error): not published
         await self._publish(ready)
+
+    def _unpublishable(self, window: ClosedWindow, generation: int, exc: Exception) -> None:
+        """A window whose result cannot even be built: logged with its traceback and counted as
+        an error; its records are finished (nothing can ever publish them) so the partition's
+        commits go on, and the rest of the batch is published."""
+        self.metrics.inference_errors.labels("window").inc()
+        log.error("window %s:%d cannot be made into a result; its records are dropped",
+                  window.source_id, window.start_ns, exc_info=exc)
+        self._ledger.release((generation, window.key))
 
     async def _publish(self, outgoing: list[_Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
@@ -211,13 +233,15 @@ class DeliveryMixin:
             log.error("result %s cannot be sent; its offsets stay uncommitted", entry[3].id, exc_info=exc)
         return False
 
-    async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> None:
+    async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> asyncio.Future[None]:
         frame, origin = window.frames[index], window.frame_origins[index]
         key, value, headers = encode(frame)
+        if frame.headers is not None:  # the record as it came in, the producer's own headers too
+            headers = list(frame.headers)
         self.stats.dead_letters += 1
         self.metrics.dead_letters.labels(Reason.DECODE_FAILED.value).inc()
-        assert self._dlq is not None
-        await self._dlq.send(key, value, headers, Reason.DECODE_FAILED, reason, origin)
+        assert self._aside is not None
+        return await self._aside.put(AsideRecord(key, value, tuple(headers), origin, Reason.DECODE_FAILED, reason))
 
     def _observe_result(self, window: ClosedWindow, result: Any) -> None:
         self.stats.windows += 1
@@ -240,21 +264,29 @@ class DeliveryMixin:
         they must be safe before offsets that depend on them are committed."""
         assert self._producer is not None
         futures = []
-        for partition in partitions:
-            sources = [src for src, p in self._source_partition.items() if p == partition]
-            if len(sources) > MAX_STATE_SOURCES:
-                sources = self._forget_oldest(sources)
-            value = encode_state(self._horizons.snapshot(sources))
-            if self._saved_state.get(partition) != value:
-                fut = await self._producer.send(self._state_topic, value=value, key=str(partition).encode(),
-                                                partition=partition)
-                futures.append((partition, value, fut))
         try:
-            for partition, value, fut in futures:
-                await fut
-                self._saved_state[partition] = value
+            for partition in partitions:
+                sources = [src for src, p in self._source_partition.items() if p == partition]
+                if len(sources) > MAX_STATE_SOURCES:
+                    sources = self._forget_oldest(sources)
+                value = encode_state(self._horizons.snapshot(sources))
+                if self._saved_state.get(partition) != value:
+                    fut = await self._producer.send(self._state_topic, value=value, key=str(partition).encode(),
+                                                    partition=partition)
+                    futures.append((partition, value, fut))
         except AIOKafkaError as exc:
-            log.warning("could not save horizons (%s); not committing this time", exc)
+            failed: BaseException | None = exc
+        else:
+            failed = None
+        # every acknowledgement is awaited (none left unretrieved), and each saved one counts
+        acks = await asyncio.gather(*(fut for _, _, fut in futures), return_exceptions=True)
+        for (partition, value, _), ack in zip(futures, acks, strict=True):
+            if isinstance(ack, BaseException):
+                failed = failed or ack
+            else:
+                self._saved_state[partition] = value
+        if failed is not None:
+            log.warning("could not save horizons (%s); not committing this time", failed)
             return False
         return True
 
@@ -280,7 +312,7 @@ class DeliveryMixin:
             await self._commit_now(only, force)
 
     async def _commit_now(self, only: set[TopicPartition] | None, force: bool) -> None:
-        self._last_commit = time.monotonic()
+        self._last_commit = self._clock_ms() / 1000
         if self._consumer is None:
             return
         offsets: dict[TopicPartition, int] = {}
@@ -322,6 +354,7 @@ class DeliveryMixin:
         for tp in mine:
             self._blocked.pop(tp, None)
             self._held.pop(tp, None)
+            self._parked.pop(tp, None)
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
             self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)

@@ -8,6 +8,8 @@ the rules are unit-testable:
   consumer). Windows close on the *slowest* modality, so a fast topic running ahead only fills
   memory. A topic-partition whose event time runs more than ``max_ahead_ms`` ahead of the slowest
   modality of the same partition number that still has unread data is paused until it catches up.
+- **Memory**: while the process's resident memory is above ``limits.max_rss_bytes`` every
+  partition pauses (``stream.memory.MemoryGuard`` measures it), whatever else is true.
 - **Backpressure**: when the batcher is full every partition pauses (lag grows in Kafka, not in
   memory); when the aligner is full every partition pauses except, per partition number, the
   slowest modality with unread data, which is the one whose records let windows close.
@@ -28,7 +30,7 @@ Slot = tuple[Modality, int]  # (modality, partition number)
 @dataclass(frozen=True)
 class FlowDecision:
     paused: frozenset[Slot]
-    reason: str  # "" | "alignment" | "aligner_full" | "batcher_full"
+    reason: str  # "" | "alignment" | "aligner_full" | "batcher_full" | "memory"
 
 
 def decide_pauses(
@@ -40,6 +42,7 @@ def decide_pauses(
     aligner_full: bool,
     batcher_full: bool,
     blocked: Iterable[Slot] = (),
+    memory_over: bool = False,
 ) -> FlowDecision:
     """The set of (modality, partition) slots to keep paused now.
 
@@ -48,11 +51,15 @@ def decide_pauses(
         event_ns: newest event time read per slot; a slot missing here has read nothing yet.
         has_unread: whether the slot's partition has data we have not read (not caught up).
         max_ahead_ms: alignment bound.
-        aligner_full, batcher_full: the bounded stages' states.
+        aligner_full, batcher_full: the bounded stages' states (``batcher_full`` stands for every
+            stage after the aligner: the batcher and the copies waiting to be written aside).
         blocked: slots whose next record the runtime holds back (past its alignment bound); they
             stay paused whatever the others' progress, so nothing more piles up behind that record.
+        memory_over: resident memory is above its bound.
     """
     slots = list(slots)
+    if memory_over:
+        return FlowDecision(frozenset(slots), "memory")
     if batcher_full:
         return FlowDecision(frozenset(slots), "batcher_full")
     by_partition: dict[int, list[Modality]] = {}

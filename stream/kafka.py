@@ -24,16 +24,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError as AIOKafkaError
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
 from stream.contract import Origin, dead_letter_headers
 from stream.errors import KafkaError, Reason, TopicLayoutError
+from stream.oauth import TokenProvider
 
 __all__ = [
     "DeadLetterSink",
+    "max_request_bytes",
     "read_last",
     "check_copartitioned",
+    "check_created",
     "client_options",
     "ensure_topics",
     "make_consumer",
@@ -59,7 +62,11 @@ def client_options(kafka: KafkaConfig) -> dict[str, Any]:
         if kafka.ssl_certfile:
             ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
         opts["ssl_context"] = ctx
-    if kafka.sasl_mechanism:
+    if kafka.sasl_mechanism == "OAUTHBEARER":
+        opts["sasl_mechanism"] = kafka.sasl_mechanism
+        token = kafka.sasl_oauth_token.get_secret_value() if kafka.sasl_oauth_token else None
+        opts["sasl_oauth_token_provider"] = TokenProvider(token=token, path=kafka.sasl_oauth_token_file)
+    elif kafka.sasl_mechanism:
         opts["sasl_mechanism"] = kafka.sasl_mechanism
         opts["sasl_plain_username"] = kafka.sasl_username
         opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
@@ -71,14 +78,17 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A consumer with manual commits, the range assignor and fetch sizes that fit the largest frame.
 
-    ``group=False`` gives a consumer for ``assign()`` without group membership (tools, tests).
+    ``group=False`` gives a consumer for ``assign()`` without group membership (tools, tests); it
+    always resets to "earliest", since its users seek explicitly and rely on a seek below the log
+    start landing on the first record kept. ``kafka.auto_offset_reset`` is the group's policy.
     """
     largest = max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
     opts: dict[str, Any] = {
         **client_options(kafka),
         "group_id": kafka.group_id if group else None,
         "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",  # "latest" misplaces consumers on tansu; a new group reads all
+        # "latest" misplaces consumers on tansu (its end offsets are wrong for multi-record batches)
+        "auto_offset_reset": kafka.auto_offset_reset if group else "earliest",
         "partition_assignment_strategy": (RangePartitionAssignor,),
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
@@ -92,16 +102,20 @@ def make_consumer(
     return AIOKafkaConsumer(**opts)
 
 
+def max_request_bytes(limits: LimitsConfig) -> int:
+    """The producer's request limit: the largest record the contract admits, plus headers."""
+    return max(max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN, 1 << 20)
+
+
 def make_producer(kafka: KafkaConfig, limits: LimitsConfig, **overrides: Any) -> AIOKafkaProducer:
     """A producer sized for the largest frame (brokers need ``max.message.bytes`` at least as big)."""
-    largest = max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
     opts: dict[str, Any] = {
         **client_options(kafka),
         "acks": kafka.acks,
         "linger_ms": kafka.linger_ms,
         "compression_type": None if kafka.compression_type == "none" else kafka.compression_type,
         "max_batch_size": kafka.max_batch_size,
-        "max_request_size": max(largest, 1 << 20),
+        "max_request_size": max_request_bytes(limits),
         "enable_idempotence": kafka.enable_idempotence,
     }
     opts.update(overrides)
@@ -124,18 +138,24 @@ async def stop_bounded(client: Any, timeout_ms: int, what: str) -> None:
 
 
 async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: LimitsConfig) -> dict[str, int]:
-    """Create the input, result, dead-letter (and late) topics if missing; return partition counts.
+    """Create the input, result, dead-letter, state (and late) topics if missing, then check that
+    every one of them is there and usable; return partition counts (the state topic's included).
 
     New input topics get ``kafka.partitions`` partitions each; existing ones are left as they are
-    and then checked for co-partitioning.
+    and then checked for co-partitioning. A topic the broker refuses to create (ACLs, a creation
+    policy, a bad config) fails here, naming the topic and the broker's error, instead of at the
+    first result or commit.
 
     Raises:
-        TopicLayoutError: the input topics have different partition counts.
-        KafkaError: the cluster cannot be reached.
+        TopicLayoutError: the input topics have different partition counts; a topic is missing after
+            creation (or not visible to this principal); the state topic has fewer partitions than
+            the inputs.
+        KafkaError: the cluster cannot be reached; it refused to create or describe a topic.
     """
     names = [topics.video, topics.audio, topics.text, topics.results, topics.dead_letter]
     if topics.late:
         names.append(topics.late)
+    names = list(dict.fromkeys(names))
     state = topics.state_topic(kafka.group_id)
     admin = AIOKafkaAdminClient(**client_options(kafka))
     try:
@@ -144,7 +164,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
         max_bytes = str(max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN)
         missing = [
             NewTopic(n, kafka.partitions, kafka.replication_factor, topic_configs={"max.message.bytes": max_bytes})
-            for n in dict.fromkeys(names) if n not in existing
+            for n in names if n not in existing
         ]
         if state not in existing:
             # as many partitions as the inputs (state of input partition p lives in partition p)
@@ -155,20 +175,92 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
                 n = len(video["partitions"]) or n
             missing.append(NewTopic(state, n, kafka.replication_factor, topic_configs={"cleanup.policy": "compact"}))
         if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another processor won the race
-            log.info("created topics %s", [t.name for t in missing])
-        described = await admin.describe_topics(list(dict.fromkeys(names)))
+            response = await admin.create_topics(missing)
+            created = check_created(response, [t.name for t in missing])
+            if created:
+                log.info("created topics %s", created)
+        counts = await _verify_topics(admin, [*names, state], kafka.request_timeout_ms / 1000)
     except AIOKafkaError as exc:
         raise KafkaError(f"cannot set up topics on {kafka.bootstrap_servers}: {exc}") from exc
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
-    counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
-    check_copartitioned(counts, [topics.video, topics.audio, topics.text])
+    inputs = check_copartitioned(counts, [topics.video, topics.audio, topics.text])
+    if counts[state] < inputs:
+        raise TopicLayoutError(
+            f"state topic {state} has {counts[state]} partitions, fewer than the {inputs} of the input topics; "
+            "it needs one per input partition (recreate it with the inputs' count, cleanup.policy=compact)"
+        )
     return counts
+
+
+def check_created(response: Any, requested: Iterable[str]) -> list[str]:
+    """The topics a CreateTopics ``response`` says were created now.
+
+    "Already exists" (36) is success: another processor, or the topics job, was first. Any other
+    per-topic error (authorization, policy, invalid config or partitions, a timeout) is raised,
+    as is a requested topic the response does not mention.
+
+    Raises:
+        KafkaError: naming each refused topic with the broker's error; retriable only when every
+            refusal is (a timeout, a controller move), not for ACLs or policies.
+    """
+    answered: dict[str, tuple[int, str | None]] = {}
+    for entry in response.topic_errors:  # (topic, error_code) in v0, (topic, error_code, error_message) later
+        answered[entry[0]] = (entry[1], entry[2] if len(entry) > 2 else None)
+    created: list[str] = []
+    refused: list[str] = []
+    retriable = True
+    for name in requested:
+        code, message = answered.get(name, (None, None))
+        if code is None:
+            refused.append(f"{name}: no answer from the broker")
+        elif code == 0:
+            created.append(name)
+        elif code != TopicAlreadyExistsError.errno:
+            error = for_code(code)
+            retriable = retriable and error.retriable
+            refused.append(f"{name}: {error.__name__} (error {code}): {message or error.description}")
+    if refused:
+        exc = KafkaError("the broker refused to create topics: " + "; ".join(refused))
+        exc.retriable = retriable
+        raise exc
+    return created
+
+
+async def _verify_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Partition counts of ``names``, once all of them are listed and describable.
+
+    A topic just created may take a moment to reach every broker's metadata (or to get its
+    leaders: ``LEADER_NOT_AVAILABLE``), so absence and retriable errors are retried until
+    ``timeout_s``; other errors fail at once. Only listed topics are described: a metadata request
+    for a missing topic would create it on brokers that auto-create (tansu always does).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        listed = set(await admin.list_topics())
+        absent = [n for n in names if n not in listed]
+        problems: dict[str, int] = {}
+        if not absent:
+            described = await admin.describe_topics(names)
+            problems = {d["topic"]: d["error_code"] for d in described if d.get("error_code")}
+            counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+            if not problems and all(counts.get(n) for n in names):
+                return counts
+            absent = [n for n in names if n not in problems and not counts.get(n)]
+        final = {t: c for t, c in problems.items() if not for_code(c).retriable}
+        if loop.time() >= deadline or final:
+            if problems:
+                exc = KafkaError("cannot use topics: " + "; ".join(
+                    f"{t}: {for_code(c).__name__} (error {c})" for t, c in (final or problems).items()))
+                exc.retriable = not final
+                raise exc
+            raise TopicLayoutError(
+                f"topics missing after creating them: {', '.join(absent)} (not created, or this principal lacks "
+                "Describe on them); create them first (docs/deploy.md) or grant the ACLs"
+            )
+        await asyncio.sleep(0.2)
 
 
 def check_copartitioned(counts: dict[str, int], inputs: Iterable[str]) -> int:

@@ -28,6 +28,7 @@ from stream.errors import ConfigError
 
 if TYPE_CHECKING:
     from stream.contract import WindowResult
+    from stream.health import HealthStatus
 
 __all__ = ["Metrics", "MetricsServer", "ProcessorStats"]
 
@@ -39,7 +40,7 @@ _SKEW_BUCKETS = (-0.5, -0.185, -0.125, -0.09, -0.045, -0.02, 0.0, 0.02, 0.045, 0
 
 
 class Metrics:
-    """Every metric a processor exports. Labels: topic, outcome (ok|dead_letter|late|rejected|replayed)."""
+    """Every metric a processor exports. Labels: topic, outcome (ok|partly_late|dead_letter|late|replayed)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
@@ -68,7 +69,12 @@ class Metrics:
         self.paused = Gauge("mmstream_paused", "1 while input partitions are paused (backpressure or alignment)",
                             registry=r)
         self.pauses = Counter("mmstream_pauses", "Times input partitions were paused, by reason "
-                              "(alignment|aligner_full|batcher_full)", ["reason"], registry=r)
+                              "(alignment|aligner_full|batcher_full|memory)", ["reason"], registry=r)
+        self.partition_stalled = Gauge("mmstream_partition_stalled", "1 while an input partition has records "
+                                       "waiting and its position has not moved for a minute",
+                                       ["topic", "partition"], registry=r)
+        self.rss_bytes = Gauge("mmstream_rss_bytes", "Resident memory of the processor and its model worker, "
+                               "as the memory guard measured it (limits.max_rss_bytes)", registry=r)
         self.open_windows = Gauge("mmstream_open_windows", "Windows still collecting records", registry=r)
         self.commits = Counter("mmstream_commits", "Offset commits", ["outcome"], registry=r)
         self.inference_errors = Counter("mmstream_inference_errors", "Inference failures: a batch (retried window "
@@ -76,20 +82,25 @@ class Metrics:
         self.gpu_memory_bytes = Gauge("mmstream_gpu_memory_bytes", "CUDA memory allocated by the model",
                                       registry=r)
         self.ready = Gauge("mmstream_ready", "1 when partitions are assigned and the model is loaded", registry=r)
+        self.healthy = Gauge("mmstream_healthy", "1 while the event loop ticks and the model makes progress "
+                             "(what /healthz reports)", registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class MetricsServer:
-    """A small threaded HTTP server: /metrics, /healthz (alive), /readyz (``ready()`` is true).
+    """A small threaded HTTP server: /metrics, /healthz (``health()`` is healthy; 503 with its
+    one-line reason otherwise), /readyz (``ready()`` is true and healthy: ready to serve).
 
     It runs in a daemon thread so a busy event loop or a long inference never makes the probes
-    time out.
+    time out; what the loop and the model do, ``health`` judges (``stream.health``) from here, so
+    a loop that stopped ticking still gets its 503.
     """
 
-    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> None:
-        self._metrics, self._ready = metrics, ready
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool],
+                 health: Callable[[], HealthStatus] | None = None) -> None:
+        self._metrics, self._ready, self._health = metrics, ready, health
         self._host, self._port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -99,7 +110,7 @@ class MetricsServer:
         return self._server.server_address[1] if self._server else self._port
 
     def start(self) -> None:
-        metrics, ready = self._metrics, self._ready
+        metrics, ready, health = self._metrics, self._ready, self._health
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -107,9 +118,13 @@ class MetricsServer:
                 if path == "/metrics":
                     self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._reply(200, b"ok\n")
+                    status = health() if health is not None else None
+                    if status is None or status.healthy:
+                        self._reply(200, b"ok\n")
+                    else:
+                        self._reply(503, f"unhealthy: {status.reason}\n".encode())
                 elif path == "/readyz":
-                    ok = ready()
+                    ok = ready() and (health is None or health().healthy)
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
                 else:
                     self._reply(404, b"not found\n")
@@ -153,6 +168,7 @@ class ProcessorStats:
         self.windows_complete = 0
         self.dead_letters = 0
         self.late = 0
+        self.partly_late = 0  # accepted, but part of the interval fell in closed windows
         self.replayed = 0
         self.latencies_s: list[float] = []
         self.last_results: dict[str, WindowResult] = {}  # the newest published result per source

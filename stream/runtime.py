@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -32,17 +31,25 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from stream.aside import AsideWriter
 from stream.batching import Batcher, BatchPipeline
+from stream.clients import AIOKafkaClients, KafkaClients
 from stream.config import Settings
 from stream.contract import Modality, ModelInfo
 from stream.delivery import DeliveryMixin, Job
 from stream.errors import KafkaError, MmstreamError, ModelError
+from stream.gctune import tune_gc
+from stream.health import Health, HealthStatus, heartbeat
 from stream.horizon import HorizonTracker
-from stream.intake import IntakeMixin
-from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
+from stream.intake import IntakeMixin, Parked
+from stream.kafka import max_request_bytes, stop_bounded
+from stream.lag import HighwaterRefresh
+from stream.memory import MemoryGuard, rss_bytes
 from stream.metrics import Metrics, MetricsServer, ProcessorStats
 from stream.offsets import OffsetLedger
+from stream.progress import StallWatch
 from stream.windows import Aligner
 
 __all__ = ["Processor", "ProcessorStats"]
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 _TICK_MS = 100
 _COMMIT_INTERVAL_S = 1.0
 _GAUGE_INTERVAL_S = 1.0
+_STALL_AFTER_MS = 60_000  # a partition with records waiting that has not moved this long is stalled
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -73,11 +81,16 @@ class Processor(IntakeMixin, DeliveryMixin):
         model: a ready model (tests, benchmarks); built from ``settings.model`` when None.
         metrics: where to count; a fresh registry when None.
         clock_ms: processing-time clock for idle timeouts (monotonic ms).
+        wall_ns: wall clock (ns since the epoch): how far in the future a record may be stamped,
+            how fresh a high watermark is. Both clocks are injected so a simulation drives time.
+        clients: makes the Kafka clients (``stream.clients``); aiokafka's when None, a simulated
+            broker's in ``stream.sim``.
     """
 
     def __init__(
         self, settings: Settings, *, model: Any = None, metrics: Metrics | None = None,
         clock_ms: Callable[[], int] = lambda: time.monotonic_ns() // 1_000_000,
+        wall_ns: Callable[[], int] = time.time_ns, clients: KafkaClients | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -85,10 +98,12 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._model = model
         self._owned_model: Any = None  # a model worker process this processor started
         self._clock_ms = clock_ms
+        self._wall_ns = wall_ns
+        self._clients: KafkaClients = clients or AIOKafkaClients()
         topics = settings.topics
         self._modality_of = topics.inputs
         self._topic_of = {m: topics.input(m) for m in Modality}
-        self._aligner = Aligner(settings.window, clock_ms)
+        self._aligner = Aligner(settings.window, clock_ms, wall_ns)
         self._ledger = OffsetLedger()
         self._horizons = HorizonTracker()
         self._batcher: Batcher[Job] = Batcher(settings.batching)
@@ -98,8 +113,15 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._state_reader: AIOKafkaConsumer | None = None
         self._state_topic = topics.state_topic(settings.kafka.group_id)
         self._saved_state: dict[int, bytes] = {}
-        self._dlq: DeadLetterSink | None = None
+        self._aside: AsideWriter | None = None  # dead letters and late copies
+        self._highwater: HighwaterRefresh | None = None  # high watermarks of paused partitions
+        self._stalls = StallWatch(_STALL_AFTER_MS)
+        self._memory = MemoryGuard(settings.limits.max_rss_bytes, clock_ms=clock_ms, reader=self._rss_bytes)
         self._server: MetricsServer | None = None
+        # the loop's heartbeat and the model's progress, judged from other threads (stream/health.py)
+        self._health = Health(model_timeout_s=settings.model.infer_timeout_ms / 1000, gauge=self.metrics.healthy,
+                              progress=lambda: getattr(self._model, "progress", None))
+        self._heartbeat: asyncio.Task[None] | None = None
         self._assigned: set[TopicPartition] = set()
         self._loading: set[TopicPartition] = set()  # assigned, published horizons not read yet
         self._paused: set[TopicPartition] = set()
@@ -127,14 +149,17 @@ class Processor(IntakeMixin, DeliveryMixin):
         # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}
         self._blocked: dict[TopicPartition, int] = {}
+        self._parked: dict[TopicPartition, list[Parked]] = {}  # far ahead of their partition's others
+        self._caught_up_since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
+        self._last_polls: dict[TopicPartition, int | None] = {}  # the fetch responses' wall ms, last seen
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def ready(self) -> bool:
-        """Partitions assigned and model loaded: what /readyz reports."""
+        """Partitions assigned, model loaded, healthy: what /readyz and ``mmstream_ready`` report."""
         return (self._started and self._model is not None and bool(self._assigned) and not self._stopped
-                and self._fatal is None)
+                and self._fatal is None and self._health.check().healthy)
 
     @property
     def lag(self) -> int:
@@ -143,7 +168,8 @@ class Processor(IntakeMixin, DeliveryMixin):
             return 0
         total = 0
         for tp in self._assigned:
-            high, position = self._consumer.highwater(tp), self._position.get(tp)
+            high = self._highwater.highwater(tp) if self._highwater is not None else self._consumer.highwater(tp)
+            position = self._position.get(tp)
             if high is not None and position is not None:
                 total += max(high - position, 0)
         return total
@@ -179,10 +205,10 @@ class Processor(IntakeMixin, DeliveryMixin):
             raise MmstreamError("processor already started")
         s = self.settings
         if s.metrics.port is not None:
-            server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port, lambda: self.ready)
+            server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port, lambda: self.ready, self.health)
             server.start()
             self._server = server
-        await ensure_topics(s.kafka, s.topics, s.limits)
+        await self._clients.ensure_topics(s)
         if self._model is None:
             if s.batching.worker == "process":
                 from stream.worker import ProcessModel
@@ -190,12 +216,15 @@ class Processor(IntakeMixin, DeliveryMixin):
                 self._model = self._owned_model = ProcessModel(s.model, torch_threads=s.batching.worker_threads)
                 await asyncio.to_thread(self._owned_model.start)
             else:
-                self._model = await asyncio.to_thread(_load_model, s)
+                from stream.worker import ThreadModel
+
+                self._model = ThreadModel(await asyncio.to_thread(_load_model, s))  # its calls counted for health
         info = self._model.info
         self._model_info = ModelInfo(name=info.name, version=info.version)
-        self._producer = make_producer(s.kafka, s.limits)
-        self._consumer = make_consumer(s.kafka, s.limits)
-        self._state_reader = make_consumer(s.kafka, s.limits, group=False)
+        self._producer = self._clients.producer(s)
+        self._consumer = self._clients.consumer(s)
+        self._highwater = HighwaterRefresh(self._consumer, clock=lambda: self._clock_ms() / 1000)
+        self._state_reader = self._clients.state_reader(s)
         try:
             await self._producer.start()
             await self._state_reader.start()
@@ -203,14 +232,18 @@ class Processor(IntakeMixin, DeliveryMixin):
         except AIOKafkaError as exc:
             await self.stop()
             raise KafkaError(f"cannot connect to {s.kafka.bootstrap_servers}: {exc}") from exc
-        self._dlq = DeadLetterSink(self._producer, s.topics.dead_letter)
+        self._aside = AsideWriter(
+            self._producer, s.topics.dead_letter, s.topics.late, max_request_bytes=max_request_bytes(s.limits),
+            on_fatal=self._set_fatal, clock_s=lambda: self._clock_ms() / 1000)
         self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver)
         await self._pipeline.start()
         self._consumer.subscribe(list(self._modality_of), listener=_Listener(self))
         if s.gc_threshold is not None:
-            self._gc_restore = _tune_gc(s.gc_threshold)
+            self._gc_restore = tune_gc(s.gc_threshold)
         self._started = True
         self.metrics.ready.set(0)
+        self._health.start()  # from here on a loop that stops ticking fails /healthz
+        self._heartbeat = asyncio.create_task(heartbeat(self._health), name="mm-heartbeat")
         log.info("processor started: model %s %s, group %s", info.name, info.version, s.kafka.group_id)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -263,6 +296,10 @@ class Processor(IntakeMixin, DeliveryMixin):
             await stop_bounded(self._consumer, timeout_ms, "consumer")
         if self._state_reader is not None:
             await stop_bounded(self._state_reader, timeout_ms, "state reader")
+        if self._aside is not None:
+            await self._aside.stop()
+        if self._highwater is not None:
+            await self._highwater.close()
         if self._producer is not None:
             await stop_bounded(self._producer, timeout_ms, "producer")
         if self._server is not None:
@@ -271,7 +308,16 @@ class Processor(IntakeMixin, DeliveryMixin):
             await asyncio.to_thread(self._owned_model.stop)
         if self._gc_restore is not None:
             self._gc_restore()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        self._health.stop()
         self.metrics.ready.set(0)
+
+    def health(self) -> HealthStatus:
+        """Whether the event loop ticks and the model progresses: what /healthz reports (and
+        /readyz requires). Any thread may ask: the loop is judged by its heartbeat's age."""
+        return self._health.check()
 
     async def __aenter__(self) -> Processor:
         await self.start()
@@ -286,33 +332,20 @@ class Processor(IntakeMixin, DeliveryMixin):
         assert self._consumer is not None
         try:
             batch = await self._consumer.getmany(timeout_ms=_TICK_MS, max_records=2000)
+        except (NoOffsetForPartitionError, OffsetOutOfRangeError) as exc:
+            # auto_offset_reset "none" and nowhere committed to start from: waiting cannot heal it
+            self._set_fatal(KafkaError(f"no offset to start from ({exc}); commit one, or set kafka.auto_offset_reset"))
+            return
         except AIOKafkaError as exc:
             self._kafka_trouble(exc)
             await asyncio.sleep(0.5)
             return
         self._kafka_ok()
         generation = self._generation
-        for tp, fetched in batch.items():  # a held partition is paused, but a fetch may have been in flight
-            self._held.setdefault(tp, []).extend(fetched)
-        for tp in list(self._held):
-            if generation != self._generation:
-                break  # a rebalance ran while we were awaiting: the consumer re-fetches from the commit
-            records = self._held.pop(tp)
-            if tp in self._loading:  # its published horizons are being read: keep them until then
-                self._held[tp] = records
-                continue
-            if tp in self._assigned and records:
-                aside = self._handle_batch(tp, records)
-                for record, reason, message, origin in aside:
-                    if generation != self._generation:
-                        break
-                    if reason is None:
-                        await self._route_late(record, origin)
-                    else:
-                        await self._dead_letter(record, reason, message, origin)
+        await self._write_aside(self._take(batch), generation)
         await self._close_ready()
         self._flow()
-        now = time.monotonic()
+        now = self._clock_ms() / 1000
         if now - self._last_commit >= _COMMIT_INTERVAL_S:
             await self._commit()
         if now - self._last_gauges >= _GAUGE_INTERVAL_S:
@@ -321,15 +354,29 @@ class Processor(IntakeMixin, DeliveryMixin):
     # ------------------------------------------------------------------ gauges and errors
 
     async def _update_gauges(self) -> None:
-        self._last_gauges = time.monotonic()
+        self._last_gauges = self._clock_ms() / 1000
         assert self._consumer is not None
+        refresh = self._highwater
+        assert refresh is not None  # built with the consumer
+        # a paused partition gets no fetch responses, so aiokafka's highwater() freezes: ask the
+        # brokers in the background, at a bounded rate (stream/lag.py)
+        refresh.retain(self._assigned)
+        refresh.request(tp for tp in self._assigned if tp in self._paused)
         for tp in list(self._assigned):
             if tp not in self._position:
                 with contextlib.suppress(Exception):
                     self._position[tp] = await asyncio.wait_for(self._consumer.position(tp), 0.5)
-            high = self._consumer.highwater(tp)
+            high = refresh.highwater(tp)
             if high is not None and tp in self._position:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - self._position[tp], 0))
+            why = "paused" if tp in self._paused else ""
+            stalls = self._stalls.observe(tp, self._position.get(tp), high, self._clock_ms(), why)
+            if stalls.started or stalls.ended:
+                self.metrics.partition_stalled.labels(tp.topic, str(tp.partition)).set(1 if stalls.started else 0)
+        for gone in self._stalls.forget([tp for tp in self._stalls.stalled if tp not in self._assigned]).ended:
+            self.metrics.partition_stalled.labels(gone.topic, str(gone.partition)).set(0)  # type: ignore[attr-defined]
+        if self._memory.rss is not None:
+            self.metrics.rss_bytes.set(self._memory.rss)
         now_ns = time.time_ns()
         slowest: dict[Modality, int] = {}
         for (_, modality), wm in self._aligner.watermarks().items():
@@ -350,6 +397,17 @@ class Processor(IntakeMixin, DeliveryMixin):
             if held is not None:
                 self.metrics.gpu_memory_bytes.set(held)
 
+    def _rss_bytes(self) -> int | None:
+        """This process and its model worker (not the demo's broker, a child that holds every record)."""
+        worker = getattr(self._owned_model, "pid", None)
+        return rss_bytes([worker] if worker is not None else [])
+
+    def _set_fatal(self, error: MmstreamError) -> None:
+        """A failure waiting cannot heal: ``run()`` drains and raises it (the first one wins)."""
+        if self._fatal is None:
+            self._fatal = error
+            self.metrics.ready.set(0)
+
     def _kafka_trouble(self, exc: Exception) -> None:
         if self._kafka_down_since is None:
             self._kafka_down_since = time.monotonic()
@@ -359,27 +417,6 @@ class Processor(IntakeMixin, DeliveryMixin):
         if self._kafka_down_since is not None:
             log.warning("broker back after %.1f s", time.monotonic() - self._kafka_down_since)
             self._kafka_down_since = None
-
-
-def _tune_gc(threshold: int) -> Callable[[], None]:
-    """Fewer cyclic-GC passes over the loop's many short-lived, acyclic objects (docs/config.md).
-
-    Returns what undoes it at ``stop()``: frozen objects become collectable again (the processor
-    itself sits in reference cycles: its clients hold callbacks to it) and the threshold returns
-    to what it was, unless someone changed it since.
-    """
-    gc.collect()
-    gc.freeze()  # start-up objects (model, clients, modules) are never scanned again
-    before = gc.get_threshold()
-    tuned = (max(threshold, before[0]), before[1], before[2])
-    gc.set_threshold(*tuned)
-
-    def restore() -> None:
-        gc.unfreeze()
-        if gc.get_threshold() == tuned:
-            gc.set_threshold(*before)
-
-    return restore
 
 
 def _load_model(settings: Settings) -> Any:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded broker (real Kafka protocol, never a fake) and topic helpers."""
+"""Shared fixtures: the embedded broker (real Kafka protocol, never a fake) and topic helpers,
+and a guard that fails any test leaving a process behind (tests/_orphans.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,30 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import _orphans
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_orphans.mark_descendants()  # before any test starts a process: they all inherit the mark
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_at_exit() -> Iterator[None]:
+    """After every session fixture (the broker) has stopped, no process of ours may remain."""
+    yield
+    if leaked := _orphans.leaked(set()):
+        pytest.fail(f"processes left behind at the end of the session: {leaked}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_by_the_test() -> Iterator[None]:
+    """A test (with its function-scoped fixtures) stops every process it started, grandchildren
+    and orphans included; broader fixtures' processes (the session broker) were there before."""
+    before = _orphans.ours()
+    yield
+    if leaked := _orphans.leaked(before):
+        pytest.fail(f"the test left processes behind (killed now): {leaked}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -126,5 +126,5 @@ def render_segment(
     end = slot.end_ns if final else slot.start_ns + config.segment_ns // 2
     return TranscriptSegment(
         source_id=source_id, ts_ns=slot.start_ns, text=text, start_ns=slot.start_ns, end_ns=end,
-        final=final, segment_id=f"{source_id}/{slot.index}", confidence=1.0 if final else 0.5, lang="en",
+        final=final, segment_id=f"{source_id}/{slot.start_ns}",  # unique across runs of a source confidence=1.0 if final else 0.5, lang="en",
     )

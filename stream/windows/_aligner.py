@@ -13,6 +13,7 @@ Invariants (tests rely on them; see docs/time.md for the user-facing version):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 
 from stream.config import WindowConfig
@@ -43,8 +44,9 @@ __all__ = ["Aligner"]
 class Aligner(Closing):
     """Aligns the three inputs of every source into event-time windows.
 
-    Built from a ``WindowConfig`` (the validated spec) and a processing-time ``clock`` returning
-    monotonic milliseconds; the engine never reads a clock of its own, so tests drive time.
+    Built from a ``WindowConfig`` (the validated spec), a processing-time ``clock`` returning
+    monotonic milliseconds and a ``wall`` clock (ns since the epoch, for the future-time bound);
+    the engine never reads a clock of its own, so tests drive time.
 
     Use::
 
@@ -64,14 +66,16 @@ class Aligner(Closing):
     moved or whose idle deadline passed. Call ``poll`` after each fetched batch, not per record.
     """
 
-    def __init__(self, config: WindowConfig, clock: Callable[[], int]) -> None:
+    def __init__(self, config: WindowConfig, clock: Callable[[], int], wall: Callable[[], int] = time.time_ns) -> None:
         self.config = config
         self._clock = clock
+        self._wall = wall
         self._window_ns = config.window_ms * NS_PER_MS
         self._hop_ns = (config.hop_ms or config.window_ms) * NS_PER_MS
         self._tumbling = self._hop_ns == self._window_ns
         self._lateness_ns = config.allowed_lateness_ms * NS_PER_MS
         self._future_ns = config.max_future_ms * NS_PER_MS
+        self._future_limit_ns = wall() + self._future_ns
         self._idle_ms = config.idle_timeout_ms
         self._max_open = config.max_open_windows_per_source
         self._max_bytes = config.max_buffered_bytes
@@ -133,7 +137,7 @@ class Aligner(Closing):
         cls = type(item)
         if cls is VideoFrame:
             t = item.ts_ns
-            if t > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, t, now):
+            if t > self._future_limit_ns and self._too_far(t):
                 return self._reject(src, t)
             src.partitions.add(origin[1])
             src.seen_ms[M_VIDEO] = now
@@ -209,17 +213,19 @@ class Aligner(Closing):
             res = src.accepted = AddResult(AddStatus.ACCEPTED, src.id, (s,))
         return res
 
-    def _too_far(self, src: SourceState, t: int, now: int) -> bool:
-        """More than ``max_future_ms`` ahead of the source's newest time, plus the processing time
-        it has been silent: a camera paused for two minutes resumes two minutes further on, which
-        is not a bad timestamp. (Called only past the plain bound, so rarely.)"""
-        silent_ns = max(now - max(src.seen_ms), 0) * NS_PER_MS
-        return t > src.max_ns + self._future_ns + silent_ns
+    def _too_far(self, t: int) -> bool:
+        """More than ``max_future_ms`` ahead of the wall clock: a clock gone wrong or a unit
+        mistake. Judged against the wall clock, never against the source's other records: a gap
+        in a recording must pass alike whether it arrives live or in a backfill (where no
+        processing time passes between the records on either side of it). The bound is cached
+        and re-read only when a record passes it, so the per-record cost is one comparison."""
+        self._future_limit_ns = self._wall() + self._future_ns
+        return t > self._future_limit_ns
 
     def _reject(self, src: SourceState, t: int, what: str = "") -> AddResult:
         detail = what or (
             f"event time {t} ns is more than max_future_ms={self.config.max_future_ms} ahead of "
-            f"source {src.id}'s newest time {src.max_ns} ns"
+            f"the processor's clock ({self._future_limit_ns - self._future_ns} ns)"
         )
         return AddResult(AddStatus.REJECTED, src.id, (), Reason.TS_OUT_OF_RANGE, detail)
 
@@ -256,7 +262,7 @@ class Aligner(Closing):
         if n == 0:
             return AddResult(AddStatus.REJECTED, src.id, (), Reason.PAYLOAD_SIZE, "audio chunk holds no whole sample")
         end = ts + ((n - 1) * 1_000_000_000) // rate
-        if end > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, end, now):
+        if end > self._future_limit_ns and self._too_far(end):
             return self._reject(src, end)
         W = self._window_ns
         s = ts - ts % self._hop_ns
@@ -306,7 +312,7 @@ class Aligner(Closing):
 
     def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
         start, end, final, sid = item.start_ns, item.end_ns, item.final, item.segment_id
-        if end > src.max_ns + self._future_ns and src.max_ns != NEVER and self._too_far(src, end, now):
+        if end > self._future_limit_ns and self._too_far(end):
             return self._reject(src, end)
         W = self._window_ns
         starts = segment_windows(start, end, W, self._hop_ns)

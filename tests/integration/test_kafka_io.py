@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -66,8 +67,9 @@ async def test_ensure_topics_creates_all_topics_with_equal_input_partitions(sett
     s = settings_for(kafka={"partitions": 3})
     counts = await ensure_topics(s.kafka, s.topics, s.limits)
     t = s.topics
-    assert set(counts) == {t.video, t.audio, t.text, t.results, t.dead_letter}
-    assert counts[t.video] == counts[t.audio] == counts[t.text] == 3
+    state = t.state_topic(s.kafka.group_id)
+    assert set(counts) == {t.video, t.audio, t.text, t.results, t.dead_letter, state}
+    assert counts[t.video] == counts[t.audio] == counts[t.text] == counts[state] == 3
     assert await ensure_topics(s.kafka, s.topics, s.limits) == counts  # idempotent
 
 
@@ -174,6 +176,32 @@ async def test_ensure_topics_refuses_inputs_with_different_partition_counts(sett
     assert not info.value.retriable
 
 
+async def test_processors_starting_together_each_report_only_what_they_created(
+    settings_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Processors starting at once all find the topics missing and all ask to create them: the
+    broker creates each once and answers "already exists" (36) to the others. That is success, but
+    not "created" (before, the CreateTopics answer was never read and every processor logged every
+    topic it asked for as created)."""
+    s = settings_for()
+    with caplog.at_level(logging.INFO, logger="stream.kafka"):
+        counts = await asyncio.gather(*(ensure_topics(s.kafka, s.topics, s.limits) for _ in range(4)))
+    assert all(c == counts[0] for c in counts)
+    logged = [name for r in caplog.records if r.getMessage().startswith("created topics")
+              for name in r.args[0]]  # type: ignore[index,union-attr]
+    assert sorted(logged) == sorted(counts[0])  # each topic reported created exactly once
+
+
+async def test_state_topic_with_fewer_partitions_than_the_inputs_is_refused(settings_for: Any) -> None:
+    """State of input partition p is written to state partition p: a smaller state topic would fail
+    the first commit of a high partition; now the start fails, naming the topic."""
+    s = settings_for(kafka={"partitions": 3})
+    state = s.topics.state_topic(s.kafka.group_id)
+    await create_topics(s.kafka.bootstrap_servers, {state: 1})
+    with pytest.raises(TopicLayoutError, match=rf"state topic {state} has 1 partitions, fewer than the 3"):
+        await ensure_topics(s.kafka, s.topics, s.limits)
+
+
 async def test_ensure_topics_on_an_unreachable_cluster_is_a_kafka_error() -> None:
     from stream.broker import free_port
 
@@ -234,3 +262,86 @@ async def test_stop_bounded_returns_even_when_stop_hangs(caplog: pytest.LogCaptu
     await stop_bounded(Hangs(), 100, "hanging client")
     assert time.monotonic() - start < 5
     assert "hanging client did not stop cleanly within 100 ms" in caplog.text
+
+
+async def produce_one_by_one(s: Settings, topic: str, values: list[bytes]) -> None:
+    """One record per batch (``send_and_wait`` each): the embedded broker's end offsets are right
+    only then (docs/config.md, ``auto_offset_reset``)."""
+    producer = make_producer(s.kafka, s.limits)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value=value, key=b"k", partition=0)
+    finally:
+        await stop_bounded(producer, s.kafka.stop_timeout_ms, "producer")
+
+
+async def test_auto_offset_reset_latest_skips_the_backlog_and_none_refuses(settings_for: Any) -> None:
+    """A group without committed offsets starts where ``kafka.auto_offset_reset`` says (before, it
+    was always "earliest")."""
+    from aiokafka.errors import NoOffsetForPartitionError
+
+    s = settings_for(kafka={"partitions": 1, "auto_offset_reset": "latest"})
+    await ensure_topics(s.kafka, s.topics, s.limits)
+    tp = TopicPartition(s.topics.text, 0)
+    await produce_one_by_one(s, s.topics.text, [b"old-1", b"old-2", b"old-3"])
+    consumer = make_consumer(s.kafka, s.limits)  # the group's consumer, assigned without a rebalance
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        assert await consumer.getmany(timeout_ms=500) == {}
+        await produce_one_by_one(s, s.topics.text, [b"new"])
+        records = await consume(consumer, 1)
+        assert [r.value for r in records] == [b"new"]
+    finally:
+        await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+
+    refuse = settings_for(kafka={"partitions": 1, "auto_offset_reset": "none", "group_id": f"{s.kafka.group_id}-n"})
+    consumer = make_consumer(refuse.kafka, refuse.limits)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        with pytest.raises(NoOffsetForPartitionError):
+            await consumer.getmany(timeout_ms=2000)
+    finally:
+        await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+
+
+async def test_consumer_lag_keeps_growing_while_a_partition_is_paused(settings_for: Any) -> None:
+    """aiokafka's high watermark comes from fetch responses, which a paused partition does not get:
+    before, mmstream_consumer_lag froze at its value at the pause while the backlog grew."""
+    from stream.lag import HighwaterRefresh
+    from stream.runtime import Processor
+
+    s = settings_for(kafka={"partitions": 1})
+    await ensure_topics(s.kafka, s.topics, s.limits)
+    tp = TopicPartition(s.topics.video, 0)
+    await produce_one_by_one(s, s.topics.video, [b"x"] * 5)
+    consumer = await assigned_consumer(s, [s.topics.video], 1)
+    processor = Processor(s, model=object())  # not started: only its gauges are exercised
+    try:
+        assert len(await consume(consumer, 5)) == 5
+        processor._consumer = consumer  # noqa: SLF001 - the processor's state after reading 5 records
+        processor._highwater = HighwaterRefresh(consumer)  # noqa: SLF001 - as start() builds it
+        processor._assigned = {tp}  # noqa: SLF001
+        processor._position[tp] = 5  # noqa: SLF001
+
+        def lag() -> float | None:
+            return processor.metrics.registry.get_sample_value(
+                "mmstream_consumer_lag", {"topic": tp.topic, "partition": "0"})
+
+        await processor._update_gauges()  # noqa: SLF001
+        assert lag() == 0
+        consumer.pause(tp)  # as flow control pauses it
+        processor._paused = {tp}  # noqa: SLF001
+        await produce_one_by_one(s, s.topics.video, [b"y"] * 7)
+        deadline = time.monotonic() + 15
+        while lag() != 7 and time.monotonic() < deadline:
+            await processor._update_gauges()  # noqa: SLF001
+            await asyncio.sleep(0.1)
+        assert lag() == 7
+        assert consumer.highwater(tp) is not None and consumer.highwater(tp) <= 5  # the client's own stayed frozen
+    finally:
+        if processor._highwater is not None:  # noqa: SLF001
+            await processor._highwater.close()  # noqa: SLF001
+        await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")

@@ -4,6 +4,7 @@ is refused with (shared by test_contract.py and test_contract_encode.py)."""
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any, NamedTuple
 
 import pytest
@@ -12,8 +13,29 @@ from stream.decode import decode
 from stream.errors import ContractError, Reason
 
 TS = 1_700_000_000_123_456_789
-JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 32 + b"\xff\xd9"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20 + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def jpeg_header(width: int = 16, height: int = 16, *, before_frame: bytes = b"") -> bytes:
+    """The smallest JPEG ``decode`` accepts: start marker, ``before_frame`` (segments or junk),
+    a baseline frame header declaring ``width`` x ``height`` (one component), end marker. It
+    has no scan, so OpenCV cannot decode it: the contract checks structure, not pixels."""
+    sof = b"\xff\xc0\x00\x0b\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    return b"\xff\xd8" + before_frame + sof + b"\xff\xd9"
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk, with its CRC (libpng checks it)."""
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def png_header(width: int = 1, height: int = 1) -> bytes:
+    """A PNG of signature, ``IHDR`` declaring ``width`` x ``height`` (8-bit grey) and ``IEND``."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x00\x00\x00\x00"
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+JPEG = jpeg_header(before_frame=b"\xff\xe0\x00\x12" + b"\x10" * 16)  # an APP0 segment, then the frame header
+PNG = png_header()
 SEGMENT = {"text": "hello", "start_ns": TS, "end_ns": TS + 500_000_000}
 
 

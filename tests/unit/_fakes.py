@@ -4,14 +4,17 @@ records built from contract items, and a consumer that hands them out."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import cv2
+import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from stream.contract import encode
 
-JPEG = b"\xff\xd8\xff" + b"x" * 10 + b"\xff\xd9"  # passes decode's marker check; never decoded here
+JPEG = bytes(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1])  # a real, tiny frame
 
 
 def consumer_record(tp: TopicPartition, offset: int, item: Any, value: bytes | None = None) -> ConsumerRecord:
@@ -40,6 +43,10 @@ class FakeConsumer:
 
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.records[tp])
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        """Every partition was just fetched: its high watermark is fresh."""
+        return time.time_ns() // 1_000_000
 
     def pause(self, *tps: TopicPartition) -> None:
         pass

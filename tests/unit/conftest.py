@@ -7,7 +7,7 @@ import pytest
 
 from stream.config import WindowConfig
 from stream.windows import Aligner
-from tests.unit._windows_items import FakeClock
+from tests.unit._windows_items import MS, T0, FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make(clock: FakeClock):
-    """Factory: an Aligner from WindowConfig overrides, on the fake clock."""
+    """Factory: an Aligner from WindowConfig overrides, on the fake clock; its wall clock reads
+    T0 when the fake clock reads 0 and moves with it."""
 
     def _make(**overrides) -> Aligner:
-        return Aligner(WindowConfig(**overrides), clock=clock)
+        return Aligner(WindowConfig(**overrides), clock=clock, wall=lambda: T0 + clock() * MS)
 
     return _make

@@ -222,6 +222,79 @@ def test_plaintext_client_options_have_no_security() -> None:
     assert opts["bootstrap_servers"] == "h:1" and "ssl_context" not in opts and "sasl_mechanism" not in opts
 
 
+def oauth_kafka(**fields: object) -> KafkaConfig:
+    return KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", **fields)  # type: ignore[arg-type]
+
+
+async def test_oauthbearer_gets_a_token_provider_that_aiokafka_sends(tmp_path: Path) -> None:
+    """Before: OAUTHBEARER was accepted but no provider passed, so aiokafka could not authenticate."""
+    from aiokafka.abc import AbstractTokenProvider
+    from aiokafka.conn import OAuthAuthenticator
+
+    token_file = tmp_path / "token"
+    token_file.write_text("abc.def-ghi\n")
+    opts = client_options(oauth_kafka(sasl_oauth_token_file=token_file))
+    assert opts["sasl_mechanism"] == "OAUTHBEARER"
+    provider = opts["sasl_oauth_token_provider"]
+    assert isinstance(provider, AbstractTokenProvider)  # what aiokafka's connection insists on
+    message, _ = await OAuthAuthenticator(sasl_oauth_token_provider=provider).step(None)
+    assert message == b"n,,\x01auth=Bearer abc.def-ghi\x01\x01"
+    fixed = client_options(oauth_kafka(sasl_oauth_token=SECRET))["sasl_oauth_token_provider"]
+    assert await fixed.token() == SECRET
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({}, "needs exactly one of sasl_oauth_token, sasl_oauth_token_file"),
+    ({"sasl_oauth_token": "a", "sasl_oauth_token_file": "/t"}, "(both are set)"),
+])
+def test_oauthbearer_without_exactly_one_token_source_is_a_config_error(fields: dict[str, str], message: str) -> None:
+    kafka = {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", **fields}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(overrides={"kafka": kafka})
+
+
+def test_oauth_token_without_oauthbearer_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="sasl_oauth_token_file is set but sasl_mechanism is PLAIN"):
+        load_settings(overrides={"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+                                           "sasl_oauth_token_file": "/t"}})
+
+
+def test_fixed_oauth_token_that_is_no_bearer_token_is_refused_without_showing_it() -> None:
+    bad = f"{SECRET} with spaces"
+    with pytest.raises(ConfigError, match="kafka.sasl_oauth_token: .*characters a bearer token cannot hold") as info:
+        load_settings(overrides={"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
+                                           "sasl_oauth_token": bad}})
+    assert SECRET not in str(info.value)
+
+
+def test_fixed_oauth_token_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("MMSTREAM_KAFKA__SASL_MECHANISM", "OAUTHBEARER")
+    monkeypatch.setenv("MMSTREAM_KAFKA__SASL_OAUTH_TOKEN", SECRET)
+    s = load_settings()
+    assert SECRET not in repr(s) and SECRET not in s.model_dump_json()
+
+
+# --------------------------------------------------------------------------- auto_offset_reset
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest", "none"])
+async def test_auto_offset_reset_is_the_group_consumers_policy(reset: str) -> None:
+    """Before: hard-coded "earliest". Non-group consumers (tools seeking explicitly) keep "earliest"."""
+    from stream.config import LimitsConfig
+    from stream.kafka import make_consumer
+
+    s = load_settings(overrides={"kafka": {"auto_offset_reset": reset}})
+    assert make_consumer(s.kafka, LimitsConfig())._auto_offset_reset == reset  # noqa: SLF001
+    assert make_consumer(s.kafka, LimitsConfig(), group=False)._auto_offset_reset == "earliest"  # noqa: SLF001
+
+
+def test_auto_offset_reset_defaults_to_earliest_and_refuses_others() -> None:
+    assert load_settings().kafka.auto_offset_reset == "earliest"
+    with pytest.raises(ConfigError, match="kafka.auto_offset_reset"):
+        load_settings(overrides={"kafka": {"auto_offset_reset": "smallest"}})
+
+
 # --------------------------------------------------------------------------- check_copartitioned
 
 

@@ -142,6 +142,28 @@ def test_content_type_of_another_modality_on_a_topic_is_bad_content_type(expect:
     assert reason_of(rec(), expect=expect) is Reason.BAD_CONTENT_TYPE
 
 
+@pytest.mark.parametrize(
+    "record, expect",
+    [
+        # a JPEG labelled as audio on the video topic: its bytes are no whole number of s16le
+        # stereo frames, which was reported (payload_size) before the type was
+        (rec(JPEG + b"\x00", "audio/pcm;format=s16le;rate=16000;channels=2"), Modality.VIDEO),
+        (rec(bytes(2**21), "audio/pcm;format=s16le;rate=16000;channels=1"), Modality.VIDEO),  # and oversized
+        # JSON on the audio topic whose start_ns differs from mm-ts: was bad_ts
+        (seg({**SEGMENT, "start_ns": TS + 1, "end_ns": TS + 2}), Modality.AUDIO),
+        (seg(b"not json"), Modality.VIDEO),  # was bad_json
+        (rec(b"", "image/png"), Modality.TEXT),  # was payload_size
+        (rec(b"\x00" + JPEG[1:]), Modality.AUDIO),  # was bad_image
+    ],
+)
+def test_a_content_type_of_another_modality_is_reported_before_anything_in_the_value(record: Rec,
+                                                                                     expect: Modality) -> None:
+    """The documented order: content type (the topic's modality included), then the value."""
+    with pytest.raises(ContractError, match=f"on the {expect.value} topic") as info:
+        decode(record, expect=expect)
+    assert info.value.reason is Reason.BAD_CONTENT_TYPE
+
+
 # --------------------------------------------------------------------------- payload_size
 
 
@@ -289,6 +311,43 @@ def test_schema_violations_are_bad_json(doc: dict[str, Any]) -> None:
     with pytest.raises(ContractError) as info:
         decode(seg(doc))
     assert info.value.reason is Reason.BAD_JSON
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("start_ns", str(TS)),  # a string is not a number
+        ("end_ns", str(TS + 1)),
+        ("start_ns", float(TS)),  # nor a float an integer (1.7e18 is not exact)
+        ("end_ns", 2.0e18),
+        ("start_ns", True),  # nor a boolean a number
+        ("final", "yes"),  # nor a string a boolean
+        ("final", "true"),
+        ("final", 1),  # nor a number
+        ("final", None),
+        ("confidence", "0.5"),
+        ("confidence", True),
+        ("text", 5),
+        ("segment_id", 7),
+        ("lang", ["en"]),
+    ],
+)
+def test_transcript_fields_are_strictly_typed(field: str, value: Any) -> None:
+    """JSON types are checked, not converted: pydantic's lax mode took "123" for 123 and "yes" for
+    true, so a producer's type bug passed unseen."""
+    doc = {**SEGMENT, field: value}
+    if field == "start_ns" and isinstance(value, float):
+        doc["end_ns"] = TS + 10**9
+    with pytest.raises(ContractError, match=field) as info:
+        decode(seg(doc))
+    assert info.value.reason is Reason.BAD_JSON
+
+
+def test_strict_types_keep_every_valid_json_form() -> None:
+    """An integer confidence is a JSON number; null leaves an optional field out."""
+    item = decode(seg({**SEGMENT, "confidence": 1, "final": False, "segment_id": None, "lang": None}))
+    assert (item.confidence, item.final, item.segment_id, item.lang) == (1.0, False, None, None)
+    assert isinstance(item.confidence, float) and type(item.start_ns) is int
 
 
 def test_bad_json_message_names_the_field() -> None:

@@ -147,10 +147,13 @@ def test_checked_keys_and_content_types_are_cached_but_errors_never_are(monkeypa
     assert reason_of(rec(key=b"x" * 129)) is Reason.BAD_KEY  # too long, whatever was cached
 
 
-def test_for_frames_a_size_error_comes_before_a_type_error() -> None:
-    """Reason codes are stable: an empty or oversized image is payload_size whatever its type."""
-    assert reason_of(rec(b"", "image/gif")) is Reason.PAYLOAD_SIZE
-    assert reason_of(rec(b"", "image/x-raw;format=rgb24;width=2;height=2")) is Reason.PAYLOAD_SIZE
+def test_a_content_type_error_comes_before_a_size_error() -> None:
+    """The documented order (content type, then the value's size): an empty or oversized value
+    under an unsupported image type is bad_content_type, as under any other type. (It used to be
+    payload_size for image types only.)"""
+    assert reason_of(rec(b"", "image/gif")) is Reason.BAD_CONTENT_TYPE
+    assert reason_of(rec(b"", "image/x-raw;format=rgb24;width=2;height=2")) is Reason.BAD_CONTENT_TYPE
+    assert reason_of(rec(b"", "image/x-raw;format=bgr24;width=8193;height=2")) is Reason.BAD_CONTENT_TYPE
     with pytest.raises(ContractError, match="unsupported image type"):
         decode(rec(JPEG, "image/gif"))
 

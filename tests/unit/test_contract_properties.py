@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from stream.contract import (
+    MAX_FRAME_SIDE,
     MAX_TS_NS,
     AudioChunk,
     ContractLimits,
@@ -19,11 +20,12 @@ from stream.contract import (
 )
 from stream.decode import decode
 from stream.errors import ContractError, Reason
+from tests.unit._contract_records import jpeg_header, png_header
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-JPEG_SOI, JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
-PNG_SIG, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
+JPEG_EOI = b"\xff\xd9"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 class Rec(NamedTuple):
@@ -57,12 +59,14 @@ def video_frames(draw: st.DrawFn) -> VideoFrame:
         return VideoFrame(source_id=sid, ts_ns=ts, encoding="raw", width=w, height=h,
                           data=draw(st.binary(min_size=w * h * 3, max_size=w * h * 3)))
     body = draw(st.binary(max_size=256))
-    # Random bytes could spell a frame header declaring a side over max_frame_side (then the
-    # frame is rightly refused): a JPEG body opens with a scan marker, a PNG body with no IHDR.
+    width, height = draw(st.integers(1, MAX_FRAME_SIDE)), draw(st.integers(1, MAX_FRAME_SIDE))
+    # decode reads the size the header declares, so the header is well formed; the rest is noise
     if encoding == "jpeg":
-        data = JPEG_SOI + b"\xda" + body + JPEG_EOI + draw(st.binary(max_size=14))  # padding after EOI is tolerated
+        app = draw(st.sampled_from([b"", b"\xff\xe0\x00\x04ab", b"\xff\xff\xfe\x00\x02"]))  # APP0; fill + empty COM
+        data = (jpeg_header(width, height, before_frame=app)[:-2] + body + JPEG_EOI
+                + draw(st.binary(max_size=14)))  # padding after EOI is tolerated
     else:
-        data = PNG_SIG + (body if body[4:8] != b"IHDR" else bytes(8)) + PNG_IEND
+        data = png_header(width, height)[:-12] + body + PNG_IEND
     return VideoFrame(source_id=sid, ts_ns=ts, encoding=encoding, data=data)
 
 
@@ -278,3 +282,71 @@ def test_well_typed_records_never_reach_the_catch_all(key: bytes | None, value: 
     out = decode_or_contract_error(Rec(key, value, headers))
     if isinstance(out, ContractError):
         assert "undecodable record" not in str(out), out
+
+
+# --------------------------------------------------------------------------- the order of the checks
+
+CHECK_ORDER = ("key", "version", "ts", "content_type", "size", "structure")  # docs/contract.md
+_TYPES = {Modality.VIDEO: b"image/jpeg", Modality.AUDIO: b"audio/pcm;format=s16le;rate=16000;channels=1",
+          Modality.TEXT: b"application/json"}
+_TS = 1_700_000_000_000_000_000
+
+
+@st.composite
+def faulty_records(draw: st.DrawFn) -> tuple[Rec, Modality, ContractLimits, Reason | None]:
+    """A record for the topic of a drawn modality with any set of faults, one per check, and the
+    reason the first of them in the documented order must give (None: no fault, it decodes)."""
+    modality = draw(st.sampled_from(list(Modality)))
+    faults = draw(st.sets(st.sampled_from(CHECK_ORDER)))
+    value, broken, broken_reason = {
+        Modality.VIDEO: (jpeg_header(), jpeg_header()[:-2], Reason.BAD_IMAGE),  # no end marker
+        Modality.AUDIO: (bytes(64), bytes(63), Reason.PAYLOAD_SIZE),  # half a sample
+        Modality.TEXT: (json.dumps({"text": "a", "start_ns": _TS, "end_ns": _TS}).encode(),  # "1" is no integer
+                        json.dumps({"text": "a", "start_ns": _TS, "end_ns": str(_TS)}).encode(), Reason.BAD_JSON),
+    }[modality]
+    reasons: dict[str, Reason] = {"key": Reason.BAD_KEY, "version": Reason.BAD_VERSION,
+                                  "content_type": Reason.BAD_CONTENT_TYPE, "size": Reason.PAYLOAD_SIZE,
+                                  "structure": broken_reason}
+    key: bytes | None = draw(st.sampled_from([None, b"", b"bad key", b"\xff"])) if "key" in faults else b"cam-1"
+    headers: list[tuple[str, bytes]] = []
+    if "ts" in faults:
+        ts = draw(st.sampled_from([None, b"-1", b"1.5", str(2**63).encode()]))
+        reasons["ts"] = Reason.MISSING_TS if ts is None else Reason.BAD_TS
+    else:
+        ts = str(_TS).encode()
+    if ts is not None:
+        headers.append(("mm-ts", ts))
+    ct: bytes | None = _TYPES[modality]
+    if "content_type" in faults:  # missing, unsupported, or of another modality than the topic's
+        ct = draw(st.sampled_from([None, b"text/plain", b"image/gif", *(t for m, t in _TYPES.items() if m is not modality)]))
+    if ct is not None:
+        headers.append(("content-type", ct))
+    if "version" in faults:
+        headers.append(("mm-v", draw(st.sampled_from([b"2", b"", b"v1"]))))
+    headers = draw(st.permutations(headers))
+    if "structure" in faults:
+        value = broken
+    limits = ContractLimits()
+    if "size" in faults:
+        if draw(st.booleans()):
+            value = b""
+        else:
+            bound = len(value) - 1
+            limits = ContractLimits(max_frame_bytes=bound, max_audio_bytes=bound, max_text_bytes=bound)
+    first = next((reasons[check] for check in CHECK_ORDER if check in faults), None)
+    return Rec(key, value, headers), modality, limits, first
+
+
+@settings(max_examples=400, deadline=None)
+@given(faulty_records())
+def test_the_first_failing_check_in_the_documented_order_names_the_reason(
+        case: tuple[Rec, Modality, ContractLimits, Reason | None]) -> None:
+    """Reasons follow the documented order (key, mm-v, mm-ts, content-type with the topic's
+    modality, then the value's size, then its structure), whatever else is wrong after it."""
+    record, modality, limits, first = case
+    out = decode_or_contract_error(record, expect=modality, limits=limits)
+    if first is None:
+        assert not isinstance(out, ContractError), out
+        assert out.modality is modality
+    else:
+        assert isinstance(out, ContractError) and out.reason is first, (out, first)

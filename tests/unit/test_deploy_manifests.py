@@ -101,12 +101,24 @@ def topics_job_env() -> dict[str, str | None]:
     return env_of(container["env"])
 
 
+def creates_compacted_state_topic(script: str, var: str) -> bool:
+    """Whether the topics script runs a kafka-topics.sh --create for ``$var`` (or ``$$var`` in
+    compose) with cleanup.policy=compact."""
+    commands = re.sub(r"\\\n\s*", " ", script).splitlines()
+    return any("--create" in c and re.search(rf"--topic \"\$+{var}\"", c) and "cleanup.policy=compact" in c
+               for c in commands)
+
+
 def test_topics_job_matches_config(clean_env) -> None:
     s = k8s_settings(clean_env)
     env = topics_job_env()
     assert env["BOOTSTRAP"] == s.kafka.bootstrap_servers
     assert env["INPUT_TOPICS"].split() == [s.topics.video, s.topics.audio, s.topics.text]
     assert env["OUTPUT_TOPICS"].split() == [s.topics.results, s.topics.dead_letter]
+    # the processor's state topic (its name derives from the group id), compacted
+    assert env["STATE_TOPIC"] == s.topics.state_topic(s.kafka.group_id)
+    (container,) = BASE["Job"]["spec"]["template"]["spec"]["containers"]
+    assert creates_compacted_state_topic("\n".join(container["args"]), "STATE_TOPIC")
     assert int(env["PARTITIONS"]) == s.kafka.partitions
     assert int(env["REPLICATION_FACTOR"]) == s.kafka.replication_factor
     largest = max(s.limits.max_frame_bytes, s.limits.max_audio_bytes, s.limits.max_text_bytes)
@@ -124,7 +136,7 @@ def test_scaledobject_matches_config(clean_env) -> None:
     assert {m["consumerGroup"] for m in meta} == {s.kafka.group_id}
     assert {m["bootstrapServers"] for m in meta} == {s.kafka.bootstrap_servers}
     assert {m["allowIdleConsumers"] for m in meta} == {"false"}
-    assert {m["offsetResetPolicy"] for m in meta} == {"earliest"}  # as make_consumer's auto_offset_reset
+    assert {m["offsetResetPolicy"] for m in meta} == {s.kafka.auto_offset_reset}  # as the processors' group
     (threshold,) = {m["lagThreshold"] for m in meta}
     assert int(threshold) > int(meta[0]["activationLagThreshold"]) > 0
     # The same number in the lag alert and in the docs.
@@ -145,6 +157,8 @@ def test_compose_topics_match_processor_config(clean_env) -> None:
     assert env["BOOTSTRAP"] == s.kafka.bootstrap_servers
     assert env["INPUT_TOPICS"].split() == [s.topics.video, s.topics.audio, s.topics.text]
     assert env["OUTPUT_TOPICS"].split() == [s.topics.results, s.topics.dead_letter]
+    assert env["STATE_TOPIC"] == s.topics.state_topic(s.kafka.group_id)
+    assert creates_compacted_state_topic("\n".join(services["topics"]["command"]), "STATE_TOPIC")
     assert int(env["PARTITIONS"]) == s.kafka.partitions
     largest = max(s.limits.max_frame_bytes, s.limits.max_audio_bytes, s.limits.max_text_bytes) + MARGIN
     assert int(env["MAX_MESSAGE_BYTES"]) >= largest

@@ -49,6 +49,13 @@ def test_blocked_topics_stay_paused_even_before_the_others_are_read() -> None:
     assert _decide({(A, 0): 6 * S}, {(V, 0), (A, 0), (T, 0)}) == set()
 
 
+def test_memory_above_its_bound_pauses_everything() -> None:
+    """limits.max_rss_bytes was documented as a bound the runtime keeps, and nothing read it."""
+    decision = decide_pauses([(m, 0) for m in (V, A, T)], {(V, 0): 0, (A, 0): 0}, lambda m, p: True,
+                             max_ahead_ms=5000, aligner_full=False, batcher_full=False, memory_over=True)
+    assert decision.paused == {(m, 0) for m in (V, A, T)} and decision.reason == "memory"
+
+
 def test_a_full_batcher_pauses_everything() -> None:
     assert _decide({}, set(), batcher_full=True) == {(V, 0), (A, 0), (T, 0)}
 
@@ -103,14 +110,12 @@ def _drive(processor: Processor, fetched: dict[TopicPartition, list[ConsumerReco
     processor._assigned = set(fetched)
     pos = dict.fromkeys(fetched, 0)
     for _ in range(steps):
+        batch = {}
         for tp, recs in fetched.items():
             if tp not in processor._paused and pos[tp] < len(recs):
-                processor._held.setdefault(tp, []).extend(recs[pos[tp]:pos[tp] + 50])
+                batch[tp] = recs[pos[tp]:pos[tp] + 50]
                 pos[tp] += 50
-        for tp in list(processor._held):
-            held = processor._held.pop(tp)
-            if held:
-                processor._handle_batch(tp, held)
+        processor._take(batch)
         processor._flow()
 
 

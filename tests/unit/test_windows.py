@@ -265,13 +265,27 @@ def test_record_behind_the_watermark_in_a_never_opened_window_is_late(make) -> N
     assert al.add(frame(T0 + 1500 * MS), origin()).status is AddStatus.LATE
 
 
-def test_far_future_timestamp_is_rejected(make) -> None:
+def test_far_future_timestamp_is_rejected(make, clock) -> None:
+    """The bound is the processor's wall clock plus max_future_ms (T0 here, moving with the clock)."""
     al = make(max_future_ms=60_000)
     al.add(frame(T0), origin())
     res = al.add(frame(T0 + 61 * S), origin())
     assert res.status is AddStatus.REJECTED and res.reason is Reason.TS_OUT_OF_RANGE
     assert al.open_windows == 1
     assert al.add(frame(T0 + 59 * S), origin()).status is AddStatus.ACCEPTED
+    clock.advance(2000)  # time passes: the bound moves with the wall clock
+    assert al.add(frame(T0 + 61 * S), origin()).status is AddStatus.ACCEPTED
+
+
+def test_a_first_record_at_the_end_of_time_is_rejected(make) -> None:
+    """mm-ts = 2**63 - 1 on a source never seen: no window may open at the end of time (its end
+    would not fit the result's 64-bit fields), whatever the source's history."""
+    al = make()
+    for item, topic in ((frame(2**63 - 1), "mm.video"), (chunk(2**63 - 1), "mm.audio"),
+                        (segment(2**63 - 2, 2**63 - 1), "mm.text")):
+        res = al.add(item, origin(topic))
+        assert res.status is AddStatus.REJECTED and res.reason is Reason.TS_OUT_OF_RANGE
+    assert al.open_windows == 0
 
 
 def test_absurd_span_is_rejected_not_opening_many_windows(make) -> None:

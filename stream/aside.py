@@ -1,0 +1,222 @@
+"""Records written aside: dead letters and late copies, through one sender with one retry policy.
+
+Why one writer: a record written aside still holds its input offset until the broker has
+acknowledged the copy (at-least-once), so every way a copy can fail must end in a defined outcome
+or the partition's commits stop for good:
+
+- a copy too large for the producer's request limit (or the broker's message limit) is sent as a
+  **reference** instead: no value, the original headers dropped, ``mm-size`` giving the original
+  size; it is never re-sent until the producer refuses (a 9 MiB frame must not crash-loop the
+  processor: DESIGN.md, "Robustness");
+- a transient failure (broker away, leader moving, timeout) is retried with backoff until it
+  succeeds; meanwhile the pending copies are bounded: past ``max_pending`` the writer reports
+  ``full`` and flow control pauses the input;
+- a permanent refusal (no authorization, a topic policy) cannot heal by waiting: it is reported
+  to ``on_fatal`` and the processor stops after draining; the offset stays uncommitted.
+
+Dead letters are logged once per reason and then in one summary line per interval, not once per
+record (9,545 bad records were 9,545 log lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
+
+from stream.contract import Origin, dead_letter_headers
+from stream.errors import KafkaError, Reason
+
+__all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD"]
+
+log = logging.getLogger("stream.runtime")
+
+H_SIZE = "mm-size"  # on a reference dead letter: the original value's size in bytes
+REFERENCE_OVERHEAD = 4096  # bytes kept free in a request for the key, headers and framing
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts; the last repeats
+_SUMMARY_S = 10.0
+
+
+class AsideRecord(NamedTuple):
+    """A record to copy aside: what was read, where from, and why (``reason`` None = late)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    origin: Origin
+    reason: Reason | None
+    message: str
+
+
+class AsideWriter:
+    """Writes dead letters and late copies. ``put`` returns once the copy is handed to the
+    producer, with a future that is done once the broker has acknowledged it (after retries):
+    only then may the record's offset be committed. It fails only with the fatal error.
+
+    Args:
+        producer: a started ``AIOKafkaProducer`` (owned by the caller).
+        dead_letter_topic, late_topic: where copies go (``late_topic`` None: late records are
+            only counted: their futures are done at once).
+        max_request_bytes: the producer's ``max_request_size``; a copy that cannot fit is sent
+            as a reference.
+        on_fatal: called with the error when the broker refuses a copy for good.
+        clock_s: monotonic seconds (injected: the summary interval).
+        max_pending: copies awaiting a retry beyond which ``full`` is true.
+    """
+
+    def __init__(
+        self, producer: Any, dead_letter_topic: str, late_topic: str | None, *, max_request_bytes: int,
+        on_fatal: Callable[[KafkaError], None],
+        clock_s: Callable[[], float], max_pending: int = 10_000,
+    ) -> None:
+        self._producer = producer
+        self._dead_letter_topic = dead_letter_topic
+        self._late_topic = late_topic
+        self._max_copy = max(max_request_bytes - REFERENCE_OVERHEAD, 0)
+        self._on_fatal = on_fatal
+        self._clock_s = clock_s
+        self._max_pending = max_pending
+        self._retries: set[asyncio.Task[None]] = set()
+        self._counts: Counter[str] = Counter()
+        self._seen: set[str] = set()
+        self._summary_at = clock_s() + _SUMMARY_S
+        self._stopped = False
+        self.written = 0
+        self.references = 0
+
+    @property
+    def full(self) -> bool:
+        """Too many copies are waiting for the broker: pause the input until they drain."""
+        return len(self._retries) >= self._max_pending
+
+    @property
+    def pending(self) -> int:
+        return len(self._retries)
+
+    async def put(self, record: AsideRecord) -> asyncio.Future[None]:
+        """Send one copy (a dead letter, or a late copy when ``reason`` is None)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if record.reason is None and self._late_topic is None:
+            written.set_result(None)  # late records are only counted
+            return written
+        if record.reason is not None:
+            self._count(record)
+        await self._send(record, written, attempt=0)
+        return written
+
+    async def stop(self) -> None:
+        """Cancel the retries still waiting; their offsets stay uncommitted (replayed later)."""
+        self._stopped = True
+        for task in list(self._retries):
+            task.cancel()
+        if self._retries:
+            await asyncio.gather(*self._retries, return_exceptions=True)
+        self._flush_summary(force=True)
+
+    # ------------------------------------------------------------------ sending
+
+    def _message(self, record: AsideRecord, *, reference: bool) -> tuple[str, bytes | None, list[tuple[str, bytes]]]:
+        if record.reason is None:  # a late copy: the record as it was
+            assert self._late_topic is not None
+            return self._late_topic, record.value, list(record.headers)
+        if not reference:
+            return self._dead_letter_topic, record.value, dead_letter_headers(
+                record.headers, record.reason, record.message, record.origin)
+        size = len(record.value or b"")
+        headers = dead_letter_headers((), record.reason, record.message, record.origin)
+        return self._dead_letter_topic, None, [*headers, (H_SIZE, str(size).encode())]
+
+    def _too_large(self, record: AsideRecord) -> bool:
+        size = len(record.key or b"") + len(record.value or b"") + sum(len(k) + len(v) for k, v in record.headers)
+        return size > self._max_copy
+
+    async def _send(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, *,
+                    reference: bool = False) -> None:
+        reference = reference or self._too_large(record)
+        topic, value, headers = self._message(record, reference=reference)
+        try:
+            fut = await self._producer.send(topic, value=value, key=record.key, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - sorted by _failed
+            self._failed(record, written, attempt, reference, exc)
+            return
+        if reference:
+            self.references += 1
+        fut.add_done_callback(lambda f: self._acked(f, record, written, attempt, reference))
+
+    def _acked(self, fut: asyncio.Future[Any], record: AsideRecord, written: asyncio.Future[None], attempt: int,
+               reference: bool) -> None:
+        if fut.cancelled():
+            written.cancel()  # the producer stopped: the offset stays uncommitted
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.written += 1
+            if not written.done():
+                written.set_result(None)
+        else:
+            self._failed(record, written, attempt, reference, exc)
+
+    def _failed(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, reference: bool,
+                exc: BaseException) -> None:
+        """Sort a failed copy: a reference for one too large, a retry for a transient failure,
+        the processor's fatal error otherwise."""
+        if self._stopped:
+            written.cancel()
+            return
+        if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)) and not reference:
+            log.warning("copy of %s too large for the broker (%s); writing a reference instead", record.origin, exc)
+            self._retry(record, written, attempt, reference=True, delay=0.0)
+        elif isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+            if attempt == 0:
+                log.warning("copy of %s not acknowledged (%s); retrying until it is", record.origin, exc)
+            self._retry(record, written, attempt + 1, reference=reference, delay=_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        else:
+            log.error("copy of %s refused (%s: %s); stopping: its offset stays uncommitted",
+                      record.origin, type(exc).__name__, exc)
+            error = KafkaError(f"writing {record.origin} aside was refused: {type(exc).__name__}: {exc}")
+            self._on_fatal(error)
+            if not written.done():
+                written.set_exception(error)
+                written.exception()  # retrieved here: whoever awaits it still sees it
+
+    def _retry(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, *, reference: bool,
+               delay: float) -> None:
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            await self._send(record, written, attempt, reference=reference)
+
+        task = asyncio.get_running_loop().create_task(again())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+        task.add_done_callback(lambda t: written.cancel() if t.cancelled() else None)
+
+    # ------------------------------------------------------------------ logging
+
+    def _count(self, record: AsideRecord) -> None:
+        assert record.reason is not None
+        reason = record.reason.value
+        if reason not in self._seen:
+            self._seen.add(reason)
+            log.info("dead letter %s %s: %s (further %s dead letters are summed up every %.0f s)",
+                     record.origin, reason, record.message, reason, _SUMMARY_S)
+        else:
+            self._counts[reason] += 1
+        self._flush_summary()
+
+    def _flush_summary(self, *, force: bool = False) -> None:
+        now = self._clock_s()
+        if not force and now < self._summary_at:
+            return
+        self._summary_at = now + _SUMMARY_S
+        if self._counts:
+            log.info("dead letters since the last summary: %s", _by_count(self._counts.items()))
+            self._counts.clear()
+
+
+def _by_count(counts: Iterable[tuple[str, int]]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts, key=lambda c: (-c[1], c[0])))

@@ -1,0 +1,58 @@
+"""The records of a scenario and what the documented rules allow the processor to do with each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from stream.contract import Modality
+
+__all__ = ["Fate", "Input", "Share"]
+
+
+class Fate(StrEnum):
+    """What the processor may do with a record, by the documented rules."""
+
+    REQUIRED = "required"
+    """Valid and on time: it must be in every window it overlaps."""
+    MAY_BE_LATE = "may_be_late"
+    """Made late by the scenario (behind its modality's newest time by more than the lateness
+    bound, or first after its modality fell idle): in its windows, or counted late (late topic)."""
+    MAY_BE_REJECTED = "may_be_rejected"
+    """Stamped beyond what the processor can place (more than ``max_future_ms`` ahead of the wall
+    clock, or a window ending past the contract's largest time): in its windows or dead-lettered."""
+    BAD = "bad"
+    """Malformed: it must be dead-lettered."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """What a record adds to one window of its source."""
+
+    start_ns: int
+    frames: int = 0
+    samples: int = 0
+    segments: int = 0
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input record as the scenario produces it."""
+
+    rid: int
+    modality: Modality
+    source_id: str
+    partition: int
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    produce_ms: int
+    """Processing time (ms since the run's start) it reaches the broker in a live run."""
+    fate: Fate
+    shares: tuple[Share, ...]
+    start_ns: int
+    """Earliest instant it covers (frame instant, first sample, segment start)."""
+    vouch_ns: int | None
+    """The time it vouches for (frame instant, last sample, final segment's end); None for none."""
+    tag: str = ""
+    """Which generator made it special ("future", "late", "after-gap", "bad:..."), for reports."""

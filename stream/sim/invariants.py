@@ -1,0 +1,289 @@
+"""The invariants a simulated run must keep, checked as it goes.
+
+The ground truth is the scenario: every record it produced, the windows it overlaps and its
+``Fate`` (what the documented rules allow: ``stream.sim._streams``). The checker hears from the
+broker at each acknowledgement and each commit, and from the runner after each processor step:
+
+- ``partial``: a published result holds less than the records the scenario sent for its window,
+  or more than could belong there (each repeat of a window is checked the same way);
+- ``phantom``: a result for a window no record falls in;
+- ``lost``: at the end, a window holding required records was never published;
+- ``dead_letter`` / ``late``: a valid, on-time record was dead-lettered or routed late;
+- ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
+  window it belongs to), dead letter or late copy;
+- ``uncommitted``: at the end, input records were never committed;
+- ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
+  the broker was answering;
+- ``memory``: open windows, buffered bytes, held records or queued windows beyond their bounds;
+- ``fatal`` / ``crash`` / ``unobserved`` / ``hang`` (the runner): the processor gave up, raised
+  (a task's exception included), left a failed future nobody awaited, or waited on something that
+  never comes;
+- ``replay_differs`` (``stream.sim.run``): live and backfill published different content for a
+  window of required records only.
+
+Everything observed also feeds a digest of the run (results without their wall-clock latencies),
+so two runs of one seed can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from stream.config import Settings
+from stream.contract import Modality
+from stream.sim.broker import SimBroker
+from stream.sim.clock import NS_PER_S, SimClock
+from stream.sim.scenario import Fate, Input, Scenario
+
+__all__ = ["Checker", "Violation"]
+
+_MAX_RECORDS = 2000  # what one getmany returns at most (stream.runtime)
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    mode: str
+    step: int
+    at_s: float
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant} ({self.mode}, step {self.step}, t={self.at_s:.3f} s): {self.detail}"
+
+
+@dataclass
+class _Window:
+    """What the scenario sent for one window: frames, samples, segments (required, and optional)."""
+
+    required: list[int] = field(default_factory=lambda: [0, 0, 0])
+    optional: list[int] = field(default_factory=lambda: [0, 0, 0])
+    copies: int = 0
+
+
+Content = tuple[Any, ...]
+
+
+class Checker:
+    """One run's invariants (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, settings: Settings, mode: str, clock: SimClock, stall_s: float) -> None:
+        self.mode = mode
+        self._clock = clock
+        self._settings = settings
+        self._topics = settings.topics
+        self._stall_ns = int(stall_s * NS_PER_S)
+        self._n_sources = len({i.source_id for i in scenario.inputs})
+        self.windows: dict[tuple[str, int], _Window] = {}
+        self._by_value: dict[bytes, Input] = {}
+        for source in scenario.inputs:
+            self._by_value[source.value] = source
+            for share in source.shares:
+                w = self.windows.setdefault((source.source_id, share.start_ns), _Window())
+                into = w.required if source.fate is Fate.REQUIRED else w.optional
+                into[0] += share.frames
+                into[1] += share.samples
+                into[2] += share.segments
+        self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
+        self._origin: dict[tuple[str, int, int], Input] = {}
+        self._dead: set[int] = set()
+        self._late: set[int] = set()
+        self._checked: dict[TopicPartition, int] = {}
+        self._progress: dict[TopicPartition, tuple[int | None, int]] = {}
+        self._stalled: set[TopicPartition] = set()
+        self.contents: dict[str, Content] = {}  # result id -> content of its first copy
+        self.violations: list[Violation] = []
+        self.step = 0
+        self.counts = {"results": 0, "repeats": 0, "dead_letters": 0, "late_copies": 0, "commits": 0}
+        self._digest = hashlib.sha256()
+        self.broker: SimBroker | None = None
+        self._inputs: list[TopicPartition] = []
+
+    # ------------------------------------------------------------------ reporting
+
+    def violate(self, invariant: str, detail: str) -> None:
+        detail = " ".join(detail.split())  # one line, whatever an exception's text holds
+        self.violations.append(Violation(invariant, self.mode, self.step, self._clock.seconds, detail))
+
+    @property
+    def digest(self) -> str:
+        return self._digest.hexdigest()
+
+    @property
+    def all_published(self) -> bool:
+        return self._unpublished == 0
+
+    def _trace(self, *parts: Any) -> None:
+        self._digest.update(repr(parts).encode())
+
+    # ------------------------------------------------------------------ the broker's reports
+
+    def on_input(self, tp: TopicPartition, record: ConsumerRecord, source: Input) -> None:
+        self._origin[(tp.topic, tp.partition, record.offset)] = source
+
+    def on_output(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        topics = self._topics
+        if tp.topic == topics.results:
+            self._on_result(record)
+        elif tp.topic == topics.dead_letter:
+            self._on_dead_letter(record)
+        elif tp.topic == topics.late:
+            self._trace("late", tp.partition, record.offset, record.value)
+            source = self._by_value.get(record.value or b"")
+            self.counts["late_copies"] += 1
+            if source is not None:
+                self._late.add(source.rid)
+                if source.fate is Fate.REQUIRED:
+                    self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
+        else:
+            self._trace("state", tp.partition, record.offset, record.value)
+
+    def _on_result(self, record: ConsumerRecord) -> None:
+        doc = json.loads(record.value)
+        doc.pop("latency", None)  # wall-clock readings: not part of what a replay must repeat
+        self._trace("result", record.offset, json.dumps(doc, sort_keys=True))
+        self.counts["results"] += 1
+        key = (doc["source_id"], doc["window_start_ns"])
+        c = doc["counts"]
+        got = [c["frames"], c["audio_samples"], c["segments"]]
+        offsets = tuple((o["topic"], o["partition"], o["first"], o["last"]) for o in doc["offsets"])
+        content = (tuple(got), offsets, tuple(sorted(doc.get("outputs", {}).items())), doc.get("error"))
+        self.contents.setdefault(doc["id"], content)
+        w = self.windows.get(key)
+        if w is None:
+            self.violate("phantom", f"result {doc['id']} ({got} frames/samples/segments): no record was sent for it")
+            return
+        if w.copies and any(w.required):
+            self.counts["repeats"] += 1
+        if not w.copies and any(w.required):
+            self._unpublished -= 1
+        w.copies += 1
+        most = [r + o for r, o in zip(w.required, w.optional, strict=True)]
+        if any(g < r for g, r in zip(got, w.required, strict=True)) or any(g > m for g, m in zip(got, most, strict=True)):
+            self.violate("partial", f"result {doc['id']} (copy {w.copies}, closed by {doc.get('closed_by')}) holds "
+                                    f"frames/samples/segments {got}; the scenario sent {w.required} on time"
+                                    f" and {w.optional} that may be late or rejected")
+
+    def _on_dead_letter(self, record: ConsumerRecord) -> None:
+        headers = dict(record.headers)
+        self._trace("dead", record.offset, record.value, sorted(headers.items()))
+        self.counts["dead_letters"] += 1
+        origin = headers.get("mm-origin", b"").decode()
+        try:
+            topic, partition, offset = origin.rsplit("/", 2)
+            source = self._origin.get((topic, int(partition), int(offset)))
+        except ValueError:
+            source = None
+        if source is None:
+            return
+        self._dead.add(source.rid)
+        if source.fate in (Fate.REQUIRED, Fate.MAY_BE_LATE):
+            error = headers.get("mm-error", b"").decode(errors="replace")
+            self.violate("dead_letter", f"{_describe(source)} was dead-lettered ({error}), though it is valid")
+
+    def on_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Before the broker stores a commit: nothing below it may still be needed."""
+        self.counts["commits"] += 1
+        for tp, offset in sorted(offsets.items()):
+            self._trace("commit", tp.topic, tp.partition, offset)
+            start = self._checked.get(tp, 0)
+            for off in range(start, offset):
+                source = self._origin.get((tp.topic, tp.partition, off))
+                if source is not None and not self._reflected(source):
+                    missing = [s.start_ns for s in source.shares if not self.windows[(source.source_id, s.start_ns)].copies]
+                    self.violate("commit_ahead", f"commit {tp.topic}/{tp.partition}@{offset} passes offset {off}, "
+                                                 f"{_describe(source)}, whose windows {missing} have no acknowledged result")
+                    break
+            self._checked[tp] = max(start, offset)
+
+    def _reflected(self, source: Input) -> bool:
+        if source.rid in self._dead or source.rid in self._late:
+            return True
+        if source.fate is Fate.BAD:
+            return False
+        return all(self.windows[(source.source_id, s.start_ns)].copies for s in source.shares)
+
+    # ------------------------------------------------------------------ the runner's reports
+
+    def after_step(self, processor: Any) -> None:
+        """Bounds and progress after each processor step."""
+        self.step += 1
+        self._trace("step", self.step, self._clock.now_ns)
+        self._memory(processor)
+        self._no_stall(processor)
+        if processor._fatal is not None:
+            self.violate("fatal", f"the processor gave up: {processor._fatal}")
+
+    def _memory(self, processor: Any) -> None:
+        window = self._settings.window
+        aligner = processor._aligner
+        if aligner.open_windows > self._n_sources * window.max_open_windows_per_source:
+            self.violate("memory", f"{aligner.open_windows} open windows for {self._n_sources} sources "
+                                   f"(max_open_windows_per_source={window.max_open_windows_per_source})")
+        if aligner.buffered_bytes > window.max_buffered_bytes:
+            self.violate("memory", f"aligner holds {aligner.buffered_bytes} bytes > {window.max_buffered_bytes}")
+        held = sum(len(v) for v in processor._held.values())
+        held += sum(len(v) for v in getattr(processor, "_parked", {}).values())
+        bound = 2 * _MAX_RECORDS * max(len(processor._assigned), 1)
+        if held > bound:
+            self.violate("memory", f"{held} fetched records held back (> {bound})")
+        depth, most = processor._batcher.depth, self._settings.batching.max_queued_windows
+        if depth > most:
+            self.violate("memory", f"{depth} windows queued for inference > max_queued_windows={most}")
+
+    def _no_stall(self, processor: Any) -> None:
+        assert self.broker is not None
+        now = self._clock.now_ns
+        frozen = self.broker.frozen_until() is not None
+        positions = processor._position
+        for tp in self._input_partitions():
+            position, end = positions.get(tp), self.broker.log_end(tp)
+            last = self._progress.get(tp)
+            if frozen or (position or 0) >= end or last is None or last[0] != position:
+                self._progress[tp] = (position, now)
+                self._stalled.discard(tp)
+                continue
+            if now - last[1] > self._stall_ns and tp not in self._stalled:
+                self._stalled.add(tp)
+                held = len(processor._held.get(tp, ()))
+                self.violate("stall", f"{tp.topic}/{tp.partition} has {end - (position or 0)} unread records and "
+                                      f"stayed at offset {position} for {(now - last[1]) / NS_PER_S:.1f} s "
+                                      f"(paused: {tp in processor._paused}, held back: {held}; paused now: "
+                                      f"{sorted(f'{t.topic}/{t.partition}' for t in processor._paused)})")
+
+    def _input_partitions(self) -> list[TopicPartition]:
+        if not self._inputs:
+            assert self.broker is not None
+            self._inputs = [TopicPartition(self._topics.input(m), p) for m in Modality
+                            for p in range(self.broker.partitions[self._topics.input(m)])]
+        return self._inputs
+
+    def final(self, quiet: bool) -> None:
+        """At the end: windows never published; records never committed (when the run went quiet)."""
+        lost = [(k, w) for k, w in self.windows.items() if any(w.required) and not w.copies]
+        for (sid, start), w in sorted(lost)[:3]:
+            self.violate("lost", f"window {sid}:{start} was never published (the scenario sent {w.required} on time)")
+        if len(lost) > 3:
+            self.violate("lost", f"... and {len(lost) - 3} more windows")
+        if not quiet:
+            return
+        assert self.broker is not None
+        for tp in self._input_partitions():
+            committed, end = self.broker.committed.get(tp, 0), self.broker.log_end(tp)
+            if committed < end:
+                source = self._origin.get((tp.topic, tp.partition, committed))
+                what = _describe(source) if source is not None else "?"
+                self.violate("uncommitted", f"{tp.topic}/{tp.partition} committed up to {committed} of {end}: "
+                                            f"offset {committed} ({what}) was never released")
+
+
+def _describe(source: Input) -> str:
+    tag = f", {source.tag}" if source.tag else ""
+    return (f"record #{source.rid} ({source.source_id} {source.modality.value}{tag}, {source.fate.value}, "
+            f"sent at {source.produce_ms / 1000:.3f} s)")

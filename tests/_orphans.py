@@ -1,0 +1,101 @@
+"""Find the processes the test session started, orphans included, to fail a test that leaves one.
+
+A child's child outlives a killed child: after a test SIGKILLs ``mmstream run``, its model
+worker is re-parented to init and is no longer among our descendants. So every process started
+from here carries a mark in its environment (inherited by exec, spawn and fork alike; readable
+in /proc/PID/environ), and a process is ours when it descends from this one or carries the mark.
+
+Not ours, whatever they carry: this process and its ancestors (the runner, ``make``, a plugin's
+parent process), the siblings a parallel runner started before this session set its own mark,
+and this process's own multiprocessing helpers (the resource tracker and fork server live as
+long as the interpreter, by design).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import psutil
+
+__all__ = ["leaked", "mark_descendants", "ours"]
+
+MARK = "MMSTREAM_TEST_SESSION"
+_GRACE_S = 5.0  # a process on its way out (a worker told to stop, a tracker reading EOF) may take this long
+_token = ""
+_since = 0.0
+
+
+def mark_descendants() -> None:
+    """Mark every process started from now on (idempotent: one token per test process)."""
+    global _token, _since
+    if not _token:
+        _token, _since = uuid.uuid4().hex, time.time() - 1.0
+        os.environ[MARK] = _token
+
+
+def _helpers() -> set[int]:
+    """This interpreter's own multiprocessing helpers."""
+    pids: set[int] = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        pids.add(resource_tracker._resource_tracker._pid or 0)  # noqa: SLF001
+        pids.add(forkserver._forkserver._forkserver_pid or 0)  # noqa: SLF001
+    except (ImportError, AttributeError):
+        pass
+    return pids - {0}
+
+
+def ours() -> set[int]:
+    """Live (not zombie) processes that descend from this one or carry this session's mark."""
+    me = os.getpid()
+    table = {p.pid: p.info for p in psutil.process_iter(["ppid", "create_time", "status"])}
+    ancestors, pid = set(), me
+    while pid and pid not in ancestors:
+        ancestors.add(pid)
+        pid = (table.get(pid) or {}).get("ppid") or 0
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info["ppid"] or 0, []).append(pid)
+    found, stack = set(), list(children.get(me, []))
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    for pid, info in table.items():
+        if pid in found or pid in ancestors or (info["create_time"] or 0) < _since:
+            continue
+        try:
+            if psutil.Process(pid).environ().get(MARK) == _token:
+                found.add(pid)
+        except (psutil.Error, OSError):
+            continue  # gone, or another user's
+    alive = {pid for pid in found if table.get(pid, {}).get("status") != psutil.STATUS_ZOMBIE}
+    return alive - ancestors - _helpers()
+
+
+def _describe(pid: int) -> str:
+    try:
+        p = psutil.Process(pid)
+        return f"{pid} {' '.join(p.cmdline())[:120] or p.name()}"
+    except psutil.Error:
+        return f"{pid} (gone)"
+
+
+def leaked(before: set[int], grace_s: float = _GRACE_S) -> list[str]:
+    """Processes of ours that were not there ``before`` and are still alive after ``grace_s``;
+    they are killed (so one leak does not spoil the tests after it) and described."""
+    deadline = time.monotonic() + grace_s
+    while (extra := ours() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    described = [_describe(pid) for pid in sorted(extra)]
+    for pid in extra:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return described

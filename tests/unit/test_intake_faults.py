@@ -1,0 +1,154 @@
+"""The record path against plausible inputs and faults nobody designed for (issue 12): a valid
+record stamped ahead must not stall its partition, a frozen broker must not make topics look
+idle, and partly late intervals are counted.
+
+The processor's record path is driven without a broker: ``_take`` (decode, align, park, hold)
+and ``_flow`` (pause/resume) each step, windows polled as the consume loop does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from stream.config import load_settings
+from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
+from stream.runtime import Processor
+from stream.windows import ClosedWindow
+from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_700_000_000 * S
+SOURCES = ("a", "b", "c")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def _stream(seconds: int, extra_text: list[TranscriptSegment]) -> dict[Modality, list[Any]]:
+    """Three sources on one partition: frames and chunks every 100 ms, a final segment per
+    second; ``extra_text`` goes after the segments of second 5 (a pre-produced stream)."""
+    video, audio, text = [], [], []
+    for i in range(seconds * 10):
+        for src in SOURCES:
+            video.append(VideoFrame(source_id=src, ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
+            audio.append(AudioChunk(source_id=src, ts_ns=T0 + i * 100 * MS, sample_format="s16le",
+                                    sample_rate=16_000, channels=1, data=bytes(3200)))
+    for i in range(seconds):
+        for src in SOURCES:
+            text.append(_segment(src, T0 + i * S, T0 + (i + 1) * S - 1))
+        if i == 5:
+            text.extend(extra_text)
+    return {Modality.VIDEO: video, Modality.AUDIO: audio, Modality.TEXT: text}
+
+
+def _segment(src: str, start: int, end: int, text: str = "hello") -> TranscriptSegment:
+    return TranscriptSegment(source_id=src, ts_ns=start, start_ns=start, end_ns=end, text=text, final=True)
+
+
+def _processor(clock: _Clock, **window: Any) -> Processor:
+    settings = load_settings(overrides={"metrics": {"port": None}, "window": window})
+    return Processor(settings, model=object(), clock_ms=clock, wall_ns=lambda: T0 + 3600 * S)
+
+
+def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
+         per_fetch: int = 50) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
+    """The consume loop without a broker: every step each partition not paused delivers its next
+    records, then intake, window polling and flow control run; 100 ms pass per step."""
+    fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
+        consumer_record(TopicPartition(processor.settings.topics.input(m), 0), i, item) for i, item in enumerate(records)]
+        for m, records in items.items()}
+    consumer = FakeConsumer(fetched)
+    processor._consumer = consumer  # type: ignore[assignment]
+    processor._assigned = set(fetched)
+    closed: list[ClosedWindow] = []
+    for _ in range(steps):
+        clock.ms += 100
+        batch = {}
+        for tp, recs in fetched.items():
+            if tp not in processor._paused and consumer.pos[tp] < len(recs):
+                batch[tp] = recs[consumer.pos[tp]:consumer.pos[tp] + per_fetch]
+                consumer.pos[tp] += len(batch[tp])
+        processor._take(batch)
+        closed += processor._aligner.poll(processor._caught_up)
+        processor._flow()
+    return fetched, closed
+
+
+def _by_source(closed: list[ClosedWindow]) -> dict[str, list[ClosedWindow]]:
+    out: dict[str, list[ClosedWindow]] = {}
+    for window in closed:
+        out.setdefault(window.source_id, []).append(window)
+    return out
+
+
+def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
+    """Finding 2: one contract-valid segment 30 s ahead (inside max_future_ms) on source "a" of a
+    pre-produced stream paused all three topics of the partition for good. It now waits in the
+    park while the partition goes on; every source gets every window, with its transcript."""
+    clock = _Clock()
+    processor = _processor(clock)
+    ahead = _segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
+    fetched, closed = _run(processor, clock, _stream(40, [ahead]), steps=400)
+    assert all(processor._consumer.pos[tp] == len(recs) for tp, recs in fetched.items())  # type: ignore[union-attr]
+    windows = _by_source(closed)
+    for src in SOURCES:
+        starts = [w.start_ns for w in windows[src]]
+        assert starts == [T0 + i * S for i in range(40)], src
+        with_text = [w for w in windows[src][:34] if w.segments]
+        assert len(with_text) == 34, src  # none of the windows before the jump lost its transcript
+    texts = [seg.text for w in windows["a"] if w.start_ns == T0 + 35 * S for seg, *_ in w.segments]
+    assert "from the future" in texts
+    assert processor.stats.late == 0
+
+
+def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
+    """Finding 4: while the broker is frozen, the high watermark of the last fetch response stays
+    where it was and every partition read that far looked caught up, so silent topics were
+    judged idle and windows closed with their data still in Kafka."""
+    clock = _Clock()
+    processor = _processor(clock, idle_timeout_ms=1000)
+    fetched, _ = _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
+    tp = next(iter(fetched))
+    processor._position[tp] = len(fetched[tp])
+    consumer: FakeConsumer = processor._consumer  # type: ignore[assignment]
+    modality = processor._modality_of[tp.topic]
+    processor._take({})
+    clock.ms += 1000
+    assert processor._caught_up(modality, 0)  # caught up for idle_timeout_ms: silence may count
+    frozen_at = consumer.last_poll_timestamp(tp)
+    consumer.last_poll_timestamp = lambda _tp: frozen_at  # type: ignore[method-assign]
+    processor._wall_ns = lambda: (frozen_at + 10_000) * MS  # ten seconds without a fetch response
+    processor._take({})
+    assert not processor._caught_up(modality, 0)
+    del consumer.last_poll_timestamp  # the broker answers again: caught up at once, but silence
+    processor._wall_ns = time.time_ns  # counts only from now on (the records buffered by
+    processor._take({})  # producers during the freeze are still on their way)
+    assert not processor._caught_up(modality, 0)
+    clock.ms += 1000
+    processor._take({})
+    assert processor._caught_up(modality, 0)
+
+
+def test_partly_late_segments_are_counted() -> None:
+    """Finding 6: a segment reaching both a closed and an open window is placed in the open one;
+    the part that fell in the closed one used to vanish with the late counter at 0."""
+    clock = _Clock()
+    processor = _processor(clock)
+    items = _stream(2, [])
+    _, closed = _run(processor, clock, items, steps=40, per_fetch=1000)  # all read; idle closes both windows
+    assert sorted({w.start_ns for w in closed}) == [T0, T0 + S]
+    text = TopicPartition(processor.settings.topics.text, 0)
+    straddling = _segment("a", T0 + 1500 * MS, T0 + 2500 * MS, "half late")
+    processor._take({text: [consumer_record(text, len(items[Modality.TEXT]), straddling)]})
+    assert processor.stats.partly_late == 1 and processor.stats.late == 0
+    assert processor.metrics.records.labels(text.topic, "partly_late")._value.get() == 1
