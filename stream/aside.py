@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
 
-from stream.contract import Origin, dead_letter_headers
+from stream.contract import H_ORIGIN, Origin, dead_letter_headers
 from stream.errors import KafkaError, Reason
 
 __all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD"]
@@ -40,6 +40,7 @@ H_SIZE = "mm-size"  # on a reference dead letter: the original value's size in b
 REFERENCE_OVERHEAD = 4096  # bytes kept free in a request for the key, headers and framing
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts; the last repeats
 _SUMMARY_S = 10.0
+_REFERENCE_KEY_BYTES = 1024  # a longer key is left out of a reference (its size is in mm-size)
 
 
 class AsideRecord(NamedTuple):
@@ -120,27 +121,32 @@ class AsideWriter:
 
     # ------------------------------------------------------------------ sending
 
-    def _message(self, record: AsideRecord, *, reference: bool) -> tuple[str, bytes | None, list[tuple[str, bytes]]]:
-        if record.reason is None:  # a late copy: the record as it was
-            assert self._late_topic is not None
-            return self._late_topic, record.value, list(record.headers)
+    def _message(self, record: AsideRecord, *, reference: bool
+                 ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """(topic, key, value, headers) of the copy, whole or as a reference."""
+        late = record.reason is None
+        topic = self._late_topic if late else self._dead_letter_topic
+        assert topic is not None
         if not reference:
-            return self._dead_letter_topic, record.value, dead_letter_headers(
-                record.headers, record.reason, record.message, record.origin)
-        size = len(record.value or b"")
-        headers = dead_letter_headers((), record.reason, record.message, record.origin)
-        return self._dead_letter_topic, None, [*headers, (H_SIZE, str(size).encode())]
+            headers = list(record.headers) if late else dead_letter_headers(
+                record.headers, record.reason, record.message, record.origin)  # type: ignore[arg-type]
+            return topic, record.key, record.value, headers
+        # a reference: where the record is and how large, nothing of it that could be large
+        # (a 9 MiB key is a bad_key dead letter, and must not make its reference too large)
+        key = record.key if len(record.key or b"") <= _REFERENCE_KEY_BYTES else None
+        headers = [(H_ORIGIN, str(record.origin).encode())] if late else dead_letter_headers(
+            (), record.reason, record.message, record.origin)  # type: ignore[arg-type]
+        return topic, key, None, [*headers, (H_SIZE, str(len(record.value or b"")).encode())]
 
     def _too_large(self, record: AsideRecord) -> bool:
-        size = len(record.key or b"") + len(record.value or b"") + sum(len(k) + len(v) for k, v in record.headers)
-        return size > self._max_copy
+        return _size(record) > self._max_copy
 
     async def _send(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, *,
                     reference: bool = False) -> None:
         reference = reference or self._too_large(record)
-        topic, value, headers = self._message(record, reference=reference)
         try:
-            fut = await self._producer.send(topic, value=value, key=record.key, headers=headers)
+            topic, key, value, headers = self._message(record, reference=reference)
+            fut = await self._producer.send(topic, value=value, key=key, headers=headers)
         except Exception as exc:  # noqa: BLE001 - sorted by _failed
             self._failed(record, written, attempt, reference, exc)
             return
@@ -216,6 +222,12 @@ class AsideWriter:
         if self._counts:
             log.info("dead letters since the last summary: %s", _by_count(self._counts.items()))
             self._counts.clear()
+
+
+def _size(record: AsideRecord) -> int:
+    """Bytes of the record as read (Kafka allows null header values: aiokafka gives None)."""
+    headers = sum(len(k) + len(v or b"") for k, v in record.headers)
+    return len(record.key or b"") + len(record.value or b"") + headers
 
 
 def _by_count(counts: Iterable[tuple[str, int]]) -> str:

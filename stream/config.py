@@ -223,6 +223,19 @@ class Settings(BaseSettings):
 
     _read_env: ClassVar[bool] = True
 
+    @model_validator(mode="after")
+    def _fetches_prove_silence(self) -> Settings:
+        # a partition counts as caught up only on a fetch response younger than half the idle
+        # timeout (at most 2 s); fetches answered more slowly would never show one caught up,
+        # and a modality a source never sends would never stop holding its windows
+        fresh_ms = min(2000, self.window.idle_timeout_ms // 2)
+        if 2 * self.kafka.fetch_max_wait_ms > fresh_ms:
+            raise ValueError(
+                f"kafka.fetch_max_wait_ms={self.kafka.fetch_max_wait_ms} must be at most {fresh_ms // 2} ms with "
+                f"window.idle_timeout_ms={self.window.idle_timeout_ms}: silence is judged on fetch responses "
+                f"at most {fresh_ms} ms old")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

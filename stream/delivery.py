@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaTimeoutError
 from operators import WindowInput
 from stream.aside import AsideRecord
 from stream.contract import WindowResult, encode
-from stream.errors import KafkaError, ModelUnavailableError, Reason, WorkerDiedError
+from stream.errors import KafkaError, MmstreamError, ModelUnavailableError, Reason, WorkerDiedError
 from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
 from stream.kafka import read_last
 from stream.results import av_skew_ns, build_result, result_record, to_input
@@ -35,6 +35,7 @@ __all__ = ["Job"]
 log = logging.getLogger("stream.runtime")
 
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
+_MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
 _STATE_RECORDS = 8  # state records read back per partition at assignment
 # A window, its horizon token and the assignment generation it was built in. Ledger keys carry
 # the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
@@ -55,7 +56,10 @@ class DeliveryMixin:
         owns their partition now rebuilds them whole.
         """
         generation = self._generation
-        for window in self._aligner.poll(self._caught_up):
+        # over the memory bound the input is paused, so no watermark moves and no partition is
+        # caught up: the oldest windows go out early, a few per step, until memory falls
+        shed = _MEMORY_SHED if self._memory.over() else 0
+        for window in self._aligner.poll(self._caught_up, shed=shed):
             if generation != self._generation:
                 break
             self._window_keys.pop(window.key, None)
@@ -78,6 +82,15 @@ class DeliveryMixin:
         return [(out, pre_s, infer_s) for out in outputs]
 
     async def _deliver(self, jobs: list[Job], results: Sequence[Any] | None, error: BaseException | None) -> None:
+        """``_deliver_batch``, and a defect in it stops the processor (drained, replayed on restart)
+        instead of dying in a task nobody awaits with the batch's offsets held for ever."""
+        try:
+            await self._deliver_batch(jobs, results, error)
+        except Exception as exc:  # noqa: BLE001 - a bug: loud, and fatal rather than a silent stall
+            log.error("delivering a batch of %d failed; stopping", len(jobs), exc_info=exc)
+            self._set_fatal(MmstreamError(f"delivering a batch failed: {type(exc).__name__}: {exc}"))
+
+    async def _deliver_batch(self, jobs: list[Job], results: Sequence[Any] | None, error: BaseException | None) -> None:
         """Publish a batch's results. A failed batch is retried window by window (twice for a
         window whose worker died under it); a window that fails alone is published with its error
         once the model has shown it still serves (a probe). Otherwise the model is unavailable:
@@ -150,7 +163,7 @@ class DeliveryMixin:
                 result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
                                       include_embedding=self.settings.include_embedding, error=err)
             except Exception as exc:  # noqa: BLE001 - one window's defect must not take its batch down
-                self._unpublishable(window, generation, exc)
+                self._unpublishable(window, token, generation, exc)
                 continue
             ready.append((window, token, generation, result))
             if output is not None:
@@ -163,14 +176,16 @@ class DeliveryMixin:
                 return  # stopping, or refused for good (the processor's fatal error): not published
         await self._publish(ready)
 
-    def _unpublishable(self, window: ClosedWindow, generation: int, exc: Exception) -> None:
-        """A window whose result cannot even be built: logged with its traceback and counted as
-        an error; its records are finished (nothing can ever publish them) so the partition's
-        commits go on, and the rest of the batch is published."""
+    def _unpublishable(self, window: ClosedWindow, token: list[int | bool], generation: int, exc: Exception) -> None:
+        """A window whose result cannot be built or sent (a defect, not the broker): logged with
+        its traceback and counted as an error; it is finished as if published (nothing ever can
+        publish it): its records are released so the partition's commits go on, and its horizon
+        token is acknowledged so the source's published horizon moves past it."""
         self.metrics.inference_errors.labels("window").inc()
         log.error("window %s:%d cannot be made into a result; its records are dropped",
                   window.source_id, window.start_ns, exc_info=exc)
         self._ledger.release((generation, window.key))
+        self._horizons.acked(window.source_id, token)
 
     async def _publish(self, outgoing: list[_Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
@@ -230,7 +245,8 @@ class DeliveryMixin:
             if self._fatal is None:
                 self._fatal = KafkaError(f"result {entry[3].id} refused by the broker: {type(exc).__name__}: {exc}")
         else:
-            log.error("result %s cannot be sent; its offsets stay uncommitted", entry[3].id, exc_info=exc)
+            window, token, generation, _ = entry
+            self._unpublishable(window, token, generation, exc)
         return False
 
     async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> asyncio.Future[None]:
@@ -355,6 +371,8 @@ class DeliveryMixin:
             self._blocked.pop(tp, None)
             self._held.pop(tp, None)
             self._parked.pop(tp, None)
+            self._blocked_since.pop(tp, None)
+            self._unaligned_until.pop(tp, None)
             self._position.pop(tp, None)
             self._committed.pop(tp, None)
             self._event_ns.pop((self._modality_of[tp.topic], tp.partition), None)

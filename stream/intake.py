@@ -35,10 +35,14 @@ class Parked(NamedTuple):
 
     end_ns: int
     record: Any
+    since_ms: int  # processing time it was parked: after _ALIGN_PATIENCE_MS it goes in regardless
+    source_id: str
 
 
-_PARK_RECORDS = 256  # per topic-partition; past either bound the partition is blocked instead
-_PARK_BYTES = 8 * 2**20
+_PARK_RECORDS = 1024  # in all; past either bound a partition with more to park is blocked instead
+_PARK_BYTES = 16 * 2**20
+_ALIGN_PATIENCE_MS = 10_000  # held back by alignment this long: read on, unaligned, for _UNALIGNED_MS
+_UNALIGNED_MS = 60_000
 _FRESH_MS = 2000  # a high watermark older than this (or half the idle timeout) shows nothing caught up
 
 
@@ -84,9 +88,11 @@ class IntakeMixin:
         wall_limit_ns = self._wall_ns() + self.settings.window.max_future_ms * 1_000_000
         newest = self._event_ns.get(slot, -1)
         first_ns = self._first_ns.get(slot)
-        limit_ns = self._ahead_limit(modality, partition, first_ns, newest if newest >= 0 else first_ns)
+        unaligned = not parked and self._alignment_given_up(tp, now_ms)
+        limit_ns = None if unaligned else self._ahead_limit(modality, partition, first_ns, newest if newest >= 0 else first_ns)
         settle = first_ns is None  # the bound may depend on this topic's first time: wait for a record
         park = self._parked.setdefault(tp, []) if not parked else None
+        parked_sources = {p.source_id for p in park} if park else set()
         aside: list[AsideRecord] = []
         ok = late = partly = replayed = handled = 0
         blocked_ns: int | None = None
@@ -102,7 +108,19 @@ class IntakeMixin:
             end_ns = item.end_ns
             if settle:
                 self._first_ns[slot] = end_ns
-                limit_ns, settle = self._ahead_limit(modality, partition, end_ns, end_ns), False
+                limit_ns = None if unaligned else self._ahead_limit(modality, partition, end_ns, end_ns)
+                settle = False
+            if parked_sources and item.source_id in parked_sources:
+                # first in, first out per source: a later record of a source with one parked waits
+                # behind it (transcript revisions apply in order), or blocks if the park is full
+                if self._park_has_room():
+                    ledger.track(origin)
+                    park.append(Parked(end_ns, record, now_ms, item.source_id))  # type: ignore[union-attr]
+                    handled += 1
+                    continue
+                self._held[tp] = records[handled:]
+                blocked_ns = end_ns
+                break
             if limit_ns is not None and limit_ns < end_ns <= wall_limit_ns and park is not None:
                 # watermark alignment: this record runs ahead of a slower modality of the same
                 # partition. A topic running ahead blocks: keep the rest for when the others have
@@ -111,10 +129,10 @@ class IntakeMixin:
                 # rest of the partition goes on: blocking on it would hold back every source of
                 # the partition until the other topics reach it, and they may never get there.
                 # (Past the wall-clock bound it is no progress at all: the aligner rejects it.)
-                if (end_ns > newest + ahead_ns and len(park) < _PARK_RECORDS
-                        and self._park_bytes(tp) < _PARK_BYTES):
+                if 0 <= newest < end_ns - ahead_ns and self._park_has_room():
                     ledger.track(origin)
-                    park.append(Parked(end_ns, record))
+                    park.append(Parked(end_ns, record, now_ms, item.source_id))
+                    parked_sources.add(item.source_id)
                     handled += 1
                     continue
                 self._held[tp] = records[handled:]
@@ -164,8 +182,10 @@ class IntakeMixin:
                 self._position[tp] = records[handled - 1].offset + 1
             if blocked_ns is not None:
                 self._blocked[tp] = blocked_ns
+                self._blocked_since.setdefault(tp, now_ms)
             else:
                 self._blocked.pop(tp, None)
+                self._blocked_since.pop(tp, None)
             self.stats.records += handled  # parked records were counted when read
         self.stats.late += late
         self.stats.partly_late += partly
@@ -181,6 +201,37 @@ class IntakeMixin:
             counters["replayed"].inc(replayed)
         return aside
 
+    def _alignment_given_up(self, tp: TopicPartition, now_ms: int) -> bool:
+        """Whether watermark alignment is suspended for this partition: held back for
+        ``_ALIGN_PATIENCE_MS`` without the others reaching it, it goes on unaligned for
+        ``_UNALIGNED_MS``. Alignment only paces reading (memory, lateness in a backfill); it must
+        never stall a partition, and it would for ever where the sources of one partition keep
+        clocks that never meet (a camera stamping from 1970 beside real-time ones)."""
+        until = self._unaligned_until.get(tp)
+        if until is not None:
+            if now_ms < until:
+                return True
+            del self._unaligned_until[tp]
+        since = self._blocked_since.get(tp)
+        if since is None or now_ms - since < _ALIGN_PATIENCE_MS:
+            return False
+        del self._blocked_since[tp]
+        self._unaligned_until[tp] = now_ms + _UNALIGNED_MS
+        self.metrics.pauses.labels("alignment_suspended").inc()
+        log.warning("%s was held back by watermark alignment for %.0f s without the other topics of its "
+                    "partition reaching it (clocks that never meet?); reading it unaligned for %.0f s",
+                    tp, (now_ms - since) / 1000, _UNALIGNED_MS / 1000)
+        return True
+
+    def _hold_patience(self) -> None:
+        """Backpressure holds the other topics back too: alignment's patience (how long a
+        partition or a parked record has waited for them) counts only while they could move."""
+        now = self._clock_ms()
+        for tp in self._blocked_since:
+            self._blocked_since[tp] = now
+        for park in self._parked.values():
+            park[:] = [p._replace(since_ms=now) for p in park]
+
     def _decide_parked(self, origin: Origin, keys: tuple[Any, ...] = ()) -> None:
         """``OffsetLedger.read`` for a record tracked when it was parked: decide it now."""
         if keys:
@@ -188,13 +239,18 @@ class IntakeMixin:
         else:
             self._ledger.done(origin)
 
-    def _park_bytes(self, tp: TopicPartition) -> int:
-        return sum(len(p.record.value or b"") for p in self._parked.get(tp, ()))
+    def _park_has_room(self) -> bool:
+        """One budget for the whole process (parking is rare: a few outliers, not a backlog)."""
+        parks = self._parked.values()
+        return (sum(len(park) for park in parks) < _PARK_RECORDS
+                and sum(len(p.record.value or b"") for park in parks for p in park) < _PARK_BYTES)
 
     def _unpark(self) -> list[tuple[TopicPartition, list[Any]]]:
         """Parked records whose partition's other modalities have caught up (or hold nothing
-        back any more), in offset order per partition, taken out of the park."""
+        back any more, or have not in ``_ALIGN_PATIENCE_MS``: clocks that never meet), in offset
+        order per partition, taken out of the park."""
         out = []
+        now = self._clock_ms()
         for tp, park in self._parked.items():
             if not park or tp not in self._assigned:
                 continue
@@ -202,13 +258,19 @@ class IntakeMixin:
             slot = (modality, partition)
             own = self._event_ns.get(slot, -1)
             limit = self._ahead_limit(modality, partition, self._first_ns.get(slot), own if own >= 0 else None)
-            if limit is None:
-                ready, park[:] = park[:], []
-            else:
-                ready = [p for p in park if p.end_ns <= limit]
-                if not ready:
-                    continue
-                park[:] = [p for p in park if p.end_ns > limit]
+            ready: list[Parked] = []
+            kept: list[Parked] = []
+            waiting: set[str] = set()  # sources with an earlier record still parked: theirs wait too
+            for p in park:
+                due = limit is None or p.end_ns <= limit or now - p.since_ms >= _ALIGN_PATIENCE_MS
+                if due and p.source_id not in waiting:
+                    ready.append(p)
+                else:
+                    waiting.add(p.source_id)
+                    kept.append(p)
+            if not ready:
+                continue
+            park[:] = kept
             out.append((tp, [p.record for p in ready]))
         return out
 
@@ -256,7 +318,7 @@ class IntakeMixin:
         """Once per step: when each assigned partition's current caught-up stretch began."""
         now = self._clock_ms()
         since, polls = self._caught_up_since, self._last_polls
-        fresh_ms = min(_FRESH_MS, self.settings.window.idle_timeout_ms // 2)
+        fresh_ms = self._fresh_ms()
         for tp in self._assigned:
             polled = self._consumer.last_poll_timestamp(tp) if self._consumer is not None else None
             prev = polls.get(tp)
@@ -274,6 +336,14 @@ class IntakeMixin:
         for tp in [tp for tp in polls if tp not in self._assigned]:
             del polls[tp]
 
+    def _fresh_ms(self) -> int:
+        """How old a fetch response may be to show a partition caught up: a few fetch waits (the
+        broker answers an idle partition every ``fetch_max_wait_ms``), at least 500 ms (a slow
+        step of the loop delays the answer's processing), at most half the idle timeout. Records
+        produced while the broker stops answering are exposed to an idle judgement for this long."""
+        fetch_ms = self.settings.kafka.fetch_max_wait_ms
+        return min(_FRESH_MS, self.settings.window.idle_timeout_ms // 2, max(4 * fetch_ms, 500))
+
     def _at_end(self, tp: TopicPartition) -> bool:
         """No unread data in this partition now, as a fresh fetch response shows it."""
         if tp not in self._assigned or tp in self._paused or self._consumer is None:
@@ -284,12 +354,11 @@ class IntakeMixin:
             return False
         # the high watermark comes from the last fetch response: while the broker is frozen or
         # away it goes stale, and a stale one would show every partition caught up (and silent
-        # topics idle, closing windows with their data still in Kafka)
         # topics idle, closing windows with their data still in Kafka). Fresher than half the idle
         # timeout: a silence long enough to count must have been confirmed by the broker since it
         # began, not only before the broker stopped answering.
         polled = self._consumer.last_poll_timestamp(tp)
-        fresh_ms = min(_FRESH_MS, self.settings.window.idle_timeout_ms // 2)
+        fresh_ms = self._fresh_ms()
         return polled is not None and self._wall_ns() // 1_000_000 - polled <= fresh_ms
 
     def _flow(self) -> None:
@@ -308,6 +377,8 @@ class IntakeMixin:
             aligner_full=self._aligner.full, batcher_full=self._downstream_full(), blocked=blocked_slots,
             memory_over=self._memory.over(),
         )
+        if decision.reason in ("batcher_full", "aligner_full", "memory"):
+            self._hold_patience()
         want = {TopicPartition(self._topic_of[m], p) for m, p in decision.paused}
         if want != self._paused:
             resume, pause = self._paused - want, want - self._paused

@@ -46,6 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_STATE_RECORD_BYTES = 4 * 2**20
 _MARGIN = 64 * 1024  # headers and batch overhead on top of the largest value
 
 
@@ -173,7 +174,11 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
             if topics.video in existing:
                 (video,) = await admin.describe_topics([topics.video])
                 n = len(video["partitions"]) or n
-            missing.append(NewTopic(state, n, kafka.replication_factor, topic_configs={"cleanup.policy": "compact"}))
+            missing.append(NewTopic(state, n, kafka.replication_factor, topic_configs={
+                "cleanup.policy": "compact",
+                # one record holds up to 10,000 sources' horizons (ids of up to 128 characters):
+                # about 1.5 MB, over the brokers' 1 MiB default
+                "max.message.bytes": str(_STATE_RECORD_BYTES)}))
         if missing:
             response = await admin.create_topics(missing)
             created = check_created(response, [t.name for t in missing])

@@ -145,7 +145,8 @@ class MemoryGuard:
         return self._rss
 
     def over(self) -> bool:
-        """True while the last sample is above the bound."""
+        """True from a sample above the bound until one below 90 % of it (hysteresis: pausing
+        and resuming at the same line would flap with every sample)."""
         now = self._clock_ms()
         if self._sampled_at is not None and now - self._sampled_at < self._interval_ms:
             return self._over
@@ -156,7 +157,8 @@ class MemoryGuard:
             log.debug("cannot read RSS: %r", exc)
             self._rss = None
         rss = self._rss
-        over = rss is not None and rss > self.max_rss_bytes
+        bound = self.max_rss_bytes * (0.9 if self._over else 1.0)
+        over = rss is not None and rss > bound
         if over and not self._over and rss is not None:
             log.warning("resident memory %.0f MiB is above limits.max_rss_bytes (%.0f MiB): input paused until "
                         "it falls", rss / 2**20, self.max_rss_bytes / 2**20)

@@ -150,6 +150,8 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._held: dict[TopicPartition, list[Any]] = {}
         self._blocked: dict[TopicPartition, int] = {}
         self._parked: dict[TopicPartition, list[Parked]] = {}  # far ahead of their partition's others
+        self._blocked_since: dict[TopicPartition, int] = {}  # processing ms a partition was first held back
+        self._unaligned_until: dict[TopicPartition, int] = {}  # alignment suspended (it held back too long)
         self._caught_up_since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
         self._last_polls: dict[TopicPartition, int | None] = {}  # the fetch responses' wall ms, last seen
 
@@ -336,8 +338,8 @@ class Processor(IntakeMixin, DeliveryMixin):
             # auto_offset_reset "none" and nowhere committed to start from: waiting cannot heal it
             self._set_fatal(KafkaError(f"no offset to start from ({exc}); commit one, or set kafka.auto_offset_reset"))
             return
-        except AIOKafkaError as exc:
-            self._kafka_trouble(exc)
+        except Exception as exc:  # noqa: BLE001 - the broker away, or a fetch the client cannot parse:
+            self._kafka_trouble(exc)  # retried, never a crash (a stuck partition is reported as stalled)
             await asyncio.sleep(0.5)
             return
         self._kafka_ok()
@@ -377,7 +379,7 @@ class Processor(IntakeMixin, DeliveryMixin):
             self.metrics.partition_stalled.labels(gone.topic, str(gone.partition)).set(0)  # type: ignore[attr-defined]
         if self._memory.rss is not None:
             self.metrics.rss_bytes.set(self._memory.rss)
-        now_ns = time.time_ns()
+        now_ns = self._wall_ns()
         slowest: dict[Modality, int] = {}
         for (_, modality), wm in self._aligner.watermarks().items():
             slowest[modality] = min(wm, slowest.get(modality, wm))
@@ -385,6 +387,7 @@ class Processor(IntakeMixin, DeliveryMixin):
             self.metrics.watermark_lag_seconds.labels(modality.value).set(max(now_ns - wm, 0) / 1e9)
         self.metrics.queue_depth.labels("aligner").set(self._aligner.open_windows)
         self.metrics.queue_depth.labels("batcher").set(self._batcher.depth)
+        self.metrics.queue_depth.labels("parked").set(sum(len(park) for park in self._parked.values()))
         self.metrics.queue_depth.labels("inference").set(self._pipeline.in_flight if self._pipeline else 0)
         self.metrics.open_windows.set(self._aligner.open_windows)
         self.metrics.ready.set(1 if self.ready else 0)
@@ -410,12 +413,12 @@ class Processor(IntakeMixin, DeliveryMixin):
 
     def _kafka_trouble(self, exc: Exception) -> None:
         if self._kafka_down_since is None:
-            self._kafka_down_since = time.monotonic()
+            self._kafka_down_since = self._clock_ms() / 1000
             log.warning("lost the broker (%s); retrying with backoff", exc)
 
     def _kafka_ok(self) -> None:
         if self._kafka_down_since is not None:
-            log.warning("broker back after %.1f s", time.monotonic() - self._kafka_down_since)
+            log.warning("broker back after %.1f s", self._clock_ms() / 1000 - self._kafka_down_since)
             self._kafka_down_since = None
 
 

@@ -194,6 +194,7 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
     end_ns = (scenario.last_produce_ms + frozen_ms + _TAIL_MS) * NS_PER_MS
     kills = [ms * NS_PER_MS for ms in faults.kills_ms]
     done = False
+    published, moved_ns = 0, clock.now_ns  # a slow model may still be working through a backlog
     while not checker.violations:
         try:
             await asyncio.wait_for(processor._step(), _STEP_BOUND_S)
@@ -206,8 +207,10 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
         checker.after_step(processor)
         done = (not broker.producing and checker.all_published
                 and all(broker.committed.get(tp, 0) >= broker.log_end(tp) for tp in inputs))
-        if done or clock.now_ns > end_ns:
-            break
+        if checker.counts.get("results", 0) != published:
+            published, moved_ns = checker.counts.get("results", 0), clock.now_ns
+        if done or (clock.now_ns > end_ns and clock.now_ns - moved_ns > _TAIL_MS * NS_PER_MS // 2):
+            break  # past the tail with nothing published for half of it: what is missing is lost
         if kills and clock.now_ns >= kills[0]:
             kills.pop(0)
             await _kill(processor)

@@ -42,7 +42,7 @@ class Closing:
 
     # ------------------------------------------------------------------ output
 
-    def poll(self, caught_up: CaughtUp | None = None) -> list[ClosedWindow]:
+    def poll(self, caught_up: CaughtUp | None = None, *, shed: int = 0) -> list[ClosedWindow]:
         """Close every window that can close now, oldest first per source.
 
         A window closes when every modality of its source has either a watermark at or past its
@@ -53,6 +53,8 @@ class Closing:
 
         Args:
             caught_up: see ``CaughtUp``; None treats every partition as caught up (tests, files).
+            shed: close this many of the oldest open windows now, whatever their state (the
+                process is over its memory bound, and paused input cannot close them).
         """
         now = self._clock()
         out: list[ClosedWindow] = []
@@ -61,6 +63,10 @@ class Closing:
                 self._evaluate(src, now, caught_up, out)
         if self._over or self._bytes > self._max_bytes:
             self._shed(out)
+        if shed:
+            oldest = sorted((s, src.id) for src in self._open.values() for s in src.windows)[:shed]
+            for s, sid in oldest:  # oldest first per source too: each frontier invariant holds
+                out.append(self._close(self._sources[sid], s, "pressure"))
         if now >= self._next_sweep_ms:
             self._retire_silent(now)
         return out

@@ -137,3 +137,25 @@ async def test_dead_letters_are_logged_once_per_reason_then_summed(caplog: pytes
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3
     assert "bad_json 500, bad_image 499" in lines[-1]
+
+
+async def test_a_reference_leaves_out_a_huge_key_and_null_headers_do_not_crash() -> None:
+    """After review: a 9 MiB key (a bad_key dead letter) made its reference too large again, and a
+    header with a null value (Kafka allows it) crashed the size check, at every restart."""
+    producer = _Producer()
+    record = AsideRecord(bytes(9 * 2**20), b"v", (("x-null", None),), Origin("mm.video", 0, 7),  # type: ignore[arg-type]
+                         Reason.BAD_KEY, "key too long")
+    written = await _writer(producer, []).put(record)
+    await asyncio.wait_for(written, 1)
+    [letter] = producer.sent
+    assert letter["key"] is None and letter["value"] is None
+    assert letter["headers"][H_SIZE] == b"1"  # the value's size, as for every reference
+
+
+async def test_a_late_copy_too_large_is_a_reference_too() -> None:
+    producer = _Producer()
+    written = await _writer(producer, []).put(_record(bytes(2 * LIMIT), reason=None))
+    await asyncio.wait_for(written, 1)
+    [copy] = producer.sent
+    assert copy["topic"] == "late" and copy["value"] is None and copy["key"] == b"cam"
+    assert copy["headers"]["mm-origin"] == b"mm.video/0/7" and H_SIZE in copy["headers"]

@@ -342,3 +342,14 @@ def test_docs_config_describes_every_setting(key: str) -> None:
 
 def test_docs_config_shows_the_env_var_form() -> None:
     assert "MMSTREAM_KAFKA__BOOTSTRAP_SERVERS" in (DOCS / "config.md").read_text()
+
+
+def test_fetches_must_be_answered_faster_than_silence_is_judged() -> None:
+    """After review: with fetch_max_wait_ms at or above the freshness bound of the caught-up
+    judgement, no partition would ever count as caught up and silent modalities never as idle."""
+    from stream.config import load_settings
+    from stream.errors import ConfigError
+
+    load_settings(overrides={"kafka": {"fetch_max_wait_ms": 750}, "window": {"idle_timeout_ms": 3000}})
+    with pytest.raises(ConfigError, match="fetch_max_wait_ms=800 must be at most 750 ms"):
+        load_settings(overrides={"kafka": {"fetch_max_wait_ms": 800}, "window": {"idle_timeout_ms": 3000}})

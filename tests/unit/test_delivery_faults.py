@@ -49,6 +49,7 @@ async def test_a_window_whose_result_cannot_be_built_does_not_drop_its_batch(
     published = sorted(json.loads(v)["source_id"] for v in processor._producer.results)  # type: ignore[union-attr]
     assert published == ["cam-0", "cam-2", "cam-3"]
     assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 4  # all released
+    assert not processor._horizons.pending("cam-1")  # finished: the published horizon moves past it
     assert processor.metrics.registry.get_sample_value("mmstream_inference_errors_total", {"scope": "window"}) == 1
 
 

@@ -152,3 +152,19 @@ def test_partly_late_segments_are_counted() -> None:
     processor._take({text: [consumer_record(text, len(items[Modality.TEXT]), straddling)]})
     assert processor.stats.partly_late == 1 and processor.stats.late == 0
     assert processor.metrics.records.labels(text.topic, "partly_late")._value.get() == 1
+
+
+def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
+    """After review: a later revision of a parked transcript segment went to the aligner first,
+    and the older, parked one overwrote it when it came out of the park. A source with a parked
+    record now parks its later records too, first in, first out."""
+    clock = _Clock()
+    processor = _processor(clock)
+    first = TranscriptSegment(source_id="a", ts_ns=T0 + 35 * S, start_ns=T0 + 35 * S, end_ns=T0 + 36 * S - 1,
+                              text="first take", final=True, segment_id="seg-9")
+    revised = TranscriptSegment(source_id="a", ts_ns=T0 + 6 * S, start_ns=T0 + 6 * S, end_ns=T0 + 7 * S - 1,
+                                text="second take", final=True, segment_id="seg-9")
+    _, closed = _run(processor, clock, _stream(40, [first, revised]), steps=400)
+    texts = {w.start_ns: [seg.text for seg, *_ in w.segments] for w in _by_source(closed)["a"]}
+    assert "second take" in texts[T0 + 6 * S]  # the revision, applied last, moved the segment
+    assert "first take" not in texts[T0 + 35 * S]

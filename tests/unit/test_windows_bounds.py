@@ -117,3 +117,16 @@ def test_a_gap_in_a_recording_passes_alike_live_and_replayed(make, clock) -> Non
     assert al.add(frame(start + 120 * S), origin()).status is AddStatus.ACCEPTED
     assert al.add(frame(start + 125 * S), origin()).status is AddStatus.ACCEPTED
     assert al.add(frame(T0 + 300 * S), origin()).status is AddStatus.REJECTED  # five minutes ahead of now
+
+
+def test_windows_are_shed_oldest_first_when_asked(make) -> None:
+    """Over the process's memory bound the input pauses; the windows it holds go out early, oldest
+    first, or nothing could free the memory (no watermark moves, no paused partition is idle)."""
+    al = make()
+    for sid in ("a", "b"):
+        for i in range(3):
+            al.add(frame(T0 + i * S + (5 if sid == "b" else 0), sid=sid), origin())
+    out = al.poll(lambda m, p: False, shed=3)
+    assert [(w.source_id, w.start_ns, w.closed_by) for w in out] == [
+        ("a", T0, "pressure"), ("b", T0, "pressure"), ("a", T0 + S, "pressure")]
+    assert al.open_windows == 3
