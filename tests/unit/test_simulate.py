@@ -116,3 +116,26 @@ def test_closing_windows_on_a_frozen_broker_is_caught(monkeypatch: pytest.Monkey
     monkeypatch.setattr(Processor, "_caught_up", stale)
     frozen = [s for s in range(200) if "freeze>idle" in generate(s).features][:6]
     assert _first_broken(frozen) & {"partial", "late", "lost"}
+
+
+def test_the_stall_of_finding_2_is_found_when_its_fix_is_reverted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 2's fix reverted: no park (a record jumping ahead blocks its whole partition), a
+    blocked topic counted where its last read record stands (so the two wait on each other), and
+    no suspension of alignment. Seed 6 (a transcript segment stamped ahead, live) then stalls:
+    mm.text/0 stays at offset 6 with all three topics of partition 0 paused."""
+    real = Processor._ahead_limit
+
+    def blind_to_blocked(self: Processor, *args: object) -> int | None:
+        blocked, self._blocked = self._blocked, {}
+        try:
+            return real(self, *args)  # type: ignore[arg-type]
+        finally:
+            self._blocked = blocked
+
+    monkeypatch.setattr(Processor, "_ahead_limit", blind_to_blocked)
+    monkeypatch.setattr(Processor, "_park_has_room", lambda self: False)
+    monkeypatch.setattr(Processor, "_alignment_given_up", lambda self, tp, now_ms: False)
+    report = simulate(6)
+    assert "future:text" in report.features
+    assert [v.invariant for v in report.violations][:1] == ["stall"]
+    assert "mm.text/0" in str(report.violations[0])
