@@ -19,9 +19,9 @@ import signal
 import time
 from typing import Any
 
-from bench._faults_common import WINDOW_NS, Context, PacedFeed, Supervisor, log, settings, settle
-from bench._faults_proc import HealthPoller, broker_pid, leftover_marked
-from bench._faults_verify import TopicTail, expected_windows, judge_windows
+from bench._faults_common import WINDOW_NS, Context, PacedFeed, Supervisor, log, rounded, settings
+from bench._faults_proc import HealthPoller, broker_pid
+from bench._faults_verify import TopicTail, conclude
 
 __all__ = ["run_broker_freeze"]
 
@@ -89,23 +89,21 @@ async def run_broker_freeze(ctx: Context, bootstrap: str, port: int) -> dict[str
                 health.child = sup.current
             unhealthy = health.first("/healthz", h_stop, healthy=False)
             phases.append({
-                "freeze_s": seconds, "first_result_s": _r(first), "fresh_result_s": _r(fresh),
+                "freeze_s": seconds, "first_result_s": rounded(first), "fresh_result_s": rounded(fresh),
                 "processor_restarts": len(sup.starts) - restarts_before,
-                "healthz_unhealthy_after_s": _r(unhealthy - h_stop) if unhealthy is not None else None,
+                "healthz_unhealthy_after_s": rounded(unhealthy - h_stop) if unhealthy is not None else None,
                 "healthz": health.transitions("/healthz", h_stop, health.now()),
                 "readyz": health.transitions("/readyz", h_stop, health.now()),
                 "t_stop_s": round(h_stop, 2), "t_cont_s": round(h_cont, 2),
             })
             # the windows "around" this freeze: from 3 s before it to 3 s after fresh windows flowed
             spans.append((wall_stop - 3 * WINDOW_NS, wall_cont + int((fresh or 10) * 1e9) + 3 * WINDOW_NS))
-            log(f"broker frozen {seconds:g} s: first result {_r(first)} s after, fresh windows {_r(fresh)} s after")
+            log(f"broker frozen {seconds:g} s: first result {rounded(first)} s after, fresh windows {rounded(fresh)} s after")
         await asyncio.sleep(STEADY_S)
         await feed.stop()
-        expected = expected_windows(scene, WINDOW_NS)
-        complete = await settle(tail, set(expected), sup, timeout_s=90)
-        verdict = judge_windows([r for _, r in tail.results()], expected)
-        code, took = sup.current.terminate(30) if sup.current else (None, 0.0)
-        leftover = await asyncio.to_thread(leftover_marked, f"{ctx.run_id}:broker-")
+        end = await conclude(scene, tail, sup, f"{ctx.run_id}:broker-", WINDOW_NS)
+        complete, verdict = end.complete, end.verdict
+        code, took, leftover = end.exit_code, end.stop_s, end.leftover
     finally:
         if health is not None:
             health.stop()
@@ -123,6 +121,3 @@ async def run_broker_freeze(ctx: Context, bootstrap: str, port: int) -> dict[str
         "witness_error": tail.error,
     }
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)

@@ -20,12 +20,17 @@ from typing import Any
 
 from bench._faults_proc import ProcessorChild, Reaper
 
-__all__ = ["CRASH_LOOP_STARTS", "NS_PER_S", "WINDOW_NS", "Context", "PacedFeed", "Supervisor", "infer_timeout_ms", "log",
+__all__ = ["CRASH_LOOP_STARTS", "NS_PER_S", "WINDOW_NS", "Context", "PacedFeed", "Supervisor", "infer_timeout_ms", "log", "rounded",
            "settings", "settle"]
 
 NS_PER_S = 1_000_000_000
 WINDOW_NS = NS_PER_S
 CRASH_LOOP_STARTS = 3  # consecutive starts that end in a non-zero exit before anything is served
+
+
+def rounded(x: float | None) -> float | None:
+    """Seconds for the report: two decimals, None kept."""
+    return None if x is None else round(x, 2)
 
 
 def log(msg: str) -> None:

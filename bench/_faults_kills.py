@@ -21,9 +21,9 @@ from typing import Any
 
 import psutil
 
-from bench._faults_common import WINDOW_NS, Context, PacedFeed, Supervisor, log, settings, settle
-from bench._faults_proc import kill_marked, leftover_marked, marked_processes
-from bench._faults_verify import TopicTail, expected_windows, judge_windows
+from bench._faults_common import WINDOW_NS, Context, PacedFeed, Supervisor, log, settings
+from bench._faults_proc import kill_marked, marked_processes
+from bench._faults_verify import TopicTail, conclude
 
 __all__ = ["ORPHAN_GRACE_S", "run_kills"]
 
@@ -102,11 +102,9 @@ async def run_kills(ctx: Context, bootstrap: str) -> dict[str, Any]:
                 break
         await asyncio.sleep(3.0)
         stats = await feed.stop()
-        expected = expected_windows(scene, WINDOW_NS)
-        complete = await settle(tail, set(expected), sup, timeout_s=90)
-        verdict = judge_windows([r for _, r in tail.results()], expected)
-        code, took = sup.current.terminate(30) if sup.current else (None, 0.0)
-        leftover = await asyncio.to_thread(leftover_marked, f"{ctx.run_id}:kills-")
+        end = await conclude(scene, tail, sup, f"{ctx.run_id}:kills-", WINDOW_NS)
+        complete, verdict = end.complete, end.verdict
+        code, took, leftover = end.exit_code, end.stop_s, end.leftover
     finally:
         await feed.cancel()
         await tail.stop()

@@ -30,11 +30,11 @@ from bench._faults_common import (
     Supervisor,
     infer_timeout_ms,
     log,
+    rounded,
     settings,
-    settle,
 )
-from bench._faults_proc import HealthPoller, leftover_marked
-from bench._faults_verify import TopicTail, expected_windows, judge_windows
+from bench._faults_proc import HealthPoller
+from bench._faults_verify import TopicTail, conclude
 
 __all__ = ["HEALTH_SLACK_S", "run_model_freeze"]
 
@@ -98,11 +98,9 @@ async def run_model_freeze(ctx: Context, bootstrap: str) -> dict[str, Any]:
             new_worker = current if current != frozen else None
         processor_exit = child.exit_code()
         await feed.stop()
-        expected = expected_windows(scene, WINDOW_NS)
-        complete = await settle(tail, set(expected), sup, timeout_s=90)
-        verdict = judge_windows([r for _, r in tail.results()], expected)
-        code, took = sup.current.terminate(30) if sup.current else (None, 0.0)
-        leftover = await asyncio.to_thread(leftover_marked, f"{ctx.run_id}:model-")
+        end = await conclude(scene, tail, sup, f"{ctx.run_id}:model-", WINDOW_NS)
+        complete, verdict = end.complete, end.verdict
+        code, took, leftover = end.exit_code, end.stop_s, end.leftover
     finally:
         if frozen is not None:
             with contextlib.suppress(OSError):
@@ -116,14 +114,14 @@ async def run_model_freeze(ctx: Context, bootstrap: str) -> dict[str, Any]:
     healthy_again = health.first("/healthz", unhealthy, healthy=True) if unhealthy is not None else None
     return {
         "freeze_s": freeze_s, "infer_timeout_ms": timeout_ms, "unhealthy_bound_s": bound_s,
-        "unhealthy_after_s": _r(unhealthy_after),
+        "unhealthy_after_s": rounded(unhealthy_after),
         "unhealthy_within_bound": bool(unhealthy_after is not None and bound_s is not None
                                        and unhealthy_after <= bound_s),
         "healthy_again": healthy_again is not None,
-        "healthy_again_after_s": _r(None if healthy_again is None else healthy_again - t_cont),
+        "healthy_again_after_s": rounded(None if healthy_again is None else healthy_again - t_cont),
         "replaced": replaced_at is not None or new_worker is not None,
-        "replaced_after_s": _r(None if replaced_at is None else replaced_at - t_freeze),
-        "continued_after_s": _r(t_cont - t_freeze),
+        "replaced_after_s": rounded(None if replaced_at is None else replaced_at - t_freeze),
+        "continued_after_s": rounded(t_cont - t_freeze),
         "processor_exited_during": processor_exit,
         "healthz": health.transitions("/healthz", t_freeze - 1), "readyz": health.transitions("/readyz", t_freeze - 1),
         "all_windows_seen": complete, **verdict.figures(),
@@ -133,6 +131,3 @@ async def run_model_freeze(ctx: Context, bootstrap: str) -> dict[str, Any]:
         "witness_error": tail.error,
     }
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 2)

@@ -132,16 +132,7 @@ def expected_windows(scene: Any, window_ns: int, extra_segments: dict[str, int] 
     """id -> the counts the ground truth gives every non-empty window the produced records touch.
 
     ``extra_segments`` adds segments the suite injected itself (id -> how many)."""
-    out: dict[str, dict[str, int]] = {}
-    horizon = scene.truth.produced_until_ns
-    for source in scene.source_ids:
-        start = scene.start_ns - scene.start_ns % window_ns
-        while start < horizon + window_ns:
-            c = scene.truth.expected_counts(source, start, start + window_ns)
-            if c.frames or c.audio_samples or c.segments:
-                out[f"{source}:{start}"] = {"frames": c.frames, "audio_samples": c.audio_samples,
-                                            "segments": c.segments}
-            start += window_ns
+    out = scene.truth.expected_windows(window_ns)
     for wid, n in (extra_segments or {}).items():
         out.setdefault(wid, {"frames": 0, "audio_samples": 0, "segments": 0})["segments"] += n
     return out
@@ -217,3 +208,30 @@ def per_source(ids: set[str], expected: dict[str, dict[str, int]]) -> dict[str, 
     want = Counter(wid.rsplit(":", 1)[0] for wid in expected)
     got = Counter(wid.rsplit(":", 1)[0] for wid in ids if wid in expected)
     return {s: (got.get(s, 0), n) for s, n in sorted(want.items())}
+
+
+@dataclass
+class Conclusion:
+    """How a scenario ended, judged from outside: the truth, what the witness saw, the last stop."""
+
+    expected: dict[str, dict[str, int]]
+    complete: bool  # every expected window seen within the bound
+    verdict: WindowVerdict
+    exit_code: int | None  # of the final SIGTERM
+    stop_s: float
+    leftover: Any  # processes of the run still alive afterwards
+
+
+async def conclude(scene: Any, tail: TopicTail, sup: Any, run_tag: str, window_ns: int) -> Conclusion:
+    """Wait for every expected window (restarting the processor if it exits), judge the results,
+    stop the processor with SIGTERM, and look for processes left behind."""
+    from bench._faults_common import settle
+    from bench._faults_proc import leftover_marked
+
+    expected = expected_windows(scene, window_ns)
+    complete = await settle(tail, set(expected), sup, timeout_s=90)
+    verdict = judge_windows([r for _, r in tail.results()], expected)
+    code, took = sup.current.terminate(30) if sup.current else (None, 0.0)
+    leftover = await asyncio.to_thread(leftover_marked, run_tag)
+    return Conclusion(expected, complete, verdict, code, took, leftover)
+

@@ -192,6 +192,23 @@ class GroundTruth:
             return []
         return self.events_between(self._scene.start_ns, self.produced_until_ns)
 
+    def expected_windows(self, window_ns: int) -> dict[str, dict[str, int]]:
+        """Window id (``source:start``) -> the frames, samples and segments every non-empty
+        tumbling window the produced records touch must hold: what a processor's results are
+        checked against, in tests and benchmarks alike."""
+        out: dict[str, dict[str, int]] = {}
+        sc = self._scene
+        horizon = self.produced_until_ns if self.produced_until_ns is not None else sc.start_ns
+        for source in sc.source_ids:
+            start = sc.start_ns - sc.start_ns % window_ns
+            while start < horizon + window_ns:
+                c = self.expected_counts(source, start, start + window_ns)
+                if c.frames or c.audio_samples or c.segments:
+                    out[f"{source}:{start}"] = {"frames": c.frames, "audio_samples": c.audio_samples,
+                                                "segments": c.segments}
+                start += window_ns
+        return out
+
     def label_at(self, source_id: str, t_ns: int) -> str:
         return self._scene._slot_at(source_id, t_ns).label
 

@@ -43,23 +43,27 @@ async def read_topic(settings: Settings, topic: str, *, expect: int | None = Non
         await consumer.stop()
 
 
+async def run_until(processor: Any, settings: Settings, n_results: int, timeout_s: float = 60.0) -> list[Any]:
+    """Start ``processor``, run it until ``n_results`` results are on the results topic (or the
+    timeout), then drain and stop it; returns the result records."""
+    stop = asyncio.Event()
+    await processor.start()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        return await read_topic(settings, settings.topics.results, expect=n_results, timeout_s=timeout_s)
+    finally:
+        stop.set()
+        await task
+        await processor.stop()
+
+
 def results_of(records: list[Any]) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
 
 
 def expected_windows(scene: Any, window_ns: int) -> dict[str, dict[str, int]]:
     """id -> expected counts for every window the scene's produced records touch."""
-    out: dict[str, dict[str, int]] = {}
-    horizon = scene.truth.produced_until_ns
-    for source in scene.source_ids:
-        start = scene.start_ns - scene.start_ns % window_ns
-        while start < horizon + window_ns:
-            c = scene.truth.expected_counts(source, start, start + window_ns)
-            if c.frames or c.audio_samples or c.segments:
-                out[f"{source}:{start}"] = {"frames": c.frames, "audio_samples": c.audio_samples,
-                                            "segments": c.segments}
-            start += window_ns
-    return out
+    return scene.truth.expected_windows(window_ns)
 
 
 class ProcessorProcess:

@@ -14,23 +14,11 @@ from stream.contract import TranscriptSegment, encode, frame_from_image
 from stream.kafka import make_producer
 from stream.runtime import Processor
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
-from tests.integration._helpers import expected_windows, read_topic, results_of
+from tests.integration._helpers import expected_windows, read_topic, results_of, run_until
 
 pytestmark = pytest.mark.integration
 
 S = 1_000_000_000
-
-
-async def _run_until(processor: Processor, settings, n_results: int, timeout_s: float = 60.0) -> list:
-    stop = asyncio.Event()
-    await processor.start()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        return await read_topic(settings, settings.topics.results, expect=n_results, timeout_s=timeout_s)
-    finally:
-        stop.set()
-        await task
-        await processor.stop()
 
 
 async def _committed(settings) -> dict[TopicPartition, tuple[int | None, int]]:
@@ -84,7 +72,7 @@ async def test_one_oversized_one_endless_and_one_early_record_cost_nothing_valid
         await producer.stop()
     expected = expected_windows(scene, S)
     processor = Processor(settings)
-    records = await _run_until(processor, settings, len(expected) + 1)
+    records = await run_until(processor, settings, len(expected) + 1)
     results = {r["id"]: r for r in results_of(records)}
     for window_id, want in expected.items():
         assert {k: results[window_id]["counts"][k] for k in want} == want, window_id
@@ -112,7 +100,7 @@ async def test_a_backfill_with_a_gap_inside_a_source_gives_what_live_gives(setti
         await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=2.0, realtime=False)
     expected = {**expected_windows(before, S), **expected_windows(after, S)}
     processor = Processor(settings)
-    records = await _run_until(processor, settings, len(expected))
+    records = await run_until(processor, settings, len(expected))
     results = {r["id"]: r for r in results_of(records)}
     assert sorted(results) == sorted(expected)
     for window_id, want in expected.items():

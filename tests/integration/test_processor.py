@@ -11,21 +11,9 @@ from stream.contract import encode, frame_from_image
 from stream.kafka import make_producer
 from stream.runtime import Processor
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
-from tests.integration._helpers import expected_windows, read_topic, results_of
+from tests.integration._helpers import expected_windows, read_topic, results_of, run_until
 
 pytestmark = pytest.mark.integration
-
-
-async def _run_until(processor: Processor, settings, n_results: int, timeout_s: float = 60.0) -> list:
-    stop = asyncio.Event()
-    await processor.start()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        return await read_topic(settings, settings.topics.results, expect=n_results, timeout_s=timeout_s)
-    finally:
-        stop.set()
-        await task
-        await processor.stop()
 
 
 async def test_clean_run_publishes_every_window_once_with_exact_counts(settings_for) -> None:
@@ -34,7 +22,7 @@ async def test_clean_run_publishes_every_window_once_with_exact_counts(settings_
     scene = SyntheticScene(SyntheticConfig(sources=3, fps=10, seed=1), start_ns=time.time_ns() - 10 * 10**9)
     await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=3.5, realtime=False)
     expected = expected_windows(scene, settings.window.window_ms * 1_000_000)
-    records = await _run_until(Processor(settings), settings, len(expected))
+    records = await run_until(Processor(settings), settings, len(expected))
     results = results_of(records)
     ids = [r["id"] for r in results]
     assert sorted(ids) == sorted(expected), "every window exactly once"
@@ -71,7 +59,7 @@ async def test_bad_records_are_dead_lettered_and_valid_stream_continues(settings
     await producer.stop()
     expected = expected_windows(scene, 1_000_000_000)
     processor = Processor(settings)
-    records = await _run_until(processor, settings, len(expected))
+    records = await run_until(processor, settings, len(expected))
     assert sorted(r["id"] for r in results_of(records)) == sorted(expected)
     letters = await read_topic(settings, settings.topics.dead_letter, expect=len(bad), timeout_s=10)
     reasons = sorted(dict(r.headers)["mm-error"].split(b":")[0].decode() for r in letters)
