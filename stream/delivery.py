@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -37,11 +37,25 @@ log = logging.getLogger("stream.runtime")
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
 _MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
 _STATE_RECORDS = 8  # state records read back per partition at assignment
-# A window, its horizon token and the assignment generation it was built in. Ledger keys carry
-# the generation: after a revoke and a re-assignment the same (source, start) window is rebuilt,
-# and a late acknowledgement of the old copy must not release the new copy's offsets.
-Job = tuple[ClosedWindow, list[int | bool], int]
-_Outgoing = tuple[ClosedWindow, list[int | bool], int, WindowResult]  # a job and its result
+
+
+class Job(NamedTuple):
+    """A closed window on its way to a result.
+
+    ``generation`` is the assignment generation it was built in: ledger keys carry it, so after a
+    revoke and a re-assignment (the same window rebuilt) a late acknowledgement of the old copy
+    cannot release the new copy's offsets. ``closed_ms`` (processing time) measures what the
+    processor itself adds, apart from event-time lag: ``mmstream_processing_latency_seconds``."""
+
+    window: ClosedWindow
+    token: list[int | bool]  # the published-horizon token (stream.horizon)
+    generation: int
+    closed_ms: int = 0
+
+
+class _Outgoing(NamedTuple):
+    job: Job
+    result: WindowResult
 
 
 class DeliveryMixin:
@@ -67,11 +81,11 @@ class DeliveryMixin:
                 self._ledger.release((generation, window.key))  # a revision moved everything out
                 continue
             token = self._horizons.closed(window.source_id, window.end_ns)
-            await self._batcher.put((window, token, generation))
+            await self._batcher.put(Job(window, token, generation, self._clock_ms()))
 
     def _preprocess(self, jobs: list[Job]) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        prepared = self._model.preprocess([to_input(job[0]) for job in jobs])
+        prepared = self._model.preprocess([to_input(job.window) for job in jobs])
         return prepared, time.perf_counter() - t0
 
     def _infer(self, prepared: tuple[Any, float]) -> list[tuple[Any, float, float]]:
@@ -113,7 +127,7 @@ class DeliveryMixin:
                 if isinstance(exc, ModelUnavailableError):
                     error = exc
                     break
-                window = job[0]
+                window = job.window
                 self.metrics.inference_errors.labels("window").inc()
                 log.error("window %s:%d failed inference alone (%s: %s); publishing it with the error",
                           window.source_id, window.start_ns, type(exc).__name__, exc)
@@ -158,14 +172,15 @@ class DeliveryMixin:
             self.metrics.inference_seconds.observe(outputs[0][2])
         ready: list[_Outgoing] = []
         copies: list[asyncio.Future[None]] = []
-        for (window, token, generation), (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
+        for job, (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
+            window = job.window
             try:
                 result = build_result(window, output, self._model_info, inference_ms=infer_s * 1000,
                                       include_embedding=self.settings.include_embedding, error=err)
             except Exception as exc:  # noqa: BLE001 - one window's defect must not take its batch down
-                self._unpublishable(window, token, generation, exc)
+                self._unpublishable(job, exc)
                 continue
-            ready.append((window, token, generation, result))
+            ready.append(_Outgoing(job, result))
             if output is not None:
                 for index, reason in output.dropped_frames:
                     copies.append(await self._dead_letter_frame(window, index, reason))
@@ -176,16 +191,17 @@ class DeliveryMixin:
                 return  # stopping, or refused for good (the processor's fatal error): not published
         await self._publish(ready)
 
-    def _unpublishable(self, window: ClosedWindow, token: list[int | bool], generation: int, exc: Exception) -> None:
+    def _unpublishable(self, job: Job, exc: Exception) -> None:
         """A window whose result cannot be built or sent (a defect, not the broker): logged with
         its traceback and counted as an error; it is finished as if published (nothing ever can
         publish it): its records are released so the partition's commits go on, and its horizon
         token is acknowledged so the source's published horizon moves past it."""
+        window = job.window
         self.metrics.inference_errors.labels("window").inc()
         log.error("window %s:%d cannot be made into a result; its records are dropped",
                   window.source_id, window.start_ns, exc_info=exc)
-        self._ledger.release((generation, window.key))
-        self._horizons.acked(window.source_id, token)
+        self._ledger.release((job.generation, window.key))
+        self._horizons.acked(window.source_id, job.token)
 
     async def _publish(self, outgoing: list[_Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
@@ -207,7 +223,7 @@ class DeliveryMixin:
             sent: list[tuple[_Outgoing, asyncio.Future[Any]]] = []
             for entry in pending:
                 try:
-                    key, value, headers = result_record(entry[3])
+                    key, value, headers = result_record(entry.result)
                     sent.append((entry, await self._producer.send(topic, value=value, key=key, headers=headers)))
                 except Exception as exc:  # noqa: BLE001 - sorted by _refused
                     if self._refused(entry, exc):
@@ -221,10 +237,10 @@ class DeliveryMixin:
                         retry.append(entry)
                         error = exc
                     continue
-                window, token, generation, result = entry
-                self._ledger.release((generation, window.key))
-                self._horizons.acked(window.source_id, token)
-                self._observe_result(window, result)
+                job = entry.job
+                self._ledger.release((job.generation, job.window.key))
+                self._horizons.acked(job.window.source_id, job.token)
+                self._observe_result(job, entry.result)
             if not retry:
                 if attempt:
                     log.warning("results published after %d retries", attempt)
@@ -241,12 +257,11 @@ class DeliveryMixin:
             return True
         if isinstance(exc, AIOKafkaError):
             log.error("result %s refused by the broker (%s); stopping: its offsets stay uncommitted",
-                      entry[3].id, exc)
+                      entry.result.id, exc)
             if self._fatal is None:
-                self._fatal = KafkaError(f"result {entry[3].id} refused by the broker: {type(exc).__name__}: {exc}")
+                self._fatal = KafkaError(f"result {entry.result.id} refused by the broker: {type(exc).__name__}: {exc}")
         else:
-            window, token, generation, _ = entry
-            self._unpublishable(window, token, generation, exc)
+            self._unpublishable(entry.job, exc)
         return False
 
     async def _dead_letter_frame(self, window: ClosedWindow, index: int, reason: str) -> asyncio.Future[None]:
@@ -259,10 +274,14 @@ class DeliveryMixin:
         assert self._aside is not None
         return await self._aside.put(AsideRecord(key, value, tuple(headers), origin, Reason.DECODE_FAILED, reason))
 
-    def _observe_result(self, window: ClosedWindow, result: Any) -> None:
+    def _observe_result(self, job: Job, result: Any) -> None:
+        window = job.window
+        if job.closed_ms:
+            self.metrics.processing_latency_seconds.observe(max(self._clock_ms() - job.closed_ms, 0) / 1000)
         self.stats.windows += 1
         self.stats.windows_complete += int(result.complete)
         self.metrics.windows.labels(str(result.complete).lower()).inc()
+        self.metrics.count_result(result)
         latency_s = result.latency.capture_to_publish_ms / 1000
         self.metrics.e2e_latency_seconds.observe(max(latency_s, 0.0))
         self.stats.latencies_s.append(latency_s)

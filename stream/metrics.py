@@ -8,6 +8,7 @@ with those files.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import socket
 import threading
@@ -27,6 +28,7 @@ from prometheus_client import (
 from stream.errors import ConfigError
 
 if TYPE_CHECKING:
+    from operators.config import ModelConfig
     from stream.contract import WindowResult
     from stream.health import HealthStatus
 
@@ -54,6 +56,10 @@ class Metrics:
                                            buckets=_INFER_BUCKETS, registry=r)
         self.preprocess_seconds = Histogram("mmstream_preprocess_seconds", "Preprocess time per batch",
                                             buckets=_INFER_BUCKETS, registry=r)
+        self.processing_latency_seconds = Histogram(
+            "mmstream_processing_latency_seconds", "Window closed to its result acknowledged: what the processor "
+            "adds (batching, inference, publishing), apart from waiting for event time", buckets=_LATENCY_BUCKETS,
+            registry=r)
         self.e2e_latency_seconds = Histogram("mmstream_e2e_latency_seconds",
                                              "Capture (newest record in the window) to result acknowledged",
                                              buckets=_LATENCY_BUCKETS, registry=r)
@@ -84,9 +90,34 @@ class Metrics:
         self.ready = Gauge("mmstream_ready", "1 when partitions are assigned and the model is loaded", registry=r)
         self.healthy = Gauge("mmstream_healthy", "1 while the event loop ticks and the model makes progress "
                              "(what /healthz reports)", registry=r)
+        self.results = Counter("mmstream_results", "Results acknowledged, by top label ((none): no modality "
+                               "present; (error): inference failed)", ["label"], registry=r)
+        self.build_info = Gauge("mmstream_build_info", "1, labelled with the mmstream version, the model's name "
+                                "and the preset it was built from (checkpoint: model.path)",
+                                ["version", "model", "preset"], registry=r)
+
+    def count_result(self, result: WindowResult) -> None:
+        """One acknowledged result under its top label. Labels come from the model's fixed list,
+        so the series stay few; results without a label are counted too (in parentheses, unlike
+        a label's text) so the panel's total is every result."""
+        label = result.label if result.label is not None else "(error)" if result.error else "(none)"
+        self.results.labels(label).inc()
+
+    def set_build_info(self, model: str, config: ModelConfig) -> None:
+        """What runs here, for dashboards that compare replicas after a rollout."""
+        preset = "checkpoint" if config.path else config.preset
+        self.build_info.clear()  # one series per process, even if started twice in a test
+        self.build_info.labels(_package_version(), model, preset).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("mmstream")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class MetricsServer:

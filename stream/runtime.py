@@ -223,6 +223,7 @@ class Processor(IntakeMixin, DeliveryMixin):
                 self._model = ThreadModel(await asyncio.to_thread(_load_model, s))  # its calls counted for health
         info = self._model.info
         self._model_info = ModelInfo(name=info.name, version=info.version)
+        self.metrics.set_build_info(info.name, s.model)
         self._producer = self._clients.producer(s)
         self._consumer = self._clients.consumer(s)
         self._highwater = HighwaterRefresh(self._consumer, clock=lambda: self._clock_ms() / 1000)

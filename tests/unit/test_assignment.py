@@ -56,7 +56,7 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
         await processor._step()
     assert processor.stats.records == 600
     assert processor.stats.replayed == 2 * 200  # everything before 20 s, none of it rebuilt
-    queued = [job[0] for _, job in processor._batcher._items]
+    queued = [job.window for _, job in processor._batcher._items]
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
 
 

@@ -17,6 +17,7 @@ import pytest
 import stream.delivery as delivery
 from operators import ModelConfig, WindowInput
 from stream.config import load_settings
+from stream.delivery import Job
 from stream.contract import Origin, VideoFrame
 from stream.errors import ModelUnavailableError, WorkerDiedError
 from stream.runtime import Processor
@@ -64,7 +65,7 @@ def _jobs(processor: Processor, sources: list[str]) -> list[Any]:
         origin = Origin(processor.settings.topics.video, 0, i)
         result = aligner.add(VideoFrame(source_id=sid, ts_ns=T0, encoding="jpeg", data=JPEG), origin)
         ledger.read(origin, tuple((0, key) for key in result.keys))
-    return [(w, processor._horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
+    return [Job(w, processor._horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
 
 
 @pytest.fixture
