@@ -7,17 +7,65 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from stream import commands
 from stream.errors import MmstreamError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["HelpFormatter", "Parser", "build_parser", "main"]
+
+_ROLE = re.compile(r":[a-z]+:`([^`]*)`")  # Sphinx roles such as :class:`Settings`
+
+
+def plain(text: str) -> str:
+    """Docstring markup (``x``, :func:`x`) as a terminal shows code: `x`."""
+    return _ROLE.sub(r"`\1`", text.replace("``", "`"))
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help a user can act on without reading the source: every option's default is shown (unless
+    its text already says it), and docstring markup reads as plain text (module docstrings are
+    used as command descriptions)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = plain(action.help or "")
+        default = action.default
+        shown = "default" in text.lower() or "%(default)" in text
+        takes_value = action.nargs != 0  # not a switch (store_true, count, help)
+        named = bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if shown or not takes_value or not named or default in (None, argparse.SUPPRESS, [], ""):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands whose ``--help`` starts with their one-line summary when they give no
+    description of their own."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        summary = kwargs.get("help")
+        if kwargs.get("description") is None and summary:
+            kwargs["description"] = summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else ".")
+        return super().add_parser(name, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of ``mmstream`` and, through ``add_subparsers``, of every sub-command below it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mmstream",
         description="Streaming multimodal event processor: video, audio and transcripts from Kafka, "
         "aligned per source in event-time windows, fused inference, one result per window to Kafka.",

@@ -9,6 +9,8 @@ file, the defaults. An invalid value fails at start with ``ConfigError`` naming 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import os
 import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,9 +25,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from operators.config import ModelConfig
+from stream.config_hints import describe_env_error, describe_validation_error
 from stream.contract import ContractLimits, Modality
 from stream.errors import ConfigError
 
@@ -34,6 +43,7 @@ __all__ = [
     "KafkaConfig",
     "LimitsConfig",
     "MetricsConfig",
+    "ModalitiesConfig",
     "ModelConfig",
     "Settings",
     "TopicsConfig",
@@ -152,6 +162,50 @@ class TopicsConfig(_Section):
         return {self.input(m): m for m in Modality}
 
 
+class ModalitiesConfig(_Section):
+    """Which modalities each source sends, so a window waits only for those; see docs/time.md.
+
+    A camera with a microphone and no transcription never sends text: expecting it would hold
+    every window until the idle timeout and call it partial. ``sources`` maps source-id glob
+    patterns (``fnmatch``, case-sensitive) to modalities; the first pattern that matches a source
+    wins, ``default`` applies to the rest. A plain list is shorthand for ``default``.
+    """
+
+    default: list[Modality] = Field(default_factory=lambda: list(Modality),
+                                    description="modalities of a source no pattern matches")
+    sources: dict[str, list[Modality]] = Field(
+        default_factory=dict, description="source-id glob pattern -> its modalities; the first match wins")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"default": value} if isinstance(value, list) else value
+
+    @field_validator("default")
+    @classmethod
+    def _some(cls, modalities: list[Modality]) -> list[Modality]:
+        if not modalities:
+            raise ValueError("a source must send at least one of video, audio, text")
+        return list(dict.fromkeys(modalities))
+
+    @field_validator("sources")
+    @classmethod
+    def _patterns(cls, sources: dict[str, list[Modality]]) -> dict[str, list[Modality]]:
+        for pattern, modalities in sources.items():
+            if not pattern:
+                raise ValueError("an empty source-id pattern matches nothing; use default for every source")
+            if not modalities:
+                raise ValueError(f"{pattern!r}: a source must send at least one of video, audio, text")
+        return {pattern: list(dict.fromkeys(m)) for pattern, m in sources.items()}
+
+    def expected(self, source_id: str) -> frozenset[Modality]:
+        """The modalities ``source_id`` sends. Resolved once per source, when it is first seen."""
+        for pattern, modalities in self.sources.items():
+            if fnmatch.fnmatchcase(source_id, pattern):
+                return frozenset(modalities)
+        return frozenset(self.default)
+
+
 class WindowConfig(_Section):
     """Event-time windows per source; see docs/time.md."""
 
@@ -165,6 +219,10 @@ class WindowConfig(_Section):
     max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
     source_ttl_ms: int = Field(
         600_000, gt=0, description="a source silent this long (processing time) with no open window is retired: its state freed"
+    )
+    modalities: ModalitiesConfig = Field(
+        default_factory=ModalitiesConfig,
+        description="which modalities to wait for, per source-id pattern; a modality not expected never holds a window",
     )
 
     @model_validator(mode="after")
@@ -308,16 +366,16 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
                               + (f" with the key {next(k for k in loaded if not isinstance(k, str))!r}"
                                  if isinstance(loaded, dict) else ""))
         data = loaded
+    environ = {k: v for k, v in os.environ.items() if k.upper().startswith("MMSTREAM_")}
     try:
-        settings = Settings(**data)  # the environment wins over the file here
-        if overrides:
-            # the environment is already in ``settings``; re-validate with the constructor's values only
-            settings = _Resolved(**_deep_merge(settings.model_dump(), overrides))
-    except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        # ``from None``: pydantic's error text repeats the input values, secrets included
-        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+        from_env = EnvSettingsSource(Settings)()  # MMSTREAM_* as nested values, JSON parsed
     except SettingsError as exc:  # an MMSTREAM_* variable pydantic-settings cannot parse (bad JSON)
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigError(f"invalid MMSTREAM_* environment variable: {exc}{cause}") from None  # may hold secrets
-    return settings
+        raise ConfigError("invalid environment variable: " + describe_env_error(exc, Settings, environ)) from None
+    # one validation of the layers merged, highest last: a flag replaces what the environment set,
+    # even a value the environment got wrong, and every error is named by the layer it came from
+    try:
+        return _Resolved(**_deep_merge(_deep_merge(data, from_env), overrides or {}))
+    except ValidationError as exc:
+        # ``from None``: pydantic's error text repeats the input values, secrets included
+        raise ConfigError("invalid config: " + describe_validation_error(
+            exc, Settings, environ=environ, flags=overrides)) from None

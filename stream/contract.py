@@ -275,7 +275,7 @@ class WindowResult(BaseModel):
     source_id: SourceId
     window_start_ns: TimeNs
     window_end_ns: TimeNs
-    complete: bool = Field(description="every modality was present")
+    complete: bool = Field(description="every modality the source is expected to send (window.modalities) was present")
     presence: Presence
     counts: Counts
     scores: dict[str, float] = Field(description="label -> probability")

@@ -3,16 +3,23 @@
 aiokafka logs every failed connection attempt and every failed fetch, several a second while a
 broker is down. ``EpisodeFilter`` lets the first of each kind through, drops repeats for a quiet
 period, and notes how many were dropped when the next one passes, so an outage reads as a few
-lines, not thousands.
+lines, not thousands. ``above`` prints log lines above a live terminal view instead of into it.
+``client_quiet`` silences the Kafka client while a command starts: a broker that cannot be
+reached then reads as one plain line of ours, not as aiokafka's ERROR first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ["EpisodeFilter", "install"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["EpisodeFilter", "above", "client_quiet", "install"]
 
 
 class EpisodeFilter(logging.Filter):
@@ -53,3 +60,56 @@ def install(quiet_s: float = 30.0) -> EpisodeFilter:
                      "aiokafka.producer.sender", "aiokafka.client", "stream.runtime", "stream.kafka"):
             logging.getLogger(name).addFilter(_INSTALLED)
     return _INSTALLED
+
+
+@contextlib.contextmanager
+def above(console: Console) -> Iterator[None]:
+    """While ``console`` shows a live view, log lines go above it, not into it.
+
+    A handler made by ``logging.basicConfig`` keeps the stream object it was given, so rich's own
+    redirection of ``sys.stderr`` never reaches it: its lines landed in the middle of the view and
+    the next refresh drew over half of them. Handlers writing to a terminal are pointed at the
+    console for the duration (rich prints above a live display) and restored after.
+    """
+    if not console.is_terminal:
+        yield
+        return
+    from rich.file_proxy import FileProxy
+
+    swapped: list[tuple[logging.StreamHandler, object]] = []
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and _is_terminal(handler.stream):
+            swapped.append((handler, handler.setStream(FileProxy(console, handler.stream))))
+    try:
+        yield
+    finally:
+        for handler, stream in swapped:
+            handler.setStream(stream)  # flushes what the proxy still holds
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+@contextlib.contextmanager
+def client_quiet() -> Iterator[None]:
+    """aiokafka logs nothing below CRITICAL inside the block (unless debug logging was asked for).
+
+    For a command's start-up: a failure to reach the cluster there ends the command with our own
+    one-line diagnosis, and aiokafka's ``Unable connect to ...`` ERROR printed first would make the
+    user read the wrong line. Once started, the client speaks again (episode-filtered): during a
+    run its lines are the only word on a broker the processor still waits for.
+    """
+    client = logging.getLogger("aiokafka")
+    if client.getEffectiveLevel() <= logging.DEBUG:  # -vv: the user asked for everything
+        yield
+        return
+    before = client.level
+    client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(before)

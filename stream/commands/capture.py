@@ -1,8 +1,13 @@
 """``mmstream capture ...``: devices, files and synthetic scenes into the three input topics.
 
-Sub-commands: ``camera``, ``mic``, ``video``, ``wav``, ``transcript``, ``synthetic``. Each creates
-its topics first, stamps ``mm-ts`` from one capture clock (or from ``--start-ns`` for files and
-scenes), stops cleanly on Ctrl-C/SIGTERM and prints a one-line JSON summary on stdout.
+Sub-commands: ``camera``, ``mic``, ``video``, ``wav``, ``media``, ``transcript``, ``synthetic``.
+Each creates its topics first, stamps ``mm-ts`` from one capture clock (or from ``--start-ns`` for
+files and scenes), stops cleanly on Ctrl-C/SIGTERM and prints a one-line JSON summary on stdout.
+
+File sources default their source id to the file's stem, so ``capture video talk.mp4`` and
+``capture wav talk.wav`` land in the same windows without ``--source-id``; ``--start-ns`` means
+the event time of media time 0 (of the scene's start for ``synthetic``) everywhere, default: when
+the command starts.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stream.commands._common import number
+from stream.errors import KafkaError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
-    def common(q: argparse.ArgumentParser, *, source_id: str | None = "cam-0") -> None:
+    def common(q: argparse.ArgumentParser, *, source_id: str | None = "cam-0", from_file: bool = False) -> None:
         q.add_argument("--config", metavar="FILE", help="YAML settings (topics, kafka, limits)")
         q.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (overrides the config)")
-        if source_id is not None:
+        if from_file:
+            q.add_argument("--source-id", default=None,
+                           help="record key (default: the file's stem, so talk.mp4 and talk.wav share 'talk')")
+        elif source_id is not None:
             q.add_argument("--source-id", default=source_id, help=f"record key (default {source_id})")
 
-    def start(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--start-ns", type=int, default=None,
-                       help="event time of the first record, ns since the epoch (default: now)")
+    def start(q: argparse.ArgumentParser, what: str = "media time 0") -> None:
+        q.add_argument("--start-ns", type=number(int, minimum=0), default=None, metavar="NS",
+                       help=f"event time of {what}, ns since the epoch (default: when the command starts; "
+                            "the summary prints it)")
         q.add_argument("--as-fast-as-possible", action="store_true",
                        help="do not pace to the wall clock (backfills, tests)")
 
@@ -42,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--fps-cap", type=float, default=None, help="publish at most this many frames per second")
         q.add_argument("--resize", metavar="WxH", default=None, help="resize frames, e.g. 320x240")
         q.add_argument("--encoding", choices=("jpeg", "png", "raw"), default="jpeg", help="frame encoding (default jpeg)")
-        q.add_argument("--jpeg-quality", type=int, default=85)
+        q.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality 1-100 (default 85)")
 
     q = kinds.add_parser("camera", help="an OpenCV camera (index), video file or stream URL, stamped live")
     common(q, source_id="cam-0")
@@ -59,43 +69,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default=None, help="input device index or name (default: the system default)")
     q.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     q.add_argument("--rate", type=int, default=16000, help="sample rate, Hz (default 16000)")
-    q.add_argument("--channels", type=int, default=1)
+    q.add_argument("--channels", type=int, default=1, help="channels to record (default 1)")
     q.add_argument("--chunk-ms", type=int, default=20, help="chunk length (default 20)")
     q.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None, metavar="S",
                    help="stop after S seconds of audio")
     q.set_defaults(func=_run_mic)
 
-    q = kinds.add_parser("video", help="a video file, frames at their own timestamps from --start-ns")
-    common(q, source_id="video-0")
-    q.add_argument("file")
+    q = kinds.add_parser("video", help="a video file's picture (OpenCV), frames at their own timestamps from --start-ns")
+    common(q, from_file=True)
+    q.add_argument("file", help="the video file (its sound is not read: see capture media)")
     start(q)
     frame_opts(q)
     q.set_defaults(func=_run_file, kind="video")
 
-    q = kinds.add_parser("wav", help="a 16-bit PCM WAV file as contiguous chunks from --start-ns")
-    common(q, source_id="wav-0")
-    q.add_argument("file")
+    q = kinds.add_parser("wav", help="a WAV file (8-32-bit PCM or float) as contiguous chunks from --start-ns")
+    common(q, from_file=True)
+    q.add_argument("file", help="the WAV file")
     start(q)
     q.add_argument("--chunk-ms", type=int, default=20, help="chunk length (default 20)")
     q.set_defaults(func=_run_file, kind="wav")
 
+    q = kinds.add_parser("media", help="a video file's picture and sound (PyAV) on one timeline from --start-ns")
+    common(q, from_file=True)
+    q.add_argument("file", help="a video (or audio) file FFmpeg reads: mp4, mkv, mov, avi, webm, mp3, flac, ...")
+    start(q)
+    frame_opts(q)
+    q.add_argument("--chunk-ms", type=number(int, minimum=1), default=20, help="audio chunk length (default 20)")
+    q.set_defaults(func=_run_file, kind="media")
+
     q = kinds.add_parser("transcript", help="a JSONL transcript (text, start_s/end_s or start_ns/end_ns)")
-    common(q, source_id="text-0")
-    q.add_argument("file")
+    common(q, from_file=True)
+    q.add_argument("file", help="the transcript, one JSON object per line")
     start(q)
     q.set_defaults(func=_run_file, kind="transcript")
 
     q = kinds.add_parser("synthetic", help="N scripted sources: JPEG frames, PCM audio, transcript segments")
     common(q, source_id=None)
-    start(q)
+    start(q, "the scene's start")
     q.add_argument("--sources", type=int, default=4, help="number of sources (default 4)")
     q.add_argument("--duration", type=number(float, minimum=0), default=None, metavar="S",
                    help="seconds of event time (default: until stopped)")
     q.add_argument("--fps", type=number(float, minimum=0, inclusive=False, maximum=1000), default=10.0,
                    help="frames per second per source (default 10)")
-    q.add_argument("--width", type=int, default=160)
-    q.add_argument("--height", type=int, default=120)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--width", type=int, default=160, help="frame width in pixels (default 160)")
+    q.add_argument("--height", type=int, default=120, help="frame height in pixels (default 120)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the scripted events (default 0)")
     q.add_argument("--source-prefix", default="src", help="ids are PREFIX-0, PREFIX-1, ... (default src)")
     q.add_argument("--no-partials", action="store_true", help="emit only final transcript segments")
     q.set_defaults(func=_run_synthetic)
@@ -111,8 +129,9 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(args.config, overrides)
 
 
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[dict[str, Any]]]) -> int:
-    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``; a second signal exits at once."""
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[dict[str, Any]]], bootstrap: str) -> int:
+    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``; a second signal exits at once. A
+    cluster that cannot be reached at start ends it with doctor's words and fix, as ``run`` does."""
 
     async def runner() -> dict[str, Any]:
         stop = asyncio.Event()
@@ -126,7 +145,12 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[dict[str, Any]]]
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
-        return await main(stop)
+        try:
+            return await main(stop)
+        except KafkaError as exc:
+            from stream.commands._diagnose import explained
+
+            raise await explained(bootstrap, exc) from exc
 
     summary = asyncio.run(runner())
     print(json.dumps(summary, sort_keys=True), flush=True)
@@ -158,7 +182,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
                 "start_ns": stats.start_ns, "end_ns": stats.end_ns, "elapsed_s": round(stats.elapsed_s, 3),
                 "stopped_early": stats.stopped_early}
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, settings.kafka.bootstrap_servers)
 
 
 # --------------------------------------------------------------------------- devices and files
@@ -203,7 +227,7 @@ def _run_camera(args: argparse.Namespace) -> int:
         return {"source": "camera", "source_id": cfg.source_id, "frames": stats.frames, "dropped": stats.dropped,
                 "skipped": stats.skipped, "reconnects": stats.reconnects, "ended": stats.ended}
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, settings.kafka.bootstrap_servers)
 
 
 def _run_mic(args: argparse.Namespace) -> int:
@@ -230,7 +254,7 @@ def _run_mic(args: argparse.Namespace) -> int:
                 "overruns": stats.overruns, "resyncs": stats.resyncs, "drift_drops": stats.drift_drops,
                 "first_ts_ns": stats.first_ts_ns}
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, settings.kafka.bootstrap_servers)
 
 
 def _run_file(args: argparse.Namespace) -> int:
@@ -244,20 +268,34 @@ def _run_file(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():  # before the topics are made on the broker
         what = "it is a directory" if Path(args.file).is_dir() else "no such file"
         raise CaptureError(f"cannot read {args.file}: {what}")
+    if args.kind == "media":
+        from stream.sources.audiofile import require_av
+        from stream.sources.media import replay_media
+
+        require_av("capture media")
     settings = _settings(args)
-    opts = _config(files.ReplayOptions, source_id=args.source_id, start_ns=args.start_ns,
+    source_id = args.source_id if args.source_id is not None else files.source_id_for(args.file)
+    opts = _config(files.ReplayOptions, source_id=source_id, start_ns=args.start_ns,
                    realtime=not args.as_fast_as_possible)
-    frame_opts = _config(FrameOptions, **_frame_options(args)) if args.kind == "video" else None
+    frame_opts = _config(FrameOptions, **_frame_options(args)) if args.kind in ("video", "media") else None
 
     async def main(stop: asyncio.Event) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
         async with Publisher(settings.kafka, settings.topics, settings.limits) as pub:
-            if args.kind == "video":
+            if args.kind == "media":
+                media = await replay_media(args.file, pub, opts, frame_opts, chunk_ms=args.chunk_ms, stop=stop)
+                extra = {"frames": media.frames, "chunks": media.chunks, "audio_samples": media.audio_samples,
+                         "video": media.video, "audio": media.audio, "skipped_packets": media.skipped_packets,
+                         "audio_gaps": media.audio_gaps}
+                stats = files.ReplayStats(records=media.frames + media.chunks, start_ns=media.start_ns,
+                                          first_ts_ns=media.first_ts_ns, last_ts_ns=media.last_ts_ns)
+            elif args.kind == "video":
                 stats = await files.replay_video(args.file, pub, opts, frame_opts, stop=stop)
             elif args.kind == "wav":
                 stats = await files.replay_wav(args.file, pub, opts, chunk_ms=args.chunk_ms, stop=stop)
             else:
                 stats = await files.replay_transcript(args.file, pub, opts, stop=stop)
         return {"source": args.kind, "source_id": opts.source_id, "records": stats.records,
-                "start_ns": stats.start_ns, "first_ts_ns": stats.first_ts_ns, "last_ts_ns": stats.last_ts_ns}
+                "start_ns": stats.start_ns, "first_ts_ns": stats.first_ts_ns, "last_ts_ns": stats.last_ts_ns, **extra}
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, settings.kafka.bootstrap_servers)

@@ -20,31 +20,38 @@ from stream.commands._common import ensure_port_free, number, port_number, stop_
 
 log = logging.getLogger(__name__)
 
-# Labels that match what the synthetic scene scripts, so the zero-shot scores mean something.
+# Labels that match what the synthetic scene scripts, so the zero-shot scores mean something; a
+# camera, microphone or video file is scored on the documented defaults (model.labels). The live
+# view says which (stream.commands._view.demo_labels).
 DEMO_LABELS = ["a red ball", "a blue square", "someone speaking", "a quiet room", "static noise", "a beep"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run broker + sources + processor locally with a live view",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None,
+    p.add_argument("--duration", type=number(float, minimum=0, inclusive=False), default=None, metavar="S",
                    help="seconds of input, then a summary (default: until Ctrl-C)")
-    p.add_argument("--sources", type=number(int, minimum=1), default=4, help="synthetic sources (default 4)")
+    p.add_argument("--sources", type=number(int, minimum=1), default=4, metavar="N",
+                   help="synthetic sources (default 4)")
     p.add_argument("--fps", type=number(float, minimum=0, inclusive=False, maximum=1000), default=10.0,
-                   help="synthetic frames per second per source")
+                   metavar="FPS", help="synthetic frames per second per source")
     p.add_argument("--preset", choices=["tiny", "offline"], default="offline", help="model preset (default offline)")
     p.add_argument("--model", metavar="PATH", help="a checkpoint from `mmstream train` instead of a preset")
     p.add_argument("--port", type=port_number(minimum=1), default=None, help="broker port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--metrics-port", type=port_number(minimum=0), default=9464,
-                   help="Prometheus /metrics port (0: any free port)")
-    p.add_argument("--camera", metavar="DEV", help="capture a camera (index or URL) instead of synthetic sources")
-    p.add_argument("--mic", metavar="DEV", help="capture a microphone (name or index)")
-    p.add_argument("--video", metavar="FILE", help="replay a video file instead of synthetic sources")
+    p.add_argument("--metrics-port", type=port_number(minimum=0), default=9464, metavar="PORT",
+                   help="Prometheus /metrics port; 0 = any free port")
+    p.add_argument("--camera", metavar="DEV",
+                   help="capture a camera (index, file or URL) instead of synthetic sources; not with --video")
+    p.add_argument("--mic", metavar="DEV", help="capture a microphone (name, index or `default`)")
+    p.add_argument("--video", metavar="FILE", help="replay a video file instead of synthetic sources; not with --camera")
     p.add_argument("--json", action="store_true", help="no live view; the last line is a JSON summary")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream.commands._demo_checks import check_demo_args
+
+    check_demo_args(args)  # files, devices, combinations: refused before anything starts
     # Both ports are bound only after the broker started and the model loaded (seconds); a busy one
     # then failed with tansu's multi-line panic or an OSError traceback. Check first, in one line.
     ensure_port_free("127.0.0.1", args.port, "the embedded broker", "choose another --port, or omit it for a free one")
@@ -61,6 +68,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
 async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from stream.broker import EmbeddedBroker
+    from stream.commands._demo_checks import expected_modalities
+    from stream.commands._view import live_view
     from stream.config import load_settings
     from stream.runtime import Processor
 
@@ -68,11 +77,14 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
     t0 = time.monotonic()
     bootstrap = await asyncio.to_thread(broker.start)
     try:
-        model: dict[str, Any] = {"path": args.model} if args.model else {"preset": args.preset, "labels": DEMO_LABELS}
+        model: dict[str, Any] = {"path": args.model} if args.model else {"preset": args.preset}
+        if not (args.model or args.camera or args.mic or args.video):
+            model["labels"] = DEMO_LABELS
         settings = load_settings(overrides={
             "kafka": {"bootstrap_servers": bootstrap, "group_id": "mmstream-demo", "session_timeout_ms": 6000,
                       "heartbeat_interval_ms": 2000, "partitions": 4},
-            "window": {"idle_timeout_ms": 2000},
+            # live inputs send no transcript: their windows close on picture and sound, complete
+            "window": {"idle_timeout_ms": 2000, **({"modalities": m} if (m := expected_modalities(args)) else {})},
             "metrics": {"port": args.metrics_port, "host": "127.0.0.1"},
             "model": model,
         })
@@ -82,7 +94,7 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
              f"metrics on http://127.0.0.1:{processor.metrics_port or '-'}/metrics")
         run_task = asyncio.create_task(processor.run(stop), name="processor")
         inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
-        view = asyncio.create_task(_live_view(processor, stop), name="view") if not args.json else None
+        view = asyncio.create_task(live_view(processor, stop, args), name="view") if not args.json else None
         t_start = time.monotonic()
         try:
             await inputs
@@ -159,39 +171,8 @@ def _say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def _table(processor: Any, started: float) -> Any:
-    from rich.table import Table
-
-    st = processor.stats
-    table = Table(title="mmstream demo: latest window per source", expand=False)
-    for col in ("source", "window end", "label", "top scores", "present", "frames/samples/segs"):
-        table.add_column(col)
-    for source, r in sorted(st.last_results.items()):
-        top = sorted(r.scores.items(), key=lambda kv: -kv[1])[:3]
-        pres = "".join(k[0].upper() if v else "-" for k, v in r.presence.model_dump().items())
-        c = r.counts
-        table.add_row(source, time.strftime("%H:%M:%S", time.localtime(r.window_end_ns / 1e9)),
-                      str(r.label), ", ".join(f"{k} {v:.2f}" for k, v in top), pres,
-                      f"{c.frames}/{c.audio_samples}/{c.segments}")
-    p50, p99 = _percentile(st.latencies_s, 0.5), _percentile(st.latencies_s, 0.99)
-    rate = st.windows / max(time.monotonic() - started, 1e-9)
-    table.caption = (f"records {st.records}  windows {st.windows} ({st.windows_complete} complete, {rate:.1f}/s)  "
-                     f"latency p50 {p50}s p99 {p99}s  lag {processor.lag}  late {st.late}  "
-                     f"dead letters {st.dead_letters}  open windows {processor.open_windows}")
-    return table
-
-
-async def _live_view(processor: Any, stop: asyncio.Event) -> None:
-    from rich.live import Live
-
-    started = time.monotonic()
-    with Live(_table(processor, started), refresh_per_second=2, transient=False) as live:
-        while not stop.is_set():
-            await asyncio.sleep(0.5)
-            live.update(_table(processor, started))
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    Console().print("\nsummary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    # no latency before the first result: a value that is not there is left out, not printed as None
+    Console().print("\nsummary: " + ", ".join(f"{k}={v}" for k, v in summary.items() if v is not None))

@@ -17,13 +17,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from stream.commands._common import add_kafka_options, number, settings_from
+from stream.commands._diagnose import diagnose_kafka
 
 __all__ = ["Check", "check_cuda", "check_hub_offline", "check_kafka", "check_metrics_port", "check_model",
            "register", "run"]
@@ -106,13 +106,8 @@ async def check_kafka(settings: Any, *, timeout_s: float = 3.0) -> list[Check]:
             await asyncio.wait_for(admin.start(), timeout_s)
             names = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
         except Exception as exc:  # connection refused, DNS, TLS, SASL, timeouts: all mean "not usable"
-            why = await _why_unreachable(bootstrap, timeout_s) or (
-                f"it accepts connections but the Kafka handshake failed ({type(exc).__name__}: {exc}); "
-                "is it a Kafka broker, and are security_protocol and the credentials right?")
-            return [Check("kafka", "problem",
-                          f"cannot reach Kafka at {bootstrap}: {why}",
-                          "start a broker (`mmstream broker` runs a local one) or point --bootstrap / "
-                          "kafka.bootstrap_servers at yours; check security_protocol and credentials")]
+            diagnosis = await diagnose_kafka(bootstrap, exc, timeout_s)
+            return [Check("kafka", "problem", diagnosis.detail, diagnosis.fix)]
         checks = [Check("kafka", "ok", f"connected to {bootstrap} in {time.monotonic() - started:.2f} s")]
         wanted = [topics.video, topics.audio, topics.text, topics.results, topics.dead_letter]
         if topics.late:
@@ -159,29 +154,6 @@ async def check_kafka(settings: Any, *, timeout_s: float = 3.0) -> list[Check]:
         how = "will be" if assumed else "are"
         checks.append(Check("co-partitioning", "ok", f"inputs {how} co-partitioned: {n} partitions each"))
     return checks
-
-
-async def _why_unreachable(bootstrap: str, timeout_s: float) -> str | None:
-    """A plain reason from a bare TCP connect to the first bootstrap server; None when it connects."""
-    from stream.config import split_host_port
-
-    host, port = split_host_port(bootstrap.split(",")[0].strip())
-    port = port or "9092"  # aiokafka's default when the address has none
-    host = host or "localhost"
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-    except ValueError:
-        return f"{bootstrap!r} is not HOST:PORT"
-    except TimeoutError:
-        return f"no answer from {host}:{port} within {timeout_s:g} s (wrong address or a firewall?)"
-    except socket.gaierror:
-        return f"unknown host {host!r}"
-    except ConnectionRefusedError:
-        return f"connection refused: nothing listens on {host}:{port}"
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or exc}"
-    writer.close()
-    return None  # TCP works: the Kafka handshake (TLS, SASL, protocol) is what failed
 
 
 # --------------------------------------------------------------------------- machine

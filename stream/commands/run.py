@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
-from stream.commands._common import add_kafka_options, settings_from, stop_on_signals
+from stream.commands._common import add_kafka_options, number, settings_from, stop_on_signals
 
 log = logging.getLogger(__name__)
+
+_DIAGNOSE_TIMEOUT_S = 3.0  # doctor's default bound on the TCP probe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_kafka_options(p)
     p.add_argument("--model", metavar="PATH", help="a checkpoint folder written by `mmstream train`")
     p.add_argument("--preset", choices=["tiny", "offline", "hf"], help="model preset (overrides the config)")
+    p.add_argument("--status-every", type=number(float, minimum=0), default=30.0, metavar="S",
+                   help="log a status line (windows/s, lag, dead letters, stalled partitions) every S seconds; "
+                   "0 = never")
     p.set_defaults(func=run)
 
 
@@ -31,19 +38,53 @@ def run(args: argparse.Namespace) -> int:
     if args.preset:
         model["preset"] = args.preset
     settings = settings_from(args, model=model or None)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, status_every_s=args.status_every))
 
 
-async def serve(settings, stop: asyncio.Event | None = None) -> int:
-    """Run a processor until SIGTERM/SIGINT (or ``stop``), drain, and stop it."""
+async def serve(settings: Any, stop: asyncio.Event | None = None, *, status_every_s: float = 0.0) -> int:
+    """Run a processor until SIGTERM/SIGINT (or ``stop``), drain, and stop it.
+
+    Raises:
+        KafkaError: the cluster cannot be used at start; the message is ``mmstream doctor``'s
+            diagnosis and fix when the bootstrap server does not even accept a connection.
+    """
+    from stream.commands._status import report_status
     from stream.runtime import Processor
 
     stop = stop or asyncio.Event()
     processor = Processor(settings)
+    status: asyncio.Task[None] | None = None
     with stop_on_signals(stop, f"draining (up to {settings.drain_timeout_ms} ms)"):
         try:
-            await processor.start()
+            await _start(processor, settings)
+            if status_every_s > 0:
+                status = asyncio.create_task(report_status(processor, status_every_s, log), name="mm-status")
             await processor.run(stop)
         finally:
+            if status is not None:
+                status.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await status
             await processor.stop()
     return 0
+
+
+async def _start(processor: Any, settings: Any) -> None:
+    """Start ``processor``; a cluster that cannot be reached ends it with doctor's plain words.
+
+    The Kafka client is quiet meanwhile (``client_quiet``): its ``Unable connect`` ERROR lines
+    would otherwise come before ours and be read as the answer.
+    """
+    from stream.commands._diagnose import explained
+    from stream.errors import KafkaError, TopicLayoutError
+    from stream.logs import client_quiet
+
+    with client_quiet():
+        try:
+            await processor.start()
+        except TopicLayoutError:
+            await processor.stop()
+            raise
+        except KafkaError as exc:
+            await processor.stop()  # inside the quiet block: the clients' closing words are aiokafka's too
+            raise await explained(settings.kafka.bootstrap_servers, exc, _DIAGNOSE_TIMEOUT_S) from exc

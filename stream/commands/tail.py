@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from stream.commands._common import add_kafka_options, settings_from
@@ -268,81 +267,38 @@ def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[st
     return out
 
 
-def _iso(ts_ns: int | None) -> str:
-    if ts_ns is None:
-        return "-"
-    try:
-        return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    except (OverflowError, OSError, ValueError):
-        return str(ts_ns)
-
-
-def _size(n: int) -> str:
-    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
-
-
 def _json_writer() -> Callable[[dict[str, Any]], None]:
+    from stream.commands._view import iso_time
+
     def write(s: dict[str, Any]) -> None:
-        body = s["result"] if s["kind"] == "result" else {**s, "time": _iso(s.get("ts_ns"))}
+        body = s["result"] if s["kind"] == "result" else {**s, "time": iso_time(s.get("ts_ns"))}
         sys.stdout.write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     return write
 
 
-_STYLES = {"result": "bold green", "video": "cyan", "audio": "magenta", "text": "blue",
-           "dead_letter": "bold red", "undecodable": "red"}
+def _reader_left() -> None:
+    """rich's ``Console.on_broken_pipe``, which exits with status 1: the reader of the pipe left
+    (``mmstream tail | head``), which is no error; ``run`` ends quietly with 0."""
+    raise BrokenPipeError
 
 
-def _pretty_writer() -> Callable[[dict[str, Any]], None]:
+def _pretty_writer(console: Any = None) -> Callable[[dict[str, Any]], None]:
+    """Lines fitted to the terminal's width as it is when each is printed; piped, the whole line."""
     from rich.console import Console
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False, soft_wrap=True)
+    console.on_broken_pipe = _reader_left  # type: ignore[method-assign]
 
     def write(s: dict[str, Any]) -> None:
-        console.print(render(s))
+        console.print(render(s, console.width if console.is_terminal else None))
 
     return write
 
 
-def render(s: dict[str, Any]) -> Any:
-    """One rich ``Text`` line for a summary: time, kind, source, what it holds, where it is."""
-    from rich.text import Text
+def render(s: dict[str, Any], width: int | None = None) -> Any:
+    """One rich ``Text`` line for a summary (``stream.commands._view.record_line``)."""
+    from stream.commands._view import record_line
 
-    line = Text()
-    line.append(_iso(s.get("ts_ns")), "dim").append("  ")
-    line.append(f"{s['kind'].replace('_', '-'):<11}", _STYLES.get(s["kind"], "")).append(" ")
-    line.append(f"{s.get('source_id') or '-'}", "bold").append("  ")
-    kind = s["kind"]
-    if kind == "result":
-        r = s["result"]
-        if r.get("error"):
-            line.append(f"error: {r['error']}", "red")
-        else:
-            score = (r.get("scores") or {}).get(r.get("label"), 0.0)
-            line.append(f"{r.get('label') or '(no label)'}", "bold yellow").append(f" {score:.2f}")
-        p = r.get("presence", {})
-        mods = "".join(m[0].upper() if p.get(m) else "·" for m in ("video", "audio", "text"))
-        line.append(f"  {'complete' if r.get('complete') else 'partial '} {mods}")
-        c = r.get("counts", {})
-        line.append(f"  {c.get('frames', 0)} frames, {c.get('audio_samples', 0)} samples, "
-                    f"{c.get('segments', 0)} segments")
-        lat = (r.get("latency") or {}).get("capture_to_publish_ms")
-        if lat is not None:
-            line.append(f"  latency {lat:.0f} ms" if lat < 10_000 else f"  latency {lat / 1000:.1f} s")
-        line.append(f"  [{r.get('closed_by', 'watermark')}]", "dim")
-    elif kind == "video":
-        line.append(f"{s['content_type']}  {_size(s['bytes'])}")
-    elif kind == "audio":
-        line.append(f"{s['content_type']}  {s['samples']} samples ({s['duration_ms']:.1f} ms)")
-    elif kind == "text":
-        text = s["text"] if len(s["text"]) <= 80 else s["text"][:79] + "…"
-        line.append("final  " if s["final"] else "partial").append(f" {json.dumps(text, ensure_ascii=False)}")
-        line.append(f" ({(s['end_ns'] - s['start_ns']) / 1e6:.0f} ms)")
-    elif kind == "dead_letter":
-        line.append(f"{s['reason']}: {s['error']}", "red").append(f"  from {s.get('origin') or '?'}")
-        line.append(f"  ({s.get('content_type') or 'no content-type'}, {_size(s['bytes'])})", "dim")
-    else:
-        line.append(f"undecodable {s['reason']}: {s['error']}", "red")
-    line.append(f"  {s['topic']}[{s['partition']}]@{s['offset']}", "dim")
-    return line
+    return record_line(s, width)

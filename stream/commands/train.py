@@ -10,16 +10,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit fusion and heads on labelled windows; write a checkpoint")
     p.add_argument("data", help="a JSONL file of windows, or a folder with windows.jsonl (see docs/model.md)")
     p.add_argument("--out", required=True, metavar="PATH", help="checkpoint folder to write")
-    p.add_argument("--preset", choices=["tiny", "offline", "hf"], default="offline")
+    p.add_argument("--preset", choices=["tiny", "offline", "hf"], default="offline",
+                   help="encoders to start from (`mmstream models` lists them)")
     p.add_argument("--model", metavar="PATH", help="start from this checkpoint instead of a preset")
     p.add_argument("--labels", help="comma-separated labels (default: every label in the data, sorted)")
-    p.add_argument("--fusion", choices=["concat", "gated", "attention"], default="gated")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--fusion", choices=["concat", "gated", "attention"], default="gated",
+                   help="how the modality embeddings are combined (docs/model.md)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N", help="passes over the data")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per optimiser step")
+    p.add_argument("--lr", type=float, default=3e-3, metavar="RATE", help="AdamW learning rate")
     p.add_argument("--unfreeze-encoders", action="store_true", help="also train the encoders")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train; auto = CUDA when available")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the initialisation and the shuffling")
     p.set_defaults(func=run)
 
 

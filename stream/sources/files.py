@@ -1,10 +1,13 @@
 """Recorded media replayed on a chosen timeline: video files, WAV files, transcript JSONL.
 
-Media time 0 maps to ``start_ns``: a video frame whose own timestamp (``CAP_PROP_POS_MSEC``) is
-``t`` ms gets ``mm-ts = start_ns + t * 1e6``; WAV sample ``k`` is at ``start_ns + k * 1e9 / rate``
-(chunks are contiguous); a transcript line's times are offsets from the same origin. With
-``realtime`` each record is sent when the clock reaches its place on the timeline (as a live source
-would); otherwise as fast as the broker takes it. Nothing is dropped: file sources wait for room.
+Media time 0 maps to ``start_ns`` (default: the capture clock when the replay starts): a video
+frame whose own timestamp (``CAP_PROP_POS_MSEC``) is ``t`` ms gets ``mm-ts = start_ns + t * 1e6``;
+WAV sample ``k`` is at ``start_ns + k * 1e9 / rate`` (chunks are contiguous); a transcript line's
+times are offsets from the same origin. With ``realtime`` each record is sent when the clock
+reaches its place on the timeline (as a live source would); otherwise as fast as the broker takes
+it. Nothing is dropped: file sources wait for room. A file's default source id is its stem
+(``source_id_for``), so the picture, sound and transcript of one recording (``talk.mp4``,
+``talk.wav``, ``talk.jsonl``) fall into the same windows without naming an id.
 
 Transcript JSONL: one object per line with ``text`` and either ``start_ns``/``end_ns`` (integer ns)
 or ``start_s``/``end_s`` (seconds), relative to the media start; ``final`` (default true),
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import wave
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +29,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stream.contract import TranscriptSegment, audio_chunk_from_samples
 from stream.errors import CaptureError
 from stream.sources._publish import Publisher
+from stream.sources.audiofile import WavReader
 from stream.sources.camera import FpsCap, FrameOptions, open_capture
 from stream.sources.clock import CaptureClock, default_clock
 
-__all__ = ["ReplayOptions", "ReplayStats", "read_transcript", "replay_transcript", "replay_video", "replay_wav"]
+__all__ = [
+    "Pacer",
+    "ReplayOptions",
+    "ReplayStats",
+    "read_transcript",
+    "replay_transcript",
+    "replay_video",
+    "replay_wav",
+    "source_id_for",
+]
 
 log = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
+_ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def source_id_for(path: str | Path) -> str:
+    """The default source id of a file: its stem, with characters a key may not hold as ``-``
+    (``My Talk.mp4`` -> ``My-Talk``); ``file-0`` when nothing is left."""
+    stem = _ID_BAD.sub("-", Path(path).stem)[:128].strip("-.")
+    return stem or "file-0"
 
 
 class ReplayOptions(BaseModel):
@@ -54,7 +75,7 @@ class ReplayStats:
     last_ts_ns: int | None = None
 
 
-class _Pacer:
+class Pacer:
     """Maps media time to event time, and sleeps until a media time's turn when real-time."""
 
     def __init__(self, opts: ReplayOptions, clock: CaptureClock) -> None:
@@ -98,7 +119,7 @@ async def replay_video(
     if not Path(path).exists():
         raise CaptureError(f"video file {path} does not exist")
     cap = open_capture(str(path))
-    pacer = _Pacer(opts, clock or default_clock())
+    pacer = Pacer(opts, clock or default_clock())
     stats = ReplayStats(start_ns=pacer.start_ns)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     cap_fps = FpsCap(frames.fps_cap)
@@ -134,27 +155,21 @@ async def replay_video(
     return stats
 
 
-def _open_wav(path: str | Path) -> wave.Wave_read:
-    """A 16-bit PCM WAV file, open, with a rate and channel count the contract accepts.
+def _open_wav(path: str | Path) -> WavReader:
+    """A WAV file, open, in a sample format numpy reads and with a rate and channel count the
+    contract accepts.
 
     Raises:
-        CaptureError: missing, unreadable, not 16-bit PCM (convert with ``sox in.wav -b 16 out.wav``),
-            or a rate or channel count no audio chunk may carry.
+        CaptureError: missing, unreadable, an encoding other than 8/16/24/32-bit PCM or 32/64-bit
+            float (``capture media`` decodes those with PyAV), or a rate or channel count no audio
+            chunk may carry.
     """
-    try:
-        w = wave.open(str(path), "rb")
-    except (OSError, EOFError, wave.Error) as exc:
-        raise CaptureError(f"cannot read WAV file {path}: {exc}") from exc
-    problem = None
-    if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-        problem = (f"only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit {w.getcomptype()}); "
-                   f"convert with: sox {path} -b 16 out.wav")
-    elif not (1000 <= w.getframerate() <= 384_000 and 1 <= w.getnchannels() <= 32):
-        problem = (f"{w.getframerate()} Hz and {w.getnchannels()} channels: audio chunks carry 1000-384000 Hz "
-                   "and 1-32 channels")
-    if problem is not None:
+    w = WavReader(path)
+    fmt = w.format
+    if not (1000 <= fmt.rate <= 384_000 and 1 <= fmt.channels <= 32):
         w.close()
-        raise CaptureError(f"{path}: {problem}")
+        raise CaptureError(f"{path}: {fmt.rate} Hz and {fmt.channels} channels: audio chunks carry 1000-384000 Hz "
+                           "and 1-32 channels")
     return w
 
 
@@ -162,35 +177,35 @@ async def replay_wav(
     path: str | Path, publisher: Publisher, opts: ReplayOptions, *, chunk_ms: int = 20,
     clock: CaptureClock | None = None, stop: asyncio.Event | None = None,
 ) -> ReplayStats:
-    """Publish a WAV file as contiguous s16le chunks of ``chunk_ms``; the last one may be shorter.
-    The file is read a chunk at a time, so an hour of 48 kHz stereo costs no more memory than 20 ms.
+    """Publish a WAV file as contiguous chunks of ``chunk_ms``; the last one may be shorter.
+    8- and 16-bit PCM go out as s16le (16-bit bit for bit), 24/32-bit PCM and float as f32le, so
+    no precision is lost on the way. The file is read a chunk at a time, so an hour of 48 kHz
+    stereo costs no more memory than 20 ms.
 
     Raises:
-        CaptureError: the file is not 16-bit PCM WAV, or ``chunk_ms`` is not a whole number of samples.
+        CaptureError: the file is not a WAV numpy reads, or ``chunk_ms`` is not a whole number of samples.
         KafkaError: publishing failed.
     """
     with _open_wav(path) as w:
-        rate, channels = w.getframerate(), w.getnchannels()
+        rate, channels = w.format.rate, w.format.channels
         if (rate * chunk_ms) % 1000 or chunk_ms <= 0:
             raise CaptureError(f"chunk_ms {chunk_ms} is not a whole number of samples at {rate} Hz")
         n = rate * chunk_ms // 1000
-        pacer = _Pacer(opts, clock or default_clock())
+        pacer = Pacer(opts, clock or default_clock())
         stats = ReplayStats(start_ns=pacer.start_ns)
         k = 0
         while stop is None or not stop.is_set():
-            try:
-                raw = w.readframes(n)
-            except (OSError, EOFError, wave.Error) as exc:
-                raise CaptureError(f"cannot read WAV file {path}: {exc}") from exc
-            samples = np.frombuffer(raw, dtype="<i2")[: len(raw) // (2 * channels) * channels].reshape(-1, channels)
+            samples = w.read(n)
             if not len(samples):
                 break
             ts = await pacer.at(k * NS_PER_S // rate)
-            await publisher.publish(audio_chunk_from_samples(opts.source_id, ts, samples, rate))
+            wire = "s16le" if samples.dtype == np.int16 else "f32le"
+            await publisher.publish(audio_chunk_from_samples(opts.source_id, ts, samples, rate, sample_format=wire))
             _seen(stats, ts)
             k += len(samples)
     await publisher.flush()
-    log.info("wav %s: %d chunks (%.2f s at %d Hz) as %s", path, stats.records, k / rate, rate, opts.source_id)
+    log.info("wav %s: %d chunks (%.2f s at %d Hz, %d channels) as %s", path, stats.records, k / rate, rate,
+             channels, opts.source_id)
     return stats
 
 
@@ -248,7 +263,7 @@ async def replay_transcript(
         KafkaError: publishing failed.
     """
     lines = read_transcript(path)
-    pacer = _Pacer(opts, clock or default_clock())
+    pacer = Pacer(opts, clock or default_clock())
     stats = ReplayStats(start_ns=pacer.start_ns)
     for start, end, line in lines:
         if stop is not None and stop.is_set():

@@ -37,7 +37,7 @@ from stream.errors import CaptureError
 from stream.sources._publish import Publisher
 from stream.sources.clock import CaptureClock, default_clock
 
-__all__ = ["InputDevice", "MicConfig", "MicSource", "MicStats", "list_input_devices"]
+__all__ = ["InputDevice", "MicConfig", "MicSource", "MicStats", "check_input_device", "list_input_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,25 @@ def _resolve(pa: Any, device: str | None) -> int | None:
             return found[0].index
     names = ", ".join(f"{d.index}: {d.name}" for d in devices) or "none"
     raise CaptureError(f"no input device {device!r}; input devices are: {names} (see --list-devices)")
+
+
+def check_input_device(device: str | None) -> None:
+    """Raise now if ``device`` (a name or index; None: the system default) cannot be recorded from,
+    for a command that checks its arguments before it starts anything else.
+
+    Raises:
+        CaptureError: PyAudio is not installed, there is no such device, or no default input.
+    """
+    pa = _pyaudio()
+    try:
+        if _resolve(pa, device) is None:
+            try:
+                pa.get_default_input_device_info()
+            except OSError as exc:
+                raise CaptureError("no default input device: is a microphone connected? "
+                                   "`mmstream capture mic --list-devices` lists the devices") from exc
+    finally:
+        pa.terminate()
 
 
 class MicSource:

@@ -11,9 +11,11 @@ rules in brief:
   segment inside it; a newer record with the same ``segment_id`` replaces the older one in the
   windows still open (a partial never replaces a final).
 - A record vouches for its end (frame instant, last sample, a *final* segment's end). Watermark of
-  (source, modality) = largest vouched time - ``allowed_lateness_ms``. A window closes when every
-  modality's watermark reached its end, or that modality is idle: silent ``idle_timeout_ms`` of
-  processing time while its partition is caught up (a backfill is not silence).
+  (source, modality) = largest vouched time - ``allowed_lateness_ms``. A window closes when the
+  watermark of every modality its source is expected to send (``window.modalities``, resolved
+  once per source) reached its end, or that modality is idle: silent ``idle_timeout_ms`` of
+  processing time while its partition is caught up (a backfill is not silence). A modality not
+  expected never holds a window back; ``ClosedWindow.complete`` asks only for the expected ones.
 - A record whose windows have all closed is returned ``LATE`` (never merged); one whose windows
   were all published before a restart (``set_horizon``) is ``REPLAYED``; a far-future timestamp or
   a span over more than ``max_open_windows_per_source`` windows is ``REJECTED``.

@@ -85,6 +85,7 @@ class Aligner(Closing):
         self._horizons: dict[str, int] = {}  # horizons of sources not seen yet
         self._retired: dict[str, Retired] = {}  # what is kept of sources retired for silence
         self._ttl_ms = config.source_ttl_ms
+        self._modalities = config.modalities
         self._next_sweep_ms = 0
         self._bytes = 0
         self._n_open = 0
@@ -173,7 +174,7 @@ class Aligner(Closing):
     def _new_source(self, source_id: str, now: int) -> SourceState:
         # silence of a source's modalities counts from its first record, not from a horizon
         # loaded at start-up: a source resuming late must not find its other modalities idle
-        src = self._sources[source_id] = SourceState(source_id, now)
+        src = self._sources[source_id] = SourceState(source_id, now, self._modalities.expected(source_id))
         horizon = self._horizons.pop(source_id, None)
         if horizon is not None:
             src.horizon = src.frontier = horizon

@@ -28,6 +28,8 @@ CloseCause = Literal["watermark", "idle", "flush", "pressure"]
 """Why a window closed: every active modality's watermark passed its end; a silent (idle) modality
 or source stopped holding it back; ``flush()`` (shutdown); or the bounds forced the oldest out."""
 
+ALL_MODALITIES = frozenset(Modality)
+
 # (first sample's instant, origin, chunk, first index, end index)
 AudioPiece = tuple[int, Origin, AudioChunk, int, int]
 
@@ -47,7 +49,7 @@ class OpenWindow:
         self.origins: list[Origin] = []
         self.nbytes = 0
 
-    def close(self, source_id: str, cause: CloseCause) -> ClosedWindow:
+    def close(self, source_id: str, cause: CloseCause, expected: frozenset[Modality] = ALL_MODALITIES) -> ClosedWindow:
         frames = sorted(self.frames, key=_time_origin)
         segs = sorted(self.segments.values(), key=lambda e: (e[0].start_ns, e[1]))
         audio = _assemble_audio(self.audio, self.start, self.end)
@@ -74,6 +76,7 @@ class OpenWindow:
             origins=tuple(self.origins),
             last_event_ns=last if last >= 0 else None,
             closed_by=cause,
+            expected=expected,
         )
 
 
@@ -167,6 +170,8 @@ class ClosedWindow:
         origins: every record that fed the window (revised segments included), for the ledger.
         last_event_ns: the newest record instant inside the window (capture -> publish latency).
         closed_by: why it closed (``CloseCause``).
+        expected: the modalities its source is expected to send (``window.modalities``): the
+            ones ``complete`` asks for.
     """
 
     source_id: str
@@ -184,6 +189,7 @@ class ClosedWindow:
     origins: tuple[Origin, ...]
     last_event_ns: int | None
     closed_by: CloseCause
+    expected: frozenset[Modality] = ALL_MODALITIES
 
     @property
     def key(self) -> WindowKey:
@@ -199,8 +205,11 @@ class ClosedWindow:
 
     @property
     def complete(self) -> bool:
-        """Every modality is present."""
-        return bool(self.frames) and self.audio_samples > 0 and bool(self.segments)
+        """Every expected modality is present (a camera without transcripts can be complete)."""
+        expected = self.expected
+        return ((Modality.VIDEO not in expected or bool(self.frames))
+                and (Modality.AUDIO not in expected or self.audio_samples > 0)
+                and (Modality.TEXT not in expected or bool(self.segments)))
 
     @property
     def empty(self) -> bool:

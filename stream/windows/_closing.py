@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from stream.config import WindowConfig
 from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
-from stream.windows._state import ALWAYS, M_AUDIO, M_TEXT, M_VIDEO, MODALITIES, NEVER, CaughtUp, SourceState
+from stream.windows._state import ALWAYS, MODALITIES, NEVER, CaughtUp, SourceState
 
 __all__ = ["Closing"]
 
@@ -45,8 +45,8 @@ class Closing:
     def poll(self, caught_up: CaughtUp | None = None, *, shed: int = 0) -> list[ClosedWindow]:
         """Close every window that can close now, oldest first per source.
 
-        A window closes when every modality of its source has either a watermark at or past its
-        end, or is idle: silent for ``idle_timeout_ms`` of processing time (never-sent modalities
+        A window closes when every modality its source is expected to send (``window.modalities``)
+        has either a watermark at or past its end, or is idle: silent for ``idle_timeout_ms`` of processing time (never-sent modalities
         count from the source's first record) *and* ``caught_up(modality, partition)`` for every
         partition the source's records came from. A source whose modalities are all idle has all
         its windows closed. Then, if a bound is exceeded, the oldest windows are shed.
@@ -75,7 +75,7 @@ class Closing:
         bound = ALWAYS
         any_idle = False
         check_at = ALWAYS
-        for m in (M_VIDEO, M_AUDIO, M_TEXT):
+        for m in src.expected:  # a modality the source is not expected to send holds nothing back
             seen = src.seen_ms[m]
             if now - seen >= self._idle_ms and (
                 caught_up is None or all(caught_up(MODALITIES[m], p) for p in src.partitions)
@@ -127,7 +127,7 @@ class Closing:
                 rev = src.revisions.get(key)
                 if rev is not None and (not rev[1] or rev[1][-1] <= s):
                     del src.revisions[key]
-        return w.close(src.id, cause)
+        return w.close(src.id, cause, src.expected_modalities)
 
     def _shed(self, out: list[ClosedWindow]) -> None:
         """Close the oldest windows until within bounds (backpressure could not prevent it)."""

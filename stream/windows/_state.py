@@ -62,11 +62,14 @@ class SourceState:
 
     __slots__ = (
         "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon", "max_ns",
-        "revisions", "dirty", "check_at_ms", "min_start", "accepted",
+        "revisions", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
     )
 
-    def __init__(self, source_id: str, now_ms: int) -> None:
+    def __init__(self, source_id: str, now_ms: int, expected: frozenset[Modality] = frozenset(MODALITIES)) -> None:
         self.id = source_id
+        # the modalities this source sends (window.modalities), resolved once: only these hold windows
+        self.expected_modalities = expected
+        self.expected = tuple(m for m, modality in enumerate(MODALITIES) if modality in expected)
         self.windows: dict[int, OpenWindow] = {}
         self.vouched = [NEVER, NEVER, NEVER]  # largest vouched-for time per modality
         self.seen_ms = [now_ms, now_ms, now_ms]  # processing time of the last record (or creation)

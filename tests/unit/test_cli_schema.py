@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from stream.cli import main
+from stream.commands.schema import plain_schema
 from stream.contract import WindowResult, record_schemas
 
 try:
@@ -136,7 +137,7 @@ def printed() -> dict[str, Any]:
 
 def test_schema_prints_every_record_type_as_json(printed: dict[str, Any]) -> None:
     assert list(printed) == RECORD_TYPES
-    assert printed == json.loads(json.dumps(record_schemas()))
+    assert printed == json.loads(json.dumps({k: plain_schema(k, v) for k, v in record_schemas().items()}))
 
 
 @pytest.mark.parametrize("name", RECORD_TYPES)
@@ -186,11 +187,12 @@ def test_transcript_schema_is_the_json_value(printed: dict[str, Any]) -> None:
         validate({"text": "hi", "start_ns": 1}, schema)
 
 
-def test_one_record_type(capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_record_type_is_a_plain_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not wrapped in ``{"dead_letter": ...}``: ``mmstream schema TYPE > file`` is a schema file."""
     assert main(["schema", "dead_letter"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["dead_letter"]
-    assert set(out["dead_letter"]["properties"]) == {"reason", "message", "origin"}
+    assert out["$schema"] == "https://json-schema.org/draft/2020-12/schema" and out["title"] == "DeadLetter"
+    assert set(out["properties"]) == {"reason", "message", "origin"}
 
 
 def test_unknown_record_type_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
