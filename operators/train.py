@@ -119,18 +119,22 @@ def read_video_frames(path: str | Path, max_frames: int = 300):  # -> list[Video
     if not cap.isOpened():
         raise ModelConfigError(f"cannot open video {path}")
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    images = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        images.append(img)
+    # every step-th frame is decoded, the others only grabbed: a ten-minute clip must not sit in
+    # memory whole (18,000 full frames) to keep max_frames of them
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    step = max(1, math.ceil(count / max_frames)) if count > 0 else 1
+    frames = []
+    i = 0
+    while len(frames) < max_frames and cap.grab():
+        if i % step == 0:
+            ok, img = cap.retrieve()
+            if ok and img is not None:
+                frames.append(frame_from_image("file", int(i * 1e9 / fps), img, encoding="raw"))
+        i += 1
     cap.release()
-    if not images:
+    if not frames:
         raise ModelConfigError(f"video {path} has no readable frames")
-    step = max(1, math.ceil(len(images) / max_frames))
-    return [frame_from_image("file", int(i * 1e9 / fps), img, encoding="raw")
-            for i, img in enumerate(images) if i % step == 0]
+    return frames
 
 
 def load_examples(path: str | Path) -> list[Example]:

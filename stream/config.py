@@ -310,6 +310,16 @@ class _Resolved(Settings):
     _read_env: ClassVar[bool] = False
 
 
+def _expand_shorthands(layer: dict[str, Any]) -> dict[str, Any]:
+    """``window.modalities: [video, audio]`` is short for ``{default: [video, audio]}``: expanded in
+    each layer before they merge, so a list in one layer and patterns in another combine instead
+    of one replacing the other."""
+    window = layer.get("window")
+    if isinstance(window, dict) and isinstance(window.get("modalities"), list):
+        return {**layer, "window": {**window, "modalities": {"default": window["modalities"]}}}
+    return layer
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -374,7 +384,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     # one validation of the layers merged, highest last: a flag replaces what the environment set,
     # even a value the environment got wrong, and every error is named by the layer it came from
     try:
-        return _Resolved(**_deep_merge(_deep_merge(data, from_env), overrides or {}))
+        layers = [_expand_shorthands(layer) for layer in (data, from_env, overrides or {})]
+        return _Resolved(**_deep_merge(_deep_merge(layers[0], layers[1]), layers[2]))
     except ValidationError as exc:
         # ``from None``: pydantic's error text repeats the input values, secrets included
         raise ConfigError("invalid config: " + describe_validation_error(

@@ -59,6 +59,8 @@ def unknown_key(root: type[BaseModel], loc: tuple[Any, ...]) -> str:
     close = difflib.get_close_matches(str(loc[-1]).lower(), names, n=1, cutoff=0.6)
     if close:
         return f"unknown key; did you mean `{close[0]}`?"
+    if loc[-2:-1] == ("modalities",) and "sources" in names:  # `cam-*: [video, audio]` one level too high
+        return f"unknown key; a source pattern such as `{loc[-1]}` goes under `sources:` (window.modalities.sources)"
     section = ".".join(map(str, loc[:-1]))
     return f"unknown key; the keys{f' of {section}' if section else ''} are listed in docs/config.md"
 
@@ -165,6 +167,8 @@ def _structured(annotation: Any) -> bool:
 
 def _example(annotation: Any, name: str) -> str:
     kinds = _models_in(annotation)
+    if name.endswith("__MODALITIES"):  # a list is its documented shorthand
+        return f"""a JSON list, e.g. {name}='["video", "audio"]', or an object with default and sources"""
     if any(get_origin(a) in (list, set, tuple, frozenset) or a in (list, set, tuple, frozenset) for a in kinds):
         return f"""a JSON list, e.g. {name}='["a", "b"]'"""
     return f"""a JSON object, e.g. {name}='{{"key": "value"}}'"""

@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -23,39 +23,21 @@ from aiokafka.errors import KafkaTimeoutError
 
 from operators import WindowInput
 from stream.aside import AsideRecord
-from stream.contract import WindowResult, encode
+from stream.contract import encode
 from stream.errors import KafkaError, MmstreamError, ModelUnavailableError, Reason, WorkerDiedError
 from stream.horizon import MAX_STATE_SOURCES, decode_state, encode_state
+from stream.jobs import Job, Outgoing
 from stream.kafka import read_last
 from stream.results import av_skew_ns, build_result, result_record, to_input
 from stream.windows import ClosedWindow
 
-__all__ = ["Job"]
+__all__ = ["Job"]  # re-exported: the batcher's items
 
 log = logging.getLogger("stream.runtime")
 
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to publish refused results; the last repeats
 _MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
 _STATE_RECORDS = 8  # state records read back per partition at assignment
-
-
-class Job(NamedTuple):
-    """A closed window on its way to a result.
-
-    ``generation`` is the assignment generation it was built in: ledger keys carry it, so after a
-    revoke and a re-assignment (the same window rebuilt) a late acknowledgement of the old copy
-    cannot release the new copy's offsets. ``closed_ms`` (processing time) measures what the
-    processor itself adds, apart from event-time lag: ``mmstream_processing_latency_seconds``."""
-
-    window: ClosedWindow
-    token: list[int | bool]  # the published-horizon token (stream.horizon)
-    generation: int
-    closed_ms: int = 0
-
-
-class _Outgoing(NamedTuple):
-    job: Job
-    result: WindowResult
 
 
 class DeliveryMixin:
@@ -170,7 +152,7 @@ class DeliveryMixin:
             self.metrics.batch_size.observe(len(jobs))
             self.metrics.preprocess_seconds.observe(outputs[0][1])
             self.metrics.inference_seconds.observe(outputs[0][2])
-        ready: list[_Outgoing] = []
+        ready: list[Outgoing] = []
         copies: list[asyncio.Future[None]] = []
         for job, (output, _pre_s, infer_s) in zip(jobs, outputs, strict=True):
             window = job.window
@@ -180,7 +162,7 @@ class DeliveryMixin:
             except Exception as exc:  # noqa: BLE001 - one window's defect must not take its batch down
                 self._unpublishable(job, exc)
                 continue
-            ready.append(_Outgoing(job, result))
+            ready.append(Outgoing(job, result))
             if output is not None:
                 for index, reason in output.dropped_frames:
                     copies.append(await self._dead_letter_frame(window, index, reason))
@@ -203,7 +185,7 @@ class DeliveryMixin:
         self._ledger.release((job.generation, window.key))
         self._horizons.acked(window.source_id, job.token)
 
-    async def _publish(self, outgoing: list[_Outgoing]) -> None:
+    async def _publish(self, outgoing: list[Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
         not a task per window).
 
@@ -218,9 +200,9 @@ class DeliveryMixin:
         topic = self.settings.topics.results
         pending = outgoing
         for attempt in itertools.count():
-            retry: list[_Outgoing] = []
+            retry: list[Outgoing] = []
             error: Exception | None = None
-            sent: list[tuple[_Outgoing, asyncio.Future[Any]]] = []
+            sent: list[tuple[Outgoing, asyncio.Future[Any]]] = []
             for entry in pending:
                 try:
                     key, value, headers = result_record(entry.result)
@@ -250,7 +232,7 @@ class DeliveryMixin:
             await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
             pending = retry
 
-    def _refused(self, entry: _Outgoing, exc: Exception) -> bool:
+    def _refused(self, entry: Outgoing, exc: Exception) -> bool:
         """Sort a failed result: True to retry it (transient); False when given up (permanent:
         recorded as the processor's fatal error, or a bug: logged with its traceback)."""
         if isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
@@ -275,22 +257,8 @@ class DeliveryMixin:
         return await self._aside.put(AsideRecord(key, value, tuple(headers), origin, Reason.DECODE_FAILED, reason))
 
     def _observe_result(self, job: Job, result: Any) -> None:
-        window = job.window
-        if job.closed_ms:
-            self.metrics.processing_latency_seconds.observe(max(self._clock_ms() - job.closed_ms, 0) / 1000)
-        self.stats.windows += 1
-        self.stats.windows_complete += int(result.complete)
-        self.metrics.windows.labels(str(result.complete).lower()).inc()
-        self.metrics.count_result(result)
-        latency_s = result.latency.capture_to_publish_ms / 1000
-        self.metrics.e2e_latency_seconds.observe(max(latency_s, 0.0))
-        self.stats.latencies_s.append(latency_s)
-        if len(self.stats.latencies_s) > 10_000:
-            del self.stats.latencies_s[:5000]
-        skew = av_skew_ns(window)
-        if skew is not None:
-            self.metrics.av_skew_seconds.observe(skew / 1e9)
-        self.stats.last_results[result.source_id] = result
+        processing_s = None if job.closed_ms is None else max(self._clock_ms() - job.closed_ms, 0) / 1000
+        self.stats.observe(self.metrics, result, av_skew_ns(job.window), processing_s)
 
     # ------------------------------------------------------------------ commit and rebalance
 

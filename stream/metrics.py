@@ -48,7 +48,7 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.records = Counter("mmstream_records", "Input records by topic and outcome", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("mmstream_dead_letters", "Dead letters by reason code", ["reason"], registry=r)
-        self.windows = Counter("mmstream_windows", "Windows published, complete = every modality present",
+        self.windows = Counter("mmstream_windows", "Windows published, complete = every expected modality present",
                                ["complete"], registry=r)
         self.batch_size = Histogram("mmstream_batch_size", "Windows per inference batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
@@ -61,10 +61,11 @@ class Metrics:
             "adds (batching, inference, publishing), apart from waiting for event time", buckets=_LATENCY_BUCKETS,
             registry=r)
         self.e2e_latency_seconds = Histogram("mmstream_e2e_latency_seconds",
-                                             "Capture (newest record in the window) to result acknowledged",
+                                             "Event time: capture (newest record in the window) to result acknowledged; after a "
+                                             "backfill this is the data's age (see mmstream_processing_latency_seconds)",
                                              buckets=_LATENCY_BUCKETS, registry=r)
         self.watermark_lag_seconds = Gauge("mmstream_watermark_lag_seconds",
-                                           "Wall clock minus the slowest source watermark, per modality",
+                                           "Event-time lag: wall clock minus the slowest source watermark, per modality",
                                            ["modality"], registry=r)
         self.av_skew_seconds = Histogram("mmstream_av_skew_seconds",
                                          "Per window: first audio sample minus first video frame instant",
@@ -203,3 +204,21 @@ class ProcessorStats:
         self.replayed = 0
         self.latencies_s: list[float] = []
         self.last_results: dict[str, WindowResult] = {}  # the newest published result per source
+
+    def observe(self, metrics: Metrics, result: WindowResult, av_skew_ns: int | None,
+                processing_s: float | None) -> None:
+        """One acknowledged result, counted here and in ``metrics``."""
+        if processing_s is not None:
+            metrics.processing_latency_seconds.observe(processing_s)
+        self.windows += 1
+        self.windows_complete += int(result.complete)
+        metrics.windows.labels(str(result.complete).lower()).inc()
+        metrics.count_result(result)
+        latency_s = result.latency.capture_to_publish_ms / 1000
+        metrics.e2e_latency_seconds.observe(max(latency_s, 0.0))
+        self.latencies_s.append(latency_s)
+        if len(self.latencies_s) > 10_000:
+            del self.latencies_s[:5000]
+        if av_skew_ns is not None:
+            metrics.av_skew_seconds.observe(av_skew_ns / 1e9)
+        self.last_results[result.source_id] = result

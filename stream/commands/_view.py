@@ -153,6 +153,7 @@ def demo_view(snap: Snapshot, width: int, height: int) -> Group:
     """The demo's screen: title, labels, one row per source, status; at most ``height - 1`` lines
     (the cursor's line stays free) of at most ``width`` cells. The rows get the room first; the
     labels shrink to one line, then go, before a row is hidden (counted in "+ N more")."""
+    width = max(width, 1)  # a terminal reporting 0 columns still gets a (narrow) view
     budget = max(height - 1, 1)
     title = [_fit(Text.assemble(("mmstream demo", "bold"), f"  {snap.title}  ", (_clock(snap.elapsed_s), "dim")),
                   width)]
@@ -324,6 +325,8 @@ _STEPS = ("counts", "detail", "closed_by", "date", "where", "latency", "complete
 def record_line(s: dict[str, Any], width: int | None = None) -> Text:
     """One line for a ``tail`` summary: time, kind, source, what it holds, where it is. With
     ``width``, parts are shortened or dropped (``_STEPS``) and the rest cut to fit it."""
+    if width is not None:
+        width = max(width, 1)
     date, dropped = True, set()
     parts = _parts(s, date)
     for step in _STEPS if width is not None else ():

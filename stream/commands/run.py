@@ -25,10 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_kafka_options(p)
     p.add_argument("--model", metavar="PATH", help="a checkpoint folder written by `mmstream train`")
     p.add_argument("--preset", choices=["tiny", "offline", "hf"], help="model preset (overrides the config)")
-    p.add_argument("--status-every", type=number(float, minimum=0), default=30.0, metavar="S",
+    p.add_argument("--status-every", type=_status_every, default=30.0, metavar="S",
                    help="log a status line (windows/s, lag, dead letters, stalled partitions) every S seconds; "
                    "0 = never")
     p.set_defaults(func=run)
+
+
+def _status_every(text: str) -> float:
+    """0 (no status line) or at least a second: a line every millisecond is a log flood."""
+    value = number(float, minimum=0)(text)
+    if 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or at least 1 second, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     schemas = {name: plain_schema(name, schema) for name, schema in record_schemas().items()}
     if args.record:
         if args.record not in schemas:
-            print(f"unknown record type {args.record!r}; one of: {', '.join(schemas)}", file=sys.stderr)
+            print(f"mmstream schema: unknown record type {args.record!r}; one of: {', '.join(schemas)}", file=sys.stderr)
             return 2
         print(json.dumps(schemas[args.record], indent=2))
         return 0

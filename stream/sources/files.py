@@ -17,6 +17,7 @@ or ``start_s``/``end_s`` (seconds), relative to the media start; ``final`` (defa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -52,9 +53,11 @@ _ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
 
 def source_id_for(path: str | Path) -> str:
     """The default source id of a file: its stem, with characters a key may not hold as ``-``
-    (``My Talk.mp4`` -> ``My-Talk``); ``file-0`` when nothing is left."""
-    stem = _ID_BAD.sub("-", Path(path).stem)[:128].strip("-.")
-    return stem or "file-0"
+    (``My Talk.mp4`` -> ``My-Talk``). A stem with nothing left (``録画.mp4``) gets an id from a
+    hash of the stem, so two such files never merge into one source."""
+    stem = Path(path).stem
+    kept = _ID_BAD.sub("-", stem)[:128].strip("-.")
+    return kept or "file-" + hashlib.sha1(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 class ReplayOptions(BaseModel):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,12 @@ CAMERA_SOURCE_ID = "camera-0"
 MIC_SOURCE_ID = "mic-0"
 DEMO_FPS_CAP = 12.0  # 12 fps from a 30 fps camera, a 10 fps file whole (slots of 1/12 s); the models need no more
 STOP_GRACE_S = 3.0  # a source still running this long after the end is cancelled
-_ID_BAD = re.compile(r"[^A-Za-z0-9._:-]")
 
 
 def _video_id(path: str) -> str:
-    stem = _ID_BAD.sub("-", Path(path).stem)[:128].strip("-")
-    return stem or "video-0"
+    from stream.sources.files import source_id_for  # one rule for every file's default id
+
+    return source_id_for(path)
 
 
 def demo_source_ids(*, camera: str | None = None, mic: str | None = None,

@@ -148,7 +148,7 @@ def _open(path: str) -> Any:
     if container.format.name == "tty":  # FFmpeg renders text as ANSI-art "video"
         container.close()
         raise CaptureError(f"cannot read media file {path}: it is text, not media")
-    if not (container.streams.video or container.streams.audio):
+    if not (moving_pictures(container) or container.streams.audio):
         container.close()
         raise CaptureError(f"cannot read media file {path}: it holds no video or audio stream")
     audio = container.streams.audio[0] if container.streams.audio else None
@@ -182,10 +182,20 @@ def _packets(container: Any, streams: list[Any], stats: MediaStats) -> Iterator[
         yield packet  # the empty packet at each stream's end flushes its decoder's last frames
 
 
+def moving_pictures(container: Any) -> list[Any]:
+    """The container's video streams that are video: cover art in an MP3, M4A or FLAC is a
+    one-frame "video" stream flagged ``attached_pic``, and taken as video it would make every
+    window of a sound-only file wait for pictures that never come."""
+    import av
+
+    return [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+
+
 def _items(container: Any, chunk_ms: int, stats: MediaStats) -> Iterator[_Picture | _Sound]:
     """Decoded pictures and audio chunks with their media time, in the container's order."""
     av = require_av("capture media")
-    video = container.streams.video[0] if container.streams.video else None
+    pictures = moving_pictures(container)
+    video = pictures[0] if pictures else None
     audio = container.streams.audio[0] if container.streams.audio else None
     streams = [s for s in (video, audio) if s is not None]
     starts = [_seconds(s.start_time, s.time_base) for s in streams]

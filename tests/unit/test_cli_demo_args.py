@@ -60,10 +60,11 @@ def test_a_camera_index_that_is_not_there_is_refused() -> None:
 
 
 def test_a_microphone_that_is_not_there_is_refused() -> None:
+    pytest.importorskip("pyaudio")  # without it the refusal says so, which tests nothing about devices
     out = demo("--mic", "no-such-microphone")
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()  # PyAudio's probing noise on stderr is hidden
-    assert "no-such-microphone" in line or "PyAudio" in line
+    assert "no-such-microphone" in line
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -15,12 +15,12 @@ from aiokafka.errors import NoOffsetForPartitionError
 import stream.delivery as delivery
 from operators import WindowInput
 from stream.config import load_settings
-from stream.contract import Modality, VideoFrame
+from stream.contract import Modality, Origin, VideoFrame
 from stream.decode import decode
 from stream.errors import KafkaError
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, consumer_record
-from tests.unit.test_model_failures import Model, Producer, _jobs
+from tests.unit.test_model_failures import T0, Model, Producer, _jobs
 
 
 @pytest.fixture
@@ -98,10 +98,19 @@ async def test_nowhere_to_start_from_stops_the_processor(processor: Processor) -
 async def test_processing_latency_is_measured_from_the_window_closing(processor: Processor) -> None:
     """After a backfill the event-time latency of a replayed window is minutes; what the processor
     itself adds (window closed -> result acknowledged) is its own histogram."""
-    now = [10_000]
+    now = [0]
     processor._clock_ms = lambda: now[0]
-    jobs = [job._replace(closed_ms=9_250) for job in _jobs(processor, ["cam-0"])]
-    await processor._deliver(jobs, [(None, 0.0, 0.0)], None)
+    processor._aligner._clock = lambda: now[0]
+    origin = Origin(processor.settings.topics.video, 0, 0)
+    added = processor._aligner.add(VideoFrame(source_id="cam-0", ts_ns=T0, encoding="jpeg", data=JPEG), origin)
+    processor._ledger.read(origin, tuple((0, key) for key in added.keys))
+    processor._caught_up = lambda modality, partition: True  # type: ignore[method-assign]
+    now[0] = 9_250  # audio and text silent past the idle timeout: the window closes now
+    await processor._close_ready()
+    [(_, job)] = list(processor._batcher._items)
+    assert job.closed_ms == 9_250
+    now[0] = 10_000
+    await processor._deliver([job], [(None, 0.0, 0.0)], None)
     registry = processor.metrics.registry
     assert registry.get_sample_value("mmstream_processing_latency_seconds_count") == 1
     assert registry.get_sample_value("mmstream_processing_latency_seconds_sum") == 0.75

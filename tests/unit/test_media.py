@@ -7,6 +7,7 @@ sample and instant read back can be checked against what went in.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import struct
 import subprocess
@@ -270,7 +271,7 @@ async def test_a_file_that_is_not_media_is_one_clear_capture_error(tmp_path: Pat
 
 @pytest.mark.parametrize(("name", "want"), [
     ("talk.mp4", "talk"), ("/data/talk.wav", "talk"), ("My Talk (2).mkv", "My-Talk--2"), ("ümlaut.wav", "mlaut"),
-    ("...", "file-0"), ("clip.v2.jsonl", "clip.v2"),
+    ("...", "file-" + hashlib.sha1(b"...").hexdigest()[:8]), ("clip.v2.jsonl", "clip.v2"),
 ])
 def test_a_files_default_source_id_is_its_stem(name: str, want: str) -> None:
     from stream.sources.files import source_id_for
@@ -292,3 +293,12 @@ async def test_capture_wav_takes_float_and_extensible_wavs(tmp_path: Path) -> No
         assert stats.records == 50 and {c.sample_format for c in sink.items} == {fmt}
         got = np.concatenate([c.samples() for c in sink.items])
         assert got.shape == want.shape and np.max(np.abs(got - want)) <= 2**-14
+
+
+def test_stems_with_nothing_a_key_may_hold_never_share_a_source() -> None:
+    from stream.sources.files import source_id_for
+
+    """After review: 録画.mp4 and 音声.wav both became file-0, one source, silently."""
+    assert source_id_for("録画.mp4") != source_id_for("音声.wav")
+    assert source_id_for("録画.mp4") == source_id_for("/elsewhere/録画.mkv")  # the stem decides
+

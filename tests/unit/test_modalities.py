@@ -156,3 +156,20 @@ def test_result_of_an_av_window_says_complete(make) -> None:
                           include_embedding=False, error="no model here")
     assert result.complete is True
     assert result.presence.video and result.presence.audio and not result.presence.text
+
+
+def test_a_list_in_one_layer_and_patterns_in_another_combine(monkeypatch) -> None:
+    """After review: the list shorthand was expanded after the layers merged, so a list in the file
+    replaced the patterns the environment set (or the other way round), silently."""
+
+    monkeypatch.setenv("MMSTREAM_WINDOW__MODALITIES__SOURCES", '{"mic-*": ["audio"]}')
+    modalities = load_settings(overrides={"window": {"modalities": ["video", "audio"]}}).window.modalities
+    assert set(modalities.default) == {Modality.VIDEO, Modality.AUDIO}
+    assert modalities.expected("mic-1") == frozenset({Modality.AUDIO})
+
+
+def test_a_pattern_one_level_too_high_says_where_it_goes() -> None:
+    """After review: the issue's own example `cam-*: [video, audio]` under `modalities` was refused
+    with a pointer to the docs only."""
+    with pytest.raises(ConfigError, match=r"goes under `sources:`"):
+        load_settings(overrides={"window": {"modalities": {"cam-*": ["video", "audio"]}}})

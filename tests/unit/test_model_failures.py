@@ -17,8 +17,8 @@ import pytest
 import stream.delivery as delivery
 from operators import ModelConfig, WindowInput
 from stream.config import load_settings
-from stream.delivery import Job
 from stream.contract import Origin, VideoFrame
+from stream.delivery import Job
 from stream.errors import ModelUnavailableError, WorkerDiedError
 from stream.runtime import Processor
 from stream.worker import ProcessModel

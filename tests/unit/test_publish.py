@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSize
 import stream.delivery as delivery
 from stream.config import load_settings
 from stream.contract import ModelInfo, Origin, VideoFrame
-from stream.delivery import Job, _Outgoing
 from stream.errors import KafkaError
+from stream.jobs import Job, Outgoing
 from stream.results import build_result
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG
@@ -58,7 +58,7 @@ def _outgoing(processor: Processor, n: int) -> list[Any]:
         token = processor._horizons.closed(window.source_id, window.end_ns)
         res = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
                            include_embedding=False, error="none")
-        out.append(_Outgoing(Job(window, token, 0), res))
+        out.append(Outgoing(Job(window, token, 0), res))
     return out
 
 
