@@ -144,6 +144,7 @@ class TopicsConfig(_Section):
     text: str = "mm.text"
     results: str = "mm.results"
     dead_letter: str = "mm.dlq"
+    alerts: str = Field("mm.alerts", description="where `mmstream alerts` writes alert records (docs/alerts.md)")
     late: str | None = Field(None, description="where late records go; None = count them only")
     state: str | None = Field(
         None, description="published horizons per input partition (compacted); None = '<results>.state.<group_id>'"

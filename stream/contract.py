@@ -29,6 +29,8 @@ from stream.image_header import ImageSize, declared_size  # the size a JPEG/PNG 
 __all__ = [
     "CONTRACT_VERSION",
     "MAX_FRAME_SIDE",
+    "Alert",
+    "AlertEvidence",
     "AudioChunk",
     "ContractLimits",
     "ContractError",
@@ -60,6 +62,8 @@ MAX_TS_NS = 2**63 - 1
 # The widest or tallest frame anything decodes: the ceiling of ``limits.max_frame_side`` and the
 # bound the model's frame decoding keeps on its own (operators/vision.py), whatever a header says.
 MAX_FRAME_SIDE = 8192
+# The longest transcript text a result carries (``WindowResult.transcript``).
+TRANSCRIPT_CHARS = 4096
 
 H_TS, H_CONTENT_TYPE, H_VERSION = "mm-ts", "content-type", "mm-v"
 H_ERROR, H_ORIGIN = "mm-error", "mm-origin"
@@ -289,10 +293,46 @@ class WindowResult(BaseModel):
         "watermark", description="why the window closed: watermarks passed, a modality was idle, shutdown, or memory bounds"
     )
     error: str | None = Field(None, description="set when inference failed for this window; scores are then empty")
+    transcript: str | None = Field(
+        None, max_length=TRANSCRIPT_CHARS,
+        description="the text of the transcript segments overlapping the window, in start order, joined by a "
+                    f"space and cut at {TRANSCRIPT_CHARS} characters; absent when none (what phrase rules match)")
 
     @staticmethod
     def make_id(source_id: str, window_start_ns: int) -> str:
         return f"{source_id}:{window_start_ns}"
+
+
+class AlertEvidence(BaseModel):
+    """One result that made an alert's condition true (or, for a resolution, false)."""
+
+    result_id: str = Field(description="the WindowResult id")
+    score: float | None = Field(None, description="what the rule judged: a label score, a latency in ms; "
+                                                  "None where nothing numeric was judged (phrase, absence)")
+
+
+class Alert(BaseModel):
+    """One state change of an alert episode on the alerts topic (key: source id).
+
+    An episode is one run of a rule's condition on one source; its ``id`` names the rule, the
+    source and the first window of the episode, so a replay derives the same id and a reader can
+    keep the newest record per id (``firing`` then ``resolved``). See docs/alerts.md.
+    """
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+    id: str = Field(description="rule:source_id:window_start_ns, stable across replays and restarts")
+    state: Literal["firing", "resolved"]
+    rule: str = Field(description="the rule's id from the rules file")
+    source_id: SourceId
+    window_start_ns: TimeNs = Field(description="start of the episode's first window")
+    window_end_ns: TimeNs = Field(description="end of the last window judged when this record was made")
+    evidence: list[AlertEvidence] = Field(description="results that made this state, newest last (at most 16)")
+    message: str = Field("", description="one line for a person")
+
+    @staticmethod
+    def make_id(rule: str, source_id: str, window_start_ns: int) -> str:
+        return f"{rule}:{source_id}:{window_start_ns}"
 
 
 class DeadLetter(BaseModel):
@@ -379,4 +419,5 @@ def record_schemas() -> dict[str, dict[str, Any]]:
         "transcript_segment": _TranscriptPayload.model_json_schema(),
         "window_result": WindowResult.model_json_schema(),
         "dead_letter": DeadLetter.model_json_schema(),
+        "alert": Alert.model_json_schema(),
     }

@@ -96,6 +96,11 @@ class Metrics:
         self.build_info = Gauge("mmstream_build_info", "1, labelled with the mmstream version, the model's name "
                                 "and the preset it was built from (checkpoint: model.path)",
                                 ["version", "model", "preset"], registry=r)
+        # `mmstream alerts` (stream/commands/alerts.py): its own process, the same metric names
+        self.alerts = Counter("mmstream_alerts", "Alert records acknowledged on the alerts topic, by rule and "
+                              "state (firing|resolved)", ["rule", "state"], registry=r)
+        self.alerts_firing = Gauge("mmstream_alerts_firing", "Alert episodes open now (fired, not yet resolved), "
+                                   "by rule", ["rule"], registry=r)
 
     def count_result(self, result: WindowResult) -> None:
         """One acknowledged result under its top label. Labels come from the model's fixed list,

@@ -13,6 +13,7 @@ from stream.contract import (
     H_CONTENT_TYPE,
     H_TS,
     H_VERSION,
+    TRANSCRIPT_CHARS,
     Counts,
     Latency,
     Modality,
@@ -78,6 +79,7 @@ def build_result(
         offsets=window.offset_ranges,
         closed_by=window.closed_by,
         error=error,
+        transcript=" ".join(seg.text for seg, _ in window.segments)[:TRANSCRIPT_CHARS] or None,
     )
 
 

@@ -22,7 +22,7 @@ try:
 except ImportError:
     SCHEMA_ERRORS = (AssertionError,)
 
-RECORD_TYPES = ["video_frame", "audio_chunk", "transcript_segment", "window_result", "dead_letter"]
+RECORD_TYPES = ["video_frame", "audio_chunk", "transcript_segment", "window_result", "dead_letter", "alert"]
 
 RESULT: dict[str, Any] = {
     "id": "cam-1:1700000000000000000",
