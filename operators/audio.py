@@ -15,6 +15,8 @@ each mel band over time (2 x n_mels), a robust descriptor that needs no training
 a random-init BERT over mel frames (tiny preset); ``hf`` — a wav2vec2-like or Whisper encoder
 through transformers. Speech probability: Silero VAD (``vad="silero"``, the weights ship in the
 ``silero-vad`` wheel) averaged over the window's 32 ms chunks, or an energy proxy (``"energy"``).
+Silero's front end runs on all chunks of the batch at once (``operators.optimize.BatchedSilero``);
+the packaged per-chunk loop remains for a Silero whose layout that does not recognise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.errors import ModelLoadError
+from operators.optimize import BatchedSilero
 
 __all__ = [
     "AudioBatch",
@@ -175,7 +178,11 @@ def log_mel(x: np.ndarray, fb: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     n_frames = 1 + (xp.size - n_fft) // hop
     frames = np.lib.stride_tricks.sliding_window_view(xp, n_fft)[::hop][:n_frames]
     spec = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1].astype(np.float32), axis=1)) ** 2
-    return np.log(spec.astype(np.float32) @ fb + 1e-6).astype(np.float32)
+    # The filterbank product runs in torch, not numpy: numpy's OpenBLAS starts its own threads
+    # for this 1-MFLOP product and, on a busy 2-core machine, waited ~8 ms a window for a
+    # descheduled one (a quarter of a second per batch of 32); torch keeps to its thread setting.
+    mel = torch.from_numpy(np.ascontiguousarray(spec, dtype=np.float32)) @ torch.from_numpy(fb)
+    return np.log(mel.numpy() + 1e-6).astype(np.float32)
 
 
 def _pool_frames(mel: np.ndarray, max_frames: int) -> np.ndarray:
@@ -213,6 +220,8 @@ class AudioEncoder(nn.Module):
         # part of our checkpoint, and it is stateful (reset per batch).
         self._vad: list[Any] = [_load_silero()] if config.vad == "silero" else []
         self._vad_device = torch.device("cpu")
+        self._batched_vad = BatchedSilero.wrap(self._vad[0], config.sample_rate) if self._vad else None
+        self.optimized = True  # Silero batched over chunks; False runs the packaged per-chunk loop
         self._hf_extractor: Any = None
         if config.kind == "logmel":
             self.embed_dim = 2 * config.n_mels
@@ -242,8 +251,15 @@ class AudioEncoder(nn.Module):
             try:
                 self._vad[0] = self._vad[0].to(device)
                 self._vad_device = device
+                if self._batched_vad is not None:
+                    self._batched_vad = BatchedSilero(self._vad[0])
             except Exception:  # noqa: BLE001 - TorchScript that cannot move keeps running on CPU
                 pass
+
+    @property
+    def vad_batched(self) -> bool:
+        """Whether Silero runs batched over chunks (``BatchedSilero``) rather than chunk by chunk."""
+        return self._batched_vad is not None and self.optimized
 
     def preprocess(self, audio: list[np.ndarray | None], rates: list[int | None], wanted: list[bool]) -> AudioBatch:
         """Resample, log-mel and chunk B windows (CPU; thread-safe; empty audio -> absent)."""
@@ -321,12 +337,16 @@ class AudioEncoder(nn.Module):
         vad = self._vad[0]
         vad_dev = self._vad_device
         chunks = batch.chunks.to(vad_dev, torch.float32)
-        probs = torch.zeros(chunks.shape[0], chunks.shape[1], device=vad_dev)
-        with self._vad_lock, torch.autocast(device_type=vad_dev.type, enabled=False):
-            vad.reset_states()
-            for c in range(chunks.shape[1]):
-                probs[:, c] = vad(chunks[:, c], self.config.sample_rate).reshape(-1).float()
-            vad.reset_states()
+        with torch.autocast(device_type=vad_dev.type, enabled=False):
+            if self._batched_vad is not None and self.optimized:
+                probs = self._batched_vad(chunks).float()
+            else:
+                probs = torch.zeros(chunks.shape[0], chunks.shape[1], device=vad_dev)
+                with self._vad_lock:  # the packaged wrapper carries state from chunk to chunk
+                    vad.reset_states()
+                    for c in range(chunks.shape[1]):
+                        probs[:, c] = vad(chunks[:, c], self.config.sample_rate).reshape(-1).float()
+                    vad.reset_states()
         probs = probs.to(batch.rms.device) * batch.chunk_mask
         return probs.sum(1) / counts
 

@@ -134,6 +134,14 @@ class FusedModel(nn.Module):
         """Name and version strings for the results' ``model`` field."""
         return ModelInfo(name=self.config.name, version=self.config.version)
 
+    def set_optimized(self, on: bool) -> None:
+        """Inference through ``operators.optimize`` (folded BatchNorm, channels-last, batched
+        Silero; the default) or, with ``on=False``, through the original layers: the reference
+        the optimised path is checked against, and a switch to rule it out when debugging."""
+        for enc in self.encoders.values():
+            if hasattr(enc, "optimized"):
+                enc.optimized = on
+
     @property
     def use_autocast(self) -> bool:
         return self.device.type == "cuda" and self.config.autocast
