@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -48,30 +49,45 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     Only sequential pairs are folded (the torchvision layout MobileNetV2 uses); a BatchNorm
     anywhere else is left as it is, which is slower but still right.
     """
+    return _rewrite(module, _conv_bn, lambda layer: None)
+
+
+def _conv_bn(layer: nn.Module, nxt: nn.Module) -> nn.Module | None:
+    if (isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d)
+            and nxt.track_running_stats and nxt.running_mean is not None):
+        return fuse_conv_bn_eval(layer.eval(), nxt.eval())
+    return None
+
+
+def _rewrite(module: nn.Module, pair: Callable[[nn.Module, nn.Module], nn.Module | None],
+             single: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """``module`` (in place): in every ``nn.Sequential``, a layer and the one after it become
+    ``pair(layer, next)`` when that gives a module; any other layer becomes ``single(layer)``
+    when that gives one, or is rewritten inside."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Sequential):
-            setattr(module, name, _fold_sequential(child))
+            setattr(module, name, _rewrite_sequential(child, pair, single))
         else:
-            fold_batchnorm(child)
+            setattr(module, name, single(child) or _rewrite(child, pair, single))
     return module
 
 
-def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
+def _rewrite_sequential(seq: nn.Sequential, pair: Callable[[nn.Module, nn.Module], nn.Module | None],
+                        single: Callable[[nn.Module], nn.Module | None]) -> nn.Sequential:
     layers = list(seq)
     out: list[nn.Module] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if (isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d)
-                and nxt.track_running_stats and nxt.running_mean is not None):
-            out.append(fuse_conv_bn_eval(layer.eval(), nxt.eval()))
+        fused = pair(layer, layers[i + 1]) if i + 1 < len(layers) else None
+        if fused is not None:
+            out.append(fused)
             i += 2
             continue
         if isinstance(layer, nn.Sequential):
-            out.append(_fold_sequential(layer))
+            out.append(_rewrite_sequential(layer, pair, single))
         else:
-            out.append(fold_batchnorm(layer))
+            out.append(single(layer) or _rewrite(layer, pair, single))
         i += 1
     return nn.Sequential(*out)
 
@@ -112,35 +128,11 @@ class OneDNNConv(nn.Module):
 def _swap_convs(module: nn.Module) -> nn.Module:
     """``module`` (in place) with its convolutions, and each activation right after one in an
     ``nn.Sequential``, replaced by ``OneDNNConv``."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Sequential):
-            setattr(module, name, _swap_sequential(child))
-        elif OneDNNConv.accepts(child, None):
-            setattr(module, name, OneDNNConv(child))  # type: ignore[arg-type]
-        else:
-            _swap_convs(child)
-    return module
-
-
-def _swap_sequential(seq: nn.Sequential) -> nn.Sequential:
-    layers = list(seq)
-    out: list[nn.Module] = []
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if nxt is not None and OneDNNConv.accepts(layer, nxt):
-            out.append(OneDNNConv(layer, nxt))  # type: ignore[arg-type]
-            i += 2
-            continue
-        if isinstance(layer, nn.Sequential):
-            out.append(_swap_sequential(layer))
-        elif OneDNNConv.accepts(layer, None):
-            out.append(OneDNNConv(layer))  # type: ignore[arg-type]
-        else:
-            out.append(_swap_convs(layer))
-        i += 1
-    return nn.Sequential(*out)
+    return _rewrite(
+        module,
+        lambda layer, nxt: OneDNNConv(layer, nxt) if OneDNNConv.accepts(layer, nxt) else None,  # type: ignore[arg-type]
+        lambda layer: OneDNNConv(layer) if OneDNNConv.accepts(layer, None) else None,  # type: ignore[arg-type]
+    )
 
 
 def fuse_onednn(folded: nn.Module, example: tuple[int, ...]) -> nn.Module | None:
