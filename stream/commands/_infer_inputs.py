@@ -1,8 +1,8 @@
 """What ``mmstream infer`` scores: files, folders and JSONL lines, each read as one window.
 
 One process scores many windows (the model loads once, batches go through ``preprocess`` and
-``infer`` together), and one input that cannot be read becomes an error line for that input, not
-the end of the run: a folder of a thousand clips with one damaged file still gives 999 results.
+``infer`` together), and one input that cannot be read (or that the model refuses) becomes an
+error line for that input, not the end of the run: a folder of a thousand clips with one damaged file still gives 999 results.
 """
 
 from __future__ import annotations

@@ -166,26 +166,50 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 def _run_many(model: Any, args: argparse.Namespace) -> int:
     """Score every window the paths hold, ``--batch-size`` at a time; one line per window, in
-    order. Exit 1 when some input could not be read (its line says why), 0 otherwise."""
+    order. Exit 1 when some input could not be read or scored (its line says why), 0 otherwise."""
     from stream.commands._infer_inputs import expand
 
     total = failed = 0
     for batch in _batches(expand(args.paths, _max_audio_s(model)), args.batch_size):
         good = [item for item in batch if item.window is not None]
-        outs = iter(model.infer(model.preprocess([item.window for item in good])) if good else [])
+        outs = iter(_score(model, [item.window for item in good]))
         for item in batch:
             total += 1
-            if item.window is None:
+            out = next(outs) if item.window is not None else None
+            error = item.error if item.window is None else (out if isinstance(out, str) else None)
+            if error is not None:
                 failed += 1
-                line = {"input": item.name, "error": item.error}
-                print(json.dumps(line) if args.json else f"{item.name}: error: {item.error}", flush=True)
+                line = {"input": item.name, "error": error}
+                print(json.dumps(line) if args.json else f"{item.name}: error: {error}", flush=True)
                 continue
-            result = {"input": item.name, **_result(model, next(outs), args.embedding)}
+            result = {"input": item.name, **_result(model, out, args.embedding)}
             print(json.dumps(result) if args.json else _line(result), flush=True)
     if failed:
-        print(f"mmstream infer: {failed} of {total} inputs could not be read (see their lines)", file=sys.stderr)
+        print(f"mmstream infer: {failed} of {total} inputs could not be read or scored (see their lines)",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _score(model: Any, windows: list[Any]) -> list[Any]:
+    """The outputs of ``windows``; when the batch fails, each window alone, so one window the
+    model cannot take costs only its own line (its error, as a string), as in the processor."""
+    from operators import OperatorError
+
+    if not windows:
+        return []
+    try:
+        return list(model.infer(model.preprocess(windows)))
+    except OperatorError as exc:
+        if len(windows) == 1:
+            return [f"the model cannot score it: {exc}"]
+    outs: list[Any] = []
+    for window in windows:
+        try:
+            outs.append(model.infer(model.preprocess([window]))[0])
+        except OperatorError as exc:
+            outs.append(f"the model cannot score it: {exc}")
+    return outs
 
 
 def _line(result: dict[str, Any]) -> str:

@@ -153,3 +153,34 @@ def test_results_carry_the_image_class_in_a_folder_run(tmp_path: Path) -> None:
     assert "cat" in out["chelsea.png"]["image_class"] or "Mau" in out["chelsea.png"]["image_class"]
     assert out["chelsea.png"]["outputs"]["image_top_prob"] > 0
     assert out["tone.flac"]["image_class"] is None and out["tone.flac"]["label"]
+
+
+def test_a_window_the_model_cannot_take_costs_only_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After review: an OperatorError in one batch ended the whole run with exit 2; now the batch
+    is scored window by window and only the window the model refuses gets an error line."""
+    import argparse
+
+    from operators import ModelConfig, OperatorError, build_model
+    from stream.commands.infer import _run_many
+
+    real = build_model(ModelConfig(preset="tiny"))
+
+    class Refusing:  # the tiny model, refusing any window whose transcript says "poison"
+        info, config = real.info, real.config
+
+        def preprocess(self, windows: list[Any]) -> list[Any]:
+            return windows
+
+        def infer(self, windows: list[Any]) -> list[Any]:
+            if any("poison" in text for w in windows for text, *_ in w.texts):
+                raise OperatorError("cannot take this window")
+            return real.infer(real.preprocess(windows))
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text("poison" if name == "b" else "a cup of coffee")
+    args = argparse.Namespace(paths=[str(tmp_path)], batch_size=8, json=True, embedding=False)
+    assert _run_many(Refusing(), args) == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["input"].split("/")[-1] for o in out] == ["a.txt", "b.txt", "c.txt"]
+    assert "error" in out[1] and "cannot take this window" in out[1]["error"]
+    assert out[0]["label"] and out[2]["label"]
