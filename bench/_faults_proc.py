@@ -27,6 +27,8 @@ from typing import Any
 import psutil
 import yaml
 
+from stream.broker import free_port
+
 __all__ = ["MARK_ENV", "HealthPoller", "HealthSample", "MarkedProcess", "ProcessorChild", "Reaper",
            "broker_pid", "kill_marked", "leftover_marked", "marked_processes"]
 
@@ -124,14 +126,6 @@ def leftover_marked(prefix: str, grace_s: float = 3.0) -> int:
     return kill_marked(prefix)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ProcessorChild:
     """One ``mmstream run`` in its own session, configured by a YAML file written from settings.
 
@@ -144,7 +138,7 @@ class ProcessorChild:
 
     def __init__(self, settings: Any, workdir: Path, mark: str, reaper: Reaper) -> None:
         self.mark, self._reaper = mark, reaper
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         doc = settings.model_dump(mode="json")
         doc["metrics"] = {"host": "127.0.0.1", "port": self.metrics_port}
         name = mark.replace(":", "-")

@@ -107,17 +107,6 @@ class TopicTail:
                 out.append((a, r))
         return out
 
-    async def wait_for_ids(self, ids: set[str], timeout_s: float, settle_s: float = 2.0) -> bool:
-        """True once every id in ``ids`` arrived (then a short settle, so late repeats show too)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            seen = {r.get("id") for _, r in self.results()}
-            if ids <= seen:
-                await asyncio.sleep(settle_s)
-                return True
-            await asyncio.sleep(0.5)
-        return False
-
     async def wait_for_count(self, n: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -203,10 +203,8 @@ class FoldedCopy:
             y = fast.get()(x.contiguous(memory_format=torch.channels_last))
     """
 
-    def __init__(self, source: nn.Module, channels_last: bool = True, example: tuple[int, ...] | None = None,
-                 onednn: bool = True) -> None:
+    def __init__(self, source: nn.Module, example: tuple[int, ...] | None = None, onednn: bool = True) -> None:
         self.source = source
-        self.channels_last = channels_last
         self.example = example  # input shape the oneDNN weights are packed for; None: no oneDNN copy
         self.onednn = onednn
         self.fused = False  # whether the copy last built runs on OneDNNConv layers
@@ -230,8 +228,7 @@ class FoldedCopy:
             folded = fold_batchnorm(copy.deepcopy(self.source).eval())
             for p in folded.parameters():
                 p.requires_grad_(False)
-            if self.channels_last:
-                folded = folded.to(memory_format=torch.channels_last)
+            folded = folded.to(memory_format=torch.channels_last)
             fused = fuse_onednn(folded, self.example) if self.onednn and self.example is not None else None
         self.fused = fused is not None
         return fused if fused is not None else folded

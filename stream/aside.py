@@ -87,17 +87,11 @@ class AsideWriter:
         self._seen: set[str] = set()
         self._summary_at = clock_s() + _SUMMARY_S
         self._stopped = False
-        self.written = 0
-        self.references = 0
 
     @property
     def full(self) -> bool:
         """Too many copies are waiting for the broker: pause the input until they drain."""
         return len(self._retries) >= self._max_pending
-
-    @property
-    def pending(self) -> int:
-        return len(self._retries)
 
     async def put(self, record: AsideRecord) -> asyncio.Future[None]:
         """Send one copy (a dead letter, or a late copy when ``reason`` is None)."""
@@ -150,8 +144,6 @@ class AsideWriter:
         except Exception as exc:  # noqa: BLE001 - sorted by _failed
             self._failed(record, written, attempt, reference, exc)
             return
-        if reference:
-            self.references += 1
         fut.add_done_callback(lambda f: self._acked(f, record, written, attempt, reference))
 
     def _acked(self, fut: asyncio.Future[Any], record: AsideRecord, written: asyncio.Future[None], attempt: int,
@@ -161,7 +153,6 @@ class AsideWriter:
             return
         exc = fut.exception()
         if exc is None:
-            self.written += 1
             if not written.done():
                 written.set_result(None)
         else:

@@ -287,7 +287,7 @@ class Settings(BaseSettings):
         # a partition counts as caught up only on a fetch response younger than half the idle
         # timeout (at most 2 s); fetches answered more slowly would never show one caught up,
         # and a modality a source never sends would never stop holding its windows
-        fresh_ms = min(2000, self.window.idle_timeout_ms // 2)
+        fresh_ms = fresh_cap_ms(self.window.idle_timeout_ms)
         if 2 * self.kafka.fetch_max_wait_ms > fresh_ms:
             raise ValueError(
                 f"kafka.fetch_max_wait_ms={self.kafka.fetch_max_wait_ms} must be at most {fresh_ms // 2} ms with "
@@ -303,6 +303,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the YAML file, which arrives as init kwargs.
         return (env_settings, init_settings) if cls._read_env else (init_settings,)
+
+
+def fresh_cap_ms(idle_timeout_ms: int) -> int:
+    """The oldest a fetch response may be to show a partition caught up: half the idle timeout, at
+    most 2 s (a silence long enough to count must have been confirmed since it began)."""
+    return min(2000, idle_timeout_ms // 2)
+
+
+def fresh_poll_ms(window: WindowConfig, kafka: KafkaConfig) -> int:
+    """How old a fetch response may be to show a partition caught up: a few fetch waits (the
+    broker answers an idle partition every ``fetch_max_wait_ms``), at least 500 ms (a slow step of
+    the loop delays the answer's processing), within ``fresh_cap_ms``. Records produced while the
+    broker stops answering are exposed to an idle judgement for this long."""
+    return min(fresh_cap_ms(window.idle_timeout_ms), max(4 * kafka.fetch_max_wait_ms, 500))
 
 
 class _Resolved(Settings):

@@ -118,8 +118,7 @@ class DeliveryMixin:
                 return
         if self._fatal is None:
             log.error("%s; stopping: windows not published stay uncommitted", error)
-            self._fatal = error if isinstance(error, ModelUnavailableError) else ModelUnavailableError(str(error))
-            self.metrics.ready.set(0)
+            self._set_fatal(error if isinstance(error, ModelUnavailableError) else ModelUnavailableError(str(error)))
 
     async def _infer_alone(self, job: Job) -> tuple[list[Any] | None, BaseException | None]:
         """One window on its own; once more if the worker died under it (it may have been queued
@@ -240,8 +239,7 @@ class DeliveryMixin:
         if isinstance(exc, AIOKafkaError):
             log.error("result %s refused by the broker (%s); stopping: its offsets stay uncommitted",
                       entry.result.id, exc)
-            if self._fatal is None:
-                self._fatal = KafkaError(f"result {entry.result.id} refused by the broker: {type(exc).__name__}: {exc}")
+            self._set_fatal(KafkaError(f"result {entry.result.id} refused by the broker: {type(exc).__name__}: {exc}"))
         else:
             self._unpublishable(entry.job, exc)
         return False

@@ -43,7 +43,6 @@ _PARK_RECORDS = 1024  # in all; past either bound a partition with more to park 
 _PARK_BYTES = 16 * 2**20
 _ALIGN_PATIENCE_MS = 10_000  # held back by alignment this long: read on, unaligned, for _UNALIGNED_MS
 _UNALIGNED_MS = 60_000
-_FRESH_MS = 2000  # a high watermark older than this (or half the idle timeout) shows nothing caught up
 
 
 class IntakeMixin:
@@ -103,7 +102,7 @@ class IntakeMixin:
             except ContractError as exc:
                 ledger.track(origin)
                 handled += 1
-                aside.append(AsideRecord(record.key, record.value, tuple(record.headers), origin, exc.reason, exc.detail))
+                aside.append(_aside(record, origin, exc.reason, exc.detail))
                 continue
             end_ns = item.end_ns
             if settle:
@@ -166,11 +165,10 @@ class IntakeMixin:
                 late += 1
                 if end_ns > newest:  # read progress all the same (a far-future REJECTED one is not)
                     newest = end_ns
-                aside.append(AsideRecord(record.key, record.value, tuple(record.headers), origin, None, result.detail))
+                aside.append(_aside(record, origin, None, result.detail))
             elif status is AddStatus.REJECTED:
                 ledger.track(origin)  # finished when the dead-letter topic acknowledges it
-                aside.append(AsideRecord(record.key, record.value, tuple(record.headers), origin,
-                                         result.reason or Reason.TS_OUT_OF_RANGE, result.detail))
+                aside.append(_aside(record, origin, result.reason or Reason.TS_OUT_OF_RANGE, result.detail))
             else:  # REPLAYED: its window was published before a restart
                 replayed += 1
                 decide(origin)
@@ -318,7 +316,7 @@ class IntakeMixin:
         """Once per step: when each assigned partition's current caught-up stretch began."""
         now = self._clock_ms()
         since, polls = self._caught_up_since, self._last_polls
-        fresh_ms = self._fresh_ms()
+        fresh_ms = self._fresh_ms
         for tp in self._assigned:
             polled = self._consumer.last_poll_timestamp(tp) if self._consumer is not None else None
             prev = polls.get(tp)
@@ -336,14 +334,6 @@ class IntakeMixin:
         for tp in [tp for tp in polls if tp not in self._assigned]:
             del polls[tp]
 
-    def _fresh_ms(self) -> int:
-        """How old a fetch response may be to show a partition caught up: a few fetch waits (the
-        broker answers an idle partition every ``fetch_max_wait_ms``), at least 500 ms (a slow
-        step of the loop delays the answer's processing), at most half the idle timeout. Records
-        produced while the broker stops answering are exposed to an idle judgement for this long."""
-        fetch_ms = self.settings.kafka.fetch_max_wait_ms
-        return min(_FRESH_MS, self.settings.window.idle_timeout_ms // 2, max(4 * fetch_ms, 500))
-
     def _at_end(self, tp: TopicPartition) -> bool:
         """No unread data in this partition now, as a fresh fetch response shows it."""
         if tp not in self._assigned or tp in self._paused or self._consumer is None:
@@ -358,8 +348,7 @@ class IntakeMixin:
         # timeout: a silence long enough to count must have been confirmed by the broker since it
         # began, not only before the broker stopped answering.
         polled = self._consumer.last_poll_timestamp(tp)
-        fresh_ms = self._fresh_ms()
-        return polled is not None and self._wall_ns() // 1_000_000 - polled <= fresh_ms
+        return polled is not None and self._wall_ns() // 1_000_000 - polled <= self._fresh_ms
 
     def _flow(self) -> None:
         assert self._consumer is not None
@@ -424,3 +413,8 @@ class IntakeMixin:
             return  # the processor is stopping: the offset stays uncommitted and is replayed
         if generation == self._generation:  # else: revoked since; the offset may be re-read and re-tracked
             self._ledger.done(origin)
+
+
+def _aside(record: Any, origin: Origin, reason: Reason | None, message: str) -> AsideRecord:
+    """The copy of ``record`` to write aside: a dead letter with ``reason``, or late (None)."""
+    return AsideRecord(record.key, record.value, tuple(record.headers), origin, reason, message)

@@ -27,12 +27,10 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
-from stream.contract import Origin, dead_letter_headers
-from stream.errors import KafkaError, Reason, TopicLayoutError
+from stream.errors import KafkaError, TopicLayoutError
 from stream.oauth import TokenProvider
 
 __all__ = [
-    "DeadLetterSink",
     "max_request_bytes",
     "read_last",
     "check_copartitioned",
@@ -83,7 +81,7 @@ def make_consumer(
     always resets to "earliest", since its users seek explicitly and rely on a seek below the log
     start landing on the first record kept. ``kafka.auto_offset_reset`` is the group's policy.
     """
-    largest = max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
+    largest = _largest_record(limits)
     opts: dict[str, Any] = {
         **client_options(kafka),
         "group_id": kafka.group_id if group else None,
@@ -103,9 +101,14 @@ def make_consumer(
     return AIOKafkaConsumer(**opts)
 
 
+def _largest_record(limits: LimitsConfig) -> int:
+    """The largest record the contract admits, with room for its key, headers and batch framing."""
+    return max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN
+
+
 def max_request_bytes(limits: LimitsConfig) -> int:
     """The producer's request limit: the largest record the contract admits, plus headers."""
-    return max(max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN, 1 << 20)
+    return max(_largest_record(limits), 1 << 20)
 
 
 def make_producer(kafka: KafkaConfig, limits: LimitsConfig, **overrides: Any) -> AIOKafkaProducer:
@@ -162,7 +165,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        max_bytes = str(max(limits.max_frame_bytes, limits.max_audio_bytes, limits.max_text_bytes) + _MARGIN)
+        max_bytes = str(_largest_record(limits))
         missing = [
             NewTopic(n, kafka.partitions, kafka.replication_factor, topic_configs={"max.message.bytes": max_bytes})
             for n in names if n not in existing
@@ -286,26 +289,6 @@ def check_copartitioned(counts: dict[str, int], inputs: Iterable[str]) -> int:
             "so that one processor sees every modality of a source"
         )
     return distinct.pop()
-
-
-class DeadLetterSink:
-    """Writes a bad record, unchanged, to the dead-letter topic with ``mm-error`` and ``mm-origin``.
-
-    The caller owns the producer; ``send`` returns the broker's acknowledgement future so the
-    caller can release the record's offset only once the dead letter is safe.
-    """
-
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self._producer = producer
-        self.topic = topic
-
-    async def send(
-        self, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None,
-        reason: Reason, message: str, origin: Origin,
-    ) -> asyncio.Future[Any]:
-        hdrs = dead_letter_headers(headers, reason, message, origin)
-        log.debug("dead letter %s from %s: %s", reason.value, origin, message)
-        return await self._producer.send(self.topic, value=value, key=key, headers=hdrs)
 
 
 async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], count: int = 1,

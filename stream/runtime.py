@@ -36,7 +36,7 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from stream.aside import AsideWriter
 from stream.batching import Batcher, BatchPipeline
 from stream.clients import AIOKafkaClients, KafkaClients
-from stream.config import Settings
+from stream.config import Settings, fresh_poll_ms
 from stream.contract import Modality, ModelInfo
 from stream.delivery import DeliveryMixin, Job
 from stream.errors import KafkaError, MmstreamError, ModelError
@@ -153,6 +153,7 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._blocked_since: dict[TopicPartition, int] = {}  # processing ms a partition was first held back
         self._unaligned_until: dict[TopicPartition, int] = {}  # alignment suspended (it held back too long)
         self._caught_up_since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
+        self._fresh_ms = fresh_poll_ms(settings.window, settings.kafka)  # a fetch response this young shows the end
         self._last_polls: dict[TopicPartition, int | None] = {}  # the fetch responses' wall ms, last seen
 
     # ------------------------------------------------------------------ lifecycle

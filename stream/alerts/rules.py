@@ -7,6 +7,7 @@ results raises the same alerts with the same ids.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -67,14 +68,20 @@ class PhraseRule(_Streak):
     @property
     def pattern(self) -> re.Pattern[str]:
         """Whole words: no word character may touch either end; any whitespace between words."""
-        words = self.phrase.split()
-        return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)", re.IGNORECASE)
+        return _phrase_pattern(self.phrase)
 
     @model_validator(mode="after")
     def _words(self) -> PhraseRule:
         if not self.phrase.split():
             raise ValueError("phrase has no words")
         return self
+
+
+@functools.cache
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """Compiled once per phrase, not per result judged."""
+    words = phrase.split()
+    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)", re.IGNORECASE)
 
 
 class LatencyRule(_Streak):

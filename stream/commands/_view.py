@@ -66,13 +66,14 @@ def snapshot(processor: Any, title: str, labels: Labels, started: float) -> Snap
     return Snapshot(
         title=title, labels=labels, elapsed_s=time.monotonic() - started, records=st.records,
         windows=st.windows, windows_complete=st.windows_complete,
-        latency_p50_s=_quantile(latencies, 0.50), latency_p99_s=_quantile(latencies, 0.99),
+        latency_p50_s=quantile(latencies, 0.50), latency_p99_s=quantile(latencies, 0.99),
         lag=processor.lag, late=st.late, dead_letters=st.dead_letters, open_windows=processor.open_windows,
         results=results,
     )
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float | None:
+def quantile(ordered: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile of values already sorted (nearest rank); None when there are none."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 

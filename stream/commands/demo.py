@@ -145,10 +145,10 @@ async def _settle(processor: Any, max_wait_s: float, stop: asyncio.Event) -> Non
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+    from stream.commands._view import quantile
+
+    found = quantile(sorted(values), q)
+    return None if found is None else round(found, 4)
 
 
 def _summary(processor: Any, elapsed_s: float) -> dict[str, Any]:

@@ -18,7 +18,6 @@ Every record's value carries its id, so late copies and dead letters can be trac
 
 from __future__ import annotations
 
-import functools
 import random
 import struct
 from dataclasses import dataclass, field
@@ -99,20 +98,6 @@ def plan_source(rng: random.Random, index: int, partitions: int, large: bool, wi
         plan.bad = rng.randint(1, 4)
         plan.features.append("malformed")
     return plan
-
-
-@functools.cache
-def _tiny_jpeg() -> bytes:
-    import cv2
-    import numpy as np
-
-    return bytes(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1])
-
-
-def _jpeg(comment: bytes) -> bytes:
-    """A real 8x8 JPEG carrying ``comment`` (a COM segment right after the start marker)."""
-    jpeg = _tiny_jpeg()
-    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
 
 
 class _Draft:

@@ -157,8 +157,6 @@ class Aligner(Closing):
                 if t > src.vouched[M_VIDEO]:  # _vouch, inline: the per-record path
                     src.vouched[M_VIDEO] = t
                     src.dirty = True
-                    if t > src.max_ns:
-                        src.max_ns = t
                 return self._accepted(src, s)
             placed, partly = self._place_frame(src, item, origin, t)
             if not placed:
@@ -202,8 +200,6 @@ class Aligner(Closing):
         if t > src.vouched[m]:
             src.vouched[m] = t
             src.dirty = True
-            if t > src.max_ns:
-                src.max_ns = t
 
     @staticmethod
     def _accepted(src: SourceState, s: int) -> AddResult:
@@ -282,8 +278,6 @@ class Aligner(Closing):
             if end > src.vouched[M_AUDIO]:  # _vouch, inline: the per-record path
                 src.vouched[M_AUDIO] = end
                 src.dirty = True
-                if end > src.max_ns:
-                    src.max_ns = end
             return self._accepted(src, s)
         starts = interval_windows(ts, end, W, self._hop_ns)
         if len(starts) > self._max_open:

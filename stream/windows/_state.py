@@ -61,7 +61,7 @@ class SourceState:
     """State of one source id. Modality-indexed lists: 0 video, 1 audio, 2 text."""
 
     __slots__ = (
-        "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon", "max_ns",
+        "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon",
         "revisions", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
     )
 
@@ -76,7 +76,6 @@ class SourceState:
         self.partitions: set[int] = set()
         self.frontier = NEVER
         self.horizon = NEVER
-        self.max_ns = NEVER  # newest vouched time over modalities: the far-future reference
         # segment_id -> (final, starts placed in): what a revision must remove
         self.revisions: dict[str, tuple[bool, tuple[int, ...]]] = {}
         self.dirty = False  # vouched time moved since the last evaluation

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.aside import AsideRecord, AsideWriter
 from stream.config import KafkaConfig, LimitsConfig, Settings, TopicsConfig
 from stream.contract import (
     Modality,
@@ -22,7 +23,7 @@ from stream.contract import (
 )
 from stream.decode import decode
 from stream.errors import ContractError, KafkaError, Reason, TopicLayoutError
-from stream.kafka import DeadLetterSink, ensure_topics, make_consumer, make_producer, stop_bounded
+from stream.kafka import ensure_topics, make_consumer, make_producer, max_request_bytes, stop_bounded
 from tests.integration._helpers import create_topics
 
 pytestmark = pytest.mark.integration
@@ -146,10 +147,10 @@ async def test_bad_record_goes_to_the_dead_letter_topic_with_reason_and_origin(s
             decode(record, expect=Modality.VIDEO, limits=s.limits)
         assert info.value.reason is Reason.BAD_IMAGE
         origin = Origin(record.topic, record.partition, record.offset)
-        sink = DeadLetterSink(producer, s.topics.dead_letter)
-        ack = await sink.send(record.key, record.value, record.headers, info.value.reason, info.value.detail, origin)
-        meta = await ack
-        assert meta.topic == s.topics.dead_letter
+        writer = AsideWriter(producer, s.topics.dead_letter, None, max_request_bytes=max_request_bytes(s.limits),
+                             on_fatal=pytest.fail, clock_s=time.monotonic)
+        aside = AsideRecord(record.key, record.value, tuple(record.headers), origin, info.value.reason, info.value.detail)
+        await asyncio.wait_for(await writer.put(aside), 10)  # acknowledged: on the dead-letter topic
     finally:
         await stop_bounded(producer, s.kafka.stop_timeout_ms, "producer")
 

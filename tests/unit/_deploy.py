@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import types
+import urllib.request
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from stream.config import Settings
+from stream.metrics import Metrics, MetricsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -113,3 +115,13 @@ SELECTOR = re.compile(r"\b(mmstream_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
 def concrete(expr: str) -> str:
     """A dashboard expression with Grafana's variables replaced, as Prometheus would receive it."""
     return expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+
+
+def scrape(metrics: Metrics) -> str:
+    """The exposition text a real ``MetricsServer`` serves for ``metrics``, read over HTTP."""
+    server = MetricsServer(metrics, "127.0.0.1", 0, ready=lambda: True)
+    server.start()
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    finally:
+        server.stop()

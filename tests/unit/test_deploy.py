@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stream.metrics import Metrics, MetricsServer
+from stream.metrics import Metrics
 from tests.unit._deploy import (
     ALERTS,
     ALL_EXPRS,
@@ -36,6 +35,7 @@ from tests.unit._deploy import (
     load_yaml,
     needs_promtool,
     promtool,
+    scrape,
 )
 
 
@@ -44,12 +44,7 @@ def exported() -> tuple[set[str], dict[str, set[str]], str]:
     """Names a processor's /metrics exposes (with _total/_bucket/_sum/_count/_created), labels per name,
     and the exposition text, read over HTTP from a real MetricsServer."""
     metrics = Metrics()
-    server = MetricsServer(metrics, "127.0.0.1", 0, ready=lambda: True)
-    server.start()
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
-    finally:
-        server.stop()
+    text = scrape(metrics)
     names: set[str] = set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):

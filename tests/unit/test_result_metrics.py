@@ -16,8 +16,9 @@ import stream.delivery as delivery
 from operators import WindowInput, WindowOutput
 from operators.config import ModelConfig
 from stream.config import Settings, load_settings
-from stream.metrics import Metrics, MetricsServer
+from stream.metrics import Metrics
 from stream.runtime import Processor
+from tests.unit._deploy import scrape
 from tests.unit.test_model_failures import Model, Producer, _jobs
 
 
@@ -109,12 +110,6 @@ async def test_the_processor_sets_build_info_when_it_starts() -> None:
 
 def test_both_metrics_are_exported_before_anything_happened() -> None:
     """Their families are on /metrics from the start (the dashboard test reads this list)."""
-    metrics = Metrics()
-    server = MetricsServer(metrics, "127.0.0.1", 0, ready=lambda: True)
-    server.start()
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
-    finally:
-        server.stop()
+    text = scrape(Metrics())
     assert "# TYPE mmstream_results_total counter" in text
     assert "# TYPE mmstream_build_info gauge" in text

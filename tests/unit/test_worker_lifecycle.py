@@ -151,11 +151,16 @@ def test_the_worker_and_its_helpers_die_with_a_killed_parent() -> None:
         parent.wait(10)
         assert _gone(children, 5) == [], "children outlived their parent"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        if parent.stdout:
-            parent.stdout.close()
+        _reap(parent)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if a failed assertion left it running, and close its pipe."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout:
+        proc.stdout.close()
 
 
 _WATCHED = textwrap.dedent("""
@@ -185,8 +190,4 @@ def test_without_the_parent_death_signal_the_watchdog_ends_an_orphan() -> None:
         middle.wait(10)
         assert _gone([child], 3) == [], "the watchdog did not end the orphan"
     finally:
-        if middle.poll() is None:
-            middle.kill()
-            middle.wait(10)
-        if middle.stdout:
-            middle.stdout.close()
+        _reap(middle)
