@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -22,8 +21,6 @@ from stream.commands._common import add_kafka_options, port_number, settings_fro
 __all__ = ["register", "run"]
 
 log = logging.getLogger("stream.alerts")
-
-_READ_BACK_TIMEOUT_S = 30.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> None:
+    from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_back
     from stream.kafka import make_consumer, make_producer, stop_bounded
     from stream.metrics import Metrics, MetricsServer
 
@@ -65,13 +63,13 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
     server.start()
     consumer = make_consumer(settings.kafka.model_copy(update={"group_id": group}), settings.limits)
     producer = make_producer(settings.kafka, settings.limits)
+    publisher = AlertPublisher(engine, producer, settings.topics.alerts, metrics)
     stop = asyncio.Event()
     try:
-        await _ensure_topic(settings)
-        restored = await _read_back(settings)
-        engine.restore(restored)
-        _set_firing(metrics, engine)
-        log.info("alerts: %d alert records read back, %d open", len(restored), sum(engine.firing().values()))
+        await ensure_alerts_topic(settings)
+        restored = await read_back(settings)
+        publisher.restore(restored)
+        log.info("alerts: %d alert records read back, %d open", len(restored), publisher.open_count)
         await producer.start()
         await consumer.start()
         consumer.subscribe([settings.topics.results])
@@ -80,7 +78,7 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=500)
                 if batch:
-                    await _handle(batch, engine, producer, consumer, settings, metrics)
+                    await _handle(batch, publisher, consumer)
     finally:
         ready = False
         await stop_bounded(consumer, settings.kafka.request_timeout_ms, "alerts consumer")
@@ -88,12 +86,11 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
         server.stop()
 
 
-async def _handle(batch: dict[Any, list[Any]], engine: Any, producer: Any, consumer: Any, settings: Any,
-                  metrics: Any) -> None:
+async def _handle(batch: dict[Any, list[Any]], publisher: Any, consumer: Any) -> None:
     """Judge a batch, publish its alerts, and commit its offsets once they are acknowledged."""
-    from stream.contract import H_CONTENT_TYPE, H_TS, H_VERSION, WindowResult
+    from stream.contract import WindowResult
 
-    acks: list[tuple[asyncio.Future[Any], Any]] = []
+    pending: list[Any] = []
     offsets: dict[Any, int] = {}
     for tp, records in batch.items():
         for record in records:
@@ -104,73 +101,7 @@ async def _handle(batch: dict[Any, list[Any]], engine: Any, producer: Any, consu
                 log.warning("alerts: skipping %s/%d/%d, not a window result: %s", tp.topic, tp.partition,
                             record.offset, str(exc).splitlines()[0])
                 continue
-            for alert in engine.observe(result):
-                headers = [(H_TS, str(alert.window_start_ns).encode()),
-                           (H_CONTENT_TYPE, b"application/json"), (H_VERSION, b"1")]
-                future = await producer.send(settings.topics.alerts, key=alert.source_id.encode(),
-                                             value=alert.model_dump_json().encode(), headers=headers)
-                acks.append((future, alert))
-    for future, alert in acks:
-        await future  # a failed send raises: the batch is not committed and is judged again after a restart
-        metrics.alerts.labels(alert.rule, alert.state).inc()
-        log.info("alert %s %s", alert.state, alert.id)
-    _set_firing(metrics, engine)
+            pending += await publisher.judge(result)
+    await publisher.confirm(pending)  # a failed send raises: the batch is judged again after a restart
     if offsets:
         await consumer.commit(offsets)
-
-
-def _set_firing(metrics: Any, engine: Any) -> None:
-    for rule, n in engine.firing().items():
-        metrics.alerts_firing.labels(rule).set(n)
-
-
-async def _ensure_topic(settings: Any) -> None:
-    """Create the alerts topic when missing (results, too: the processor may start later)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError as AIOKafkaError
-
-    from stream.errors import KafkaError
-    from stream.kafka import check_created, client_options
-
-    kafka, topics = settings.kafka, settings.topics
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, kafka.partitions, kafka.replication_factor)
-                   for n in dict.fromkeys([topics.results, topics.alerts]) if n not in existing]
-        if missing:
-            check_created(await admin.create_topics(missing), [t.name for t in missing])
-    except AIOKafkaError as exc:
-        raise KafkaError(f"cannot set up the alerts topic on {kafka.bootstrap_servers}: {exc}") from exc
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-
-
-async def _read_back(settings: Any) -> list[Any]:
-    """Every alert record on the alerts topic, oldest first per partition (an alert id always
-    lands in its source's partition, so per-partition order is each id's order)."""
-    from stream.contract import Alert
-    from stream.kafka import make_consumer, read_last, stop_bounded
-
-    reader = make_consumer(settings.kafka, settings.limits, group=False)
-    await reader.start()
-    try:
-        topic = settings.topics.alerts
-        parts = reader.partitions_for_topic(topic) or set()
-        if not parts:
-            await reader._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call for it
-            parts = reader.partitions_for_topic(topic) or set()
-        values = await read_last(reader, topic, sorted(parts), count=2**62, timeout_s=_READ_BACK_TIMEOUT_S)
-    finally:
-        await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
-    out: list[Any] = []
-    for p in sorted(values):
-        for value in values[p]:
-            try:
-                out.append(Alert.model_validate_json(value))
-            except ValidationError as exc:
-                log.warning("alerts: ignoring a record on %s that is not an alert: %s", topic,
-                            str(exc).splitlines()[0])
-    return out

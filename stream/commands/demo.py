@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mic", metavar="DEV", help="capture a microphone (name, index or `default`)")
     p.add_argument("--video", metavar="FILE", help="replay a video file instead of synthetic sources; not with --camera")
     p.add_argument("--json", action="store_true", help="no live view; the last line is a JSON summary")
+    p.add_argument("--view-port", type=port_number(minimum=0), default=None, metavar="PORT",
+                   help="port of the web view on 127.0.0.1 (default: 8765, or any free port when 8765 is taken)")
+    p.add_argument("--no-view", action="store_true", help="do not serve the web view (docs/view.md)")
     p.set_defaults(func=run)
 
 
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_port_free("127.0.0.1", args.port, "the embedded broker", "choose another --port, or omit it for a free one")
     ensure_port_free("127.0.0.1", args.metrics_port, "metrics",
                      "stop what listens there (another demo or `mmstream run`?) or pass --metrics-port 0 for any free port")
+    if args.view_port is not None and not args.no_view:
+        ensure_port_free("127.0.0.1", args.view_port, "the web view", "choose another --view-port, or pass 0 for any free port")
     return asyncio.run(_demo(args))
 
 
@@ -94,6 +99,7 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
              f"metrics on http://127.0.0.1:{processor.metrics_port or '-'}/metrics")
         run_task = asyncio.create_task(processor.run(stop), name="processor")
         inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
+        web = None if args.no_view else await _start_web_view(args, settings, stop)
         view = asyncio.create_task(live_view(processor, stop, args), name="view") if not args.json else None
         t_start = time.monotonic()
         try:
@@ -107,6 +113,8 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
             stop.set()
             if view is not None:
                 view.cancel()
+            if web is not None:
+                await _stop_web_view(*web)
             await processor.stop()
         summary = _summary(processor, time.monotonic() - t_start)
         if args.json:
@@ -116,6 +124,31 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
         return 0
     finally:
         broker.stop()
+
+
+async def _start_web_view(args: argparse.Namespace, settings: Any, stop: asyncio.Event) -> tuple[Any, Any] | None:
+    """Serve the web view (docs/view.md) in this loop; say its URL."""
+    from stream.commands._common import bind_problem
+    from stream.view import View
+
+    port = args.view_port
+    if port is None:  # the documented port when free, else any: two demos side by side both get a view
+        port = 8765 if bind_problem("127.0.0.1", 8765) is None else 0
+    web = View(settings.model_copy(update={"view": settings.view.model_copy(update={"host": "127.0.0.1", "port": port})}))
+    try:
+        _say(args, f"view on {await web.start()}")
+    except OSError as exc:  # the port was taken since it was checked: the demo runs on without its view
+        log.warning("web view not served: %s", exc)
+        return None
+    return web, asyncio.create_task(web.run(stop), name="web-view")
+
+
+async def _stop_web_view(web: Any, task: asyncio.Task[None]) -> None:
+    try:
+        await asyncio.wait_for(task, 15)
+    except (TimeoutError, Exception) as exc:  # the view is a window on the demo: its failure never fails the demo
+        log.warning("web view: %s", exc or type(exc).__name__)
+    await web.stop()
 
 
 async def _inputs(args: argparse.Namespace, settings: Any, stop: asyncio.Event) -> None:
@@ -159,12 +192,48 @@ def _summary(processor: Any, elapsed_s: float) -> dict[str, Any]:
         "results_per_s": round(st.windows / elapsed_s, 3) if elapsed_s > 0 else 0.0,
         "p50_latency_s": _percentile(st.latencies_s, 0.50),
         "p99_latency_s": _percentile(st.latencies_s, 0.99),
+        "latency_breakdown": _breakdown(processor),
         "records": st.records,
         "dead_letters": st.dead_letters,
         "late": st.late,
         "sources": len(st.last_results),
         "elapsed_s": round(elapsed_s, 2),
     }
+
+
+_PARTS = ("watermark_ms", "batch_wait_ms", "preprocess_ms", "inference_ms", "publish_ms")
+
+
+def _breakdown(processor: Any) -> dict[str, Any] | None:
+    """Window end to publish: p50 and p99 of the whole and of each part, which modality windows
+    waited for, and the issue's bound (allowed lateness + max_delay_ms + 2 x p99 inference) with
+    the parts whose p99 exceeds their share of it."""
+    lats = processor.stats.breakdowns
+    if not lats:
+        return None
+    parts = [lat.breakdown for lat in lats]
+    out: dict[str, Any] = {"windows": len(lats)}
+    for q, name in ((0.50, "p50"), (0.99, "p99")):
+        out[name] = {"window_end_to_publish_ms": _percentile([lat.window_end_to_publish_ms for lat in lats], q),
+                     **{p: _percentile([getattr(b, p) for b in parts], q) for p in _PARTS}}
+    waited: dict[str, int] = {}
+    for b in parts:
+        key = b.waited_for.value if b.waited_for is not None else "none"
+        waited[key] = waited.get(key, 0) + 1
+    out["waited_for"] = waited
+    s = processor.settings
+    p99 = out["p99"]
+    # each term of the bound is one part's share; the model's two inference times cover its batch's
+    # preprocessing and inference and the publish part (mostly waiting for the batch before)
+    shares = {"watermark_ms": (p99["watermark_ms"], s.window.allowed_lateness_ms),
+              "batch_wait_ms": (p99["batch_wait_ms"], s.batching.max_delay_ms),
+              "preprocess+inference+publish_ms": (p99["preprocess_ms"] + p99["inference_ms"] + p99["publish_ms"],
+                                                  2 * p99["inference_ms"])}
+    bound = sum(limit for _, limit in shares.values())
+    out["bound_ms"] = round(bound, 1)
+    out["within_bound"] = p99["window_end_to_publish_ms"] <= bound
+    out["over_share"] = {p: round(got - limit, 1) for p, (got, limit) in shares.items() if got > limit}
+    return out
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -1,0 +1,132 @@
+"""Alerts on Kafka: the alerts topic set up, read back, and written, for both places that judge
+results — ``mmstream alerts`` (its own consumer of the results topic) and ``mmstream run`` with a
+``rules:`` section (in process, after each result's acknowledgement).
+
+Both keep one promise: a *firing* is published once per episode, across restarts. The engine
+remembers what it emitted; ``read_back`` gives it, before the first result is judged, everything
+the alerts topic already holds (the newest state per alert id wins, since an id always lands in
+its source's partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from stream.alerts.engine import Engine
+from stream.contract import Alert, WindowResult, json_headers
+
+__all__ = ["AlertPublisher", "PendingAlert", "ensure_alerts_topic", "read_back"]
+
+log = logging.getLogger("stream.alerts")
+
+READ_BACK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAlert:
+    """An alert handed to the producer, and the broker's future acknowledgement of it."""
+
+    alert: Alert
+    ack: asyncio.Future[Any]
+
+
+class AlertPublisher:
+    """Judges results with an ``Engine`` and sends the alerts they raise.
+
+    ``judge`` only enqueues; ``confirm`` waits for the acknowledgements and counts them. The
+    caller commits whatever made the results (result offsets, input offsets) only after
+    ``confirm`` returns, so an alert is at-least-once like the result that raised it.
+    """
+
+    def __init__(self, engine: Engine, producer: Any, topic: str, metrics: Any) -> None:
+        self._engine = engine
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+
+    def restore(self, alerts: Sequence[Alert]) -> None:
+        """Resume the episodes the alerts topic says are open (call before the first ``judge``)."""
+        self._engine.restore(alerts)
+        self._set_firing()
+
+    @property
+    def open_count(self) -> int:
+        return sum(self._engine.firing().values())
+
+    async def judge(self, result: WindowResult) -> list[PendingAlert]:
+        pending = []
+        for alert in self._engine.observe(result):
+            ack = await self._producer.send(self._topic, key=alert.source_id.encode(),
+                                            value=alert.model_dump_json().encode(),
+                                            headers=json_headers(alert.window_start_ns))
+            pending.append(PendingAlert(alert, ack))
+        return pending
+
+    async def confirm(self, pending: Sequence[PendingAlert]) -> None:
+        """Wait for every acknowledgement; a refused send raises (nothing after it is committed)."""
+        for item in pending:
+            await item.ack
+            self._metrics.alerts.labels(item.alert.rule, item.alert.state).inc()
+            log.info("alert %s %s", item.alert.state, item.alert.id)
+        self._set_firing()
+
+    def _set_firing(self) -> None:
+        for rule, n in self._engine.firing().items():
+            self._metrics.alerts_firing.labels(rule).set(n)
+
+
+async def ensure_alerts_topic(settings: Any) -> None:
+    """Create the alerts topic when missing (results, too: the processor may start later)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError as AIOKafkaError
+
+    from stream.errors import ClusterError
+    from stream.kafka import check_created, client_options
+
+    kafka, topics = settings.kafka, settings.topics
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, kafka.partitions, kafka.replication_factor)
+                   for n in dict.fromkeys([topics.results, topics.alerts]) if n not in existing]
+        if missing:
+            check_created(await admin.create_topics(missing), [t.name for t in missing])
+    except AIOKafkaError as exc:
+        raise ClusterError(f"cannot set up the alerts topic on {kafka.bootstrap_servers}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def read_back(settings: Any) -> list[Alert]:
+    """Every alert record on the alerts topic, oldest first per partition (an alert id always
+    lands in its source's partition, so per-partition order is each id's order)."""
+    from stream.kafka import make_consumer, read_last, stop_bounded, topic_partitions
+
+    reader = make_consumer(settings.kafka, settings.limits, group=False)
+    await reader.start()
+    try:
+        topic = settings.topics.alerts
+        parts = reader.partitions_for_topic(topic) or set()
+        if not parts:
+            parts = set((await topic_partitions(reader, [topic]))[topic])
+        values = await read_last(reader, topic, sorted(parts), count=2**62, timeout_s=READ_BACK_TIMEOUT_S)
+    finally:
+        await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
+    out: list[Alert] = []
+    for p in sorted(values):
+        for value in values[p]:
+            try:
+                out.append(Alert.model_validate_json(value))
+            except ValidationError as exc:
+                log.warning("alerts: ignoring a record on %s that is not an alert: %s", topic,
+                            str(exc).splitlines()[0])
+    return out
