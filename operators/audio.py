@@ -10,7 +10,8 @@ Inputs and outputs, per batch of B windows:
 - ``AudioEncoder.forward(batch)`` -> ``AudioEncoderOutput``: ``embedding`` (B, D),
   ``speech_probability`` (B,), ``rms`` (B,), ``present`` (B,).
 
-Encoders (``AudioEncoderConfig.kind``): ``logmel`` — no weights: the mean and standard deviation of
+Encoders (``AudioEncoderConfig.kind``), one class each in ``operators.audio_encoders``, chosen
+through the ``AUDIO_ENCODERS`` registry by ``AudioEncoder.from_config``: ``logmel`` — no weights: the mean and standard deviation of
 each mel band over time (2 x n_mels), a robust descriptor that needs no training; ``transformer`` —
 a random-init BERT over mel frames (tiny preset); ``hf`` — a wav2vec2-like or Whisper encoder
 through transformers. Speech probability: Silero VAD (``vad="silero"``, the weights ship in the
@@ -31,10 +32,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from operators.audio_cues import spectral_tonality
 from operators.errors import ModelLoadError
 from operators.optimize import BatchedSilero
+from operators.registry import Registry
 
 __all__ = [
+    "AUDIO_ENCODERS",
     "AudioBatch",
     "AudioEncoder",
     "AudioEncoderConfig",
@@ -79,6 +83,7 @@ class AudioBatch:
     rms: torch.Tensor
     present: torch.Tensor
     hf_inputs: dict[str, torch.Tensor] | None = None
+    tonality: torch.Tensor | None = None  # (B,) share of power in spectral peaks (operators.audio_cues)
 
 
 @dataclass
@@ -94,6 +99,7 @@ class AudioEncoderOutput:
     speech_probability: torch.Tensor
     rms: torch.Tensor
     present: torch.Tensor
+    tonality: torch.Tensor | None = None  # (B,) in [0, 1]: see operators.audio_cues
 
 
 # --------------------------------------------------------------------------- signal helpers
@@ -209,9 +215,20 @@ def _load_silero() -> Any:
 
 
 class AudioEncoder(nn.Module):
-    """Window samples -> embedding + speech probability; see the module docstring for shapes."""
+    """Window samples -> embedding + speech probability; the base of the encoder families.
+
+    A family (a subclass registered in ``AUDIO_ENCODERS``) sets ``embed_dim`` and says how a
+    batch is embedded (``embed``); it may reshape the mel frames it is given (``fit_mel``) or add
+    inputs of its own (``extra_inputs``). Resampling, log-mel, VAD chunks and speech probability
+    are shared. Build one with ``AudioEncoder.from_config(config)``.
+    """
+
+    embed_dim: int
 
     def __init__(self, config: AudioEncoderConfig) -> None:
+        if type(self) is AudioEncoder:
+            raise TypeError("AudioEncoder is the base of the encoder families: build one with "
+                            "AudioEncoder.from_config(config)")
         super().__init__()
         self.config = config
         self._fb = _mel_filterbank(config.n_fft, config.n_mels, config.sample_rate)
@@ -222,28 +239,37 @@ class AudioEncoder(nn.Module):
         self._vad_device = torch.device("cpu")
         self._batched_vad = BatchedSilero.wrap(self._vad[0], config.sample_rate) if self._vad else None
         self.optimized = True  # Silero batched over chunks; False runs the packaged per-chunk loop
-        self._hf_extractor: Any = None
-        if config.kind == "logmel":
-            self.embed_dim = 2 * config.n_mels
-        elif config.kind == "transformer":
-            from transformers import BertConfig, BertModel
 
-            self.in_proj = nn.Linear(config.n_mels, config.hidden_size)
-            self.backbone = BertModel(BertConfig(
-                vocab_size=8, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-                num_attention_heads=config.num_heads, intermediate_size=config.hidden_size * 2,
-                max_position_embeddings=config.max_frames), add_pooling_layer=False).eval()
-            self.embed_dim = config.hidden_size
-        else:
-            from operators._hf import load_hf_model, load_hf_processor
+    @classmethod
+    def from_config(cls, config: AudioEncoderConfig) -> AudioEncoder:
+        """The encoder of the family ``config.kind`` names.
 
-            model = load_hf_model(config.model, "audio")
-            self.backbone = model.get_encoder() if hasattr(model, "get_encoder") else model
-            self._hf_extractor = load_hf_processor(config.model, "audio")
-            hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
-            if hidden is None:
-                raise ModelLoadError(f"audio model {config.model!r} has no hidden_size/d_model in its config")
-            self.embed_dim = int(hidden)
+        Raises:
+            ModelConfigError: no family of that name. ModelLoadError: its weights are missing.
+        """
+        return AUDIO_ENCODERS.get(config.kind)(config)
+
+    @classmethod
+    def check_sources(cls, config: AudioEncoderConfig) -> None:
+        """Raise ``ModelLoadError`` when what this family loads (packages, files, Silero VAD) is
+        missing, without building it: what ``mmstream models`` reports."""
+        if config.vad == "silero":
+            try:
+                import silero_vad  # noqa: F401
+            except ImportError as exc:
+                raise ModelLoadError("Silero VAD not installed: pip install silero-vad==6.2.3") from exc
+
+    def fit_mel(self, mel: np.ndarray) -> np.ndarray:
+        """A window's (T, n_mels) log-mel as this family takes it (default: unchanged)."""
+        return mel
+
+    def extra_inputs(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor] | None:
+        """Inputs of the family's own from the 16 kHz mono waves (``AudioBatch.hf_inputs``); default none."""
+        return None
+
+    def embed(self, batch: AudioBatch) -> torch.Tensor:
+        """(B, D) embeddings of a batch on the device; rows of absent windows are masked after."""
+        raise NotImplementedError
 
     def move_vad(self, device: torch.device) -> None:
         """Put Silero on ``device`` when it can go there; it stays on the CPU otherwise."""
@@ -281,9 +307,7 @@ class AudioEncoder(nn.Module):
             mono = samples.reshape(samples.shape[0], -1).mean(axis=1) if samples.ndim > 1 else samples
             mono = resample(mono, int(rate), sr, n_out=keep)
             waves.append(mono)
-        mels = [log_mel(w, self._fb, cfg.n_fft, cfg.hop_length) for w in waves]
-        if cfg.kind == "transformer":
-            mels = [_pool_frames(m, cfg.max_frames) for m in mels]
+        mels = [self.fit_mel(log_mel(w, self._fb, cfg.n_fft, cfg.hop_length)) for w in waves]
         b = len(waves)
         t_max = max([m.shape[0] for m in mels] + [1])
         mel = torch.zeros(b, t_max, cfg.n_mels)
@@ -304,25 +328,9 @@ class AudioEncoder(nn.Module):
             chunk_mask[i, :c] = True
             rms[i] = float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))
         present = torch.tensor([w.size > 0 for w in waves], dtype=torch.bool)
-        hf_inputs = self._hf_preprocess(waves) if cfg.kind == "hf" else None
+        tonality = torch.tensor([spectral_tonality(w, cfg.n_fft, cfg.hop_length) for w in waves])
         return AudioBatch(mel=mel, mel_mask=mel_mask, chunks=chunks, chunk_mask=chunk_mask, rms=rms,
-                          present=present, hf_inputs=hf_inputs)
-
-    def _hf_preprocess(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        # A window with no audio still needs a row; a short silence keeps shapes valid.
-        filled = [w if w.size else np.zeros(self.config.sample_rate // 10, np.float32) for w in waves]
-        if self._hf_extractor is not None:
-            feats = self._hf_extractor(filled, sampling_rate=self.config.sample_rate, return_tensors="pt",
-                                       padding=True, return_attention_mask=True)
-            return {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
-        n = max(w.size for w in filled)
-        values = torch.zeros(len(filled), n)
-        mask = torch.zeros(len(filled), n, dtype=torch.long)
-        for i, w in enumerate(filled):
-            z = (w - w.mean()) / (w.std() + 1e-7)
-            values[i, : w.size] = torch.from_numpy(z.astype(np.float32))
-            mask[i, : w.size] = 1
-        return {"input_values": values, "attention_mask": mask}
+                          present=present, hf_inputs=self.extra_inputs(waves), tonality=tonality)
 
     def _speech_probability(self, batch: AudioBatch) -> torch.Tensor:
         b = batch.present.shape[0]
@@ -351,31 +359,13 @@ class AudioEncoder(nn.Module):
         return probs.sum(1) / counts
 
     def forward(self, batch: AudioBatch) -> AudioEncoderOutput:
-        mask = batch.mel_mask.unsqueeze(-1).float()
-        n = mask.sum(1).clamp(min=1)
-        if self.config.kind == "logmel":
-            mean = (batch.mel * mask).sum(1) / n
-            var = (((batch.mel - mean.unsqueeze(1)) * mask) ** 2).sum(1) / n
-            emb = torch.cat([mean, var.clamp(min=0).sqrt()], dim=-1)
-        elif self.config.kind == "transformer":
-            h = self.backbone(inputs_embeds=self.in_proj(batch.mel), attention_mask=batch.mel_mask.long()).last_hidden_state
-            emb = (h.float() * mask).sum(1) / n
-        else:
-            emb = self._hf_forward(batch)
-        emb = emb.float() * batch.present.unsqueeze(1)
+        emb = self.embed(batch).float() * batch.present.unsqueeze(1)
         speech = self._speech_probability(batch) * batch.present
-        return AudioEncoderOutput(embedding=emb, speech_probability=speech, rms=batch.rms, present=batch.present)
+        return AudioEncoderOutput(embedding=emb, speech_probability=speech, rms=batch.rms, present=batch.present,
+                                  tonality=batch.tonality)
 
-    def _hf_forward(self, batch: AudioBatch) -> torch.Tensor:
-        inputs = dict(batch.hf_inputs or {})
-        att = inputs.get("attention_mask")
-        if "input_features" in inputs:  # Whisper-style: fixed 30 s of features, mean over frames
-            h = self.backbone(input_features=inputs["input_features"]).last_hidden_state
-            return h.float().mean(1)
-        h = self.backbone(**inputs).last_hidden_state.float()
-        if att is None or att.shape[1] == h.shape[1]:
-            return h.mean(1) if att is None else (h * att.unsqueeze(-1)).sum(1) / att.sum(1, keepdim=True).clamp(min=1)
-        # wav2vec2 downsamples: mask the output frames in proportion to each row's length.
-        frac = att.float().sum(1) / att.shape[1]
-        keep = (torch.arange(h.shape[1], device=h.device)[None, :] < (frac[:, None] * h.shape[1]).ceil()).float()
-        return (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+
+AUDIO_ENCODERS: Registry[AudioEncoder] = Registry("audio encoder")
+
+# The families register themselves on import; imported last, as they subclass AudioEncoder.
+import operators.audio_encoders  # noqa: E402,F401

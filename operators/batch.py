@@ -83,3 +83,6 @@ class FusedOutput:
     speech_probability: torch.Tensor
     rms: torch.Tensor
     image_probs: torch.Tensor | None
+    evidence: torch.Tensor | None = None  # (B, 3, L) label-space evidence per modality (offline preset)
+    modality_scores: torch.Tensor | None = None  # (B, 3, L) calibrated probabilities per modality
+    observed: torch.Tensor | None = None  # (B, 3, L) bool: modality present and able to observe the label

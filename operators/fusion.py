@@ -14,18 +14,21 @@ Output: ``FusionOutput.embedding`` (B, d_model).
 - ``attention``: a learned [CLS] token attends over the present modality tokens (key padding
   mask); [CLS] is always there, so a window with nothing present still has a defined output.
 
-Heads: ``EventHead`` (fused embedding -> one logit per label) and ``ZeroShotHead`` (embeddings in
-a shared label space -> logits by cosine similarity with label embeddings; no training needed).
+Head: ``EventHead`` (fused embedding -> one logit per label). The offline preset's zero-shot
+scores (calibrated per modality, pooled as evidence) live in ``operators.calibration``; a trained
+head's logits are added to them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
+
+from operators.calibration import Calibration
 
 __all__ = [
     "AttentionFusion",
@@ -36,7 +39,6 @@ __all__ = [
     "GatedFusion",
     "HeadConfig",
     "ModalityProjector",
-    "ZeroShotHead",
     "build_fusion",
 ]
 
@@ -59,18 +61,38 @@ class FusionConfig(BaseModel):
 
 
 class HeadConfig(BaseModel):
-    """Labels and how they are scored."""
+    """Labels, how they are scored, and the thresholds that make ``present``."""
 
     model_config = ConfigDict(extra="forbid")
 
     labels: list[str] = Field(min_length=1)
     init: Literal["zero", "normal"] = Field(
         "zero", description="zero: an untrained head adds nothing (zero-shot scores show through)")
-    zero_shot: bool = Field(False, description="add label-space cosine logits (needs a shared text space)")
-    zero_shot_scale: float = Field(12.0, gt=0, description="logit = scale * (cosine - bias)")
-    zero_shot_bias: tuple[float, float, float] = Field(
-        (0.3, 0.55, 0.3), description="cosine at which a label scores 0.5, per modality (video, audio, text); "
-        "audio's is higher because its three cue phrases sit close to every sound-related label")
+    zero_shot: bool = Field(False, description="add calibrated label-space logits, pooled over the present "
+                            "modalities (needs a shared text space; operators.calibration)")
+    calibration: Calibration | None = Field(
+        None, description="zero_shot: per-modality Platt scaling and pooling (None: generic defaults)")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="score at or above which a label is present")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per-label thresholds (override)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        """Checkpoints written before calibration carry the old max-vote constants: ignored."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in ("zero_shot_scale", "zero_shot_bias")}
+        return data
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1]: {bad}")
+        return value
+
+    def threshold_of(self, label: str) -> float:
+        return self.thresholds.get(label, self.threshold)
 
 
 @dataclass
@@ -186,24 +208,3 @@ class EventHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
-
-
-class ZeroShotHead(nn.Module):
-    """Label-space embeddings per modality -> logits by cosine with the label embeddings.
-
-    Each present modality votes with ``scale * (cos - bias)``; the label's logit is the largest
-    vote (an event is there if any modality shows it). Absent modalities do not vote; with none
-    present the logits are 0 (probability 0.5: no evidence either way).
-    """
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.scale = config.zero_shot_scale
-        self.register_buffer("bias", torch.tensor(config.zero_shot_bias).view(1, -1, 1), persistent=False)
-
-    def forward(self, bridge: torch.Tensor, mask: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:
-        """bridge (B, M, E) unit vectors, mask (B, M), label_emb (L, E) unit -> logits (B, L)."""
-        cos = torch.einsum("bme,le->bml", bridge.float(), label_emb.float())
-        votes = (self.scale * (cos - self.bias)).masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        best = votes.max(dim=1).values
-        return torch.where(mask.any(1, keepdim=True), best, torch.zeros_like(best))

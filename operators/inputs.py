@@ -64,6 +64,10 @@ class WindowOutput:
             decode and was skipped.
         used: the modalities that actually contributed (present and with usable data).
         image_class: the top ImageNet class name when the vision encoder has one.
+        scores_by_modality: modality ("video", "audio", "text") -> label -> calibrated probability
+            from that modality alone, for the present modalities and the labels each can observe
+            (the offline preset; empty for a model without per-modality scores).
+        present: the labels whose score reaches their threshold, highest score first.
     """
 
     scores: dict[str, float]
@@ -73,6 +77,8 @@ class WindowOutput:
     dropped_frames: list[tuple[int, str]] = field(default_factory=list)
     used: dict[Modality, bool] = field(default_factory=dict)
     image_class: str | None = None
+    scores_by_modality: dict[str, dict[str, float]] = field(default_factory=dict)
+    present: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form (modality keys as strings)."""
@@ -80,4 +86,5 @@ class WindowOutput:
             "scores": self.scores, "label": self.label, "embedding": self.embedding,
             "outputs": self.outputs, "dropped_frames": [list(d) for d in self.dropped_frames],
             "used": {m.value: v for m, v in self.used.items()}, "image_class": self.image_class,
+            "scores_by_modality": self.scores_by_modality, "present": self.present,
         }

@@ -27,10 +27,11 @@ from torch import nn
 
 from operators.audio import AudioEncoder
 from operators.batch import FusedOutput, PreparedBatch
+from operators.calibration import AUDIO_CUES, Calibration, Scorer, audio_cue_weights, class_to_label
 from operators.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from operators.errors import ModelConfigError, ModelLoadError
 from operators.fused_config import FusedModelConfig, ModelInfo
-from operators.fusion import EventHead, ModalityProjector, ZeroShotHead, build_fusion
+from operators.fusion import EventHead, ModalityProjector, build_fusion
 from operators.inputs import WindowInput, WindowOutput
 from operators.text import TextEncoder
 from operators.vision import VisionEncoder
@@ -39,14 +40,6 @@ from stream.contract import Modality
 __all__ = ["CHECKPOINT_FORMAT", "FusedModel", "FusedModelConfig", "FusedOutput", "ModelInfo", "PreparedBatch"]
 
 MODALITIES: tuple[Modality, ...] = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
-
-# What each audio cue means in the shared text space (offline preset's label bridge).
-AUDIO_CUES: dict[str, str] = {
-    "speech": "someone speaking",
-    "silence": "complete silence",
-    "sound": "loud music or noise",
-}
-
 
 def _resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present; 'cuda' without CUDA fails at build, not at the first batch."""
@@ -77,23 +70,24 @@ class FusedModel(nn.Module):
             torch.manual_seed(config.seed)
             self.encoders = nn.ModuleDict()
             if config.vision is not None:
-                self.encoders["video"] = VisionEncoder(config.vision)
+                self.encoders["video"] = VisionEncoder.from_config(config.vision)
             if config.audio is not None:
-                self.encoders["audio"] = AudioEncoder(config.audio)
+                self.encoders["audio"] = AudioEncoder.from_config(config.audio)
             if config.text is not None:
-                self.encoders["text"] = TextEncoder(config.text)
+                self.encoders["text"] = TextEncoder.from_config(config.text)
             torch.manual_seed(config.seed + 1)
             self.projectors = nn.ModuleDict(
                 {m: ModalityProjector(enc.embed_dim, config.fusion) for m, enc in self.encoders.items()})
             self.fusion = build_fusion(config.fusion)
             torch.manual_seed(config.seed + 2)
             self.head = EventHead(config.fusion.d_model, config.head)
-        self.zero_shot = ZeroShotHead(config.head) if config.head.zero_shot else None
+        self.scorer = Scorer(config.head.calibration or Calibration(), self.labels) if config.head.zero_shot else None
         self.class_names = getattr(self.encoders["video"], "class_names", None) if "video" in self.encoders else None
         if config.bridge:
             e = self.encoders["text"].embed_dim
             self.register_buffer("bridge_imagenet", torch.zeros(1000, e))
             self.register_buffer("bridge_labels", torch.zeros(len(self.labels), e))
+            self.register_buffer("bridge_label_prompts", torch.zeros(len(self.labels), e))
             self.register_buffer("bridge_audio", torch.zeros(len(AUDIO_CUES), e))
             if compute_bridge:
                 self._compute_bridge()
@@ -118,6 +112,7 @@ class FusedModel(nn.Module):
             names = self.class_names or []
             self.bridge_imagenet.copy_(text.embed_texts([self.config.image_prompt.format(n) for n in names]))
             self.bridge_labels.copy_(text.embed_texts(self.labels))
+            self.bridge_label_prompts.copy_(text.embed_texts([self.config.image_prompt.format(n) for n in self.labels]))
             self.bridge_audio.copy_(text.embed_texts(list(AUDIO_CUES.values())))
 
     def place(self, device: str | torch.device) -> FusedModel:
@@ -194,9 +189,10 @@ class FusedModel(nn.Module):
         d = self.config.fusion.d_model
         tokens = torch.zeros(b, len(MODALITIES), d, device=dev)
         mask = torch.zeros(b, len(MODALITIES), dtype=torch.bool, device=dev)
-        bridge = None
+        bridge = evidence = None
         if self.config.bridge:
             bridge = torch.zeros(b, len(MODALITIES), self.bridge_labels.shape[1], device=dev)
+            evidence = torch.zeros(b, len(MODALITIES), len(self.labels), device=dev)
         speech = torch.zeros(b, device=dev)
         rms = torch.zeros(b, device=dev)
         image_probs = None
@@ -217,19 +213,24 @@ class FusedModel(nn.Module):
                 speech, rms = out.speech_probability.float(), out.rms.float()
             if key == "video":
                 image_probs = out.class_probs
-            if bridge is not None:
+            if bridge is not None and evidence is not None:
                 bridge[:, i] = self._bridge(key, out)
+                evidence[:, i] = self._evidence(key, out) * present.unsqueeze(1)
         fused = self.fusion(tokens, mask).embedding.float()
         logits = self.head(fused).float()
-        if self.zero_shot is not None and bridge is not None:
-            logits = logits + self.zero_shot(bridge, mask, self.bridge_labels)
+        modality_scores = observed = None
+        if self.scorer is not None and evidence is not None:
+            pooled = self.scorer(evidence, mask)
+            logits = logits + pooled.logits
+            modality_scores, observed = torch.sigmoid(pooled.modality_logits), pooled.observed
         if self.config.embedding == "bridge" and bridge is not None:
             emb = (bridge * mask.unsqueeze(-1)).sum(1)
         else:
             emb = fused
         emb = nn.functional.normalize(emb.float(), dim=-1)
         return FusedOutput(logits=logits, scores=torch.sigmoid(logits), embedding=emb, mask=mask,
-                           speech_probability=speech, rms=rms, image_probs=image_probs)
+                           speech_probability=speech, rms=rms, image_probs=image_probs, evidence=evidence,
+                           modality_scores=modality_scores, observed=observed)
 
     def _bridge(self, key: str, out: Any) -> torch.Tensor:
         """A modality's unit vector in the MiniLM label space (zeros where absent)."""
@@ -238,11 +239,36 @@ class FusedModel(nn.Module):
         elif key == "text":
             v = out.embedding.float()
         else:
-            loud = torch.sigmoid((20 * torch.log10(out.rms.float().clamp(min=1e-6)) + 45.0) / 4.0)
-            p = out.speech_probability.float().clamp(0, 1)
-            w = torch.stack([p, (1 - p) * (1 - loud), (1 - p) * loud], dim=1)
-            v = w @ self.bridge_audio
+            v = self._audio_cues(out) @ self.bridge_audio
         return nn.functional.normalize(v, dim=-1) * out.present.unsqueeze(1)
+
+    @property
+    def calibration(self) -> Calibration:
+        """The offline scoring's calibration (generic defaults for a model without one)."""
+        return self.scorer.calibration if self.scorer is not None else Calibration()
+
+    def _audio_cues(self, out: Any) -> torch.Tensor:
+        cal = self.calibration
+        tonality = out.tonality if out.tonality is not None else torch.zeros_like(out.rms)
+        return audio_cue_weights(out.speech_probability, out.rms, tonality, cal.audio_cues)
+
+    def _evidence(self, key: str, out: Any) -> torch.Tensor:
+        """(B, L) a modality's evidence for each label, before calibration (operators.calibration).
+
+        Video: the ImageNet probabilities spread over the labels (each class by its prompt's
+        cosine with each label's prompt, a softmax); text: the transcript's cosine with each
+        label; audio: the labels' cosines with the four cue phrases (centred over the cues),
+        weighted by the DSP cues.
+        """
+        if key == "video":
+            spread = class_to_label(self.bridge_imagenet, self.bridge_label_prompts, self.calibration.class_temperature)
+            return out.class_probs.float() @ spread
+        if key == "text":
+            return nn.functional.normalize(out.embedding.float(), dim=-1) @ self.bridge_labels.T
+        cue_cos = self.bridge_audio @ self.bridge_labels.T
+        # Centred per label over the cues: evidence is "closer to this label than the average
+        # cue is", so the silence cue's phrase, near "speech" in MiniLM, does not read as speech.
+        return self._audio_cues(out) @ (cue_cos - cue_cos.mean(0, keepdim=True))
 
     def _outputs(self, batch: PreparedBatch, out: FusedOutput) -> list[WindowOutput]:
         scores = out.scores.float().cpu()
@@ -250,6 +276,8 @@ class FusedModel(nn.Module):
         mask = out.mask.cpu()
         speech, rms = out.speech_probability.float().cpu(), out.rms.float().cpu()
         probs = out.image_probs.float().cpu() if out.image_probs is not None else None
+        by_modality = self._scores_by_modality(out)
+        head = self.config.head
         results = []
         for i in range(batch.size):
             used = {m: bool(mask[i, j]) for j, m in enumerate(MODALITIES)}
@@ -267,12 +295,23 @@ class FusedModel(nn.Module):
                     extra["image_top_prob"] = float(probs[i, top])
                     image_class = self.class_names[top] if self.class_names else None
             any_used = any(used.values())
+            ranked = sorted(range(len(row)), key=lambda j: -row[j])
             results.append(WindowOutput(
                 scores=dict(zip(self.labels, row, strict=True)),
-                label=self.labels[max(range(len(row)), key=row.__getitem__)] if any_used else None,
+                label=self.labels[ranked[0]] if any_used else None,
                 embedding=emb[i].tolist() if emb is not None else None,
-                outputs=extra, dropped_frames=list(batch.dropped[i]), used=used, image_class=image_class))
+                outputs=extra, dropped_frames=list(batch.dropped[i]), used=used, image_class=image_class,
+                scores_by_modality=by_modality[i],
+                present=[self.labels[j] for j in ranked if any_used and row[j] >= head.threshold_of(self.labels[j])]))
         return results
+
+    def _scores_by_modality(self, out: FusedOutput) -> list[dict[str, dict[str, float]]]:
+        """Per window: modality -> label -> calibrated probability, where the modality observed it."""
+        if out.modality_scores is None or out.observed is None:
+            return [{} for _ in range(out.mask.shape[0])]
+        scores, observed = out.modality_scores.float().cpu().tolist(), out.observed.cpu().tolist()
+        return [{m.value: {lab: s for lab, s, seen in zip(self.labels, scores[i][j], observed[i][j], strict=True) if seen}
+                 for j, m in enumerate(MODALITIES) if any(observed[i][j])} for i in range(len(scores))]
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -295,15 +334,22 @@ class FusedModel(nn.Module):
         """A model from a folder written by ``save``; outputs equal the saved model's exactly.
 
         The bridge tables are read from the file, not recomputed: outputs match bit for bit and
-        loading skips embedding a prompt per ImageNet class.
+        loading skips embedding a prompt per ImageNet class. A checkpoint written before the
+        calibrated scores (no label prompts, three audio cues) has its tables recomputed.
 
         Raises:
             ModelLoadError: the folder, its files or an encoder's source are missing or unreadable.
         """
         ckpt = read_checkpoint(path)
         model = cls(ckpt.config, compute_bridge=False)
-        missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
-        missing = [k for k in missing if ckpt.has_encoders or not k.startswith("encoders.")]
+        own = model.state_dict()
+        stale = {k for k in own if k.startswith("bridge_") and (k not in ckpt.tensors
+                                                                 or ckpt.tensors[k].shape != own[k].shape)}
+        missing, unexpected = model.load_state_dict({k: v for k, v in ckpt.tensors.items() if k not in stale},
+                                                    strict=False)
+        missing = [k for k in missing if (ckpt.has_encoders or not k.startswith("encoders.")) and k not in stale]
+        if stale:
+            model._compute_bridge()
         if missing or unexpected:
             raise ModelLoadError(f"checkpoint {ckpt.folder} does not match its config: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")

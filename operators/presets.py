@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from operators.audio import AudioEncoderConfig
+from operators.calibration import Calibration
 from operators.config import ModelConfig
 from operators.fused_config import FusedModelConfig
 from operators.fusion import FusionConfig, HeadConfig
@@ -32,6 +33,68 @@ PRESETS: dict[str, str] = {
     "hf": "Hugging Face ids or folders from model.vision_model / audio_model / text_model; train the head",
 }
 
+# The offline preset's calibration: fitted by `python -m bench.labels --fit` on the fit split of the
+# labelled set it builds from what ships (bench/_labels_data.py); rerun it after changing an
+# encoder, a prompt or a cue and paste its output here. ``ignores``: what a modality cannot observe.
+OFFLINE_CALIBRATION = Calibration.model_validate({
+    "video": {
+        "slope": 8.586,
+        "bias": -3.535,
+        "label_bias": {
+            "person": 0.173,
+            "animal": -0.284,
+            "vehicle": -0.267,
+            "food": -0.597,
+            "text on screen": 0.264
+        },
+        "ignores": [
+            "speech",
+            "music",
+            "silence"
+        ]
+    },
+    "audio": {
+        "slope": 12.957,
+        "bias": -2.688,
+        "label_bias": {
+            "speech": 0.366,
+            "music": 0.094,
+            "silence": -0.045
+        },
+        "ignores": [
+            "person",
+            "animal",
+            "vehicle",
+            "food",
+            "text on screen"
+        ]
+    },
+    "text": {
+        "slope": 11.093,
+        "bias": -3.427,
+        "label_bias": {
+            "speech": -0.336,
+            "music": -0.119,
+            "person": 0.088,
+            "animal": 0.065,
+            "vehicle": -0.012,
+            "food": -0.159,
+            "text on screen": -0.095
+        },
+        "ignores": [
+            "silence"
+        ]
+    },
+    "prior": -2.816,
+    "class_temperature": 0.05,
+    "audio_cues": {
+        "quiet_db": -50.0,
+        "quiet_width_db": 4.0,
+        "tonal_db": -18.0,
+        "tonal_width_db": 3.0
+    }
+})
+
 
 def resolve(config: ModelConfig) -> FusedModelConfig:
     """Expand the runtime's ``ModelConfig`` into a full ``FusedModelConfig`` for its preset."""
@@ -45,7 +108,8 @@ def resolve(config: ModelConfig) -> FusedModelConfig:
             audio=AudioEncoderConfig(kind="transformer", vad="energy", n_mels=32, hidden_size=32, max_frames=256),
             text=TextEncoderConfig(kind="bert", hidden_size=32, vocab_size=4096, max_length=64),
             fusion=FusionConfig(kind=config.fusion, d_model=32, hidden=64, num_heads=2),
-            head=HeadConfig(labels=labels, init="normal"),
+            head=HeadConfig(labels=labels, init="normal", threshold=config.threshold,
+                            thresholds=config.thresholds),
             embedding="fused" if config.embedding else "none", **common,
         )
     offline_vision = VisionEncoderConfig(kind="mobilenet_v2", frames_per_window=config.frames_per_window)
@@ -55,7 +119,8 @@ def resolve(config: ModelConfig) -> FusedModelConfig:
         return FusedModelConfig(
             name="mmstream-offline", vision=offline_vision, audio=offline_audio, text=offline_text,
             fusion=FusionConfig(kind=config.fusion, d_model=128, hidden=256, num_heads=4),
-            head=HeadConfig(labels=labels, init="zero", zero_shot=True), bridge=True,
+            head=HeadConfig(labels=labels, init="zero", zero_shot=True, calibration=OFFLINE_CALIBRATION,
+                            threshold=config.threshold, thresholds=config.thresholds), bridge=True,
             embedding="bridge" if config.embedding else "none", **common,
         )
     vision = (VisionEncoderConfig(kind="hf", model=config.vision_model, frames_per_window=config.frames_per_window)
@@ -65,7 +130,8 @@ def resolve(config: ModelConfig) -> FusedModelConfig:
     return FusedModelConfig(
         name="mmstream-hf", vision=vision, audio=audio, text=text,
         fusion=FusionConfig(kind=config.fusion, d_model=128, hidden=256, num_heads=4),
-        head=HeadConfig(labels=labels, init="normal"), embedding="fused" if config.embedding else "none", **common,
+        head=HeadConfig(labels=labels, init="normal", threshold=config.threshold, thresholds=config.thresholds),
+        embedding="fused" if config.embedding else "none", **common,
     )
 
 
@@ -101,31 +167,14 @@ def check_preset(name: str, config: ModelConfig | None = None, build: bool = Fal
 
 
 def _check_sources(config: FusedModelConfig) -> None:
-    import os
+    """Each encoder family checks what it would load (``check_sources``), building nothing."""
+    from operators.audio import AUDIO_ENCODERS
+    from operators.text import TEXT_ENCODERS
+    from operators.vision import VISION_ENCODERS
 
-    from operators.errors import ModelLoadError
-    from operators.text import minilm_path
-    from operators.vision import imagenet_class_names, mobilenet_weights_path
-
-    if config.vision is not None and config.vision.kind == "mobilenet_v2":
-        mobilenet_weights_path()
-        imagenet_class_names()
-    if config.text is not None and config.text.kind == "minilm":
-        minilm_path()
-    if config.audio is not None and config.audio.vad == "silero":
-        try:
-            import silero_vad  # noqa: F401
-        except ImportError as exc:
-            raise ModelLoadError("Silero VAD not installed: pip install silero-vad==6.2.3") from exc
-    for part in (config.vision, config.audio, config.text):
-        name = getattr(part, "model", None) if part is not None and part.kind == "hf" else None
-        if part is not None and part.kind == "hf":
-            if not name:
-                raise ModelLoadError("the hf preset needs model ids or folders (model.vision_model, ...)")
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            if not os.path.isdir(name) and offline:
-                from huggingface_hub import try_to_load_from_cache
-
-                if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                    raise ModelLoadError(f"{name!r} is not a local folder nor in the Hugging Face cache "
-                                         "(HF_HUB_OFFLINE is set)")
+    if config.vision is not None:
+        VISION_ENCODERS.get(config.vision.kind).check_sources(config.vision)
+    if config.audio is not None:
+        AUDIO_ENCODERS.get(config.audio.kind).check_sources(config.audio)
+    if config.text is not None:
+        TEXT_ENCODERS.get(config.text.kind).check_sources(config.text)

@@ -1,25 +1,39 @@
 """Task adaptation: fit the fusion and heads (optionally the encoders) on recorded, labelled windows.
 
-Data: a JSONL file, or a folder holding ``windows.jsonl``; one window per line::
+Data: a dataset as ``operators.dataset`` reads it (``windows.jsonl`` + media). ``labels`` lists
+the labels present (multi-label, binary cross-entropy with per-label class weights).
 
-    {"labels": ["speech"], "texts": [["hello there", 1.0]], "image": "img/0.png", "audio": "wav/0.wav"}
+How an epoch runs:
 
-``image`` (one file or a list), ``video`` (a file; frames sampled), ``audio`` (a PCM WAV) and
-``text`` (one string) / ``texts`` ([text, overlap] pairs) are all optional; paths are relative to
-the file. ``labels`` lists the labels present (multi-label, binary cross-entropy).
+- frozen encoders (the default): the encoder features are computed once per dataset and cached
+  on disk (``operators.features``), so every epoch, and every later run on the same data and
+  encoders, only runs projections, fusion and heads;
+- ``freeze_encoders=False``: each batch is read, preprocessed and encoded again (the encoders
+  move), the encoders at ``encoder_lr`` (a tenth of ``lr`` by default) so pretrained weights are
+  adjusted, not overwritten.
 
-Encoders are frozen by default (``freeze_encoders``): small data then only moves the fusion and
-heads, and the checkpoint stores only those (``weights="trainable"``), rebuilding the encoders from
-their packages on load.
+Validation: the ``split`` field when the data has one, else a seeded split by window id
+(``val_fraction``); its loss and metrics are printed per epoch, training stops after
+``patience`` epochs without a better validation loss and the best epoch's weights are kept.
+Modality dropout masks each present modality of a training window with probability
+``modality_dropout`` (never all of them), so a model trained on complete windows still answers
+when a modality is missing. ``unimodal_share`` goes further: that share of the training windows
+keeps one modality only, so each modality must answer alone and the fusion cannot learn to lean
+on whichever modality is most reliable *on the training data* (on avdigits, transcripts of clips
+the training set repeats look perfect there and generalise worst); at 1 the gate is never
+trained on mixed windows and the fused score pools every modality's evidence. Seeds fix the split, the order, the dropout and the initialisation.
+AMP (bf16 autocast) runs on CUDA only.
+
+The checkpoint stores only fusion and heads (``weights="trainable"``) when the encoders stayed
+frozen, rebuilding them from their packages on load.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import random
-import wave
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,200 +41,318 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.errors import ModelConfigError, ModelLoadError
+from operators.dataset import (
+    Example,
+    _unit,
+    fingerprint,
+    load_examples,
+    read_image_frames,
+    read_video_frames,
+    read_wav,
+    split_examples,
+)
+from operators.errors import ModelConfigError
+from operators.features import FeatureSet, features_for, replaying
 from operators.inputs import WindowInput
+from operators.metrics import Metrics, compute
 from operators.model import FusedModel
+from operators.synthetic_data import synthetic_dataset
+from stream.contract import Modality
 
 __all__ = [
+    "EpochLog",
     "Example",
     "TrainConfig",
+    "few_shot",
+    "fit_thresholds",
     "TrainResult",
     "load_examples",
     "read_image_frames",
     "read_video_frames",
     "read_wav",
     "synthetic_dataset",
+    "targets_of",
     "train",
 ]
 
 
 class TrainConfig(BaseModel):
-    """Optimisation settings."""
+    """Optimisation settings (``mmstream train`` flags of the same names)."""
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
+    encoder_lr: float | None = Field(None, gt=0, description="encoders' rate when unfrozen (default lr / 10)")
     weight_decay: float = Field(0.0, ge=0)
     freeze_encoders: bool = True
     seed: int = 0
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="seeded validation share when the data has no split")
+    patience: int = Field(5, ge=0, description="epochs without a better validation loss before stopping; 0 = never")
+    class_weights: bool = Field(True, description="weigh each label's positives by its negatives/positives ratio")
+    modality_dropout: float = Field(0.2, ge=0, lt=1, description="chance each present modality is masked")
+    unimodal_share: float = Field(0.0, ge=0, le=1, description="share of training windows shown with one "
+                                  "modality only (a random one of theirs)")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on the CPU)")
+    cache_dir: Path | None = Field(None, description="where encoder features are cached (None: not on disk)")
+    encode_batch_size: int = Field(32, ge=1)
+    fit_thresholds: bool = Field(False, description="fit per-label thresholds on the validation windows")
+    shots: int | None = Field(None, ge=1, description="train on only N windows per label (seeded): few-shot runs")
 
 
 @dataclass
-class Example:
-    """One labelled window."""
+class EpochLog:
+    """One epoch: mean training loss, and the validation metrics (None without a validation set)."""
 
-    window: WindowInput
-    labels: list[str]
+    epoch: int
+    loss: float
+    val: Metrics | None = None
+
+    def line(self) -> str:
+        text = f"epoch {self.epoch:3d}  loss {self.loss:.4f}"
+        if self.val is not None:
+            text += f"  val_loss {self.val.loss:.4f}  {self.val.brief()}"
+        return text
 
 
 @dataclass
 class TrainResult:
-    """``losses``: mean training loss per epoch (the loss curve)."""
+    """``losses``: mean training loss per epoch; ``history``: every epoch's log; ``best_epoch``:
+    the epoch whose weights were kept; ``cache_hit``: whether encoder features came from disk
+    (None when the encoders were trained); ``val``: the best epoch's validation metrics;
+    ``thresholds``: per-label thresholds fitted on validation (``fit_thresholds``)."""
 
     losses: list[float] = field(default_factory=list)
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    cache_hit: bool | None = None
+    train_windows: int = 0
+    val_windows: int = 0
+    val: Metrics | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- file readers
+def targets_of(examples: list[Example], labels: list[str]) -> torch.Tensor:
+    """(N, L) 0/1 targets.
 
-
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """(float32 samples (n, channels) in [-1, 1], sample rate) from a PCM WAV (8/16/32-bit)."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            width, ch, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-    except (OSError, wave.Error, EOFError) as exc:
-        raise ModelConfigError(f"cannot read WAV {path}: {exc} (only PCM WAV is supported)") from exc
-    if width == 1:
-        a = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-    elif width == 2:
-        a = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
-    elif width == 4:
-        a = np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
-    else:
-        raise ModelConfigError(f"WAV {path} has {width * 8}-bit samples; use 8, 16 or 32-bit PCM")
-    return a.reshape(-1, ch), rate
-
-
-def read_image_frames(paths: list[str | Path]):  # -> list[VideoFrame]
-    """Image files -> raw BGR ``VideoFrame`` items (1 ms apart)."""
-    import cv2
-
-    from stream.contract import frame_from_image
-
-    frames = []
-    for i, p in enumerate(paths):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ModelConfigError(f"cannot read image {p}")
-        frames.append(frame_from_image("file", i * 1_000_000, img, encoding="raw"))
-    return frames
-
-
-def read_video_frames(path: str | Path, max_frames: int = 300):  # -> list[VideoFrame]
-    """A video file's frames (up to ``max_frames``, evenly spread) as raw ``VideoFrame`` items."""
-    import cv2
-
-    from stream.contract import frame_from_image
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ModelConfigError(f"cannot open video {path}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    # every step-th frame is decoded, the others only grabbed: a ten-minute clip must not sit in
-    # memory whole (18,000 full frames) to keep max_frames of them
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    step = max(1, math.ceil(count / max_frames)) if count > 0 else 1
-    frames = []
-    i = 0
-    while len(frames) < max_frames and cap.grab():
-        if i % step == 0:
-            ok, img = cap.retrieve()
-            if ok and img is not None:
-                frames.append(frame_from_image("file", int(i * 1e9 / fps), img, encoding="raw"))
-        i += 1
-    cap.release()
-    if not frames:
-        raise ModelConfigError(f"video {path} has no readable frames")
-    return frames
-
-
-def load_examples(path: str | Path) -> list[Example]:
-    """Labelled windows from a JSONL file or a folder with ``windows.jsonl``."""
-    p = Path(path)
-    file = p / "windows.jsonl" if p.is_dir() else p
-    if not file.is_file():
-        raise ModelLoadError(f"no training data at {p} (a JSONL file or a folder with windows.jsonl)")
-    base = file.parent
-    out = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ModelConfigError(f"{file}:{n}: not JSON: {exc}") from exc
-        w = WindowInput()
-        if rec.get("image"):
-            imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
-            w.frames = read_image_frames([base / i for i in imgs])
-        if rec.get("video"):
-            w.frames = read_video_frames(base / rec["video"])
-        if rec.get("audio"):
-            w.audio, w.sample_rate = read_wav(base / rec["audio"])
-        if rec.get("text"):
-            w.texts = [(str(rec["text"]), 1.0)]
-        if rec.get("texts"):
-            w.texts = [(str(t), float(f)) for t, f in rec["texts"]]
-        out.append(Example(window=w, labels=list(rec.get("labels", []))))
-    if not out:
-        raise ModelLoadError(f"{file} holds no windows")
+    Raises:
+        ModelConfigError: an example names a label not in ``labels``.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    out = torch.zeros(len(examples), len(labels))
+    for n, ex in enumerate(examples):
+        for label in ex.labels:
+            if label not in index:
+                raise ModelConfigError(f"window {ex.id or n} has label {label!r}, not one of the model's {labels}")
+            out[n, index[label]] = 1.0
     return out
 
 
-# --------------------------------------------------------------------------- training
+def _thresholds(model: FusedModel) -> list[float]:
+    head = model.config.head
+    return [head.threshold_of(label) for label in model.labels]
+
+
+def few_shot(examples: list[Example], rows: list[int], shots: int, seed: int) -> list[int]:
+    """Of ``rows``, ``shots`` windows per label, picked by a seeded hash of their id (so the same
+    seed picks the same windows whatever else is in the set); a window counts for each of its
+    labels, windows without a label are left out. Returned in their original order."""
+    ranked = sorted(rows, key=lambda i: _unit(seed, examples[i].id or str(i)))
+    taken: dict[str, int] = {}
+    keep: set[int] = set()
+    for i in ranked:
+        wanted = [label for label in examples[i].labels if taken.get(label, 0) < shots]
+        if wanted:
+            keep.add(i)
+            for label in examples[i].labels:
+                taken[label] = taken.get(label, 0) + 1
+    return [i for i in rows if i in keep]
+
+
+def _pos_weight(targets: torch.Tensor, on: bool) -> torch.Tensor:
+    if not on:
+        return torch.ones(targets.shape[1])
+    pos = targets.sum(0)
+    neg = len(targets) - pos
+    return torch.where(pos > 0, (neg / pos.clamp(min=1)).clamp(0.1, 50.0), torch.ones_like(pos))
+
+
+def _dropout(present: torch.Tensor, p: float, gen: torch.Generator, unimodal: float = 0.0) -> torch.Tensor:
+    """(B, M) bool: modalities to mask; a window never loses every modality it has. A share
+    ``unimodal`` of the windows keeps exactly one of its modalities (a random one)."""
+    drop = (torch.rand(present.shape, generator=gen) < p) & present
+    lost_all = (present & ~drop).sum(1) == 0
+    drop[lost_all] = False
+    if unimodal > 0:
+        solo = torch.rand(present.shape[0], generator=gen) < unimodal
+        pick = (torch.rand(present.shape, generator=gen) + 1) * present  # the largest present one wins
+        keep = torch.zeros_like(present)
+        keep[torch.arange(len(pick)), pick.argmax(1)] = True
+        drop[solo] = (present & ~keep)[solo]
+    return drop
+
+
+def _has(window: WindowInput, modality: Modality) -> bool:
+    """Whether the window gives the model this modality (marked present and with data)."""
+    data = {Modality.VIDEO: bool(window.frames), Modality.AUDIO: window.audio is not None,
+            Modality.TEXT: bool(window.texts)}[modality]
+    return data and window.wants(modality)
+
+
+class _Loop:
+    """One training run's data path: cached encoder features (frozen encoders) or windows read
+    and preprocessed per batch, with the targets, the dropout generator and autocast."""
+
+    def __init__(self, model: FusedModel, examples: list[Example], config: TrainConfig) -> None:
+        self.model, self.examples, self.config = model, examples, config
+        self.targets = targets_of(examples, model.labels)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        dev = model.device
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if dev.type == "cuda" and config.amp else nullcontext())
+        self.features: FeatureSet | None = None
+        self.cache_hit: bool | None = None
+        if config.freeze_encoders:
+            dataset = fingerprint(examples)
+            self.features, self.cache_hit = features_for(model, examples, dataset, config.cache_dir,
+                                                         config.encode_batch_size)
+            self.presence = self.features.presence()
+
+    def forward(self, rows: list[int], dropout: float, unimodal: float = 0.0):  # -> FusedOutput
+        model = self.model
+        if self.features is not None:
+            drop = None
+            if dropout > 0 or unimodal > 0:
+                drop = _dropout(self.presence[torch.as_tensor(rows)], dropout, self.gen, unimodal)
+            with replaying(model), self.amp:
+                return model(self.features.batch(rows, model.device, drop))
+        windows = [self.examples[i].load() for i in rows]
+        if dropout > 0 or unimodal > 0:
+            order = [Modality(k) for k in model.encoders]
+            present = torch.tensor([[_has(w, m) for m in order] for w in windows], dtype=torch.bool)
+            drop = _dropout(present, dropout, self.gen, unimodal)
+            masked = [{m: False for m, d in zip(order, row, strict=True) if d} for row in drop.tolist()]
+            windows = [dataclasses.replace(w, present={**w.present, **off})  # a copy: never the caller's
+                       for w, off in zip(windows, masked, strict=True)]
+        with self.amp:
+            return model(model.preprocess(windows).to(model.device))
+
+    def validate(self, rows: list[int], loss_fn: torch.nn.Module) -> tuple[Metrics, np.ndarray]:
+        self.model.eval()
+        scores, total = [], 0.0
+        with torch.no_grad():
+            for s in range(0, len(rows), self.config.batch_size):
+                part = rows[s:s + self.config.batch_size]
+                out = self.forward(part, 0.0)
+                total += float(loss_fn(out.logits.float(), self.targets[part].to(out.logits.device))) * len(part)
+                scores.append(out.scores.float().cpu())
+        self.model.train()
+        self.model.encoders.eval()
+        all_scores = torch.cat(scores).numpy()
+        metrics = compute(all_scores, self.targets[rows].numpy(), self.model.labels, _thresholds(self.model))
+        metrics.loss = total / len(rows)
+        return metrics, all_scores
+
+
+def fit_thresholds(scores: np.ndarray, truth: np.ndarray, labels: list[str], min_positives: int = 3,
+                   ) -> dict[str, float]:
+    """Per label, the threshold in 0.05..0.95 with the best F1 on these windows (ties: the one
+    nearest 0.5), for labels with at least ``min_positives`` positives and one negative; the
+    others keep the model's threshold. Few validation windows over-fit it: hence opt-in."""
+    grid = np.round(np.linspace(0.05, 0.95, 19), 2)
+    out: dict[str, float] = {}
+    for j, label in enumerate(labels):
+        y = truth[:, j] > 0.5
+        if y.sum() < min_positives or y.all():
+            continue
+        best = max(grid, key=lambda t: (_f1(scores[:, j] >= t, y), -abs(t - 0.5)))
+        out[label] = float(best)
+    return out
+
+
+def _f1(pred: np.ndarray, y: np.ndarray) -> float:
+    tp = float((pred & y).sum())
+    return 2 * tp / (float(pred.sum()) + float(y.sum())) if tp else 0.0
+
+
+def _optimiser(model: FusedModel, config: TrainConfig) -> torch.optim.Optimizer:
+    enc = {id(p) for p in model.encoders.parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in enc]
+    groups = [{"params": head, "lr": config.lr}]
+    if not config.freeze_encoders:
+        groups.append({"params": [p for p in model.encoders.parameters() if p.requires_grad],
+                       "lr": config.encoder_lr or config.lr / 10})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _state(model: FusedModel, frozen: bool) -> dict[str, torch.Tensor]:
+    state = model.trainable_state() if frozen else model.state_dict()
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def train(
     model: FusedModel, examples: list[Example], config: TrainConfig,
-    log: Callable[[int, float], None] | None = None,
+    log: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
-    """Fit ``model`` in place on ``examples``; returns the loss curve.
+    """Fit ``model`` in place on ``examples`` (module docstring); returns the curves.
 
     Raises:
-        ModelConfigError: an example names a label the model does not score.
+        ModelConfigError: an example names a label the model does not score, or a file cannot
+            be read.
     """
-    index = {label: i for i, label in enumerate(model.labels)}
-    targets = torch.zeros(len(examples), len(index))
-    for n, ex in enumerate(examples):
-        for label in ex.labels:
-            if label not in index:
-                raise ModelConfigError(f"example {n} has label {label!r}, not one of the model's {model.labels}")
-            targets[n, index[label]] = 1.0
-    model.freeze_encoders = config.freeze_encoders
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    frozen = config.freeze_encoders
+    model.freeze_encoders = frozen
     for p in model.encoders.parameters():
-        p.requires_grad_(not config.freeze_encoders)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = random.Random(config.seed)
-    order = list(range(len(examples)))
-    # Preprocessing is deterministic, so each batch is prepared once and reused every epoch.
-    prepared: dict[tuple[int, ...], object] = {}
-    result = TrainResult()
-    model.train()
-    model.encoders.eval()  # BatchNorm statistics and dropout of pretrained encoders stay fixed
+        p.requires_grad_(not frozen)
+    split = split_examples(examples, config.val_fraction, config.seed)
+    if config.shots is not None:
+        split.train = few_shot(examples, split.train, config.shots, config.seed)
     try:
-        for epoch in range(config.epochs):
+        loop = _Loop(model, examples, config)
+        weight = _pos_weight(loop.targets[split.train], config.class_weights).to(model.device)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        opt = _optimiser(model, config)
+        rng = random.Random(config.seed)
+        result = TrainResult(cache_hit=loop.cache_hit, train_windows=len(split.train), val_windows=len(split.val))
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        model.train()
+        model.encoders.eval()  # BatchNorm statistics and dropout of pretrained encoders stay fixed
+        for epoch in range(1, config.epochs + 1):
+            order = list(split.train)
             rng.shuffle(order)
-            total, count = 0.0, 0
+            total = 0.0
             for s in range(0, len(order), config.batch_size):
-                idx = tuple(sorted(order[s:s + config.batch_size]))
-                if idx not in prepared:
-                    prepared[idx] = model.preprocess([examples[i].window for i in idx])
-                batch = prepared[idx].to(model.device)  # type: ignore[attr-defined]
-                out = model(batch)
-                loss = loss_fn(out.logits, targets[list(idx)].to(model.device))
+                rows = order[s:s + config.batch_size]
+                out = loop.forward(rows, config.modality_dropout, config.unimodal_share)
+                loss = loss_fn(out.logits.float(), loop.targets[rows].to(model.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            result.losses.append(total / count)
+                total += float(loss.detach()) * len(rows)
+            entry = EpochLog(epoch, total / len(order))
+            if split.val:
+                entry.val, _ = loop.validate(split.val, loss_fn)
+            result.history.append(entry)
+            result.losses.append(entry.loss)
             if log is not None:
-                log(epoch + 1, result.losses[-1])
+                log(entry)
+            score = entry.val.loss if entry.val is not None else entry.loss
+            if best is None or score < best[0]:  # type: ignore[operator]
+                best = (score, _state(model, frozen))  # type: ignore[assignment]
+                result.best_epoch, result.val = epoch, entry.val
+            elif config.patience and epoch - result.best_epoch >= config.patience:
+                break
+        if best is not None:
+            model.load_state_dict(best[1], strict=False)
+        if config.fit_thresholds and split.val:
+            _, scores = loop.validate(split.val, loss_fn)
+            result.thresholds = fit_thresholds(scores, loop.targets[split.val].numpy(), model.labels)
+            head = model.config.head
+            head.thresholds = {**head.thresholds, **result.thresholds}  # saved with the checkpoint
     finally:
         model.eval()
         for p in model.parameters():
@@ -228,37 +360,3 @@ def train(
         model.freeze_encoders = True
     return result
 
-
-def synthetic_dataset(folder: str | Path, n: int = 48, seed: int = 0) -> Path:
-    """Write a small labelled set (images, tones, texts) to ``folder``; returns the JSONL path.
-
-    Labels: ``red`` (a red image), ``tone`` (a loud 440 Hz tone), ``greeting`` (a hello-like
-    transcript). Each window holds a random subset, so the task needs every modality.
-    """
-    import cv2
-
-    folder = Path(folder)
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    (folder / "wav").mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lines = []
-    greetings, others = ["hello there", "hi, good morning", "hey, welcome"], ["the report is due", "turn left", "ok"]
-    for i in range(n):
-        red, tone, greet = (bool(rng.integers(2)) for _ in range(3))
-        img = np.zeros((48, 64, 3), np.uint8)
-        img[:] = (0, 0, 220) if red else (rng.integers(0, 120), rng.integers(60, 220), rng.integers(0, 60))
-        img = np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / "img" / f"{i}.png"), img)
-        t = np.arange(8000) / 16000
-        audio = 0.5 * np.sin(2 * np.pi * 440 * t) if tone else 0.01 * rng.standard_normal(t.size)
-        with wave.open(str(folder / "wav" / f"{i}.wav"), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(16000)
-            w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-        text = greetings[i % 3] if greet else others[i % 3]
-        labels = [name for name, on in (("red", red), ("tone", tone), ("greeting", greet)) if on]
-        lines.append(json.dumps({"labels": labels, "image": f"img/{i}.png", "audio": f"wav/{i}.wav", "text": text}))
-    path = folder / "windows.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from operators import ModelConfigError, WindowInput
+from operators.dataset import WINDOWS_FILE  # a folder holding one is a dataset, as `mmstream train` reads it
 from stream.errors import CaptureError, ConfigError
 from stream.sources.audiofile import NoAudioError, read_audio
 
@@ -27,7 +28,6 @@ AUDIO = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".a
 VIDEO = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
 TEXT = frozenset({".txt"})
 KNOWN = IMAGE | AUDIO | VIDEO | TEXT
-WINDOWS_FILE = "windows.jsonl"  # a folder holding one is a set of windows, as `mmstream train` reads it
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _audio(path: Path, max_seconds: float | None) -> tuple[Any, int]:
 
 
 def _video(window: WindowInput, path: Path, max_seconds: float | None, with_sound: bool) -> None:
-    from operators.train import read_video_frames
+    from operators.dataset import read_video_frames
 
     window.frames = read_video_frames(path)
     if with_sound:
@@ -63,7 +63,7 @@ def read_file_window(path: Path, max_seconds: float | None) -> WindowInput:
     Raises:
         CaptureError, ModelConfigError, OSError: the file cannot be read as its kind.
     """
-    from operators.train import read_image_frames
+    from operators.dataset import read_image_frames
 
     window = WindowInput()
     kind = path.suffix.lower()
@@ -81,33 +81,19 @@ def read_file_window(path: Path, max_seconds: float | None) -> WindowInput:
 
 
 def read_line_window(rec: Any, base: Path, max_seconds: float | None) -> WindowInput:
-    """One JSONL line as one window, in the training data's format (docs/model.md): ``image``
-    (a path or a list), ``video`` (frames only, as training reads it), ``audio`` (any audio file),
-    ``text`` or ``texts`` ([[text, overlap], ...]); paths relative to the JSONL file.
+    """One JSONL line as one window, in the dataset format (``operators.dataset``, docs/model.md):
+    ``image`` (a path or a list), ``video`` (frames only, as training reads it), ``audio`` (any
+    audio file), ``text`` or ``texts`` ([[text, overlap], ...]); paths relative to the JSONL file.
 
     Raises:
         ConfigError: the line is not an object of that shape; CaptureError, ModelConfigError,
             OSError: a file it names cannot be read.
     """
-    from operators.train import read_image_frames
+    from operators.dataset import read_window
 
     if not isinstance(rec, dict):
         raise ConfigError(f"a window is a JSON object, not {type(rec).__name__}")
-    window = WindowInput()
-    if rec.get("image"):
-        images = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
-        window.frames = read_image_frames([base / str(i) for i in images])
-    if rec.get("video"):
-        _video(window, base / str(rec["video"]), max_seconds, with_sound=False)
-    if rec.get("audio"):
-        window.audio, window.sample_rate = _audio(base / str(rec["audio"]), max_seconds)
-    try:
-        if rec.get("text"):
-            window.texts = [(str(rec["text"]), 1.0)]
-        if rec.get("texts"):
-            window.texts = [(str(t), float(f)) for t, f in rec["texts"]]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"texts must be [[text, overlap], ...]: {exc}") from exc
+    window = read_window(rec, base, read_audio=lambda path: _audio(path, max_seconds))
     if not (window.frames or window.audio is not None or window.texts):
         raise ConfigError("the line names no image, video, audio, text or texts")
     return window

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _single_window(args: argparse.Namespace, max_seconds: float | None) -> Any:
     from operators import WindowInput
-    from operators.train import read_image_frames, read_video_frames
+    from operators.dataset import read_image_frames, read_video_frames
     from stream.sources.audiofile import read_audio
 
     window = WindowInput()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.fusion import FusionConfig, HeadConfig, ZeroShotHead, build_fusion
+from operators.fusion import FusionConfig, build_fusion
 
 
 @pytest.mark.parametrize("kind", ["concat", "gated", "attention"])
@@ -35,18 +35,6 @@ def test_gated_single_modality_gets_all_the_weight() -> None:
     with torch.no_grad():
         out = fusion(torch.randn(1, 3, 8), mask)
     torch.testing.assert_close(out.gate, torch.tensor([[0.0, 1.0, 0.0]]))
-
-
-def test_zero_shot_head_ignores_absent_modalities() -> None:
-    head = ZeroShotHead(HeadConfig(labels=["a", "b"], zero_shot=True))
-    labels = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
-    bridge = torch.nn.functional.normalize(torch.randn(2, 3, 8), dim=-1)
-    mask = torch.tensor([[True, False, True], [False, False, False]])
-    out = head(bridge, mask, labels)
-    other = bridge.clone()
-    other[0, 1] = labels[0]  # an absent modality that would match label "a" perfectly
-    torch.testing.assert_close(head(other, mask, labels), out)
-    torch.testing.assert_close(out[1], torch.zeros(2))  # nothing present: neutral
 
 
 def test_attention_heads_must_divide_width() -> None:
