@@ -12,6 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from stream.metrics import ProcessorStats
+
 NS_PER_S = 1_000_000_000
 
 
@@ -90,26 +92,46 @@ def expected_window_count(scene: Any, duration_s: float, window_cfg: Any) -> tup
 # --------------------------------------------------------------------------- variants
 
 
-class _Timed:
-    """Replaces ``Processor.stats``: stamps the moment the expected window count is reached."""
+class TimedStats(ProcessorStats):
+    """``ProcessorStats`` that stamps the moment the expected window and record counts are reached
+    (``done`` is set then; 0 records: windows alone).
 
-    def __init__(self, stats: Any, windows: int, records: int) -> None:
-        object.__setattr__(self, "_stats", stats)
-        object.__setattr__(self, "_want", (windows, records))
-        object.__setattr__(self, "t_windows", None)
-        object.__setattr__(self, "t_records", None)
-        object.__setattr__(self, "done", asyncio.Event())
+    ``windows`` and ``records`` are properties because every stage counts through the context's
+    stats, ``ProcessorStats.observe`` included (``self.windows += 1``): a wrapper that only saw
+    attribute writes from outside missed every window, and each run waited for its timeout."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stats, name)
+    def __init__(self, windows: int, records: int) -> None:
+        self._want_windows, self._want_records = windows, records
+        self.t_windows: float | None = None
+        self.t_records: float | None = None
+        self.done = asyncio.Event()
+        self._windows = self._records = 0
+        super().__init__()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._stats, name, value)
-        if name == "windows" and self.t_windows is None and value >= self._want[0]:
-            object.__setattr__(self, "t_windows", time.perf_counter())
-        elif name == "records" and self.t_records is None and value >= self._want[1]:
-            object.__setattr__(self, "t_records", time.perf_counter())
-        if self.t_windows is not None and (self.t_records is not None or self._want[1] == 0):
+    @property  # type: ignore[override]
+    def windows(self) -> int:
+        return self._windows
+
+    @windows.setter
+    def windows(self, value: int) -> None:
+        self._windows = value
+        if self.t_windows is None and value >= self._want_windows:
+            self.t_windows = time.perf_counter()
+            self._check()
+
+    @property  # type: ignore[override]
+    def records(self) -> int:
+        return self._records
+
+    @records.setter
+    def records(self, value: int) -> None:
+        self._records = value
+        if self.t_records is None and value >= self._want_records:
+            self.t_records = time.perf_counter()
+            self._check()
+
+    def _check(self) -> None:
+        if self.t_windows is not None and (self.t_records is not None or self._want_records == 0):
             self.done.set()
 
 
@@ -119,8 +141,8 @@ async def run_processor(settings: Any, model: Any, windows: int, records: int, t
     from stream.runtime import Processor
 
     processor = Processor(settings, model=model)
-    timed = _Timed(processor.stats, windows, records)
-    processor.stats = timed  # type: ignore[assignment]
+    timed = TimedStats(windows, records)
+    processor.stats = timed
     stop = asyncio.Event()
     t_start = time.perf_counter()
     await processor.start()

@@ -4,14 +4,18 @@ The runtime's contract (everything it needs is exported here)::
 
     from operators import ModelConfig, WindowInput, build_model, ModelLoadError
 
-    model = build_model(ModelConfig(preset="offline"))   # or ModelConfig(path="ckpt/")
+    model = build_model(ModelConfig(preset="offline"))   # or ModelConfig(path="ckpt/"),
+                                                         # or ModelConfig(factory="pkg.mod:build")
     batch = model.preprocess(windows)    # list[WindowInput] -> PreparedBatch; CPU, thread-safe,
                                          # run it in a thread pool, off the event loop
     outs = model.infer(batch)            # PreparedBatch -> list[WindowOutput], same order;
                                          # run it in one worker thread
     model.info.name, model.info.version  # for the results' `model` field
 
-- ``build_model(config: ModelConfig) -> FusedModel`` fails fast with ``ModelLoadError`` (weights,
+- Any model the runtime serves is an ``operators.Model`` (``operators.protocol``): ``info``,
+  ``preprocess``, ``infer``, optional ``warmup``/``close``. ``model.factory`` names a user's one
+  (``operators.factory``: "package.module:callable" or an entry point of group ``mmstream.models``).
+- ``build_model(config: ModelConfig) -> Model`` fails fast with ``ModelLoadError`` (weights,
   tokenizer or checkpoint missing; message says the fix) or ``ModelConfigError`` (inconsistent
   settings). The runtime translates both into ``stream.errors.ModelError``. ``HF_HUB_OFFLINE=1``
   makes a missing hub model fail at once instead of retrying.
@@ -42,13 +46,15 @@ from typing import TYPE_CHECKING, Any
 from operators.config import DEFAULT_LABELS, ModelConfig
 from operators.errors import ModelConfigError, ModelLoadError, OperatorError
 from operators.inputs import WindowInput, WindowOutput
+from operators.protocol import Model, ModelOutputError
+from stream.contract import ModelInfo
 
 if TYPE_CHECKING:
-    from operators.model import FusedModel, FusedModelConfig, ModelInfo, PreparedBatch
+    from operators.model import FusedModel, FusedModelConfig, PreparedBatch
 
 # torch is imported on first use of a model name, not by ``import operators``: the settings (and
 # so every CLI command, `mmstream --help` included) import ``operators.config`` through here.
-_LAZY = {"FusedModel", "FusedModelConfig", "ModelInfo", "PreparedBatch"}
+_LAZY = {"FusedModel", "FusedModelConfig", "PreparedBatch"}
 
 
 def __getattr__(name: str) -> Any:
@@ -65,6 +71,8 @@ __all__ = [
     "FusedModelConfig",
     "ModelConfig",
     "build_model",
+    # any model
+    "Model",
     # per-window data
     "ModelInfo",
     "PreparedBatch",
@@ -73,19 +81,27 @@ __all__ = [
     # errors
     "ModelConfigError",
     "ModelLoadError",
+    "ModelOutputError",
     "OperatorError",
 ]
 
 
-def build_model(config: ModelConfig) -> FusedModel:
-    """The model ``config`` names: a checkpoint when ``config.path`` is set, else its preset.
+def build_model(config: ModelConfig) -> Model:
+    """The model ``config`` names: the factory's when ``config.factory`` is set, a checkpoint when
+    ``config.path`` is, else its preset.
 
     A checkpoint keeps its own labels and encoders; ``config.device`` still chooses where it runs.
+    A factory's model comes checked, wrapped (``operators.protocol.GuardedModel``) and warmed up.
 
     Raises:
-        ModelLoadError: weights, tokenizer or checkpoint are missing or unreadable.
+        ModelLoadError: weights, tokenizer, checkpoint or the factory's module are missing or
+            unreadable, or the factory's answer is not a ``Model``.
         ModelConfigError: the settings are inconsistent (e.g. device 'cuda' without CUDA).
     """
+    if config.factory:
+        from operators.factory import load_factory_model
+
+        return load_factory_model(config)
     from operators.model import FusedModel
     from operators.presets import resolve
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from operators.errors import ModelLoadError
 
-__all__ = ["load_hf_model", "load_hf_processor", "load_hf_tokenizer"]
+__all__ = ["check_hf_source", "load_hf_model", "load_hf_processor", "load_hf_tokenizer"]
 
 
 def _check(name: str | None, role: str) -> str:
@@ -70,3 +70,15 @@ def load_hf_processor(name: str, kind: str) -> Any | None:
         return AutoFeatureExtractor.from_pretrained(name)
     except Exception:  # noqa: BLE001 - optional: defaults apply without one
         return None
+
+
+def check_hf_source(name: str | None, role: str) -> None:
+    """Raise ``ModelLoadError`` unless ``name`` can load without a download when downloads are off
+    (``HF_HUB_OFFLINE``): a local folder or a model in the Hugging Face cache. Loads nothing."""
+    name = _check(name, role)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if not os.path.isdir(name) and offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelLoadError(f"{name!r} is not a local folder nor in the Hugging Face cache (HF_HUB_OFFLINE is set)")

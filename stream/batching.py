@@ -27,7 +27,7 @@ imports torch (the model is passed in as plain callables).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +37,8 @@ from stream.config import BatchConfig
 from stream.errors import MmstreamError
 
 __all__ = ["BatchPipeline", "Batcher", "BatcherClosedError", "BatcherFullError"]
+
+_LIMIT_POLL_S = 0.005  # how often a forming batch under a size limit is looked at again
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -63,8 +65,9 @@ class Batcher(Generic[T]):
         batch = await batcher.next_batch()    # 1..16 windows
     """
 
-    def __init__(self, config: BatchConfig) -> None:
+    def __init__(self, config: BatchConfig, limit: Callable[[T], int] | None = None) -> None:
         self.config = config
+        self._limit = limit
         self._items: deque[tuple[float, T]] = deque()
         self._closed = False
         self._changed: list[asyncio.Future[None]] = []
@@ -84,6 +87,10 @@ class Batcher(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def snapshot(self) -> list[T]:
+        """The queued items, oldest first (a copy, for diagnostics and tests)."""
+        return [item for _, item in self._items]
 
     def oldest_wait_ms(self) -> float:
         """How long the oldest queued window has waited, ms (0 when empty)."""
@@ -132,17 +139,27 @@ class Batcher(Generic[T]):
             await self._wait_change(None)
         loop = asyncio.get_running_loop()
         deadline = self._items[0][0] + self.config.max_delay_ms / 1000.0
-        while len(self._items) < self.config.max_batch and not self._closed:
+        cap = self._cap()
+        while len(self._items) < cap and not self._closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            await self._wait_change(remaining)
+            # a size limit shrinks as the oldest window waits: look again now and then
+            await self._wait_change(remaining if self._limit is None else min(remaining, _LIMIT_POLL_S))
             if not self._items:  # another consumer took them
                 return await self.next_batch()
-        n = min(len(self._items), self.config.max_batch)
+            cap = self._cap()
+        n = min(len(self._items), cap)
         batch = [self._items.popleft()[1] for _ in range(n)]
         self._notify()
         return batch
+
+    def _cap(self) -> int:
+        """How many windows the forming batch may hold: ``max_batch``, or less by ``limit``."""
+        cap = self.config.max_batch
+        if self._limit is not None and self._items:
+            cap = max(1, min(cap, self._limit(self._items[0][1])))
+        return cap
 
     # ------------------------------------------------------------------ plumbing
 
@@ -185,10 +202,16 @@ class BatchPipeline(Generic[T, P, R]):
         deliver: Callable[[list[T], Sequence[R] | None, BaseException | None], Awaitable[None]],
         *,
         preprocess_threads: int = 2,
+        infer_threads: int = 1,
+        stamp: Callable[[], Any] | None = None,
+        discard: Callable[[P], None] | None = None,
     ) -> None:
         self.batcher = batcher
         self._preprocess, self._infer, self._deliver = preprocess, infer, deliver
         self._threads = preprocess_threads
+        self._infer_threads = infer_threads
+        self._stamp = stamp
+        self._discard = discard
         self._pool: ThreadPoolExecutor | None = None
         self._worker: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -208,16 +231,20 @@ class BatchPipeline(Generic[T, P, R]):
         if self._task is not None:
             raise RuntimeError("BatchPipeline already started")
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mm-preprocess")
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="mm-infer")
+        self._worker = ThreadPoolExecutor(self._infer_threads, thread_name_prefix="mm-infer")
         self._slots = asyncio.Semaphore(self.batcher.config.max_in_flight)
         self._task = asyncio.create_task(self._dispatch(), name="mm-batch-dispatch")
 
     async def stop(self) -> None:
         """Close the batcher, flush queued windows, wait for in-flight batches, stop threads."""
         self.batcher.close()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait([task])  # its own end, cancelled or not, is no error here
+            except asyncio.CancelledError:  # this stop was cut short: so is the dispatch
+                task.cancel()
+                raise
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         for pool in (self._worker, self._pool):
@@ -245,11 +272,11 @@ class BatchPipeline(Generic[T, P, R]):
             task.add_done_callback(self._in_flight.discard)
 
     async def _run(self, batch: list[T]) -> None:
-        loop = asyncio.get_running_loop()
         try:
             try:
-                prepared = await loop.run_in_executor(self._pool, self._preprocess, batch)
-                results = await loop.run_in_executor(self._worker, self._infer, prepared)
+                args = (batch,) if self._stamp is None else (batch, self._stamp())
+                prepared = await self._step(self._pool, self._preprocess, args, None)
+                results = await self._step(self._worker, self._infer, (prepared,), prepared)
             except Exception as exc:  # noqa: BLE001 - handed to deliver, which owns the policy
                 await self._deliver(batch, None, exc)
             else:
@@ -257,3 +284,48 @@ class BatchPipeline(Generic[T, P, R]):
         finally:
             assert self._slots is not None
             self._slots.release()
+
+    async def _step(self, pool: ThreadPoolExecutor | None, fn: Callable[..., Any], args: tuple[Any, ...],
+                    holding: Any) -> Any:
+        """``fn(*args)`` on ``pool`` (through ``run_in_executor``: the simulator's loop runs it
+        inline). If this task is cancelled (a stop cut short), a prepared batch that will never be
+        inferred goes to ``discard``: ``holding`` when the step never started, or what the step
+        produces when it finishes after the cancel."""
+        step = _Step()
+        discard = self._discard
+
+        def work() -> Any:
+            with step.lock:
+                if step.abandoned:
+                    return None  # cancelled before it started: the canceller gave ``holding`` back
+                step.started = True
+            out = fn(*args)
+            with step.lock:
+                step.finished, step.out, orphan = True, out, step.abandoned
+            if orphan and holding is None and discard is not None:
+                discard(out)
+            return out
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work)
+        except asyncio.CancelledError:
+            with step.lock:
+                step.abandoned = True
+                started, finished, out = step.started, step.finished, step.out
+            if discard is not None:
+                if holding is not None and not started:
+                    discard(holding)
+                elif holding is None and finished:
+                    discard(out)
+            raise
+
+
+class _Step:
+    """What a cancelled pipeline step and its thread agree on, under ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.started = False
+        self.finished = False
+        self.out: Any = None

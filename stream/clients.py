@@ -37,7 +37,7 @@ class KafkaClients(Protocol):
 
         Raises:
             TopicLayoutError: the input topics are not co-partitioned.
-            KafkaError: the cluster cannot be reached or refused the topics.
+            ClusterError: the cluster cannot be reached or refused the topics.
         """
         ...
 

@@ -8,10 +8,8 @@ file, the defaults. An invalid value fails at start with ``ConfigError`` naming 
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
-import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -20,7 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,7 +31,9 @@ from pydantic_settings import (
 )
 
 from operators.config import ModelConfig
+from stream.alerts.rules import Rule, RulesFile
 from stream.config_hints import describe_env_error, describe_validation_error
+from stream.config_kafka import KafkaConfig, split_host_port
 from stream.contract import ContractLimits, Modality
 from stream.errors import ConfigError
 
@@ -47,6 +46,7 @@ __all__ = [
     "ModelConfig",
     "Settings",
     "TopicsConfig",
+    "ViewConfig",
     "WindowConfig",
     "load_settings",
     "split_host_port",
@@ -57,85 +57,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class KafkaConfig(_Section):
-    """Connection and client settings, passed through to aiokafka."""
-
-    bootstrap_servers: str = Field("127.0.0.1:9092", description="HOST:PORT[,HOST:PORT...]")
-    group_id: str = Field("mmstream", description="consumer group of the processors")
-    client_id: str = "mmstream"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    sasl_oauth_token: SecretStr | None = Field(
-        None, description="OAUTHBEARER: a fixed bearer token (for tokens that outlive the process)"
-    )
-    sasl_oauth_token_file: Path | None = Field(
-        None, description="OAUTHBEARER: a file holding the bearer token, kept fresh by someone else; re-read when it changes"
-    )
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    session_timeout_ms: int = Field(10_000, ge=6000, description="Kafka rejects < 6000 by default")
-    heartbeat_interval_ms: int = Field(3000, gt=0)
-    fetch_max_wait_ms: int = Field(50, ge=0, description="tansu answers fetches only at this bound")
-    max_partition_fetch_bytes: int = Field(
-        2**20, gt=0, description="per-partition fetch size; a larger record still arrives whole (Kafka >= 0.10.1)"
-    )
-    acks: Literal["all", 1, 0] = "all"
-    linger_ms: int = Field(5, ge=0)
-    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
-
-    @field_validator("bootstrap_servers")
-    @classmethod
-    def _check_bootstrap(cls, servers: str) -> str:
-        """The forms aiokafka accepts (no port means 9092; IPv6 in brackets), checked at start: a
-        typo is otherwise an ``OverflowError`` or ``ValueError`` from deep inside a connect."""
-        entries = [e.strip() for e in servers.split(",") if e.strip()]
-        if not entries:
-            raise ValueError("empty; give HOST:PORT[,HOST:PORT...]")
-        for entry in entries:
-            host, port = split_host_port(entry)
-            if not host or (port is not None and not (port.isdigit() and 1 <= int(port) <= 65535)):
-                raise ValueError(f"{entry!r} is not HOST:PORT with a port from 1 to 65535")
-        return servers
-    max_batch_size: int = Field(512 * 1024, gt=0, description="producer batch bytes")
-    partitions: int = Field(4, ge=1, description="partitions per topic when mmstream creates topics")
-    replication_factor: int = Field(1, ge=1)
-    request_timeout_ms: int = Field(30_000, gt=0)
-    stop_timeout_ms: int = Field(10_000, gt=0, description="bound on every client stop()")
-    enable_idempotence: bool = Field(False, description="needs a broker with InitProducerId v3+ (not tansu)")
-    auto_offset_reset: Literal["earliest", "latest", "none"] = Field(
-        "earliest", description="where the group starts on a partition without a usable committed offset"
-    )
-
-    @field_validator("sasl_oauth_token")
-    @classmethod
-    def _check_token(cls, token: SecretStr | None) -> SecretStr | None:
-        """A fixed token is checked at start, not at the first connection (the message never shows it)."""
-        from stream.oauth import bearer_token_problem
-
-        problem = None if token is None else bearer_token_problem(token.get_secret_value())
-        if problem is not None:
-            raise ValueError(problem)
-        return token
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> KafkaConfig:
-        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
-            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
-        oauth = [name for name in ("sasl_oauth_token", "sasl_oauth_token_file") if getattr(self, name) is not None]
-        if self.sasl_mechanism == "OAUTHBEARER" and len(oauth) != 1:
-            # aiokafka cannot authenticate with OAUTHBEARER without a token provider
-            raise ValueError("sasl_mechanism OAUTHBEARER needs exactly one of sasl_oauth_token, sasl_oauth_token_file"
-                             + (" (both are set)" if oauth else ""))
-        if oauth and self.sasl_mechanism != "OAUTHBEARER":
-            raise ValueError(f"{oauth[0]} is set but sasl_mechanism is {self.sasl_mechanism}, not OAUTHBEARER")
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
-        return self
-
-
 class TopicsConfig(_Section):
     """Topic names. The three inputs must be co-partitioned (same partition count)."""
 
@@ -144,7 +65,7 @@ class TopicsConfig(_Section):
     text: str = "mm.text"
     results: str = "mm.results"
     dead_letter: str = "mm.dlq"
-    alerts: str = Field("mm.alerts", description="where `mmstream alerts` writes alert records (docs/alerts.md)")
+    alerts: str = Field("mm.alerts", description="where alert records go, from `mmstream alerts` or `rules:` (docs/alerts.md)")
     late: str | None = Field(None, description="where late records go; None = count them only")
     state: str | None = Field(
         None, description="published horizons per input partition (compacted); None = '<results>.state.<group_id>'"
@@ -246,11 +167,33 @@ class BatchConfig(_Section):
     worker_threads: int | None = Field(
         None, ge=1, description="torch threads of the model worker process; None = the CPUs less one (at least 1)"
     )
+    target_latency_ms: int | None = Field(
+        None, gt=0, description="grow a batch only while its oldest window still publishes within this "
+        "(stream.inference.sizing); None = max_batch/max_delay_ms alone")
 
 
 class MetricsConfig(_Section):
     host: str = "0.0.0.0"
     port: int | None = Field(9464, ge=0, le=65535, description="None = no server; 0 = any free port")
+
+
+class ViewConfig(_Section):
+    """``mmstream view`` (docs/view.md): where it listens and how much it sends a browser."""
+
+    host: str = Field("127.0.0.1", description="address to listen on; the page shows camera pictures, so local by default")
+    port: int = Field(8765, ge=0, le=65535, description="0 = any free port")
+    thumbnail_rate: float = Field(5.0, gt=0, le=30, description="most thumbnails per second per source")
+    thumbnail_width: int = Field(192, ge=16, le=1280, description="thumbnail width, pixels (height keeps the aspect)")
+    thumbnail_quality: int = Field(60, ge=10, le=95, description="thumbnail JPEG quality")
+    history_s: int = Field(180, gt=0, le=3600, description="label timeline per source, seconds of event time")
+    inspect_results: int = Field(200, ge=1, le=10_000, description="newest results kept per source for click-to-inspect")
+    read_back: int = Field(2000, ge=0, description="results and alerts read back per partition at start")
+    client_queue: int = Field(512, ge=8, description="events queued per browser; beyond it the oldest go and it resyncs")
+    max_sources: int = Field(1024, ge=1, description="sources tracked; more are counted and ignored")
+    inspect_bytes: int = Field(512 * 2**10, ge=4096, description="bytes of kept results per source for "
+                               "click-to-inspect (embeddings left out); beyond it the oldest go")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header names the page answers besides "
+                                     "localhost, 127.0.0.1, [::1] and host (DNS rebinding); others get 403")
 
 
 class LimitsConfig(ContractLimits):
@@ -274,6 +217,9 @@ class Settings(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    view: ViewConfig = Field(default_factory=ViewConfig)
+    rules: list[Rule] = Field(default_factory=list, description="alert rules judged in process on every published "
+                              "result (docs/alerts.md); empty: none")
     drain_timeout_ms: int = Field(15_000, gt=0, description="SIGTERM: time to close, infer, publish, commit")
     include_embedding: bool = Field(False, description="put the fused embedding in each result")
     gc_threshold: int | None = Field(
@@ -281,6 +227,17 @@ class Settings(BaseSettings):
     )
 
     _read_env: ClassVar[bool] = True
+
+    @property
+    def rules_file(self) -> RulesFile | None:
+        """The ``rules`` as a rules file (what the engine takes); None without rules."""
+        return RulesFile(rules=self.rules) if self.rules else None
+
+    @model_validator(mode="after")
+    def _distinct_rules(self) -> Settings:
+        if self.rules:
+            RulesFile(rules=self.rules)  # rule ids distinct, as in a rules file
+        return self
 
     @model_validator(mode="after")
     def _fetches_prove_silence(self) -> Settings:
@@ -340,22 +297,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def split_host_port(entry: str) -> tuple[str, str | None]:
-    """``(host, port)`` of one bootstrap entry as aiokafka reads it; port None when the entry has none."""
-    if entry.startswith("["):  # [ipv6] or [ipv6]:port
-        host, closed, rest = entry[1:].partition("]")
-        if not closed:
-            return "", None  # "[::1" : aiokafka cannot read it
-        return host, rest[1:] if rest.startswith(":") else (rest or None)
-    if ":" not in entry:
-        return entry, None
-    with contextlib.suppress(OSError, ValueError):
-        socket.inet_pton(socket.AF_INET6, entry)  # a bare IPv6 literal: the default port
-        return entry, None
-    host, _, port = entry.rpartition(":")
-    return host, port
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

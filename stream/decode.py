@@ -1,9 +1,10 @@
 """``decode``: a consumed Kafka record checked against contract v1 and turned into its typed item.
 
 The first step of the processor's hot path, run once per record on the event loop, so it is
-written for the common case: a topic repeats one content type and a source repeats one key, so
-both are parsed and validated once and cached (errors are never cached: a bad record is checked in
-full every time). The fields of an item are all checked here, so the item is built without running
+written for the common case: a topic repeats one content type, a source repeats one key and a
+camera one JPEG header, so each is parsed and validated once and cached (errors are never cached:
+a bad record is checked in full every time), and headers in the order ``encode`` writes them are
+read without a loop. The fields of an item are all checked here, so the item is built without running
 pydantic's validation a second time. The checks stay cheap on purpose (markers, sizes, the size
 an image's header declares, schema): full image decoding happens later, in the model's
 preprocessing, off the event loop. They run in the documented order (docs/contract.md): key,
@@ -37,7 +38,7 @@ from stream.contract import (
     _TranscriptPayload,
 )
 from stream.errors import ContractError, Reason
-from stream.image_header import ImageSize, declared_size
+from stream.image_header import JPEG_HEADER_STEPS, ImageSize, declared_size
 
 __all__ = ["RecordLike", "decode"]
 
@@ -46,7 +47,11 @@ _JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_SIG, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _SAMPLE_BYTES = {"s16le": 2, "f32le": 4}
 _HEADERS = frozenset((H_TS, H_CONTENT_TYPE, H_VERSION))
+# the fields a constructor call would name, per item kind (``_trusted``)
 _ENCODED_FRAME_FIELDS = frozenset(("source_id", "ts_ns", "encoding", "data"))  # jpeg/png: no width/height
+_RAW_FRAME_FIELDS = frozenset(("source_id", "ts_ns", "encoding", "width", "height", "data"))
+_AUDIO_FIELDS = frozenset(("source_id", "ts_ns", "sample_format", "sample_rate", "channels", "data"))
+_SEGMENT_FIELDS = frozenset(("source_id", "ts_ns", *_TranscriptPayload.model_fields))
 _DEFAULT_LIMITS = ContractLimits()
 _MODALITY = {"jpeg": Modality.VIDEO, "png": Modality.VIDEO, "raw": Modality.VIDEO,
              "audio": Modality.AUDIO, "json": Modality.TEXT}  # by content-type kind
@@ -92,20 +97,17 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
     source_id = _KEYS.get(key) if type(key) is bytes else None  # type: ignore[arg-type]
     if source_id is None:
         source_id = _decode_key(key)
-    ts_raw = ct_raw = None
-    version = b"1"
-    for name, value in record.headers or ():  # header names are case-insensitive; the last one wins
-        if name.__class__ is not str or name not in _HEADERS:
-            if not isinstance(name, str) or (name := name.lower()) not in _HEADERS:
-                continue
-        if not isinstance(value, bytes):
-            value = b""
-        if name == H_TS:
-            ts_raw = value
-        elif name == H_CONTENT_TYPE:
-            ct_raw = value
-        else:
-            version = value
+    headers = record.headers
+    # the common case, what ``encode`` and this project's producers write: exactly mm-ts,
+    # content-type, mm-v in that order (aiokafka hands a list of pairs), values bytes. Taken
+    # apart without the general loop: the same answer, three distinct names override nothing
+    if ((headers.__class__ is list or headers.__class__ is tuple) and len(headers) == 3 and headers[0][0] == H_TS
+            and headers[1][0] == H_CONTENT_TYPE and headers[2][0] == H_VERSION):
+        ts_raw, ct_raw, version = headers[0][1], headers[1][1], headers[2][1]
+        if ts_raw.__class__ is not bytes or ct_raw.__class__ is not bytes or version.__class__ is not bytes:
+            ts_raw, ct_raw, version = _headers(headers)
+    else:
+        ts_raw, ct_raw, version = _headers(headers)
     if version != b"1" and version.strip() != b"1":
         raise ContractError(Reason.BAD_VERSION, f"mm-v {version[:16]!r} is not supported (only 1)")
     ts_ns = int(ts_raw) if type(ts_raw) is bytes and 0 < len(ts_raw) <= 19 and ts_raw.isdigit() else -1
@@ -130,21 +132,49 @@ def _decode(record: RecordLike, expect: Modality | None, limits: ContractLimits)
         item = _decode_frame(source_id, ts_ns, spec, value, limits)
         # kept for a verbatim dead-letter copy should the frame fail to decode later (the
         # producer's own headers included): a private attribute, outside the record's schema
-        object.__setattr__(item, "__pydantic_private__", {"_headers": tuple(record.headers or ())})
+        object.__setattr__(item, "__pydantic_private__", {"_headers": tuple(headers or ())})
     return item
 
 
-def _trusted(cls: type[M], fields: dict[str, Any], given: frozenset[str] | None = None) -> M:
+def _headers(headers: Sequence[tuple[str, bytes]] | None) -> tuple[bytes | None, bytes | None, bytes]:
+    """(mm-ts, content-type, mm-v) of any header list: names are case-insensitive, the last one
+    wins, a value that is not bytes counts as empty; mm-v defaults to ``b"1"``."""
+    ts_raw = ct_raw = None
+    version = b"1"
+    for name, value in headers or ():
+        if name.__class__ is not str or name not in _HEADERS:
+            if not isinstance(name, str) or (name := name.lower()) not in _HEADERS:
+                continue
+        if not isinstance(value, bytes):
+            value = b""
+        if name == H_TS:
+            ts_raw = value
+        elif name == H_CONTENT_TYPE:
+            ct_raw = value
+        else:
+            version = value
+    return ts_raw, ct_raw, version
+
+
+def _trusted(cls: type[M], fields: dict[str, Any], given: frozenset[str]) -> M:
     """An item from fields ``decode`` has already checked: pydantic's validation would repeat the
     checks at about 1 µs a record. ``fields`` in the class's field order (dumps follow it) and
-    ``given`` the ones a constructor call would name (default: all): the state pydantic's own
-    constructor leaves, which the round-trip property test compares."""
-    obj = object.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields if given is None else given))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    ``given`` the ones a constructor call would name: the state pydantic's own constructor
+    leaves, which the round-trip property test compares. The slots are set through their
+    descriptors, looked up once (``object.__setattr__`` looks them up on every call)."""
+    obj = _new(cls)
+    _set_dict(obj, fields)
+    _set_fields_set(obj, set(given))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 # --------------------------------------------------------------------------- key, time, type
@@ -269,7 +299,7 @@ def _decode_frame(
     if kind == "jpeg":
         if not value.startswith(_JPEG_SOI) or _JPEG_EOI not in value[-16:]:
             raise ContractError(Reason.BAD_IMAGE, "JPEG lacks its start or end marker (truncated?)")
-        _check_declared_size(declared_size(value, kind), limits.max_frame_side, "JPEG")
+        _check_declared_size(_jpeg_declared_size(value), limits.max_frame_side, "JPEG")
         width = height = None
     elif kind == "png":
         if not value.startswith(_PNG_SIG) or not value.endswith(_PNG_IEND):
@@ -282,7 +312,47 @@ def _decode_frame(
         )
     return _trusted(VideoFrame, {"source_id": source_id, "ts_ns": ts_ns, "encoding": kind,
                                  "width": width, "height": height, "data": value},
-                    None if kind == "raw" else _ENCODED_FRAME_FIELDS)
+                    _RAW_FRAME_FIELDS if kind == "raw" else _ENCODED_FRAME_FIELDS)
+
+
+# JPEG headers seen: the bytes from the start marker to the end of the frame header, and the size
+# they declare. A camera repeats one header (quantisation tables, size) frame after frame, and
+# ``declared_size``'s walk reads nothing past the frame header, so a frame that starts with
+# exactly those bytes walks the same segments to the same answer. Most recent first; bounded.
+_JPEG_HEADERS: list[tuple[bytes, ImageSize]] = []
+_JPEG_HEADERS_MAX = 16
+_JPEG_HEADER_MAX_BYTES = 4096  # longer headers (big EXIF blocks) are walked every time
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # as stream.image_header's walk
+
+
+def _jpeg_declared_size(value: bytes) -> ImageSize:
+    """``declared_size(value, "jpeg")``, walked once per distinct header (see ``_JPEG_HEADERS``)."""
+    for header, size in _JPEG_HEADERS:
+        if value.startswith(header):
+            return size
+    size = declared_size(value, "jpeg")  # raises when the header cannot vouch for a size
+    end = _jpeg_header_end(value)
+    if end is not None and end <= _JPEG_HEADER_MAX_BYTES:
+        if len(_JPEG_HEADERS) >= _JPEG_HEADERS_MAX:
+            _JPEG_HEADERS.pop()
+        _JPEG_HEADERS.insert(0, (value[:end], size))
+    return size
+
+
+def _jpeg_header_end(value: bytes) -> int | None:
+    """Where the frame header ends in a JPEG ``declared_size`` accepted (the same walk, its
+    checks already passed); None if not within the walk's bound."""
+    i = 2
+    for _ in range(JPEG_HEADER_STEPS):
+        marker = value[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        length = int.from_bytes(value[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            return i + 2 + length
+        i += 2 + length
+    return None
 
 
 def _check_declared_size(size: ImageSize, limit: int, what: str) -> None:
@@ -298,14 +368,15 @@ def _decode_audio(
     source_id: str, ts_ns: int, spec: tuple[Any, ...], value: bytes, limits: ContractLimits
 ) -> AudioChunk:
     _, fmt, rate, channels, _text = spec
-    _check_size(value, limits.max_audio_bytes, "audio chunk")
+    if not value or len(value) > limits.max_audio_bytes:  # _check_size's test, inline: once per record
+        _check_size(value, limits.max_audio_bytes, "audio chunk")
     frame_bytes = _SAMPLE_BYTES[fmt] * channels
     if len(value) % frame_bytes:
         raise ContractError(
             Reason.PAYLOAD_SIZE, f"{len(value)} bytes is not a whole number of {frame_bytes}-byte {fmt} frames"
         )
     return _trusted(AudioChunk, {"source_id": source_id, "ts_ns": ts_ns, "sample_format": fmt,
-                                 "sample_rate": rate, "channels": channels, "data": value})
+                                 "sample_rate": rate, "channels": channels, "data": value}, _AUDIO_FIELDS)
 
 
 def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLimits) -> TranscriptSegment:
@@ -321,4 +392,4 @@ def _decode_segment(source_id: str, ts_ns: int, value: bytes, limits: ContractLi
     payload = _TranscriptPayload.model_validate(doc, strict=True)
     if payload.start_ns != ts_ns:
         raise ContractError(Reason.BAD_TS, f"mm-ts {ts_ns} differs from start_ns {payload.start_ns}")
-    return _trusted(TranscriptSegment, {**payload.__dict__, "source_id": source_id, "ts_ns": ts_ns})
+    return _trusted(TranscriptSegment, {**payload.__dict__, "source_id": source_id, "ts_ns": ts_ns}, _SEGMENT_FIELDS)

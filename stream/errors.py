@@ -6,7 +6,7 @@ The tree::
     ├── ConfigError               a setting is invalid; names the field
     ├── ContractError             a record breaks wire contract v1; carries a ``Reason``
     ├── BrokerError               the embedded broker would not start or stop
-    ├── KafkaError                talking to Kafka failed (retriable)
+    ├── ClusterError              talking to the Kafka cluster failed (retriable)
     │   └── TopicLayoutError      input topics are missing or not co-partitioned
     ├── ModelError                a model cannot be built, loaded or run
     │   ├── WorkerDiedError       its worker process died (a new one was started)
@@ -24,9 +24,9 @@ from enum import StrEnum
 __all__ = [
     "BrokerError",
     "CaptureError",
+    "ClusterError",
     "ConfigError",
     "ContractError",
-    "KafkaError",
     "MmstreamError",
     "ModelError",
     "ModelUnavailableError",
@@ -74,13 +74,14 @@ class BrokerError(MmstreamError):
     """The embedded broker could not be started, reached or stopped."""
 
 
-class KafkaError(MmstreamError):
-    """Talking to Kafka failed; usually worth retrying with backoff."""
+class ClusterError(MmstreamError):
+    """Talking to the Kafka cluster failed; usually worth retrying with backoff. (Named apart from
+    aiokafka's ``KafkaError``, which the edge translates into this.)"""
 
     retriable = True
 
 
-class TopicLayoutError(KafkaError):
+class TopicLayoutError(ClusterError):
     """Input topics are missing or have different partition counts; not retriable."""
 
     retriable = False

@@ -23,10 +23,20 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-__all__ = ["HorizonTracker", "decode_state", "encode_state"]
+__all__ = ["HorizonToken", "HorizonTracker", "decode_state", "encode_state"]
 
 STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class HorizonToken:
+    """One window of a source between closing and its acknowledged result: the horizon moves
+    over it once it and every window of the source closed before it are ``acked``."""
+
+    end_ns: int
+    acked: bool = False
 
 
 class HorizonTracker:
@@ -34,7 +44,7 @@ class HorizonTracker:
 
     def __init__(self) -> None:
         self._horizon: dict[str, int] = {}
-        self._pending: dict[str, deque[list[int | bool]]] = {}  # per source: [end_ns, acked] in close order
+        self._pending: dict[str, deque[HorizonToken]] = {}  # per source, in close order
 
     def horizon(self, source_id: str) -> int | None:
         return self._horizon.get(source_id)
@@ -45,18 +55,18 @@ class HorizonTracker:
             if end_ns > self._horizon.get(source, -1):
                 self._horizon[source] = end_ns
 
-    def closed(self, source_id: str, end_ns: int) -> list[int | bool]:
+    def closed(self, source_id: str, end_ns: int) -> HorizonToken:
         """Register a window handed to inference; returns the token to pass to ``acked``."""
-        token: list[int | bool] = [end_ns, False]
+        token = HorizonToken(end_ns)
         self._pending.setdefault(source_id, deque()).append(token)
         return token
 
-    def acked(self, source_id: str, token: list[int | bool]) -> None:
+    def acked(self, source_id: str, token: HorizonToken) -> None:
         """The window's result is on the broker; advance the horizon over the acked prefix."""
-        token[1] = True
+        token.acked = True
         queue = self._pending.get(source_id)
-        while queue and queue[0][1]:
-            end_ns = int(queue.popleft()[0])
+        while queue and queue[0].acked:
+            end_ns = queue.popleft().end_ns
             if end_ns > self._horizon.get(source_id, -1):
                 self._horizon[source_id] = end_ns
         if queue is not None and not queue:

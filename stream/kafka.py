@@ -2,7 +2,7 @@
 
 Everything that builds an aiokafka client goes through here, so the settings production needs
 (security, sizes derived from the frame limit, the range assignor for co-partitioning) are applied
-once. aiokafka errors are translated into ``KafkaError``/``TopicLayoutError`` at this edge.
+once. aiokafka errors are translated into ``ClusterError``/``TopicLayoutError`` at this edge.
 
 Facts this module relies on, valid on Apache Kafka, Redpanda and the embedded tansu broker:
 - topics are created explicitly (tansu auto-creates on metadata requests with 4 partitions, and
@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
-from stream.errors import KafkaError, TopicLayoutError
+from stream.errors import ClusterError, TopicLayoutError
 from stream.oauth import TokenProvider
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "stop_bounded",
+    "topic_partitions",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
         TopicLayoutError: the input topics have different partition counts; a topic is missing after
             creation (or not visible to this principal); the state topic has fewer partitions than
             the inputs.
-        KafkaError: the cluster cannot be reached; it refused to create or describe a topic.
+        ClusterError: the cluster cannot be reached; it refused to create or describe a topic.
     """
     names = [topics.video, topics.audio, topics.text, topics.results, topics.dead_letter]
     if topics.late:
@@ -189,7 +190,7 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig, limits: Limits
                 log.info("created topics %s", created)
         counts = await _verify_topics(admin, [*names, state], kafka.request_timeout_ms / 1000)
     except AIOKafkaError as exc:
-        raise KafkaError(f"cannot set up topics on {kafka.bootstrap_servers}: {exc}") from exc
+        raise ClusterError(f"cannot set up topics on {kafka.bootstrap_servers}: {exc}") from exc
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
@@ -210,7 +211,7 @@ def check_created(response: Any, requested: Iterable[str]) -> list[str]:
     as is a requested topic the response does not mention.
 
     Raises:
-        KafkaError: naming each refused topic with the broker's error; retriable only when every
+        ClusterError: naming each refused topic with the broker's error; retriable only when every
             refusal is (a timeout, a controller move), not for ACLs or policies.
     """
     answered: dict[str, tuple[int, str | None]] = {}
@@ -230,7 +231,7 @@ def check_created(response: Any, requested: Iterable[str]) -> list[str]:
             retriable = retriable and error.retriable
             refused.append(f"{name}: {error.__name__} (error {code}): {message or error.description}")
     if refused:
-        exc = KafkaError("the broker refused to create topics: " + "; ".join(refused))
+        exc = ClusterError("the broker refused to create topics: " + "; ".join(refused))
         exc.retriable = retriable
         raise exc
     return created
@@ -260,7 +261,7 @@ async def _verify_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_s
         final = {t: c for t, c in problems.items() if not for_code(c).retriable}
         if loop.time() >= deadline or final:
             if problems:
-                exc = KafkaError("cannot use topics: " + "; ".join(
+                exc = ClusterError("cannot use topics: " + "; ".join(
                     f"{t}: {for_code(c).__name__} (error {c})" for t, c in (final or problems).items()))
                 exc.retriable = not final
                 raise exc
@@ -291,6 +292,24 @@ def check_copartitioned(counts: dict[str, int], inputs: Iterable[str]) -> int:
     return distinct.pop()
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> dict[str, list[int]]:
+    """The partitions of each of ``topics`` as the cluster says now (an empty list: no such topic yet).
+
+    One metadata request for every topic: ``partitions_for_topic`` answers from the consumer's own
+    metadata, which does not see a topic created since it last looked (and an assigned consumer
+    only refreshes the topics it holds). aiokafka has no public call for a fresh look, so its one
+    private read lives here, not in each caller.
+
+    Raises:
+        ClusterError: no broker answered.
+    """
+    try:
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - aiokafka has no public call for it
+    except AIOKafkaError as exc:
+        raise ClusterError(f"no metadata from the cluster: {exc}") from exc
+    return {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
+
+
 async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], count: int = 1,
                     timeout_s: float = 10.0) -> dict[int, list[bytes]]:
     """The values of the newest ``count`` records of each partition, oldest first, via a non-group
@@ -300,7 +319,7 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
     answers wrongly when the last batch holds several records).
 
     Raises:
-        KafkaError: no answer within ``timeout_s``.
+        ClusterError: no answer within ``timeout_s``.
     """
     from aiokafka import TopicPartition
 
@@ -321,7 +340,7 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
             if hw is not None:
                 high[tp] = hw
     if len(high) < len(tps):
-        raise KafkaError(f"no high watermark for {topic} within {timeout_s} s")
+        raise ClusterError(f"no high watermark for {topic} within {timeout_s} s")
     pending = {tp for tp, hw in high.items() if hw > 0}
     for tp in pending:
         consumer.seek(tp, max(high[tp] - count, 0))
@@ -334,5 +353,5 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
                 if record.offset >= high[tp] - 1:
                     pending.discard(tp)
     if pending:
-        raise KafkaError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
+        raise ClusterError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
     return out

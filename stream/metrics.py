@@ -29,7 +29,7 @@ from stream.errors import ConfigError
 
 if TYPE_CHECKING:
     from operators.config import ModelConfig
-    from stream.contract import WindowResult
+    from stream.contract import Latency, WindowResult
     from stream.health import HealthStatus
 
 __all__ = ["Metrics", "MetricsServer", "ProcessorStats"]
@@ -64,6 +64,10 @@ class Metrics:
                                              "Event time: capture (newest record in the window) to result acknowledged; after a "
                                              "backfill this is the data's age (see mmstream_processing_latency_seconds)",
                                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.latency_part_seconds = Histogram(
+            "mmstream_latency_part_seconds", "Window end to publish, by part (the results' latency.breakdown: "
+            "watermark, batch_wait, preprocess, inference, publish) and the broker's acknowledgement (ack)",
+            ["part"], buckets=_LATENCY_BUCKETS, registry=r)
         self.watermark_lag_seconds = Gauge("mmstream_watermark_lag_seconds",
                                            "Event-time lag: wall clock minus the slowest source watermark, per modality",
                                            ["modality"], registry=r)
@@ -86,6 +90,12 @@ class Metrics:
         self.commits = Counter("mmstream_commits", "Offset commits", ["outcome"], registry=r)
         self.inference_errors = Counter("mmstream_inference_errors", "Inference failures: a batch (retried window "
                                         "by window) or a window (published with its error)", ["scope"], registry=r)
+        self.model_busy_ratio = Gauge("mmstream_model_busy_ratio", "Fraction of wall time the model's replicas "
+                                      "computed since the previous scrape (near 1: the device never waits for input)",
+                                      registry=r)
+        self.model_version_info = Gauge("mmstream_model_version_info", "1, labelled with the name and version of "
+                                        "the model serving now (changes when a new checkpoint is swapped in)",
+                                        ["model", "version"], registry=r)
         self.gpu_memory_bytes = Gauge("mmstream_gpu_memory_bytes", "CUDA memory allocated by the model",
                                       registry=r)
         self.ready = Gauge("mmstream_ready", "1 when partitions are assigned and the model is loaded", registry=r)
@@ -111,7 +121,7 @@ class Metrics:
 
     def set_build_info(self, model: str, config: ModelConfig) -> None:
         """What runs here, for dashboards that compare replicas after a rollout."""
-        preset = "checkpoint" if config.path else config.preset
+        preset = "factory" if config.factory else "checkpoint" if config.path else config.preset
         self.build_info.clear()  # one series per process, even if started twice in a test
         self.build_info.labels(_package_version(), model, preset).set(1)
 
@@ -208,6 +218,7 @@ class ProcessorStats:
         self.partly_late = 0  # accepted, but part of the interval fell in closed windows
         self.replayed = 0
         self.latencies_s: list[float] = []
+        self.breakdowns: list[Latency] = []  # the latency of results that carry a breakdown (bounded)
         self.last_results: dict[str, WindowResult] = {}  # the newest published result per source
 
     def observe(self, metrics: Metrics, result: WindowResult, av_skew_ns: int | None,
@@ -227,3 +238,13 @@ class ProcessorStats:
         if av_skew_ns is not None:
             metrics.av_skew_seconds.observe(av_skew_ns / 1e9)
         self.last_results[result.source_id] = result
+        parts = result.latency.breakdown
+        if parts is not None:
+            hist = metrics.latency_part_seconds
+            for part, ms in (("watermark", parts.watermark_ms), ("batch_wait", parts.batch_wait_ms),
+                             ("preprocess", parts.preprocess_ms), ("inference", parts.inference_ms),
+                             ("publish", parts.publish_ms)):
+                hist.labels(part).observe(max(ms, 0.0) / 1000)
+            self.breakdowns.append(result.latency)
+            if len(self.breakdowns) > 10_000:
+                del self.breakdowns[:5000]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiokafka.abc import AbstractTokenProvider
 
-from stream.errors import KafkaError
+from stream.errors import ClusterError
 
 __all__ = ["TokenProvider", "bearer_token_problem", "jwt_expiry"]
 
@@ -79,17 +79,17 @@ class TokenProvider(AbstractTokenProvider):
         """The current token.
 
         Raises:
-            KafkaError: the file cannot be read, holds no usable token, or the token has expired.
+            ClusterError: the file cannot be read, holds no usable token, or the token has expired.
         """
         # A small local file read at connection time only: not worth a thread hop.
         token = self._fixed if self._fixed is not None else self._from_file()
         where = f"{self._path}" if self._path is not None else "kafka.sasl_oauth_token"
         problem = bearer_token_problem(token)
         if problem is not None:
-            raise KafkaError(f"OAUTHBEARER token from {where}: {problem}")
+            raise ClusterError(f"OAUTHBEARER token from {where}: {problem}")
         exp = jwt_expiry(token)
         if exp is not None and exp + _SKEW_S < self._clock():
-            raise KafkaError(
+            raise ClusterError(
                 f"OAUTHBEARER token from {where} expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}"
                 + ("; whatever refreshes the file has stopped" if self._path is not None else "")
             )
@@ -102,4 +102,4 @@ class TokenProvider(AbstractTokenProvider):
         try:
             return self._path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise KafkaError(f"cannot read the OAUTHBEARER token file {self._path}: {exc}") from exc
+            raise ClusterError(f"cannot read the OAUTHBEARER token file {self._path}: {exc}") from exc

@@ -7,23 +7,46 @@ The two translations between the runtime's types (``ClosedWindow``) and the wire
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from operators import WindowInput, WindowOutput
 from stream.contract import (
-    H_CONTENT_TYPE,
-    H_TS,
-    H_VERSION,
     TRANSCRIPT_CHARS,
     Counts,
     Latency,
+    LatencyBreakdown,
     Modality,
     ModelInfo,
     Presence,
     WindowResult,
+    json_headers,
 )
 from stream.windows import ClosedWindow
 
-__all__ = ["av_skew_ns", "build_result", "result_record", "to_input"]
+__all__ = ["Timeline", "av_skew_ns", "build_result", "breakdown", "result_record", "to_input"]
+
+
+class Timeline(NamedTuple):
+    """When a window passed each stage (wall clock, ns) and how long its batch's steps took:
+    what its latency breakdown is made of."""
+
+    closed_ns: int  # the aligner closed it
+    batched_ns: int  # its batch left the queue for inference
+    preprocess_s: float
+    inference_s: float
+
+
+def breakdown(window: ClosedWindow, timeline: Timeline, now_ns: int) -> LatencyBreakdown:
+    """``now_ns - window.end_ns`` in parts that sum to it: what is not measured as a step is the
+    last part's (waits between steps, building the record), so nothing is counted twice."""
+    watermark_ms = (timeline.closed_ns - window.end_ns) / 1e6
+    batch_wait_ms = (timeline.batched_ns - timeline.closed_ns) / 1e6
+    preprocess_ms, inference_ms = timeline.preprocess_s * 1000, timeline.inference_s * 1000
+    total_ms = (now_ns - window.end_ns) / 1e6
+    return LatencyBreakdown(
+        watermark_ms=watermark_ms, waited_for=window.waited_for, batch_wait_ms=batch_wait_ms,
+        preprocess_ms=preprocess_ms, inference_ms=inference_ms,
+        publish_ms=total_ms - watermark_ms - batch_wait_ms - preprocess_ms - inference_ms)
 
 
 def to_input(window: ClosedWindow) -> WindowInput:
@@ -49,9 +72,10 @@ def av_skew_ns(window: ClosedWindow) -> int | None:
 
 def build_result(
     window: ClosedWindow, output: WindowOutput | None, model: ModelInfo, *, inference_ms: float,
-    include_embedding: bool, error: str | None = None, now_ns: int | None = None,
+    include_embedding: bool, error: str | None = None, now_ns: int | None = None, timeline: Timeline | None = None,
 ) -> WindowResult:
-    """The result record of one window. ``output`` is None when inference failed (``error`` says why)."""
+    """The result record of one window. ``output`` is None when inference failed (``error`` says why);
+    with a ``timeline`` its latency carries the breakdown."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     presence = window.presence
     counts: Counts = window.counts
@@ -68,6 +92,8 @@ def build_result(
         counts=counts,
         scores=output.scores if output else {},
         label=output.label if output else None,
+        scores_by_modality=output.scores_by_modality if output else {},
+        present=output.present if output else [],
         outputs=output.outputs if output else {},
         embedding=output.embedding if (output and include_embedding) else None,
         model=model,
@@ -75,6 +101,7 @@ def build_result(
             capture_to_publish_ms=(now_ns - last) / 1e6,
             window_end_to_publish_ms=(now_ns - window.end_ns) / 1e6,
             inference_ms=inference_ms,
+            breakdown=breakdown(window, timeline, now_ns) if timeline is not None else None,
         ),
         offsets=window.offset_ranges,
         closed_by=window.closed_by,
@@ -86,5 +113,4 @@ def build_result(
 def result_record(result: WindowResult) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """(key, value, headers) of a result: key = source id, ``mm-ts`` = window start."""
     value = result.model_dump_json(exclude_none=True).encode()  # compact, UTF-8
-    headers = [(H_TS, str(result.window_start_ns).encode()), (H_CONTENT_TYPE, b"application/json"), (H_VERSION, b"1")]
-    return result.source_id.encode(), value, headers
+    return result.source_id.encode(), value, json_headers(result.window_start_ns)

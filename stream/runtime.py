@@ -1,12 +1,9 @@
-"""The processor: source -> decode -> align -> batch -> infer -> publish -> commit.
+"""The processor: the stages of ``stream.stages`` composed into one graph, and its lifecycle.
 
-One event loop runs the consumer, the aligner and the publisher; the model runs in a worker
-process (``stream.worker``) or thread, through ``BatchPipeline``, so the loop keeps consuming while
-a batch runs. Every queue is bounded and a full stage pauses the input partitions (``stream.flow``).
-
-This file holds the lifecycle and the consume loop; the record path and flow control are in
-``stream.intake``, results, commits and rebalancing in ``stream.delivery`` (mixins of
-``Processor``).
+One event loop runs intake, alignment and publishing; the model runs in a worker process
+(``stream.worker``) or thread, so the loop keeps consuming while a batch runs. Every queue between
+stages is bounded and a full one pauses the input partitions (``stream.flow``). ``compose`` shows
+the whole graph; docs/processor.md describes each stage.
 
 Delivery is at-least-once: an input offset is committed only when every window that used it has
 been published and acknowledged (``OffsetLedger``), and each commit is preceded by saving the
@@ -27,39 +24,47 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
-from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from stream.aside import AsideWriter
-from stream.batching import Batcher, BatchPipeline
 from stream.clients import AIOKafkaClients, KafkaClients
-from stream.config import Settings, fresh_poll_ms
-from stream.contract import Modality, ModelInfo
-from stream.delivery import DeliveryMixin, Job
-from stream.errors import KafkaError, MmstreamError, ModelError
+from stream.config import Settings
+from stream.contract import ModelInfo
+from stream.errors import ClusterError, MmstreamError
+from stream.gauges import Gauges
 from stream.gctune import tune_gc
 from stream.health import Health, HealthStatus, heartbeat
 from stream.horizon import HorizonTracker
-from stream.intake import IntakeMixin, Parked
-from stream.kafka import max_request_bytes, stop_bounded
+from stream.kafka import stop_bounded
 from stream.lag import HighwaterRefresh
 from stream.memory import MemoryGuard, rss_bytes
 from stream.metrics import Metrics, MetricsServer, ProcessorStats
 from stream.offsets import OffsetLedger
-from stream.progress import StallWatch
-from stream.windows import Aligner
+from stream.stages import Align, Batch, Commit, Infer, Intake, Publish
+from stream.stages.ends import EndWatch
+from stream.stages.rules import Rules
+from stream.stages.shared import Assignment, Connection, Context, Fatal
 
-__all__ = ["Processor", "ProcessorStats"]
+__all__ = ["Processor", "ProcessorStats", "Stages"]
 
 log = logging.getLogger(__name__)
 
-_TICK_MS = 100
 _COMMIT_INTERVAL_S = 1.0
 _GAUGE_INTERVAL_S = 1.0
-_STALL_AFTER_MS = 60_000  # a partition with records waiting that has not moved this long is stalled
+
+
+class Stages(NamedTuple):
+    """The processor's stages, in the order a record meets them."""
+
+    intake: Intake
+    align: Align
+    batch: Batch
+    infer: Infer
+    publish: Publish
+    rules: Rules  # the config's ``rules:`` judged on every acknowledged result (none: a pass-through)
+    commit: Commit
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -67,13 +72,13 @@ class _Listener(ConsumerRebalanceListener):
         self._p = processor
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._p._on_revoked(set(revoked))
+        await self._p.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._p._on_assigned(set(assigned))
+        await self._p.on_assigned(set(assigned))
 
 
-class Processor(IntakeMixin, DeliveryMixin):
+class Processor:
     """A consumer-group member that turns aligned input windows into results.
 
     Args:
@@ -94,106 +99,104 @@ class Processor(IntakeMixin, DeliveryMixin):
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.stats = ProcessorStats()
-        self._model = model
-        self._owned_model: Any = None  # a model worker process this processor started
-        self._clock_ms = clock_ms
-        self._wall_ns = wall_ns
         self._clients: KafkaClients = clients or AIOKafkaClients()
-        topics = settings.topics
-        self._modality_of = topics.inputs
-        self._topic_of = {m: topics.input(m) for m in Modality}
-        self._aligner = Aligner(settings.window, clock_ms, wall_ns)
-        self._ledger = OffsetLedger()
-        self._horizons = HorizonTracker()
-        self._batcher: Batcher[Job] = Batcher(settings.batching)
-        self._pipeline: BatchPipeline[Job, Any, Any] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._state_reader: AIOKafkaConsumer | None = None
-        self._state_topic = topics.state_topic(settings.kafka.group_id)
-        self._saved_state: dict[int, bytes] = {}
-        self._aside: AsideWriter | None = None  # dead letters and late copies
-        self._highwater: HighwaterRefresh | None = None  # high watermarks of paused partitions
-        self._stalls = StallWatch(_STALL_AFTER_MS)
+        self.assignment = Assignment()
+        self.connection = Connection()
+        self.fatal = Fatal(on_set=lambda: self.metrics.ready.set(0))
+        self.context = Context(settings, self.metrics, ProcessorStats(), clock_ms, wall_ns, self.assignment,
+                               self.connection, self.fatal)
         self._memory = MemoryGuard(settings.limits.max_rss_bytes, clock_ms=clock_ms, reader=self._rss_bytes)
-        self._server: MetricsServer | None = None
+        self.stages = self.compose(model)
         # the loop's heartbeat and the model's progress, judged from other threads (stream/health.py)
         self._health = Health(model_timeout_s=settings.model.infer_timeout_ms / 1000, gauge=self.metrics.healthy,
-                              progress=lambda: getattr(self._model, "progress", None))
+                              progress=lambda: self.stages.infer.progress)
+        self.gauges = Gauges(self.context, self.stages.intake, self.stages.align, self.stages.batch,
+                              self.stages.infer, self._memory, lambda: self.ready)
         self._heartbeat: asyncio.Task[None] | None = None
-        self._assigned: set[TopicPartition] = set()
-        self._loading: set[TopicPartition] = set()  # assigned, published horizons not read yet
-        self._paused: set[TopicPartition] = set()
-        self._position: dict[TopicPartition, int] = {}
-        self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
-        self._first_ns: dict[tuple[Modality, int], int] = {}  # first, since the assignment
-        self._source_partition: dict[str, int] = {}
-        # ledger keys of the open windows, made once per window instead of once per record;
-        # they carry the generation, so the map is cleared at every revocation
-        self._window_keys: dict[tuple[str, int], tuple[tuple[int, tuple[str, int]], ...]] = {}
-        self._committed: dict[TopicPartition, int] = {}
-        self._model_info = ModelInfo(name="unloaded", version="0")
+        self._server: MetricsServer | None = None
+        self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
         self._started = False
         self._stopped = False
-        self._consuming = False
-        self._last_commit = 0.0
-        self._last_gauges = 0.0
-        self._kafka_down_since: float | None = None
-        self._generation = 0  # bumped at every revocation
-        self._commit_lock = asyncio.Lock()
-        self._topic_counters: dict[str, dict[str, Any]] = {}
-        self._gc_restore: Callable[[], None] | None = None  # undoes start()'s GC tuning
-        self._fatal: MmstreamError | None = None  # a failure waiting cannot heal: run() raises it
-        # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
-        # and the event time of the first of them
-        self._held: dict[TopicPartition, list[Any]] = {}
-        self._blocked: dict[TopicPartition, int] = {}
-        self._parked: dict[TopicPartition, list[Parked]] = {}  # far ahead of their partition's others
-        self._blocked_since: dict[TopicPartition, int] = {}  # processing ms a partition was first held back
-        self._unaligned_until: dict[TopicPartition, int] = {}  # alignment suspended (it held back too long)
-        self._caught_up_since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
-        self._fresh_ms = fresh_poll_ms(settings.window, settings.kafka)  # a fetch response this young shows the end
-        self._last_polls: dict[TopicPartition, int | None] = {}  # the fetch responses' wall ms, last seen
 
-    # ------------------------------------------------------------------ lifecycle
+    def compose(self, model: Any) -> Stages:
+        """The whole graph (Holoscan's ``compose`` is the model)::
+
+            Kafka inputs
+              -> Intake   consume, decode, watermark alignment, pause/resume, park
+                   |-- AsideRecord (dead letters, late copies) ----------------> Publish.write_aside
+              -> Align    items into windows (the pure aligner); closed windows -> Job
+              -> Batch    bounded queue -> batches (its fullness pauses Intake)
+              -> Infer    preprocess (thread pool) -> model (worker) -> Scored per job
+              -> Publish  results (retried), dropped frames dead-lettered; acks release offsets
+                   |-- acknowledged results -> Rules (when ``rules:`` is set) -> alerts topic,
+                   |   acknowledged before the offsets are released
+              -> Commit   ledger + horizons -> state topic -> offset commits
+
+        The ledger and the horizons are the one piece of state several stages touch, each in its
+        own way (Intake decides records, Align holds them in windows, Publish releases them,
+        Commit reads the safe offsets), so they are made here and handed to those stages. Built
+        from the sink up: each stage is given the input of the next."""
+        ctx = self.context
+        ledger, horizons = OffsetLedger(), HorizonTracker()
+        ends = EndWatch(ctx)
+        infer = Infer(ctx, model)
+        rules = Rules(ctx, ctx.settings.rules_file)
+        publish = Publish(ctx, infer, ledger, horizons, rules)
+        batch = Batch(ctx, infer, deliver=publish.deliver)
+        align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put)
+        intake = Intake(ctx, align, ledger, ends, self._memory,
+                        downstream_full=lambda: batch.full or publish.aside_full)
+        commit = Commit(ctx, ledger, horizons, align)
+        return Stages(intake, align, batch, infer, publish, rules, commit)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def stats(self) -> ProcessorStats:
+        """Counters the demo and tests read without scraping Prometheus."""
+        return self.context.stats
+
+    @stats.setter
+    def stats(self, stats: ProcessorStats) -> None:
+        """Replace the counters (a benchmark stamps the moment a count is reached); every stage
+        reads them through the context, so the new ones count from now on."""
+        self.context.stats = stats
 
     @property
     def ready(self) -> bool:
         """Partitions assigned, model loaded, healthy: what /readyz and ``mmstream_ready`` report."""
-        return (self._started and self._model is not None and bool(self._assigned) and not self._stopped
-                and self._fatal is None and self._health.check().healthy)
+        return (self._started and self.stages.infer.loaded and bool(self.assignment.assigned) and not self._stopped
+                and self.fatal.error is None and self._health.check().healthy)
 
     @property
     def lag(self) -> int:
         """Records behind the high watermark over the assigned input partitions (0 when unknown)."""
-        if self._consumer is None:
-            return 0
-        total = 0
-        for tp in self._assigned:
-            high = self._highwater.highwater(tp) if self._highwater is not None else self._consumer.highwater(tp)
-            position = self._position.get(tp)
-            if high is not None and position is not None:
-                total += max(high - position, 0)
-        return total
+        return self.gauges.lag()
 
     @property
     def open_windows(self) -> int:
-        return self._aligner.open_windows
+        return self.stages.align.open_windows
 
     @property
     def queued_windows(self) -> int:
         """Closed windows waiting for inference."""
-        return self._batcher.depth
+        return self.stages.batch.depth
 
     @property
     def model_info(self) -> ModelInfo:
-        return self._model_info
+        return self.stages.infer.info
 
     @property
     def metrics_port(self) -> int | None:
         """The port /metrics is served on (None without a metrics server)."""
         return self._server.port if self._server is not None else None
+
+    def health(self) -> HealthStatus:
+        """Whether the event loop ticks and the model progresses: what /healthz reports (and
+        /readyz requires). Any thread may ask: the loop is judged by its heartbeat's age."""
+        return self._health.check()
+
+    # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Create topics (checking co-partitioning), load the model, start clients and metrics.
@@ -202,46 +205,34 @@ class Processor(IntakeMixin, DeliveryMixin):
             ConfigError: the metrics port cannot be bound.
             TopicLayoutError: the input topics are not co-partitioned.
             ModelError: the model cannot be loaded.
-            KafkaError: the cluster cannot be reached.
+            ClusterError: the cluster cannot be reached.
         """
         if self._started:
             raise MmstreamError("processor already started")
-        s = self.settings
+        s, stages, conn = self.settings, self.stages, self.connection
         if s.metrics.port is not None:
             server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port, lambda: self.ready, self.health)
             server.start()
             self._server = server
         await self._clients.ensure_topics(s)
-        if self._model is None:
-            if s.batching.worker == "process":
-                from stream.worker import ProcessModel
-
-                self._model = self._owned_model = ProcessModel(s.model, torch_threads=s.batching.worker_threads)
-                await asyncio.to_thread(self._owned_model.start)
-            else:
-                from stream.worker import ThreadModel
-
-                self._model = ThreadModel(await asyncio.to_thread(_load_model, s))  # its calls counted for health
-        info = self._model.info
-        self._model_info = ModelInfo(name=info.name, version=info.version)
+        await stages.infer.start()
+        info = stages.infer.info
         self.metrics.set_build_info(info.name, s.model)
-        self._producer = self._clients.producer(s)
-        self._consumer = self._clients.consumer(s)
-        self._highwater = HighwaterRefresh(self._consumer, clock=lambda: self._clock_ms() / 1000)
-        self._state_reader = self._clients.state_reader(s)
+        conn.producer = self._clients.producer(s)
+        conn.consumer = self._clients.consumer(s)
+        self.gauges.highwater = HighwaterRefresh(conn.consumer, clock=lambda: self.context.clock_ms() / 1000)
+        conn.state_reader = self._clients.state_reader(s)
         try:
-            await self._producer.start()
-            await self._state_reader.start()
-            await self._consumer.start()
+            await conn.producer.start()
+            await conn.state_reader.start()
+            await conn.consumer.start()
         except AIOKafkaError as exc:
             await self.stop()
-            raise KafkaError(f"cannot connect to {s.kafka.bootstrap_servers}: {exc}") from exc
-        self._aside = AsideWriter(
-            self._producer, s.topics.dead_letter, s.topics.late, max_request_bytes=max_request_bytes(s.limits),
-            on_fatal=self._set_fatal, clock_s=lambda: self._clock_ms() / 1000)
-        self._pipeline = BatchPipeline(self._batcher, self._preprocess, self._infer, self._deliver)
-        await self._pipeline.start()
-        self._consumer.subscribe(list(self._modality_of), listener=_Listener(self))
+            raise ClusterError(f"cannot connect to {s.kafka.bootstrap_servers}: {exc}") from exc
+        stages.publish.start()
+        await stages.rules.start()
+        await stages.batch.start()
+        conn.consumer.subscribe(list(self.context.modality_of), listener=_Listener(self))
         if s.gc_threshold is not None:
             self._gc_restore = tune_gc(s.gc_threshold)
         self._started = True
@@ -254,20 +245,35 @@ class Processor(IntakeMixin, DeliveryMixin):
         """Consume until ``stop`` is set, then drain within ``drain_timeout_ms``.
 
         Raises:
-            KafkaError: the broker refused a result for good (after the drain; restart to replay).
+            ClusterError: the broker refused a result for good (after the drain; restart to replay).
             ModelUnavailableError: the model cannot serve any window (after the drain; likewise).
         """
-        if not self._started or self._consumer is None:
+        if not self._started or self.connection.consumer is None:
             raise MmstreamError("start() the processor before run()")
-        self._consuming = True
-        try:
-            while not stop.is_set() and self._fatal is None:
-                await self._step()
-        finally:
-            self._consuming = False
+        while not stop.is_set() and self.fatal.error is None:
+            await self.step()
         await self.drain()
-        if self._fatal is not None:
-            raise self._fatal  # after the drain: what could be published and committed was
+        if self.fatal.error is not None:
+            raise self.fatal.error  # after the drain: what could be published and committed was
+
+    async def step(self) -> None:
+        """One turn of the loop: fetch, decode and align, write aside, close windows, pace the
+        input, and now and then commit and refresh the gauges. ``run`` repeats it; the
+        simulator (``stream.sim``) calls it itself."""
+        intake, align, publish, commit = (self.stages.intake, self.stages.align, self.stages.publish,
+                                          self.stages.commit)
+        fetched = await intake.fetch()
+        if fetched is None:
+            return
+        generation = self.assignment.generation
+        await publish.write_aside(intake.take(fetched), generation)
+        await align.close_ready()
+        intake.flow()
+        now = self.context.clock_ms() / 1000
+        if now - commit.last_commit_s >= _COMMIT_INTERVAL_S:
+            await commit.commit()
+        if now - self.gauges.last_update_s >= _GAUGE_INTERVAL_S:
+            await self.gauges.update()
 
     async def drain(self) -> None:
         """Publish what can close now, finish in-flight batches, commit; then stop fetching.
@@ -282,10 +288,9 @@ class Processor(IntakeMixin, DeliveryMixin):
             log.warning("drain did not finish within %.1f s; in-flight windows will be replayed", bound)
 
     async def _drain(self) -> None:
-        await self._close_ready()
-        if self._pipeline is not None:
-            await self._pipeline.stop()
-        await self._commit(force=True)
+        await self.stages.align.close_ready()
+        await self.stages.batch.stop()
+        await self.stages.commit.commit(force=True)
 
     async def stop(self) -> None:
         """Release everything in reverse order of ``start``. Idempotent; every step bounded."""
@@ -293,23 +298,22 @@ class Processor(IntakeMixin, DeliveryMixin):
             return
         self._stopped = True
         timeout_ms = self.settings.kafka.stop_timeout_ms
-        if self._pipeline is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pipeline.stop(), timeout_ms / 1000)
-        if self._consumer is not None:
-            await stop_bounded(self._consumer, timeout_ms, "consumer")
-        if self._state_reader is not None:
-            await stop_bounded(self._state_reader, timeout_ms, "state reader")
-        if self._aside is not None:
-            await self._aside.stop()
-        if self._highwater is not None:
-            await self._highwater.close()
-        if self._producer is not None:
-            await stop_bounded(self._producer, timeout_ms, "producer")
+        stages, conn = self.stages, self.connection
+        await stages.batch.stop(timeout_ms / 1000)
+        for stage in (stages.intake, stages.align, stages.rules, stages.commit):
+            await stage.stop()
+        if conn.consumer is not None:
+            await stop_bounded(conn.consumer, timeout_ms, "consumer")
+        if conn.state_reader is not None:
+            await stop_bounded(conn.state_reader, timeout_ms, "state reader")
+        await stages.publish.stop()
+        if self.gauges.highwater is not None:
+            await self.gauges.highwater.close()
+        if conn.producer is not None:
+            await stop_bounded(conn.producer, timeout_ms, "producer")
         if self._server is not None:
             self._server.stop()
-        if self._owned_model is not None:
-            await asyncio.to_thread(self._owned_model.stop)
+        await stages.infer.stop()
         if self._gc_restore is not None:
             self._gc_restore()
         if self._heartbeat is not None:
@@ -318,10 +322,10 @@ class Processor(IntakeMixin, DeliveryMixin):
         self._health.stop()
         self.metrics.ready.set(0)
 
-    def health(self) -> HealthStatus:
-        """Whether the event loop ticks and the model progresses: what /healthz reports (and
-        /readyz requires). Any thread may ask: the loop is judged by its heartbeat's age."""
-        return self._health.check()
+    def stop_health_watch(self) -> None:
+        """Stop the health watcher thread alone (the simulator's SIGKILL: a killed process's
+        threads die with it, nothing drained). ``stop`` does this too."""
+        self._health.stop()
 
     async def __aenter__(self) -> Processor:
         await self.start()
@@ -330,104 +334,48 @@ class Processor(IntakeMixin, DeliveryMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # ------------------------------------------------------------------ consume
+    # ------------------------------------------------------------------ rebalance
 
-    async def _step(self) -> None:
-        assert self._consumer is not None
-        try:
-            batch = await self._consumer.getmany(timeout_ms=_TICK_MS, max_records=2000)
-        except (NoOffsetForPartitionError, OffsetOutOfRangeError) as exc:
-            # auto_offset_reset "none" and nowhere committed to start from: waiting cannot heal it
-            self._set_fatal(KafkaError(f"no offset to start from ({exc}); commit one, or set kafka.auto_offset_reset"))
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Partitions taken away: commit what is safe, then every stage forgets them, and the
+        generation moves so late work of the old assignment releases nothing of a new one."""
+        assignment, stages = self.assignment, self.stages
+        assignment.loading -= revoked
+        mine = revoked & assignment.assigned
+        if not mine:
             return
-        except Exception as exc:  # noqa: BLE001 - the broker away, or a fetch the client cannot parse:
-            self._kafka_trouble(exc)  # retried, never a crash (a stuck partition is reported as stalled)
-            await asyncio.sleep(0.5)
-            return
-        self._kafka_ok()
-        generation = self._generation
-        await self._write_aside(self._take(batch), generation)
-        await self._close_ready()
-        self._flow()
-        now = self._clock_ms() / 1000
-        if now - self._last_commit >= _COMMIT_INTERVAL_S:
-            await self._commit()
-        if now - self._last_gauges >= _GAUGE_INTERVAL_S:
-            await self._update_gauges()
-
-    # ------------------------------------------------------------------ gauges and errors
-
-    async def _update_gauges(self) -> None:
-        self._last_gauges = self._clock_ms() / 1000
-        assert self._consumer is not None
-        refresh = self._highwater
-        assert refresh is not None  # built with the consumer
-        # a paused partition gets no fetch responses, so aiokafka's highwater() freezes: ask the
-        # brokers in the background, at a bounded rate (stream/lag.py)
-        refresh.retain(self._assigned)
-        refresh.request(tp for tp in self._assigned if tp in self._paused)
-        for tp in list(self._assigned):
-            if tp not in self._position:
-                with contextlib.suppress(Exception):
-                    self._position[tp] = await asyncio.wait_for(self._consumer.position(tp), 0.5)
-            high = refresh.highwater(tp)
-            if high is not None and tp in self._position:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - self._position[tp], 0))
-            why = "paused" if tp in self._paused else ""
-            stalls = self._stalls.observe(tp, self._position.get(tp), high, self._clock_ms(), why)
-            if stalls.started or stalls.ended:
-                self.metrics.partition_stalled.labels(tp.topic, str(tp.partition)).set(1 if stalls.started else 0)
-        for gone in self._stalls.forget([tp for tp in self._stalls.stalled if tp not in self._assigned]).ended:
-            self.metrics.partition_stalled.labels(gone.topic, str(gone.partition)).set(0)  # type: ignore[attr-defined]
-        if self._memory.rss is not None:
-            self.metrics.rss_bytes.set(self._memory.rss)
-        now_ns = self._wall_ns()
-        slowest: dict[Modality, int] = {}
-        for (_, modality), wm in self._aligner.watermarks().items():
-            slowest[modality] = min(wm, slowest.get(modality, wm))
-        for modality, wm in slowest.items():
-            self.metrics.watermark_lag_seconds.labels(modality.value).set(max(now_ns - wm, 0) / 1e9)
-        self.metrics.queue_depth.labels("aligner").set(self._aligner.open_windows)
-        self.metrics.queue_depth.labels("batcher").set(self._batcher.depth)
-        self.metrics.queue_depth.labels("parked").set(sum(len(park) for park in self._parked.values()))
-        self.metrics.queue_depth.labels("inference").set(self._pipeline.in_flight if self._pipeline else 0)
-        self.metrics.open_windows.set(self._aligner.open_windows)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(stages.commit.commit(only=mine, force=True), 5)
+        partitions = {tp.partition for tp in mine}
+        gone = stages.align.revoke(partitions)  # releases with the current generation
+        assignment.generation += 1
+        stages.commit.revoke(partitions, gone, mine)
+        stages.intake.revoke(mine)
+        assignment.assigned -= mine
+        assignment.paused -= mine
+        log.info("partitions revoked: %s", sorted(str(tp) for tp in mine))
         self.metrics.ready.set(1 if self.ready else 0)
-        if str(getattr(self._model, "device", "")).startswith("cuda"):
-            held = getattr(self._model, "gpu_memory_bytes", None)  # a worker process reports its own
-            if held is None and self._owned_model is None:
-                import torch
 
-                held = torch.cuda.memory_allocated()
-            if held is not None:
-                self.metrics.gpu_memory_bytes.set(held)
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Partitions given: read their published horizons before any of their records is
+        aligned. Records fetched meanwhile wait in ``Intake`` (the partitions are ``loading``):
+        aligned before the horizons, a replayed record would rebuild a window that was
+        published whole, as a partial copy."""
+        assignment = self.assignment
+        new = assigned - assignment.assigned
+        assignment.loading |= new
+        try:
+            await self.stages.commit.load(sorted({tp.partition for tp in new}))
+            if new:
+                await self.stages.rules.load()  # open episodes of sources that moved here
+        finally:
+            assignment.loading -= new
+            assignment.assigned |= assigned
+        log.info("partitions assigned: %s (published horizons of %d sources loaded)",
+                 sorted(str(tp) for tp in assigned), len(self.stages.commit.horizons.snapshot(self.stages.align.sources())))
+        self.metrics.ready.set(1 if self.ready else 0)
 
     def _rss_bytes(self) -> int | None:
         """This process and its model worker (not the demo's broker, a child that holds every record)."""
-        worker = getattr(self._owned_model, "pid", None)
+        worker = self.stages.infer.worker_pid
         return rss_bytes([worker] if worker is not None else [])
-
-    def _set_fatal(self, error: MmstreamError) -> None:
-        """A failure waiting cannot heal: ``run()`` drains and raises it (the first one wins)."""
-        if self._fatal is None:
-            self._fatal = error
-            self.metrics.ready.set(0)
-
-    def _kafka_trouble(self, exc: Exception) -> None:
-        if self._kafka_down_since is None:
-            self._kafka_down_since = self._clock_ms() / 1000
-            log.warning("lost the broker (%s); retrying with backoff", exc)
-
-    def _kafka_ok(self) -> None:
-        if self._kafka_down_since is not None:
-            log.warning("broker back after %.1f s", self._clock_ms() / 1000 - self._kafka_down_since)
-            self._kafka_down_since = None
-
-
-def _load_model(settings: Settings) -> Any:
-    from operators import OperatorError, build_model
-
-    try:
-        return build_model(settings.model)
-    except OperatorError as exc:
-        raise ModelError(str(exc)) from exc

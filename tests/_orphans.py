@@ -99,3 +99,19 @@ def leaked(before: set[int], grace_s: float = _GRACE_S) -> list[str]:
         except OSError:
             pass
     return described
+
+
+def alive_after(pids: list[int], within_s: float = 5.0) -> list[int]:
+    """The pids still alive (not zombies) after waiting up to ``within_s`` for them to go."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)

@@ -42,12 +42,12 @@ async def explained(bootstrap: str, error: BaseException, timeout_s: float = 3.0
     """The error a command ends with when it cannot use the cluster at start: doctor's words and
     fix when nothing answers; the client's own words and a pointer to ``doctor`` when TCP works
     (what failed came later). Returned, for the caller to raise ``from`` the original."""
-    from stream.errors import KafkaError
+    from stream.errors import ClusterError
 
     diagnosis = await diagnose_kafka(bootstrap, error, timeout_s)
     if diagnosis.connects:
-        return KafkaError(f"{error}; to find which step fails, run `mmstream doctor`")
-    return KafkaError(f"{diagnosis.detail}; to fix: {diagnosis.fix}")
+        return ClusterError(f"{error}; to find which step fails, run `mmstream doctor`")
+    return ClusterError(f"{diagnosis.detail}; to fix: {diagnosis.fix}")
 
 
 async def tcp_problem(bootstrap: str, timeout_s: float) -> str | None:

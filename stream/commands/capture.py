@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stream.commands._common import number
-from stream.errors import KafkaError
+from stream.errors import ClusterError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,7 +147,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[dict[str, Any]]]
                 loop.add_signal_handler(sig, on_signal)
         try:
             return await main(stop)
-        except KafkaError as exc:
+        except ClusterError as exc:
             from stream.commands._diagnose import explained
 
             raise await explained(bootstrap, exc) from exc

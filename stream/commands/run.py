@@ -23,8 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "SIGTERM/SIGINT drains (publish what can close, commit) within drain_timeout_ms; a second signal exits at once.",
     )
     add_kafka_options(p)
-    p.add_argument("--model", metavar="PATH", help="a checkpoint folder written by `mmstream train`")
+    p.add_argument("--model", metavar="PATH", help="a checkpoint folder written by `mmstream train`, or a folder "
+                   "of them: its newest serves and a new one renamed into it is swapped in (docs/inference.md)")
     p.add_argument("--preset", choices=["tiny", "offline", "hf"], help="model preset (overrides the config)")
+    p.add_argument("--model-factory", metavar="MODULE:CALLABLE",
+                   help="your own model: 'package.module:callable' or an entry point of group mmstream.models, "
+                   "called with the model settings, returning an operators.Model (docs/model.md); the module must "
+                   "be importable (installed or on PYTHONPATH)")
     p.add_argument("--status-every", type=_status_every, default=30.0, metavar="S",
                    help="log a status line (windows/s, lag, dead letters, stalled partitions) every S seconds; "
                    "0 = never")
@@ -45,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         model["path"] = args.model
     if args.preset:
         model["preset"] = args.preset
+    if args.model_factory:
+        model["factory"] = args.model_factory
+        model.setdefault("path", None)  # the command line's model replaces a config file's checkpoint
     settings = settings_from(args, model=model or None)
     return asyncio.run(serve(settings, status_every_s=args.status_every))
 
@@ -53,7 +61,7 @@ async def serve(settings: Any, stop: asyncio.Event | None = None, *, status_ever
     """Run a processor until SIGTERM/SIGINT (or ``stop``), drain, and stop it.
 
     Raises:
-        KafkaError: the cluster cannot be used at start; the message is ``mmstream doctor``'s
+        ClusterError: the cluster cannot be used at start; the message is ``mmstream doctor``'s
             diagnosis and fix when the bootstrap server does not even accept a connection.
     """
     from stream.commands._status import report_status
@@ -84,7 +92,7 @@ async def _start(processor: Any, settings: Any) -> None:
     would otherwise come before ours and be read as the answer.
     """
     from stream.commands._diagnose import explained
-    from stream.errors import KafkaError, TopicLayoutError
+    from stream.errors import ClusterError, TopicLayoutError
     from stream.logs import client_quiet
 
     with client_quiet():
@@ -93,6 +101,6 @@ async def _start(processor: Any, settings: Any) -> None:
         except TopicLayoutError:
             await processor.stop()
             raise
-        except KafkaError as exc:
+        except ClusterError as exc:
             await processor.stop()  # inside the quiet block: the clients' closing words are aiokafka's too
             raise await explained(settings.kafka.bootstrap_servers, exc, _DIAGNOSE_TIMEOUT_S) from exc

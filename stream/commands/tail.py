@@ -108,13 +108,13 @@ async def read_records(settings: Any, topic: str, *, last: int | None, follow: b
         follow: after those, keep yielding new records as they arrive, forever.
 
     Raises:
-        KafkaError: the cluster cannot be reached, the topic does not exist, or its partitions do not
+        ClusterError: the cluster cannot be reached, the topic does not exist, or its partitions do not
             report a high watermark in time.
     """
     from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError as AIOKafkaError
 
-    from stream.errors import KafkaError
+    from stream.errors import ClusterError
     from stream.kafka import make_consumer, stop_bounded
 
     bootstrap = settings.kafka.bootstrap_servers
@@ -123,13 +123,13 @@ async def read_records(settings: Any, topic: str, *, last: int | None, follow: b
         try:
             await asyncio.wait_for(consumer.start(), _PROBE_TIMEOUT_S)
         except TimeoutError as exc:
-            raise KafkaError(f"no answer from Kafka at {bootstrap} within {_PROBE_TIMEOUT_S:g} s") from exc
+            raise ClusterError(f"no answer from Kafka at {bootstrap} within {_PROBE_TIMEOUT_S:g} s") from exc
         except (AIOKafkaError, OSError) as exc:
-            raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}; is the broker running?") from exc
+            raise ClusterError(f"cannot reach Kafka at {bootstrap}: {exc}; is the broker running?") from exc
         parts = consumer.partitions_for_topic(topic)
         if not parts:
             existing = sorted(t for t in await consumer.topics() if not t.startswith("__"))
-            raise KafkaError(f"topic {topic!r} does not exist on {bootstrap}; topics there: "
+            raise ClusterError(f"topic {topic!r} does not exist on {bootstrap}; topics there: "
                              f"{', '.join(existing) or 'none'}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
@@ -166,7 +166,7 @@ def _event_order(record: Any) -> tuple[int, int, int]:
 
 async def _high_watermarks(consumer: Any, tps: list[Any], bootstrap: str) -> dict[Any, int]:
     """Each partition's high watermark, from the first fetch responses (records fetched are dropped)."""
-    from stream.errors import KafkaError
+    from stream.errors import ClusterError
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _PROBE_TIMEOUT_S
@@ -176,7 +176,7 @@ async def _high_watermarks(consumer: Any, tps: list[Any], bootstrap: str) -> dic
             return marks
         if loop.time() > deadline:
             missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp, m in marks.items() if m is None)
-            raise KafkaError(f"{bootstrap} answered no fetch for {missing} within {_PROBE_TIMEOUT_S:g} s")
+            raise ClusterError(f"{bootstrap} answered no fetch for {missing} within {_PROBE_TIMEOUT_S:g} s")
         await consumer.getmany(timeout_ms=_POLL_MS)
 
 

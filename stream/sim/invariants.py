@@ -217,23 +217,23 @@ class Checker:
         self._trace("step", self.step, self._clock.now_ns)
         self._memory(processor)
         self._no_stall(processor)
-        if processor._fatal is not None:
-            self.violate("fatal", f"the processor gave up: {processor._fatal}")
+        if processor.fatal.error is not None:
+            self.violate("fatal", f"the processor gave up: {processor.fatal.error}")
 
     def _memory(self, processor: Any) -> None:
         window = self._settings.window
-        aligner = processor._aligner
+        stages = processor.stages
+        aligner = stages.align
         if aligner.open_windows > self._n_sources * window.max_open_windows_per_source:
             self.violate("memory", f"{aligner.open_windows} open windows for {self._n_sources} sources "
                                    f"(max_open_windows_per_source={window.max_open_windows_per_source})")
         if aligner.buffered_bytes > window.max_buffered_bytes:
             self.violate("memory", f"aligner holds {aligner.buffered_bytes} bytes > {window.max_buffered_bytes}")
-        held = sum(len(v) for v in processor._held.values())
-        held += sum(len(v) for v in getattr(processor, "_parked", {}).values())
-        bound = 2 * _MAX_RECORDS * max(len(processor._assigned), 1)
+        held = stages.intake.held() + stages.intake.parked
+        bound = 2 * _MAX_RECORDS * max(len(processor.assignment.assigned), 1)
         if held > bound:
             self.violate("memory", f"{held} fetched records held back (> {bound})")
-        depth, most = processor._batcher.depth, self._settings.batching.max_queued_windows
+        depth, most = stages.batch.depth, self._settings.batching.max_queued_windows
         if depth > most:
             self.violate("memory", f"{depth} windows queued for inference > max_queued_windows={most}")
 
@@ -241,7 +241,8 @@ class Checker:
         assert self.broker is not None
         now = self._clock.now_ns
         frozen = self.broker.frozen_until() is not None
-        positions = processor._position
+        positions = processor.assignment.position
+        paused = processor.assignment.paused
         for tp in self._input_partitions():
             position, end = positions.get(tp), self.broker.log_end(tp)
             last = self._progress.get(tp)
@@ -251,11 +252,11 @@ class Checker:
                 continue
             if now - last[1] > self._stall_ns and tp not in self._stalled:
                 self._stalled.add(tp)
-                held = len(processor._held.get(tp, ()))
+                held = processor.stages.intake.held(tp)
                 self.violate("stall", f"{tp.topic}/{tp.partition} has {end - (position or 0)} unread records and "
                                       f"stayed at offset {position} for {(now - last[1]) / NS_PER_S:.1f} s "
-                                      f"(paused: {tp in processor._paused}, held back: {held}; paused now: "
-                                      f"{sorted(f'{t.topic}/{t.partition}' for t in processor._paused)})")
+                                      f"(paused: {tp in paused}, held back: {held}; paused now: "
+                                      f"{sorted(f'{t.topic}/{t.partition}' for t in paused)})")
 
     def _input_partitions(self) -> list[TopicPartition]:
         if not self._inputs:

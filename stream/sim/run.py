@@ -197,7 +197,7 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
     published, moved_ns = 0, clock.now_ns  # a slow model may still be working through a backlog
     while not checker.violations:
         try:
-            await asyncio.wait_for(processor._step(), _STEP_BOUND_S)
+            await asyncio.wait_for(processor.step(), _STEP_BOUND_S)
         except TimeoutError:
             checker.violate("hang", f"a processor step did not finish within {_STEP_BOUND_S:.0f} s")
             break
@@ -215,7 +215,6 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
             kills.pop(0)
             await _kill(processor)
             processor = await _start(settings, clients, clock)
-    processor._consuming = False
     if not checker.violations and not done:
         checker.final(quiet=checker.all_published)
     with contextlib.suppress(Exception):
@@ -228,7 +227,6 @@ async def _start(settings: Settings, clients: SimClients, clock: SimClock) -> Pr
     processor = Processor(settings, model=SimModel(), clock_ms=clock.monotonic_ms, wall_ns=clock.wall_ns,
                           clients=clients)
     await processor.start()
-    processor._consuming = True  # what run() sets; the simulation calls _step() itself
     return processor
 
 
@@ -241,9 +239,7 @@ async def _kill(processor: Processor) -> None:
         if task is not me:
             task.cancel()
     await asyncio.sleep(0)
-    health = getattr(processor, "_health", None)
-    if health is not None:
-        health.stop()
+    processor.stop_health_watch()
 
 
 def _close(loop: VirtualLoop) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from stream.config import KafkaConfig, LimitsConfig, TopicsConfig
 from stream.contract import EncodedRecord, Item, encode
 from stream.decode import decode
-from stream.errors import CaptureError, ContractError, KafkaError, MmstreamError
+from stream.errors import CaptureError, ClusterError, ContractError, MmstreamError
 
 __all__ = ["PublishStats", "Publisher"]
 
@@ -54,7 +54,7 @@ class Publisher:
             await pub.publish(frame)
 
     Raises (from ``start``/``publish``/``offer``/``flush``):
-        KafkaError: the broker cannot be reached, or a send failed (the first failure is raised
+        ClusterError: the broker cannot be reached, or a send failed (the first failure is raised
             at the next call, so a producer loop stops instead of sending into the void).
         CaptureError: the item would not pass ``stream.decode.decode`` (nothing is sent).
         TopicLayoutError: the input topics exist with different partition counts.
@@ -95,7 +95,7 @@ class Publisher:
             try:
                 await self._producer.start()
             except AIOKafkaError as exc:
-                raise KafkaError(f"cannot connect a producer to {self._kafka.bootstrap_servers}: {exc}") from exc
+                raise ClusterError(f"cannot connect a producer to {self._kafka.bootstrap_servers}: {exc}") from exc
         self._state = "started"
 
     async def stop(self) -> None:
@@ -164,7 +164,7 @@ class Publisher:
     def _check(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
-            raise KafkaError(f"sending to {self._kafka.bootstrap_servers} failed: {err}") from err
+            raise ClusterError(f"sending to {self._kafka.bootstrap_servers} failed: {err}") from err
         if self._state != "started":
             raise MmstreamError(f"publisher is {self._state}; call start() first")
 

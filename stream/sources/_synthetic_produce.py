@@ -60,7 +60,7 @@ async def produce(
     Returns when everything is acknowledged, or early (still flushed) when ``stop`` is set.
 
     Raises:
-        KafkaError: the broker cannot be reached or a send failed.
+        ClusterError: the broker cannot be reached or a send failed.
         TopicLayoutError: the input topics exist with different partition counts.
     """
     if duration_s < 0:

@@ -163,7 +163,7 @@ class CameraSource:
 
         Raises:
             CaptureError: the device cannot be opened at first (a later failure reconnects or exits).
-            KafkaError: publishing failed.
+            ClusterError: publishing failed.
         """
         cfg = self.config
         stop = stop or asyncio.Event()

@@ -114,7 +114,7 @@ async def replay_video(
 
     Raises:
         CaptureError: the file cannot be opened or has no frame rate and no timestamps.
-        KafkaError: publishing failed.
+        ClusterError: publishing failed.
     """
     import cv2
 
@@ -187,7 +187,7 @@ async def replay_wav(
 
     Raises:
         CaptureError: the file is not a WAV numpy reads, or ``chunk_ms`` is not a whole number of samples.
-        KafkaError: publishing failed.
+        ClusterError: publishing failed.
     """
     with _open_wav(path) as w:
         rate, channels = w.format.rate, w.format.channels
@@ -263,7 +263,7 @@ async def replay_transcript(
 
     Raises:
         CaptureError: the file is unreadable or a line is invalid.
-        KafkaError: publishing failed.
+        ClusterError: publishing failed.
     """
     lines = read_transcript(path)
     pacer = Pacer(opts, clock or default_clock())

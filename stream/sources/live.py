@@ -135,7 +135,7 @@ async def run_demo_inputs(
 
     Raises:
         CaptureError: a device or file cannot be opened (the message names it), or a bad combination.
-        KafkaError: publishing failed.
+        ClusterError: publishing failed.
     """
     from stream.sources.camera import CameraConfig, CameraSource, FrameOptions
     from stream.sources.files import ReplayOptions, replay_video

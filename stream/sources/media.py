@@ -266,7 +266,7 @@ async def replay_media(
     Raises:
         CaptureError: PyAV is missing, or the file is missing, not media, or its sound has a rate or
             channel count no audio chunk may carry.
-        KafkaError: publishing failed.
+        ClusterError: publishing failed.
     """
     if chunk_ms <= 0:
         raise CaptureError(f"chunk_ms must be more than 0, got {chunk_ms}")

@@ -193,7 +193,7 @@ class MicSource:
 
         Raises:
             CaptureError: no PyAudio, no such device, or the stream cannot be opened.
-            KafkaError: publishing failed.
+            ClusterError: publishing failed.
         """
         cfg = self.config
         stop = stop or asyncio.Event()

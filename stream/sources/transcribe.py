@@ -262,7 +262,7 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
 
     Raises:
         ModelError: the Whisper model or the VAD cannot be loaded.
-        KafkaError: the broker cannot be reached or a send failed.
+        ClusterError: the broker cannot be reached or a send failed.
     """
     import torch
 

@@ -14,13 +14,13 @@ Invariants (tests rely on them; see docs/time.md for the user-facing version):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 from stream.config import WindowConfig
 from stream.contract import AudioChunk, Item, Modality, Origin, TranscriptSegment, VideoFrame
 from stream.errors import Reason
-from stream.windows._closed import SAMPLE_BYTES, OpenWindow
-from stream.windows._closing import Closing, Retired
+from stream.windows._closed import SAMPLE_BYTES, ClosedWindow, OpenWindow, WindowKey
+from stream.windows._closing import Closer
 from stream.windows._ranges import (
     NS_PER_MS,
     audio_cut,
@@ -36,12 +36,14 @@ from stream.windows._state import (
     NEVER,
     AddResult,
     AddStatus,
+    Book,
+    CaughtUp,
     SourceState,
 )
 
 __all__ = ["Aligner"]
 
-class Aligner(Closing):
+class Aligner:
     """Aligns the three inputs of every source into event-time windows.
 
     Built from a ``WindowConfig`` (the validated spec), a processing-time ``clock`` returning
@@ -79,16 +81,15 @@ class Aligner(Closing):
         self._idle_ms = config.idle_timeout_ms
         self._max_open = config.max_open_windows_per_source
         self._max_bytes = config.max_buffered_bytes
-        self._sources: dict[str, SourceState] = {}
-        self._open: dict[str, SourceState] = {}  # sources with at least one open window
-        self._over: dict[str, SourceState] = {}  # sources above max_open_windows_per_source
-        self._horizons: dict[str, int] = {}  # horizons of sources not seen yet
-        self._retired: dict[str, Retired] = {}  # what is kept of sources retired for silence
-        self._ttl_ms = config.source_ttl_ms
         self._modalities = config.modalities
-        self._next_sweep_ms = 0
-        self._bytes = 0
-        self._n_open = 0
+        book = self._book = Book()  # the state, shared with the closing side
+        self._closer = Closer(config, clock, book)
+        # the book's tables (the same dicts, never rebound)
+        self._sources = book.sources
+        self._open = book.open
+        self._over = book.over
+        self._horizons = book.horizons
+        self._retired = book.retired
 
     # ------------------------------------------------------------------ observation
 
@@ -96,16 +97,16 @@ class Aligner(Closing):
     def full(self) -> bool:
         """A bound is exceeded: pause consumption. The next ``poll`` sheds the oldest windows
         (``closed_by="pressure"``) until back within bounds, so this never stays true."""
-        return bool(self._over) or self._bytes > self._max_bytes
+        return bool(self._over) or self._book.bytes > self._max_bytes
 
     @property
     def open_windows(self) -> int:
-        return self._n_open
+        return self._book.n_open
 
     @property
     def buffered_bytes(self) -> int:
         """Payload bytes held by open windows (per window: a frame in two sliding windows counts twice)."""
-        return self._bytes
+        return self._book.bytes
 
     def watermarks(self) -> dict[tuple[str, Modality], int]:
         """Event-time watermark (ns) per (source, modality) that has vouched for any time."""
@@ -115,6 +116,42 @@ class Aligner(Closing):
             for m, v in enumerate(src.vouched)
             if v != NEVER
         }
+
+    def sources(self) -> frozenset[str]:
+        """The sources whose state is kept in full (not retired)."""
+        return frozenset(self._sources)
+
+    def retired_sources(self) -> dict[str, frozenset[int]]:
+        """Sources retired for silence (only their horizon, frontier and partitions kept), with
+        their partitions."""
+        return {sid: parts for sid, (_, _, parts) in self._retired.items()}
+
+    def unseen_horizons(self) -> frozenset[str]:
+        """Sources with a published horizon read back (``set_horizon``) but no record yet."""
+        return frozenset(self._horizons)
+
+    # ------------------------------------------------------------------ output (``Closer``)
+
+    def poll(self, caught_up: CaughtUp | None = None, *, shed: int = 0) -> list[ClosedWindow]:
+        """Close every window that can close now, oldest first per source (``Closer.poll``)."""
+        return self._closer.poll(caught_up, shed=shed)
+
+    def flush(self) -> list[ClosedWindow]:
+        """Close every open window now (shutdown drain), oldest first per source."""
+        return self._closer.flush()
+
+    def forget_sources(self, source_ids: Iterable[str]) -> list[str]:
+        """Drop what is kept of these sources if they are retired (``Closer.forget_sources``)."""
+        return self._closer.forget_sources(source_ids)
+
+    def forget_partitions(self, partitions: set[int]) -> list[WindowKey]:
+        """Drop the sources of these partitions; returns the keys of the open windows dropped."""
+        return self._closer.forget_partitions(partitions)
+
+    def set_horizon(self, source_id: str, published_end_ns: int) -> list[WindowKey]:
+        """A horizon published before a restart (``Closer.set_horizon``); returns the keys of the
+        open windows it covers, dropped."""
+        return self._closer.set_horizon(source_id, published_end_ns)
 
     # ------------------------------------------------------------------ input
 
@@ -153,7 +190,7 @@ class Aligner(Closing):
                 w.origins.append(origin)
                 n = len(item.data)
                 w.nbytes += n
-                self._bytes += n
+                self._book.bytes += n
                 if t > src.vouched[M_VIDEO]:  # _vouch, inline: the per-record path
                     src.vouched[M_VIDEO] = t
                     src.dirty = True
@@ -185,7 +222,7 @@ class Aligner(Closing):
 
     def _open_window(self, src: SourceState, s: int) -> OpenWindow:
         w = src.windows[s] = OpenWindow(s, s + self._window_ns)
-        self._n_open += 1
+        self._book.n_open += 1
         if len(src.windows) == 1:
             self._open[src.id] = src
         if s < src.min_start:
@@ -248,7 +285,7 @@ class Aligner(Closing):
             w.frames.append((t, origin, item))
             w.origins.append(origin)
             w.nbytes += n
-            self._bytes += n
+            self._book.bytes += n
             placed.append(s)
         return tuple(placed), skipped and bool(placed)
 
@@ -274,7 +311,7 @@ class Aligner(Closing):
             w.origins.append(origin)
             b = n * width
             w.nbytes += b
-            self._bytes += b
+            self._book.bytes += b
             if end > src.vouched[M_AUDIO]:  # _vouch, inline: the per-record path
                 src.vouched[M_AUDIO] = end
                 src.dirty = True
@@ -298,7 +335,7 @@ class Aligner(Closing):
             w.origins.append(origin)
             b = (hi - lo) * width
             w.nbytes += b
-            self._bytes += b
+            self._book.bytes += b
             placed.append(s)
         if not placed:
             return self._late(src, ts, end)
@@ -327,7 +364,7 @@ class Aligner(Closing):
                     if old is not None:
                         b = len(old[0].text)
                         w.nbytes -= b  # type: ignore[union-attr]
-                        self._bytes -= b
+                        self._book.bytes -= b
         placed = []
         skipped = False
         b = len(item.text)
@@ -339,7 +376,7 @@ class Aligner(Closing):
             w.segments[key] = (item, origin, overlap_fraction(start, end, s, s + W))
             w.origins.append(origin)
             w.nbytes += b
-            self._bytes += b
+            self._book.bytes += b
             placed.append(s)
         if sid is not None:
             if placed:

@@ -1,8 +1,9 @@
 """The aligner's output side: closing windows (watermarks, idleness, bounds, shutdown) and the
 lifecycle of sources (revocation, restart horizons, retiring silent sources).
 
-A mixin of ``Aligner`` (``stream.windows._aligner``) over the engine's state, split off so each
-file reads top to bottom: ``_aligner`` puts records into windows, this file takes windows out.
+``Closer`` shares the engine's state (``Book``) with ``Aligner`` (``stream.windows._aligner``),
+which owns it and delegates to it; split so each file reads top to bottom: ``_aligner`` puts
+records into windows, this file takes windows out.
 """
 
 from __future__ import annotations
@@ -10,35 +11,34 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from stream.config import WindowConfig
+from stream.contract import Modality
 from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
-from stream.windows._state import ALWAYS, MODALITIES, NEVER, CaughtUp, SourceState
+from stream.windows._ranges import NS_PER_MS
+from stream.windows._state import ALWAYS, MODALITIES, NEVER, Book, CaughtUp, SourceState
 
-__all__ = ["Closing"]
-
-Retired = tuple[int, int, frozenset[int]]  # (horizon, frontier, partitions) of a retired source
+__all__ = ["Closer"]
 
 
-class Closing:
+class Closer:
     """Window closing and source lifecycle for ``Aligner`` (see the module docstring)."""
 
-    # the engine's state, set by Aligner.__init__
-    config: WindowConfig
-    _clock: Callable[[], int]
-    _window_ns: int
-    _hop_ns: int
-    _lateness_ns: int
-    _idle_ms: int
-    _max_open: int
-    _max_bytes: int
-    _ttl_ms: int
-    _next_sweep_ms: int
-    _sources: dict[str, SourceState]
-    _open: dict[str, SourceState]
-    _over: dict[str, SourceState]
-    _horizons: dict[str, int]
-    _retired: dict[str, Retired]
-    _bytes: int
-    _n_open: int
+    def __init__(self, config: WindowConfig, clock: Callable[[], int], book: Book) -> None:
+        self._clock = clock
+        self._book = book
+        self._window_ns = config.window_ms * NS_PER_MS
+        self._hop_ns = (config.hop_ms or config.window_ms) * NS_PER_MS
+        self._lateness_ns = config.allowed_lateness_ms * NS_PER_MS
+        self._idle_ms = config.idle_timeout_ms
+        self._max_open = config.max_open_windows_per_source
+        self._max_bytes = config.max_buffered_bytes
+        self._ttl_ms = config.source_ttl_ms
+        self._next_sweep_ms = 0
+        # the book's tables (the same dicts, never rebound)
+        self._sources = book.sources
+        self._open = book.open
+        self._over = book.over
+        self._horizons = book.horizons
+        self._retired = book.retired
 
     # ------------------------------------------------------------------ output
 
@@ -61,7 +61,7 @@ class Closing:
         for src in list(self._open.values()):
             if src.dirty or now >= src.check_at_ms:
                 self._evaluate(src, now, caught_up, out)
-        if self._over or self._bytes > self._max_bytes:
+        if self._over or self._book.bytes > self._max_bytes:
             self._shed(out)
         if shed:
             oldest = sorted((s, src.id) for src in self._open.values() for s in src.windows)[:shed]
@@ -73,44 +73,48 @@ class Closing:
 
     def _evaluate(self, src: SourceState, now: int, caught_up: CaughtUp | None, out: list[ClosedWindow]) -> None:
         bound = ALWAYS
-        any_idle = False
+        idle: Modality | None = None
+        slowest: Modality | None = None  # the modality whose watermark holds the windows back
         check_at = ALWAYS
         for m in src.expected:  # a modality the source is not expected to send holds nothing back
             seen = src.seen_ms[m]
             if now - seen >= self._idle_ms and (
                 caught_up is None or all(caught_up(MODALITIES[m], p) for p in src.partitions)
             ):
-                any_idle = True
+                idle = idle or MODALITIES[m]
                 continue
             check_at = min(check_at, seen + self._idle_ms)
-            bound = min(bound, src.vouched[m] - self._lateness_ns)
+            mark = src.vouched[m] - self._lateness_ns
+            if mark < bound:
+                bound, slowest = mark, MODALITIES[m]
         src.dirty = False
         src.check_at_ms = check_at
-        cause: CloseCause = "idle" if any_idle else "watermark"
+        cause: CloseCause = "idle" if idle is not None else "watermark"
         if bound == ALWAYS:  # every modality idle: the source went silent
-            self._close_through(src, ALWAYS, cause, out)
+            self._close_through(src, ALWAYS, cause, out, idle)
             return
         if bound < 0:
             return
-        self._close_through(src, bound, cause, out)
+        self._close_through(src, bound, cause, out, slowest)
         # windows ending by the watermark are closed even if they never opened: later data is late
         edge = (bound // self._hop_ns) * self._hop_ns
         if edge > src.frontier:
             src.frontier = edge
 
-    def _close_through(self, src: SourceState, bound: int, cause: CloseCause, out: list[ClosedWindow]) -> None:
+    def _close_through(self, src: SourceState, bound: int, cause: CloseCause, out: list[ClosedWindow],
+                       waited_for: Modality | None = None) -> None:
         """Close the source's windows ending at or before ``bound`` (ns), oldest first."""
         if src.min_start + self._window_ns > bound:
             return
         for s in sorted(src.windows):
             if s + self._window_ns > bound:
                 break
-            out.append(self._close(src, s, cause))
+            out.append(self._close(src, s, cause, waited_for))
 
-    def _close(self, src: SourceState, s: int, cause: CloseCause) -> ClosedWindow:
+    def _close(self, src: SourceState, s: int, cause: CloseCause, waited_for: Modality | None = None) -> ClosedWindow:
         w = src.windows.pop(s)
-        self._n_open -= 1
-        self._bytes -= w.nbytes
+        self._book.n_open -= 1
+        self._book.bytes -= w.nbytes
         if w.end > src.frontier:
             src.frontier = w.end
         if src.windows:
@@ -127,18 +131,18 @@ class Closing:
                 rev = src.revisions.get(key)
                 if rev is not None and (not rev[1] or rev[1][-1] <= s):
                     del src.revisions[key]
-        return w.close(src.id, cause, src.expected_modalities)
+        return w.close(src.id, cause, src.expected_modalities, waited_for)
 
     def _shed(self, out: list[ClosedWindow]) -> None:
         """Close the oldest windows until within bounds (backpressure could not prevent it)."""
         for src in list(self._over.values()):
             while len(src.windows) > self._max_open:
                 out.append(self._close(src, src.min_start, "pressure"))
-        if self._bytes > self._max_bytes:
+        if self._book.bytes > self._max_bytes:
             # oldest start first across sources; per source that is also its oldest window, so
             # each source's frontier invariant holds
             for s, sid in sorted((s, src.id) for src in self._open.values() for s in src.windows):
-                if self._bytes <= self._max_bytes:
+                if self._book.bytes <= self._max_bytes:
                     break
                 out.append(self._close(self._sources[sid], s, "pressure"))
 
@@ -183,8 +187,8 @@ class Closing:
                 continue
             for s in sorted(src.windows):
                 w = src.windows[s]
-                self._bytes -= w.nbytes
-                self._n_open -= 1
+                self._book.bytes -= w.nbytes
+                self._book.n_open -= 1
                 dropped.append((sid, s))
             del self._sources[sid]
             self._open.pop(sid, None)
@@ -209,8 +213,8 @@ class Closing:
             if s + self._window_ns > published_end_ns:
                 break
             w = src.windows.pop(s)
-            self._bytes -= w.nbytes
-            self._n_open -= 1
+            self._book.bytes -= w.nbytes
+            self._book.n_open -= 1
             dropped.append((source_id, s))
         src.min_start = min(src.windows) if src.windows else ALWAYS
         if not src.windows:

@@ -10,12 +10,14 @@ from stream.contract import Modality
 from stream.errors import Reason
 from stream.windows._closed import OpenWindow, WindowKey
 
-__all__ = ["AddResult", "AddStatus", "CaughtUp", "SourceState"]
+__all__ = ["AddResult", "AddStatus", "Book", "CaughtUp", "Retired", "SourceState"]
 
 MODALITIES = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
 M_VIDEO, M_AUDIO, M_TEXT = 0, 1, 2
 NEVER = -(1 << 80)  # "no time yet": below any watermark
 ALWAYS = 1 << 80  # "no bound": above any window end
+
+Retired = tuple[int, int, frozenset[int]]  # (horizon, frontier, partitions) of a retired source
 
 CaughtUp = Callable[[Modality, int], bool]
 """``caught_up(modality, partition)``: that input partition has no unread data (position at the
@@ -82,3 +84,20 @@ class SourceState:
         self.check_at_ms = now_ms
         self.min_start = ALWAYS
         self.accepted: AddResult | None = None  # the last one-window result, shared (see Aligner._accepted)
+
+
+class Book:
+    """The engine's state, one object shared by its two sides: ``Aligner`` puts records into
+    windows, ``Closer`` (``stream.windows._closing``) takes windows out and keeps the lifecycle
+    of sources. Plain fields: both sides are this package's own code."""
+
+    __slots__ = ("sources", "open", "over", "horizons", "retired", "bytes", "n_open")
+
+    def __init__(self) -> None:
+        self.sources: dict[str, SourceState] = {}
+        self.open: dict[str, SourceState] = {}  # sources with at least one open window
+        self.over: dict[str, SourceState] = {}  # sources above max_open_windows_per_source
+        self.horizons: dict[str, int] = {}  # horizons of sources not seen yet
+        self.retired: dict[str, Retired] = {}  # what is kept of sources retired for silence
+        self.bytes = 0  # payload bytes in open windows
+        self.n_open = 0  # open windows

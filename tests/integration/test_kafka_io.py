@@ -22,7 +22,7 @@ from stream.contract import (
     frame_from_image,
 )
 from stream.decode import decode
-from stream.errors import ContractError, KafkaError, Reason, TopicLayoutError
+from stream.errors import ClusterError, ContractError, Reason, TopicLayoutError
 from stream.kafka import ensure_topics, make_consumer, make_producer, max_request_bytes, stop_bounded
 from tests.integration._helpers import create_topics
 
@@ -207,7 +207,7 @@ async def test_ensure_topics_on_an_unreachable_cluster_is_a_kafka_error() -> Non
     from stream.broker import free_port
 
     kafka = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=2000)
-    with pytest.raises(KafkaError) as info:
+    with pytest.raises(ClusterError) as info:
         await asyncio.wait_for(ensure_topics(kafka, TopicsConfig(), LimitsConfig()), 30)
     assert kafka.bootstrap_servers in str(info.value)
     assert info.value.retriable
@@ -322,27 +322,27 @@ async def test_consumer_lag_keeps_growing_while_a_partition_is_paused(settings_f
     processor = Processor(s, model=object())  # not started: only its gauges are exercised
     try:
         assert len(await consume(consumer, 5)) == 5
-        processor._consumer = consumer  # noqa: SLF001 - the processor's state after reading 5 records
-        processor._highwater = HighwaterRefresh(consumer)  # noqa: SLF001 - as start() builds it
-        processor._assigned = {tp}  # noqa: SLF001
-        processor._position[tp] = 5  # noqa: SLF001
+        processor.connection.consumer = consumer  # the processor's state after reading 5 records
+        processor.gauges.highwater = HighwaterRefresh(consumer)  # as start() builds it
+        processor.assignment.assigned = {tp}
+        processor.assignment.position[tp] = 5
 
         def lag() -> float | None:
             return processor.metrics.registry.get_sample_value(
                 "mmstream_consumer_lag", {"topic": tp.topic, "partition": "0"})
 
-        await processor._update_gauges()  # noqa: SLF001
+        await processor.gauges.update()
         assert lag() == 0
         consumer.pause(tp)  # as flow control pauses it
-        processor._paused = {tp}  # noqa: SLF001
+        processor.assignment.paused = {tp}
         await produce_one_by_one(s, s.topics.video, [b"y"] * 7)
         deadline = time.monotonic() + 15
         while lag() != 7 and time.monotonic() < deadline:
-            await processor._update_gauges()  # noqa: SLF001
+            await processor.gauges.update()
             await asyncio.sleep(0.1)
         assert lag() == 7
         assert consumer.highwater(tp) is not None and consumer.highwater(tp) <= 5  # the client's own stayed frozen
     finally:
-        if processor._highwater is not None:  # noqa: SLF001
-            await processor._highwater.close()  # noqa: SLF001
+        if processor.gauges.highwater is not None:
+            await processor.gauges.highwater.close()
         await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")

@@ -31,6 +31,12 @@ async def test_clean_run_publishes_every_window_once_with_exact_counts(settings_
         got = {k: r["counts"][k] for k in want}
         assert got == want, r["id"]
         assert r["model"]["name"] and r["scores"] and r["label"] in r["scores"]
+        lat = r["latency"]
+        parts = lat["breakdown"]  # where window end -> publish went, in parts that sum to it
+        assert parts["waited_for"] in {"video", "audio", "text"}
+        assert sum(parts[p] for p in ("watermark_ms", "batch_wait_ms", "preprocess_ms", "inference_ms",
+                                      "publish_ms")) == pytest.approx(lat["window_end_to_publish_ms"], abs=1e-3)
+        assert min(parts["batch_wait_ms"], parts["preprocess_ms"], parts["inference_ms"], parts["publish_ms"]) >= 0
     for rec, r in zip(records, results, strict=True):
         assert dict(rec.headers)["mm-ts"] == str(r["window_start_ns"]).encode()
         assert rec.key == r["source_id"].encode()

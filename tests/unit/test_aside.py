@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAu
 
 from stream.aside import H_SIZE, REFERENCE_OVERHEAD, AsideRecord, AsideWriter
 from stream.contract import Origin
-from stream.errors import KafkaError, Reason
+from stream.errors import ClusterError, Reason
 
 LIMIT = 1 << 20
 
@@ -51,7 +51,7 @@ def _record(value: bytes, reason: Reason | None = Reason.PAYLOAD_SIZE) -> AsideR
     return AsideRecord(b"cam", value, (("mm-ts", b"1"), ("x-trace", b"abc")), Origin("mm.video", 0, 7), reason, "too big")
 
 
-def _writer(producer: _Producer, fatal: list[KafkaError], late: str | None = "late") -> AsideWriter:
+def _writer(producer: _Producer, fatal: list[ClusterError], late: str | None = "late") -> AsideWriter:
     return AsideWriter(producer, "dlq", late, max_request_bytes=LIMIT, on_fatal=fatal.append, clock_s=lambda: 0.0,
                        max_pending=2)
 
@@ -102,7 +102,7 @@ async def test_an_exception_from_send_is_retried_not_raised(monkeypatch: pytest.
 async def test_a_permanent_refusal_is_the_processors_fatal_error() -> None:
     producer, fatal = _Producer(ack_error=TopicAuthorizationFailedError(), fail_acks=1), []
     written = await _writer(producer, fatal).put(_record(b"x"))
-    with pytest.raises(KafkaError, match="refused"):
+    with pytest.raises(ClusterError, match="refused"):
         await asyncio.wait_for(written, 1)
     assert len(fatal) == 1
 

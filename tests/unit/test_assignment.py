@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-import stream.delivery as delivery
+import stream.stages.commit as commit_stage
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
 from stream.horizon import decode_state, encode_state
@@ -35,9 +35,9 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
         audio: [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
                                              sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)],
     }
-    processor._consumer = FakeConsumer(records)  # type: ignore[assignment]
-    processor._state_reader = object()  # type: ignore[assignment]
-    processor._last_commit = processor._last_gauges = float("inf")  # no commits or gauges in this test
+    processor.connection.consumer = FakeConsumer(records)
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")  # no commits or gauges here
     reading = asyncio.Event()
 
     async def slow_read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -45,18 +45,18 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
         await asyncio.sleep(0.2)  # meanwhile the loop fetches records of the new partitions
         return {0: [encode_state({"cam": T0 + 20 * S})]}  # published through 20 s before the move
 
-    monkeypatch.setattr(delivery, "read_last", slow_read_last)
-    assigning = asyncio.create_task(processor._on_assigned({video, audio}))
+    monkeypatch.setattr(commit_stage, "read_last", slow_read_last)
+    assigning = asyncio.create_task(processor.on_assigned({video, audio}))
     await reading.wait()
     for _ in range(3):
-        await processor._step()  # fetches 0-30 s of both topics while the horizons are read
+        await processor.step()  # fetches 0-30 s of both topics while the horizons are read
     assert processor.stats.records == 0  # held, not aligned
     await assigning
     for _ in range(20):  # held records go through in a few steps (watermark alignment paces them)
-        await processor._step()
+        await processor.step()
     assert processor.stats.records == 600
     assert processor.stats.replayed == 2 * 200  # everything before 20 s, none of it rebuilt
-    queued = [job.window for _, job in processor._batcher._items]
+    queued = [job.window for job in processor.stages.batch.queued()]
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
 
 
@@ -77,32 +77,39 @@ async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: 
     """Memory per partition stays bounded under source churn: past the cap, the retired sources
     published longest ago are forgotten whole; sources with a window open or in flight, and
     horizons read back but not used yet (a replay may still need them), are kept."""
-    monkeypatch.setattr(delivery, "MAX_STATE_SOURCES", 3)
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    monkeypatch.setattr(commit_stage, "MAX_STATE_SOURCES", 3)
+    clock = [0]
+    settings = load_settings(overrides={"metrics": {"port": None}, "window": {"source_ttl_ms": 1000}})
+    processor = Processor(settings, model=object(), clock_ms=lambda: clock[0])
     video = TopicPartition(processor.settings.topics.video, 0)
-    processor._consumer = FakeConsumer({video: [consumer_record(
-        video, 0, VideoFrame(source_id="live", ts_ns=T0, encoding="jpeg", data=JPEG))]})  # type: ignore[assignment]
-    processor._state_reader = object()  # type: ignore[assignment]
-    processor._producer = producer = _Producer()  # type: ignore[assignment]
-    processor._last_commit = processor._last_gauges = float("inf")
+    # "live" opens a window; each gone-i sends one frame its horizon covers (seen, nothing opened)
+    frames = [VideoFrame(source_id="live", ts_ns=T0, encoding="jpeg", data=JPEG)]
+    frames += [VideoFrame(source_id=f"gone-{i}", ts_ns=T0 + i * S - 500 * MS, encoding="jpeg", data=JPEG)
+               for i in range(6)]
+    processor.connection.consumer = FakeConsumer({video: [consumer_record(video, n, f) for n, f in enumerate(frames)]})
+    processor.connection.state_reader = object()
+    processor.connection.producer = producer = _Producer()
+    commit, align = processor.stages.commit, processor.stages.align
+    commit.last_commit_s = processor.gauges.last_update_s = float("inf")
     stored = {f"gone-{i}": T0 + i * S for i in range(6)} | {"live": T0 - S, "unseen": T0 - 2 * S}
 
     async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
         return {0: [encode_state(stored)]}
 
-    monkeypatch.setattr(delivery, "read_last", read_last)
-    await processor._on_assigned({video})
-    await processor._step()  # "live" has an open window: an old horizon, yet kept
-    aligner = processor._aligner
-    for sid in (f"gone-{i}" for i in range(6)):  # seen since, then retired for silence
-        aligner._retired[sid] = (aligner._horizons.pop(sid), T0, frozenset({0}))
-    in_flight = processor._horizons.closed("gone-0", T0 + 7 * S)  # a window of gone-0 awaits its ack
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    await processor.on_assigned({video})
+    await processor.step()  # "live" has an open window: an old horizon, yet kept
+    clock[0] += 2000  # the gone-i fall silent past source_ttl_ms: retired at the next sweep
+    await processor.step()
+    assert align.retired_sources() == {f"gone-{i}" for i in range(6)}
+    assert align.open_windows == 1  # live's, not idle yet (idle_timeout_ms 3000)
+    in_flight = commit.horizons.closed("gone-0", T0 + 7 * S)  # a window of gone-0 awaits its ack
 
-    assert await processor._save_state({0})
+    assert await commit.save_state({0})
     kept = {"live", "unseen", "gone-0", "gone-3", "gone-4", "gone-5"}
-    assert set(processor._source_partition) == kept
-    assert set(aligner._retired) == {"gone-0", "gone-3", "gone-4", "gone-5"}
-    assert set(aligner._horizons) == {"unseen"}
+    assert set(align.sources()) == kept
+    assert align.retired_sources() == {"gone-0", "gone-3", "gone-4", "gone-5"}
+    assert align.unseen_horizons() == {"unseen"}
     assert set(decode_state(producer.sent[-1])) == kept
-    processor._horizons.acked("gone-0", in_flight)
-    assert processor._horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight
+    commit.horizons.acked("gone-0", in_flight)
+    assert commit.horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight

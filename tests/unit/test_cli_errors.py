@@ -161,7 +161,7 @@ def test_a_processor_whose_metrics_port_is_taken_fails_with_a_config_error(busy_
     processor = Processor(load_settings(overrides={"metrics": {"host": "127.0.0.1", "port": busy_port}}), model=object())
     with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{busy_port} for metrics"):
         asyncio.run(processor.start())
-    assert processor._producer is None and processor.metrics_port is None
+    assert processor.connection.producer is None and processor.metrics_port is None
 
 
 # --------------------------------------------------------------------------- argument bounds

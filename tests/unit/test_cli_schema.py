@@ -179,6 +179,19 @@ def test_window_result_requires_the_documented_fields(printed: dict[str, Any]) -
             "model", "latency", "offsets"} <= required
 
 
+def test_window_result_carries_scores_by_modality_and_present(printed: dict[str, Any]) -> None:
+    """Issue 14: per-modality calibrated scores and the thresholded labels are part of the contract."""
+    schema = printed["window_result"]
+    result = {**RESULT, "scores_by_modality": {"video": {"animal": 0.62}, "audio": {"speech": 0.65}},
+              "present": ["speech", "animal"]}
+    validate(result, schema)
+    assert WindowResult.model_validate(result).present == ["speech", "animal"]
+    for bad in ({"present": "speech"}, {"scores_by_modality": {"video": {"animal": "high"}}}):
+        with pytest.raises(SCHEMA_ERRORS):
+            validate({**RESULT, **bad}, schema)
+    assert WindowResult.model_validate(RESULT).present == []  # older producers: defaults, still valid
+
+
 def test_transcript_schema_is_the_json_value(printed: dict[str, Any]) -> None:
     schema = printed["transcript_segment"]
     assert set(schema["required"]) == {"text", "start_ns", "end_ns"}

@@ -1,4 +1,4 @@
-"""Wire contract v1 (stream/contract.py): one test group per dead-letter reason code, then encode."""
+"""Wire contract v1 (stream/contract/): one test group per dead-letter reason code, then encode."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def test_a_bomb_is_a_dropped_frame_and_the_window_keeps_its_picture(imdecode_cal
     good = VideoFrame(source_id="s", ts_ns=0, encoding="jpeg", data=small_jpeg())
     img, reason = decode_frame(good)
     assert img is not None and img.shape == (8, 8, 3) and reason == ""
-    enc = VisionEncoder(VisionEncoderConfig(kind="clip", image_size=32, hidden_size=8, patch_size=16,
+    enc = VisionEncoder.from_config(VisionEncoderConfig(kind="clip", image_size=32, hidden_size=8, patch_size=16,
                                             frames_per_window=1))
     bomb = VideoFrame(source_id="s", ts_ns=0, encoding="jpeg", data=after_soi(jpeg_bomb(16_000, 16_000), JUNK[0]))
     batch = enc.preprocess([[good, bomb, good]], [True])  # the bomb is the one frame sampled

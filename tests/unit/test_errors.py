@@ -10,9 +10,9 @@ import pytest
 from stream.errors import (
     BrokerError,
     CaptureError,
+    ClusterError,
     ConfigError,
     ContractError,
-    KafkaError,
     MmstreamError,
     ModelError,
     Reason,
@@ -46,7 +46,7 @@ def test_docs_contract_describes_every_reason_code(reason: Reason) -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [ConfigError, ContractError, BrokerError, KafkaError, TopicLayoutError, ModelError, CaptureError]
+    "cls", [ConfigError, ContractError, BrokerError, ClusterError, TopicLayoutError, ModelError, CaptureError]
 )
 def test_every_error_is_an_mmstream_error(cls: type[Exception]) -> None:
     assert issubclass(cls, MmstreamError)
@@ -54,8 +54,8 @@ def test_every_error_is_an_mmstream_error(cls: type[Exception]) -> None:
 
 
 def test_topic_layout_error_is_a_kafka_error_but_not_retriable() -> None:
-    assert issubclass(TopicLayoutError, KafkaError)
-    assert KafkaError.retriable is True
+    assert issubclass(TopicLayoutError, ClusterError)
+    assert ClusterError.retriable is True
     assert TopicLayoutError.retriable is False
     assert TopicLayoutError("x").retriable is False
 

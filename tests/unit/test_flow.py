@@ -87,36 +87,37 @@ def test_a_topic_read_first_gets_at_most_max_ahead_past_its_firstconsumer_record
     settings = load_settings(overrides={"metrics": {"port": None}, "window": {"max_ahead_ms": 3000}})
     processor = Processor(settings, model=object())
     tps = {m: TopicPartition(settings.topics.input(m), 0) for m in Modality}
-    processor._assigned = set(tps.values())  # video and text assigned, nothing read from them yet
+    processor.assignment.assigned = set(tps.values())  # video and text assigned, nothing read from them yet
     audio = tps[A]
-    processor._held[audio] = []
+    intake = processor.stages.intake
     records = _audio_records(audio, 10)
-    processor._handle_batch(audio, records)
+    intake.take({audio: records})
     handled = processor.stats.records
     assert handled == 3 * 50 + 1  # 0 .. 3.00 s inclusive: the bound is the first record + 3 s
-    assert audio in processor._blocked
+    assert audio in intake.blocked
     # later steps re-offer the held records: without news from video or text nothing more passes
     # (a bound counted from the newest record would creep another 3 s ahead at every step)
     for _ in range(3):
-        processor._handle_batch(audio, processor._held.pop(audio))
+        intake.take({})
     assert processor.stats.records == handled
-    assert len(processor._held[audio]) == len(records) - handled
+    assert intake.held(audio) == len(records) - handled
 
 
 def _drive(processor: Processor, fetched: dict[TopicPartition, list[ConsumerRecord]], steps: int = 40) -> None:
     """The consume loop's record path without a broker: each step every partition not paused
     delivers its next 50 records, then every partition's held records are handled, then flow."""
-    processor._consumer = FakeConsumer(fetched)  # type: ignore[assignment]
-    processor._assigned = set(fetched)
+    processor.connection.consumer = FakeConsumer(fetched)
+    processor.assignment.assigned = set(fetched)
+    intake = processor.stages.intake
     pos = dict.fromkeys(fetched, 0)
     for _ in range(steps):
         batch = {}
         for tp, recs in fetched.items():
-            if tp not in processor._paused and pos[tp] < len(recs):
+            if tp not in processor.assignment.paused and pos[tp] < len(recs):
                 batch[tp] = recs[pos[tp]:pos[tp] + 50]
                 pos[tp] += 50
-        processor._take(batch)
-        processor._flow()
+        intake.take(batch)
+        intake.flow()
 
 
 def _two_topics(frame_value: bytes | None = None, frames: int = 300) -> tuple[Processor, dict[TopicPartition, list[ConsumerRecord]]]:
@@ -136,10 +137,10 @@ def test_a_replay_longer_than_max_ahead_does_not_pause_both_topics_for_ever() ->
     """After a restart the first 20 s were published already (horizon): every record there is
     replayed. Replayed records are read progress, so neither topic waits on the other for ever."""
     processor, fetched = _two_topics()
-    processor._aligner.set_horizon("cam", 1_700_000_000 * S + 20 * S)
+    processor.stages.align.set_horizon("cam", 1_700_000_000 * S + 20 * S, partition=0)
     _drive(processor, fetched)
     assert processor.stats.records == 600 and processor.stats.replayed == 400
-    assert not processor._paused and not processor._blocked
+    assert not processor.assignment.paused and not processor.stages.intake.blocked
 
 
 def test_a_topic_of_dead_letters_does_not_hold_the_others_back() -> None:
@@ -148,8 +149,8 @@ def test_a_topic_of_dead_letters_does_not_hold_the_others_back() -> None:
     processor, fetched = _two_topics(frame_value=b"not a jpeg", frames=3000)
     _drive(processor, fetched, steps=20)
     video, audio = fetched
-    assert processor._position[video] < 3000  # still unread video...
-    assert processor._position[audio] == 300  # ...and audio all read, not stuck at 5 s
+    assert processor.assignment.position[video] < 3000  # still unread video...
+    assert processor.assignment.position[audio] == 300  # ...and audio all read, not stuck at 5 s
 
 
 def test_a_far_future_timestamp_is_not_held_back_as_if_it_were_progress() -> None:
@@ -162,4 +163,4 @@ def test_a_far_future_timestamp_is_not_held_back_as_if_it_were_progress() -> Non
     frames += [VideoFrame(source_id="cam", ts_ns=t0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(300)]
     fetched[video] = [consumer_record(video, i, frame) for i, frame in enumerate(frames)]
     _drive(processor, fetched, steps=20)
-    assert processor._position[video] == 301 and processor._position[audio] == 300
+    assert processor.assignment.position[video] == 301 and processor.assignment.position[audio] == 300

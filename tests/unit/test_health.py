@@ -147,8 +147,9 @@ def test_the_processor_reports_a_model_that_makes_no_progress() -> None:
     orchestrator restarts it) and ``mmstream_healthy`` at 0."""
     blocking = Blocking()
     settings = load_settings(overrides={"metrics": {"port": None}, "model": {"preset": "tiny", "infer_timeout_ms": 200}})
-    processor = Processor(settings, model=ThreadModel(blocking))
-    caller = threading.Thread(target=processor._model.infer, args=([WindowInput()],))
+    model = ThreadModel(blocking)
+    processor = Processor(settings, model=model)
+    caller = threading.Thread(target=model.infer, args=([WindowInput()],))
     caller.start()
     try:
         deadline = time.monotonic() + 10

@@ -2,8 +2,9 @@
 record stamped ahead must not stall its partition, a frozen broker must not make topics look
 idle, and partly late intervals are counted.
 
-The processor's record path is driven without a broker: ``_take`` (decode, align, park, hold)
-and ``_flow`` (pause/resume) each step, windows polled as the consume loop does.
+The processor's record path is driven without a broker through the stages' public methods:
+``Intake.take`` (decode, align, park, hold), ``Align.close_ready`` and ``Intake.flow``
+(pause/resume) each step, as the consume loop does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class _Clock:
         return self.ms
 
 
+class _Wall:
+    """The wall clock the processor is built with; a test moves it by swapping ``now``."""
+
+    def __init__(self) -> None:
+        self.now: Any = lambda: T0 + 3600 * S
+
+    def __call__(self) -> int:
+        return int(self.now())
+
+
 def _stream(seconds: int, extra_text: list[TranscriptSegment]) -> dict[Modality, list[Any]]:
     """Three sources on one partition: frames and chunks every 100 ms, a final segment per
     second; ``extra_text`` goes after the segments of second 5 (a pre-produced stream)."""
@@ -55,33 +66,34 @@ def _segment(src: str, start: int, end: int, text: str = "hello") -> TranscriptS
     return TranscriptSegment(source_id=src, ts_ns=start, start_ns=start, end_ns=end, text=text, final=True)
 
 
-def _processor(clock: _Clock, **window: Any) -> Processor:
+def _processor(clock: _Clock, wall: _Wall | None = None, **window: Any) -> Processor:
     settings = load_settings(overrides={"metrics": {"port": None}, "window": window})
-    return Processor(settings, model=object(), clock_ms=clock, wall_ns=lambda: T0 + 3600 * S)
+    return Processor(settings, model=object(), clock_ms=clock, wall_ns=wall or _Wall())
 
 
-def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
-         per_fetch: int = 50) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
+async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
+               per_fetch: int = 50) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
     """The consume loop without a broker: every step each partition not paused delivers its next
-    records, then intake, window polling and flow control run; 100 ms pass per step."""
+    records, then intake, window closing and flow control run; 100 ms pass per step. The closed
+    windows are those queued for inference (the batch stage is not started)."""
     fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
         consumer_record(TopicPartition(processor.settings.topics.input(m), 0), i, item) for i, item in enumerate(records)]
         for m, records in items.items()}
     consumer = FakeConsumer(fetched)
-    processor._consumer = consumer  # type: ignore[assignment]
-    processor._assigned = set(fetched)
-    closed: list[ClosedWindow] = []
+    processor.connection.consumer = consumer
+    processor.assignment.assigned = set(fetched)
+    intake, align = processor.stages.intake, processor.stages.align
     for _ in range(steps):
         clock.ms += 100
         batch = {}
         for tp, recs in fetched.items():
-            if tp not in processor._paused and consumer.pos[tp] < len(recs):
+            if tp not in processor.assignment.paused and consumer.pos[tp] < len(recs):
                 batch[tp] = recs[consumer.pos[tp]:consumer.pos[tp] + per_fetch]
                 consumer.pos[tp] += len(batch[tp])
-        processor._take(batch)
-        closed += processor._aligner.poll(processor._caught_up)
-        processor._flow()
-    return fetched, closed
+        intake.take(batch)
+        await align.close_ready()
+        intake.flow()
+    return fetched, [job.window for job in processor.stages.batch.queued()]
 
 
 def _by_source(closed: list[ClosedWindow]) -> dict[str, list[ClosedWindow]]:
@@ -91,15 +103,15 @@ def _by_source(closed: list[ClosedWindow]) -> dict[str, list[ClosedWindow]]:
     return out
 
 
-def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
+async def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
     """Finding 2: one contract-valid segment 30 s ahead (inside max_future_ms) on source "a" of a
     pre-produced stream paused all three topics of the partition for good. It now waits in the
     park while the partition goes on; every source gets every window, with its transcript."""
     clock = _Clock()
     processor = _processor(clock)
     ahead = _segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
-    fetched, closed = _run(processor, clock, _stream(40, [ahead]), steps=400)
-    assert all(processor._consumer.pos[tp] == len(recs) for tp, recs in fetched.items())  # type: ignore[union-attr]
+    fetched, closed = await _run(processor, clock, _stream(40, [ahead]), steps=400)
+    assert all(processor.connection.consumer.pos[tp] == len(recs) for tp, recs in fetched.items())
     windows = _by_source(closed)
     for src in SOURCES:
         starts = [w.start_ns for w in windows[src]]
@@ -111,50 +123,52 @@ def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
     assert processor.stats.late == 0
 
 
-def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
+async def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
     """Finding 4: while the broker is frozen, the high watermark of the last fetch response stays
     where it was and every partition read that far looked caught up, so silent topics were
     judged idle and windows closed with their data still in Kafka."""
     clock = _Clock()
-    processor = _processor(clock, idle_timeout_ms=1000)
-    fetched, _ = _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
+    wall = _Wall()
+    processor = _processor(clock, wall, idle_timeout_ms=1000)
+    fetched, _ = await _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
     tp = next(iter(fetched))
-    processor._position[tp] = len(fetched[tp])
-    consumer: FakeConsumer = processor._consumer  # type: ignore[assignment]
-    modality = processor._modality_of[tp.topic]
-    processor._take({})
+    processor.assignment.position[tp] = len(fetched[tp])
+    consumer: FakeConsumer = processor.connection.consumer
+    modality = processor.context.modality_of[tp.topic]
+    intake = processor.stages.intake
+    intake.take({})
     clock.ms += 1000
-    assert processor._caught_up(modality, 0)  # caught up for idle_timeout_ms: silence may count
+    assert intake.caught_up(modality, 0)  # caught up for idle_timeout_ms: silence may count
     frozen_at = consumer.last_poll_timestamp(tp)
     consumer.last_poll_timestamp = lambda _tp: frozen_at  # type: ignore[method-assign]
-    processor._wall_ns = lambda: (frozen_at + 10_000) * MS  # ten seconds without a fetch response
-    processor._take({})
-    assert not processor._caught_up(modality, 0)
+    wall.now = lambda: (frozen_at + 10_000) * MS  # ten seconds without a fetch response
+    intake.take({})
+    assert not intake.caught_up(modality, 0)
     del consumer.last_poll_timestamp  # the broker answers again: caught up at once, but silence
-    processor._wall_ns = time.time_ns  # counts only from now on (the records buffered by
-    processor._take({})  # producers during the freeze are still on their way)
-    assert not processor._caught_up(modality, 0)
+    wall.now = time.time_ns  # counts only from now on (the records buffered by
+    intake.take({})  # producers during the freeze are still on their way)
+    assert not intake.caught_up(modality, 0)
     clock.ms += 1000
-    processor._take({})
-    assert processor._caught_up(modality, 0)
+    intake.take({})
+    assert intake.caught_up(modality, 0)
 
 
-def test_partly_late_segments_are_counted() -> None:
+async def test_partly_late_segments_are_counted() -> None:
     """Finding 6: a segment reaching both a closed and an open window is placed in the open one;
     the part that fell in the closed one used to vanish with the late counter at 0."""
     clock = _Clock()
     processor = _processor(clock)
     items = _stream(2, [])
-    _, closed = _run(processor, clock, items, steps=40, per_fetch=1000)  # all read; idle closes both windows
+    _, closed = await _run(processor, clock, items, steps=40, per_fetch=1000)  # all read; idle closes both windows
     assert sorted({w.start_ns for w in closed}) == [T0, T0 + S]
     text = TopicPartition(processor.settings.topics.text, 0)
     straddling = _segment("a", T0 + 1500 * MS, T0 + 2500 * MS, "half late")
-    processor._take({text: [consumer_record(text, len(items[Modality.TEXT]), straddling)]})
+    processor.stages.intake.take({text: [consumer_record(text, len(items[Modality.TEXT]), straddling)]})
     assert processor.stats.partly_late == 1 and processor.stats.late == 0
     assert processor.metrics.records.labels(text.topic, "partly_late")._value.get() == 1
 
 
-def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
+async def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
     """After review: a later revision of a parked transcript segment went to the aligner first,
     and the older, parked one overwrote it when it came out of the park. A source with a parked
     record now parks its later records too, first in, first out."""
@@ -164,7 +178,7 @@ def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
                               text="first take", final=True, segment_id="seg-9")
     revised = TranscriptSegment(source_id="a", ts_ns=T0 + 6 * S, start_ns=T0 + 6 * S, end_ns=T0 + 7 * S - 1,
                                 text="second take", final=True, segment_id="seg-9")
-    _, closed = _run(processor, clock, _stream(40, [first, revised]), steps=400)
+    _, closed = await _run(processor, clock, _stream(40, [first, revised]), steps=400)
     texts = {w.start_ns: [seg.text for seg, *_ in w.segments] for w in _by_source(closed)["a"]}
     assert "second take" in texts[T0 + 6 * S]  # the revision, applied last, moved the segment
     assert "first take" not in texts[T0 + 35 * S]

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-import stream.delivery as delivery
-from operators import ModelConfig, WindowInput
+import stream.stages.infer as infer_stage
+from operators import FusedModel, ModelConfig, WindowInput
+from operators.presets import resolve
 from stream.config import load_settings
 from stream.contract import Origin, VideoFrame
-from stream.delivery import Job
 from stream.errors import ModelUnavailableError, WorkerDiedError
+from stream.jobs import Job
 from stream.runtime import Processor
+from stream.stages import Scored
+from stream.windows import Aligner
 from stream.worker import ProcessModel
 from tests.unit._fakes import JPEG
 
@@ -59,90 +64,100 @@ class Model:
 
 
 def _jobs(processor: Processor, sources: list[str]) -> list[Any]:
-    """One closed window per source, read into the ledger as the intake would."""
-    aligner, ledger = processor._aligner, processor._ledger
+    """One closed window per source, read into the processor's ledger as the intake would."""
+    aligner = Aligner(processor.settings.window, clock=lambda: 0)
+    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
     for i, sid in enumerate(sources):
         origin = Origin(processor.settings.topics.video, 0, i)
         result = aligner.add(VideoFrame(source_id=sid, ts_ns=T0, encoding="jpeg", data=JPEG), origin)
         ledger.read(origin, tuple((0, key) for key in result.keys))
-    return [Job(w, processor._horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
+    return [Job(w, horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
+
+
+def make_processor(monkeypatch: pytest.MonkeyPatch, model: Any) -> Processor:
+    """A processor serving ``model``, its results going to a ``Producer`` (not started)."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=model)
+    processor.connection.producer = Producer()
+    # the stand-in model tells windows apart by a text: the source id
+    monkeypatch.setattr(infer_stage, "to_input", lambda w: WindowInput(texts=[(w.source_id, 1.0)]))
+    return processor
 
 
 @pytest.fixture
 def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=Model())
-    processor._producer = Producer()  # type: ignore[assignment]
-    # the stand-in model tells windows apart by a text: the source id
-    monkeypatch.setattr(delivery, "to_input", lambda w: WindowInput(texts=[(w.source_id, 1.0)]))
-    return processor
+    return make_processor(monkeypatch, Model())
 
 
 def _published(processor: Processor) -> dict[str, bool]:
     """Source id -> whether its result carries an error."""
     import json
 
-    docs = [json.loads(v) for v in processor._producer.results]  # type: ignore[union-attr]
+    docs = [json.loads(v) for v in processor.connection.producer.results]
     return {d["source_id"]: d.get("error") is not None for d in docs}
 
 
-async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_are_served(processor: Processor) -> None:
-    processor._model = Model(poison={"cam-2"})
+def _safe(processor: Processor) -> int | None:
+    return processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0)
+
+
+async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_are_served(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    processor = make_processor(monkeypatch, Model(poison={"cam-2"}))
     jobs = _jobs(processor, [f"cam-{i}" for i in range(4)])
-    await processor._deliver(jobs, None, RuntimeError("batch failed"))
+    await processor.stages.publish.deliver(jobs, None, RuntimeError("batch failed"))
     assert _published(processor) == {"cam-0": False, "cam-1": False, "cam-2": True, "cam-3": False}
-    assert processor._fatal is None
-    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 4
+    assert processor.fatal.error is None
+    assert _safe(processor) == 4
     errors = {scope: processor.metrics.registry.get_sample_value("mmstream_inference_errors_total", {"scope": scope})
               for scope in ("batch", "window")}
     assert errors == {"batch": 1.0, "window": 1.0}
 
 
-async def test_a_model_failing_every_window_stops_the_processor_uncommitted(processor: Processor) -> None:
+async def test_a_model_failing_every_window_stops_the_processor_uncommitted(monkeypatch: pytest.MonkeyPatch) -> None:
     """A broken model or device (an empty window fails too): no error result is published, so the
     windows' offsets stay uncommitted and the restart replays them."""
-    processor._model = Model(poison=None)
+    processor = make_processor(monkeypatch, Model(poison=None))
     jobs = _jobs(processor, [f"cam-{i}" for i in range(6)])
-    await processor._deliver(jobs[:4], None, RuntimeError("CUDA error: an illegal memory access"))
-    assert isinstance(processor._fatal, ModelUnavailableError) and "so did an empty one" in str(processor._fatal)
-    await processor._deliver(jobs[4:], None, RuntimeError("CUDA error: an illegal memory access"))  # the drain
-    assert processor._producer.results == []  # type: ignore[union-attr]
-    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 0  # all replay
+    await processor.stages.publish.deliver(jobs[:4], None, RuntimeError("CUDA error: an illegal memory access"))
+    assert isinstance(processor.fatal.error, ModelUnavailableError) and "so did an empty one" in str(processor.fatal.error)
+    await processor.stages.publish.deliver(jobs[4:], None, RuntimeError("CUDA error: an illegal memory access"))  # the drain
+    assert processor.connection.producer.results == []
+    assert _safe(processor) == 0  # all replay
     assert not processor.ready
 
 
-async def test_after_the_model_is_lost_the_drain_publishes_successes_but_no_errors(processor: Processor) -> None:
-    processor._fatal = ModelUnavailableError("lost")
-    processor._model = Model(poison={"cam-1"})
+async def test_after_the_model_is_lost_the_drain_publishes_successes_but_no_errors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    processor = make_processor(monkeypatch, Model(poison={"cam-1"}))
+    processor.fatal.set(ModelUnavailableError("lost"))
     jobs = _jobs(processor, ["cam-0", "cam-1"])
-    await processor._deliver(jobs[:1], [(None, 0.0, 0.0)], None)
-    await processor._deliver(jobs[1:], None, RuntimeError("boom"))
+    await processor.stages.publish.deliver(jobs[:1], [Scored(None, 0.0, 0.0)], None)
+    await processor.stages.publish.deliver(jobs[1:], None, RuntimeError("boom"))
     assert _published(processor) == {"cam-0": False}
 
 
-async def test_a_window_whose_worker_died_under_it_is_served_by_the_new_worker(processor: Processor) -> None:
+async def test_a_window_whose_worker_died_under_it_is_served_by_the_new_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """At low rates a batch holds one window: a worker killed for memory under it (or a poison
     window of another batch queued before it) must not publish it as an error."""
-    processor._model = Model(poison=set(), deaths=1)  # its batch died (below), then its first retry too
+    processor = make_processor(monkeypatch, Model(poison=set(), deaths=1))  # its batch died (below), then its first retry too
     jobs = _jobs(processor, ["cam-0"])
-    await processor._deliver(jobs, None, WorkerDiedError("died"))
+    await processor.stages.publish.deliver(jobs, None, WorkerDiedError("died"))
     assert _published(processor) == {"cam-0": False}
-    assert processor._fatal is None
+    assert processor.fatal.error is None
 
 
 async def test_an_unavailable_model_publishes_nothing(processor: Processor) -> None:
     jobs = _jobs(processor, ["cam-0", "cam-1"])
-    await processor._deliver(jobs, None, ModelUnavailableError("the model worker died 6 times in 40 s"))
-    assert processor._producer.results == []  # type: ignore[union-attr]
-    assert isinstance(processor._fatal, ModelUnavailableError)
-    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 0  # nothing released
+    await processor.stages.publish.deliver(jobs, None, ModelUnavailableError("the model worker died 6 times in 40 s"))
+    assert processor.connection.producer.results == []
+    assert isinstance(processor.fatal.error, ModelUnavailableError)
+    assert _safe(processor) == 0  # nothing released
 
 
 def _kill_child(model: ProcessModel) -> None:
     """SIGKILL the worker's child, as the kernel's OOM killer would."""
-    pool = model._pool
-    assert pool is not None and pool._processes  # type: ignore[attr-defined]
-    for pid in list(pool._processes):  # type: ignore[attr-defined]
-        os.kill(pid, signal.SIGKILL)
+    assert model.pid is not None
+    os.kill(model.pid, signal.SIGKILL)
 
 
 def test_a_killed_model_worker_is_replaced() -> None:
@@ -159,16 +174,20 @@ def test_a_killed_model_worker_is_replaced() -> None:
         model.stop()
 
 
-def test_a_worker_that_cannot_start_again_makes_the_model_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_that_cannot_start_again_makes_the_model_unavailable(tmp_path: Path) -> None:
     """The restart's own failure (weights gone, device lost) ends in ModelUnavailableError, not
     in a deadlock: a failed start stops the half-made pool under the restart lock."""
-    model = ProcessModel(ModelConfig(preset="tiny", device="cpu"), torch_threads=1)
+    config = ModelConfig(preset="offline", device="cpu", path=str(tmp_path / "ckpt"))
+    FusedModel.from_config(resolve(ModelConfig(preset="tiny", device="cpu"))).save(config.path)
+    model = ProcessModel(config, torch_threads=1)
     model.start()
     try:
-        model._config = ModelConfig(preset="offline", device="cpu", path="/nonexistent")  # the next load fails
+        shutil.rmtree(config.path)  # the next load fails
         _kill_child(model)
         with pytest.raises(ModelUnavailableError, match="could not start again"):
             model.infer([WindowInput()])
-        assert model._pool is None and model.restarts == 0
+        assert model.pid is None and model.restarts == 0
+        with pytest.raises(ModelUnavailableError):  # for good
+            model.infer([WindowInput()])
     finally:
         model.stop()

@@ -94,7 +94,7 @@ def test_a_long_run_of_corrupt_frames_is_skipped_quickly() -> None:
 
     from operators.vision import VisionEncoder, VisionEncoderConfig
 
-    enc = VisionEncoder(VisionEncoderConfig(kind="clip", image_size=32, hidden_size=8, patch_size=16))
+    enc = VisionEncoder.from_config(VisionEncoderConfig(kind="clip", image_size=32, hidden_size=8, patch_size=16))
     bad = VideoFrame(source_id="s", ts_ns=0, encoding="raw", width=4, height=4, data=b"\0" * 7)
     start = time.perf_counter()
     batch = enc.preprocess([[bad] * 8000], [True])
@@ -156,7 +156,7 @@ def test_long_audio_is_cut_before_resampling(monkeypatch) -> None:
     ``max_seconds``; now only the input that reaches the kept output is read, with equal result."""
     import operators.audio as audio
 
-    enc = AudioEncoder(AudioEncoderConfig(kind="logmel", vad="energy", max_seconds=2.0))
+    enc = AudioEncoder.from_config(AudioEncoderConfig(kind="logmel", vad="energy", max_seconds=2.0))
     rate = 48_000
     long = (np.random.default_rng(0).standard_normal((rate * 20, 2)) * 0.1).astype(np.float32)
     sizes: list[int] = []

@@ -98,7 +98,7 @@ def test_folded_copy_follows_an_in_place_update_and_a_load() -> None:
 
 def test_mobilenet_trains_through_its_batchnorm_and_infers_through_the_fold() -> None:
     torch.manual_seed(0)
-    enc = VisionEncoder(VisionEncoderConfig(pretrained=False, image_size=32))
+    enc = VisionEncoder.from_config(VisionEncoderConfig(pretrained=False, image_size=32))
     batch = enc.preprocess([[_frame(i)] for i in range(3)], [True] * 3)
     # Unfrozen training: gradients must reach the original BatchNorm parameters.
     assert enc.inference_backbone() is enc.backbone
@@ -141,7 +141,7 @@ def _speech_like(seconds: float, rate: int, seed: int) -> np.ndarray:
 
 def test_batched_silero_equals_the_packaged_loop_on_uneven_windows() -> None:
     torch.set_num_threads(1)
-    enc = AudioEncoder(AudioEncoderConfig(vad="silero"))
+    enc = AudioEncoder.from_config(AudioEncoderConfig(vad="silero"))
     assert enc.vad_batched
     audio = [_speech_like(s, r, i) for i, (s, r) in enumerate([(1.0, 16000), (0.3, 16000), (2.2, 44100),
                                                                 (0.05, 8000), (1.5, 16000)])]

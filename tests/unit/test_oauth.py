@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.errors import KafkaError
+from stream.errors import ClusterError
 from stream.oauth import TokenProvider, bearer_token_problem, jwt_expiry
 
 NOW = 1_800_000_000.0
@@ -43,14 +43,14 @@ async def test_fixed_token_is_returned_as_given() -> None:
 async def test_file_without_a_bearer_token_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "token"
     path.write_text(content)
-    with pytest.raises(KafkaError, match=message) as info:
+    with pytest.raises(ClusterError, match=message) as info:
         await TokenProvider(path=path).token()
     assert str(path) in str(info.value)
 
 
 async def test_missing_file_is_a_retriable_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "absent"
-    with pytest.raises(KafkaError, match="cannot read the OAUTHBEARER token file .*absent") as info:
+    with pytest.raises(ClusterError, match="cannot read the OAUTHBEARER token file .*absent") as info:
         await TokenProvider(path=path).token()
     assert info.value.retriable  # the file may appear (a sidecar starting late)
 
@@ -58,7 +58,7 @@ async def test_missing_file_is_a_retriable_error_naming_it(tmp_path: Path) -> No
 async def test_expired_jwt_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(jwt({"sub": "mmstream", "exp": int(NOW) - 31}))
-    with pytest.raises(KafkaError, match=r"expired at .*whatever refreshes the file has stopped"):
+    with pytest.raises(ClusterError, match=r"expired at .*whatever refreshes the file has stopped"):
         await TokenProvider(path=path, clock=lambda: NOW).token()
 
 

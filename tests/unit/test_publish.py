@@ -1,5 +1,5 @@
 """Publishing results: transient refusals are retried until acknowledged, permanent ones stop the
-processor without committing past the refused window (stream/delivery.py, ``_publish``).
+processor without committing past the refused window (stream/stages/publish.py, ``Publish.publish``).
 
 The broker side is a stand-in producer here because the failures are the point: a real broker
 cannot be made to refuse one record on demand (tests/integration/test_outage.py takes a real
@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
-import stream.delivery as delivery
 from stream.config import load_settings
 from stream.contract import ModelInfo, Origin, VideoFrame
-from stream.errors import KafkaError
+from stream.errors import ClusterError
 from stream.jobs import Job, Outgoing
 from stream.results import build_result
 from stream.runtime import Processor
+from stream.windows import Aligner
 from tests.unit._fakes import JPEG
 
 S = 1_000_000_000
@@ -49,13 +49,14 @@ class Producer:
 
 def _outgoing(processor: Processor, n: int) -> list[Any]:
     """``n`` closed windows of one source, read into the ledger as the intake would."""
-    aligner, out = processor._aligner, []
+    aligner, out = Aligner(processor.settings.window, clock=lambda: 0), []
+    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
     for i in range(n):
         origin = Origin(processor.settings.topics.video, 0, i)
         result = aligner.add(VideoFrame(source_id="cam", ts_ns=T0 + i * S, encoding="jpeg", data=JPEG), origin)
-        processor._ledger.read(origin, tuple((0, key) for key in result.keys))
+        ledger.read(origin, tuple((0, key) for key in result.keys))
     for window in aligner.flush():
-        token = processor._horizons.closed(window.source_id, window.end_ns)
+        token = horizons.closed(window.source_id, window.end_ns)
         res = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
                            include_embedding=False, error="none")
         out.append(Outgoing(Job(window, token, 0), res))
@@ -64,24 +65,24 @@ def _outgoing(processor: Processor, n: int) -> list[Any]:
 
 @pytest.fixture
 def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
-    monkeypatch.setattr(delivery, "_BACKOFF_S", (0.01,))
+    monkeypatch.setattr("stream.aside._BACKOFF_S", (0.01,))  # results retry on the writers' one policy
     return Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
 
 
 async def test_transient_refusals_are_retried_until_acknowledged(processor: Processor) -> None:
     producer = Producer([("send", KafkaConnectionError()), ("ack", KafkaTimeoutError()), ("ack", KafkaConnectionError())])
-    processor._producer = producer  # type: ignore[assignment]
-    await processor._publish(_outgoing(processor, 3))
+    processor.connection.producer = producer
+    await processor.stages.publish.publish(_outgoing(processor, 3))
     assert sorted(producer.acked) == [b"cam"] * 3
-    assert processor.stats.windows == 3 and processor._fatal is None
-    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 3  # all released
+    assert processor.stats.windows == 3 and processor.fatal.error is None
+    assert processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0) == 3  # all released
 
 
 async def test_a_permanent_refusal_stops_the_processor_and_keeps_the_window_uncommitted(processor: Processor) -> None:
-    processor._producer = Producer([("ack", MessageSizeTooLargeError())])  # type: ignore[assignment]
-    await processor._publish(_outgoing(processor, 3))
-    assert isinstance(processor._fatal, KafkaError) and "MessageSizeTooLarge" in str(processor._fatal)
+    processor.connection.producer = Producer([("ack", MessageSizeTooLargeError())])
+    await processor.stages.publish.publish(_outgoing(processor, 3))
+    fatal = processor.fatal.error
+    assert isinstance(fatal, ClusterError) and "MessageSizeTooLarge" in str(fatal)
     assert processor.stats.windows == 2  # the other two were published
-    assert processor._ledger.safe_offset(processor.settings.topics.video, 0) == 0  # not past the refused one
-    processor._started = True
+    assert processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0) == 0  # not past the refused one
     assert not processor.ready

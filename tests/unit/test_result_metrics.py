@@ -12,14 +12,15 @@ from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 
-import stream.delivery as delivery
+import stream.stages.infer as infer_stage
 from operators import WindowInput, WindowOutput
 from operators.config import ModelConfig
 from stream.config import Settings, load_settings
 from stream.metrics import Metrics
 from stream.runtime import Processor
+from stream.stages import Scored
 from tests.unit._deploy import scrape
-from tests.unit.test_model_failures import Model, Producer, _jobs
+from tests.unit.test_model_failures import Model, _jobs, make_processor
 
 
 def _count(processor: Processor, label: str) -> float | None:
@@ -41,27 +42,24 @@ class Labelled(Model):
 
 @pytest.fixture
 def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=Labelled())
-    processor._producer = Producer()  # type: ignore[assignment]
-    monkeypatch.setattr(delivery, "to_input", lambda w: WindowInput(texts=[(w.source_id, 1.0)]))
-    return processor
+    return make_processor(monkeypatch, Labelled())
 
 
 async def test_acknowledged_results_are_counted_by_top_label(processor: Processor) -> None:
     jobs = _jobs(processor, ["cam-s1", "cam-s2", "cam-m1", "cam-quiet"])
-    answered = [(o, 0.0, 0.0) for o in processor._model.infer([delivery.to_input(j[0]) for j in jobs])]
-    await processor._deliver(jobs, answered, None)
-    assert len(processor._producer.results) == 4  # type: ignore[union-attr]
+    answered = [Scored(o, 0.0, 0.0) for o in Labelled().infer([infer_stage.to_input(j.window) for j in jobs])]
+    await processor.stages.publish.deliver(jobs, answered, None)
+    assert len(processor.connection.producer.results) == 4
     assert _count(processor, "speech") == 2
     assert _count(processor, "music") == 1
     assert _count(processor, "(none)") == 1  # no modality usable: counted, under its own name
     assert processor.stats.windows == 4
 
 
-async def test_a_window_whose_inference_failed_counts_as_error(processor: Processor) -> None:
-    processor._model = Model(poison={"cam-2"})
+async def test_a_window_whose_inference_failed_counts_as_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    processor = make_processor(monkeypatch, Model(poison={"cam-2"}))
     jobs = _jobs(processor, [f"cam-{i}" for i in range(3)])
-    await processor._deliver(jobs, None, RuntimeError("batch failed"))  # retried window by window
+    await processor.stages.publish.deliver(jobs, None, RuntimeError("batch failed"))  # retried window by window
     assert _count(processor, "(error)") == 1
     assert _count(processor, "(none)") == 2  # the stand-in model answers None for the others
 

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import pytest
 
+import stream.stages.intake as intake_stage
+from stream.flow import FlowDecision
 from stream.offsets import OffsetLedger
-from stream.runtime import Processor
 from stream.sim import SeedReport, simulate
 from stream.sim.clock import SimClock, VirtualLoop
 from stream.sim.scenario import generate
+from stream.stages import Intake
+from stream.stages.ends import EndWatch
+from stream.stages.park import Park, Patience
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = range(250)
@@ -97,23 +101,24 @@ def test_committing_past_held_records_is_caught(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_partition_that_stays_paused_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    def pause_all(self: Processor) -> None:
-        self._consumer.pause(*self._assigned)
-        self._paused = set(self._assigned)
+    def pause_all(slots: object, *args: object, **kwargs: object) -> FlowDecision:
+        return FlowDecision(frozenset(slots), "alignment")  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Processor, "_flow", pause_all)
+    monkeypatch.setattr(intake_stage, "decide_pauses", pause_all)
     assert "stall" in _first_broken(range(20))
 
 
 def test_closing_windows_on_a_frozen_broker_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The idle judgement of before finding 4: caught up whenever the last high watermark says so."""
 
-    def stale(self: Processor, modality: object, partition: int) -> bool:
-        tp = next(tp for tp in self._assigned if tp.partition == partition and self._modality_of[tp.topic] == modality)
-        high, position = self._consumer.highwater(tp), self._position.get(tp)
-        return tp not in self._paused and high is not None and position is not None and position >= high
+    def stale(self: EndWatch, modality: object, partition: int) -> bool:
+        ctx = self._ctx  # the stage's own context: this stands in for its method
+        assignment, consumer = ctx.assignment, ctx.connection.consumer
+        tp = next(tp for tp in assignment.assigned if tp.partition == partition and ctx.modality_of[tp.topic] == modality)
+        high, position = consumer.highwater(tp), assignment.position.get(tp)
+        return tp not in assignment.paused and high is not None and position is not None and position >= high
 
-    monkeypatch.setattr(Processor, "_caught_up", stale)
+    monkeypatch.setattr(EndWatch, "caught_up", stale)
     frozen = [s for s in range(200) if "freeze>idle" in generate(s).features][:6]
     assert _first_broken(frozen) & {"partial", "late", "lost"}
 
@@ -123,18 +128,18 @@ def test_the_stall_of_finding_2_is_found_when_its_fix_is_reverted(monkeypatch: p
     blocked topic counted where its last read record stands (so the two wait on each other), and
     no suspension of alignment. Seed 6 (a transcript segment stamped ahead, live) then stalls:
     mm.text/0 stays at offset 6 with all three topics of partition 0 paused."""
-    real = Processor._ahead_limit
+    real = Intake._ahead_limit
 
-    def blind_to_blocked(self: Processor, *args: object) -> int | None:
+    def blind_to_blocked(self: Intake, *args: object) -> int | None:
         blocked, self._blocked = self._blocked, {}
         try:
             return real(self, *args)  # type: ignore[arg-type]
         finally:
             self._blocked = blocked
 
-    monkeypatch.setattr(Processor, "_ahead_limit", blind_to_blocked)
-    monkeypatch.setattr(Processor, "_park_has_room", lambda self: False)
-    monkeypatch.setattr(Processor, "_alignment_given_up", lambda self, tp, now_ms: False)
+    monkeypatch.setattr(Intake, "_ahead_limit", blind_to_blocked)
+    monkeypatch.setattr(Park, "has_room", lambda self: False)
+    monkeypatch.setattr(Patience, "given_up", lambda self, tp, now_ms: False)
     report = simulate(6)
     assert "future:text" in report.features
     assert [v.invariant for v in report.violations][:1] == ["stall"]

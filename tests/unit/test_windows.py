@@ -167,13 +167,13 @@ def test_sources_silent_past_their_ttl_are_retired_yet_their_closed_windows_stay
         al.add(frame(T0, sid=f"cam-{i}"), origin("mm.video", partition=i % 4))
     clock.advance(1000)
     assert len(al.poll(lambda m, p: True)) == 200  # idle: every window closed
-    assert len(al._sources) == 200
+    assert len(al.sources()) == 200
     clock.advance(58_999)
     al.poll(lambda m, p: True)
-    assert len(al._sources) == 200  # not silent long enough yet
+    assert len(al.sources()) == 200  # not silent long enough yet
     clock.advance(15_001)  # past the TTL, and past the next sweep
     al.poll(lambda m, p: True)
-    assert al._sources == {} and al.watermarks() == {}
+    assert al.sources() == frozenset() and al.watermarks() == {}
     # cam-7 comes back with a frame of its closed window: late, not a new window
     assert al.add(frame(T0 + S // 2, sid="cam-7"), origin("mm.video", partition=3)).status is AddStatus.LATE
     assert al.open_windows == 0
@@ -181,7 +181,7 @@ def test_sources_silent_past_their_ttl_are_retired_yet_their_closed_windows_stay
     assert al.add(frame(T0 + 5 * S, sid="cam-7"), origin("mm.video", partition=3)).status is AddStatus.ACCEPTED
     # revocation forgets retired sources of the revoked partitions too
     al.forget_partitions({1})
-    assert all(parts.isdisjoint({1}) for _, _, parts in al._retired.values())
+    assert all(parts.isdisjoint({1}) for parts in al.retired_sources().values())
     assert al.add(frame(T0, sid="cam-1"), origin("mm.video", partition=1)).status is AddStatus.ACCEPTED
 
 

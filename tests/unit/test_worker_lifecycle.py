@@ -17,31 +17,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from operators import ModelConfig, WindowInput
 from stream.errors import WorkerDiedError
 from stream.health import Health
 from stream.worker import ProcessModel
+from tests._orphans import alive_after
 
 TIMEOUT_MS = 1500
-
-
-def _gone(pids: list[int], within_s: float) -> list[int]:
-    """The pids still alive (not zombies) after waiting up to ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +102,7 @@ def test_a_frozen_worker_is_unhealthy_then_killed_and_replaced(own_model: Proces
         assert health.check().healthy
     assert len(raised) == 1 and isinstance(raised[0], WorkerDiedError), raised
     assert "made no progress" in str(raised[0])
-    assert _gone([frozen], 5) == []
+    assert alive_after([frozen], 5) == []
     assert model.restarts == restarts + 1 and model.pid not in (None, frozen)
     assert len(model.infer([WindowInput()])) == 1  # the new worker serves
     turns = [r.getMessage() for r in caplog.records if r.name == "stream.health"]
@@ -149,7 +133,7 @@ def test_the_worker_and_its_helpers_die_with_a_killed_parent() -> None:
         assert len(children) >= 1, f"no worker started: {line!r}"
         parent.kill()
         parent.wait(10)
-        assert _gone(children, 5) == [], "children outlived their parent"
+        assert alive_after(children, 5) == [], "children outlived their parent"
     finally:
         _reap(parent)
 
@@ -185,9 +169,9 @@ def test_without_the_parent_death_signal_the_watchdog_ends_an_orphan() -> None:
     middle = subprocess.Popen([sys.executable, "-c", _WATCHED], stdout=subprocess.PIPE, text=True)
     try:
         child = int(middle.stdout.readline()) if middle.stdout else 0
-        assert child > 0 and _gone([child], 0.3) == [child]  # alive while its parent is
+        assert child > 0 and alive_after([child], 0.3) == [child]  # alive while its parent is
         middle.kill()
         middle.wait(10)
-        assert _gone([child], 3) == [], "the watchdog did not end the orphan"
+        assert alive_after([child], 3) == [], "the watchdog did not end the orphan"
     finally:
         _reap(middle)

@@ -1,0 +1,31 @@
+"""The inference executor: an accelerator kept busy (issue 13, item 2).
+
+- ``executor``: ``InferenceExecutor`` (what the Infer stage runs every model through), its
+  ``ExecutorPlan`` and ``plan_from(config)``.
+- ``runners`` / ``remote`` / ``child``: where a batch meets a model replica, in this process or
+  a child process fed through shared memory.
+- ``buffers``: packing a prepared batch into reused shared or pinned buffers.
+- ``device``: buckets, the side-stream copy, autocast, ``torch.compile``.
+- ``timing``: ``BatchTiming`` and ``BusyMeter`` (the metrics' sources).
+- ``sizing``: the ``batching.target_latency_ms`` estimator (pure).
+- ``swap``: a model directory watched, new checkpoints swapped in between batches.
+
+Importing this package does not import torch; its modules do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BatchSizer", "BatchTiming", "ExecutorPlan", "InferenceExecutor", "plan_from"]
+
+_WHERE = {"BatchSizer": "sizing", "BatchTiming": "timing", "ExecutorPlan": "executor",
+          "InferenceExecutor": "executor", "plan_from": "executor"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"stream.inference.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'stream.inference' has no attribute {name!r}")

@@ -1,0 +1,183 @@
+"""Prepared batches in preallocated, reused flat buffers: shared memory for a model in another
+process, page-locked memory for a CUDA device.
+
+A model's prepared batch is a tree of tensors (dataclasses and dicts of them, as
+``operators.PreparedBatch``). ``pack`` copies every tensor into one flat byte buffer and returns
+the tree with each tensor replaced by a ``TensorRef`` (offset, dtype, shape); ``unpack`` turns
+the refs back into views of a buffer holding the same bytes. Only the small skeleton is pickled
+to a child; the pixels, samples and token ids cross in the buffer, which was sent once.
+
+``Slots`` holds a fixed number of buffers, one per prepared batch that may wait: taking one is
+the bound on batches prepared ahead of the model (double buffering with two), and a slot grows,
+never shrinks, to the largest batch seen (a new buffer replaces it; ``generation`` says so, and
+the child re-maps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+__all__ = ["BufferKind", "Slot", "Slots", "TensorRef", "pack", "packed_extent", "packed_nbytes", "unpack"]
+
+BufferKind = Literal["none", "shared", "pinned"]
+_ALIGN = 64  # bytes: every tensor starts on a cache line (and any dtype's alignment)
+_GROWTH = 1.5  # a grown slot leaves room, so a slowly growing batch does not reallocate each time
+
+
+class TensorRef(NamedTuple):
+    """Where one tensor lies in a packed buffer."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``fn`` applied to each leaf tensor or ref; dicts, lists, tuples and
+    dataclasses are rebuilt, anything else is shared as is."""
+    if isinstance(obj, torch.Tensor | TensorRef):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _walk(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_walk(v, fn) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_walk(v, fn) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _walk(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def _round(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def packed_nbytes(tree: Any) -> int:
+    """Bytes ``pack`` needs for ``tree``."""
+    total = 0
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += _round(t.numel() * t.element_size())
+        return t
+
+    _walk(tree, count)
+    return total
+
+
+def pack(tree: Any, buffer: torch.Tensor) -> Any:
+    """Copy every tensor of ``tree`` into ``buffer`` (flat uint8, at least ``packed_nbytes``);
+    the tree with ``TensorRef``s in their place."""
+    offset = 0
+
+    def put(t: torch.Tensor) -> TensorRef:
+        nonlocal offset
+        nbytes = t.numel() * t.element_size()
+        if t.is_complex() or t.is_sparse or t.is_quantized:
+            raise TypeError(f"cannot pack a {t.dtype} {t.layout} tensor into a flat buffer")
+        buffer[offset:offset + nbytes].view(t.dtype).view(t.shape).copy_(t.detach())
+        ref = TensorRef(offset, t.dtype, tuple(t.shape))
+        offset += _round(nbytes)
+        return ref
+
+    return _walk(tree, put)
+
+
+def packed_extent(skeleton: Any) -> int:
+    """Bytes of the buffer a packed ``skeleton`` uses (its last tensor's end): what to copy."""
+    end = 0
+
+    def reach(ref: TensorRef) -> TensorRef:
+        nonlocal end
+        end = max(end, ref.offset + ref.dtype.itemsize * _numel(ref.shape))
+        return ref
+
+    _walk(skeleton, reach)
+    return end
+
+
+def unpack(skeleton: Any, buffer: torch.Tensor) -> Any:
+    """The tree of ``skeleton`` with each ``TensorRef`` a view of ``buffer`` (no copy)."""
+    def view(ref: TensorRef) -> torch.Tensor:
+        nbytes = ref.dtype.itemsize * _numel(ref.shape)
+        return buffer[ref.offset:ref.offset + nbytes].view(ref.dtype).view(ref.shape)
+
+    return _walk(skeleton, view)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+@dataclasses.dataclass
+class Slot:
+    """One reusable buffer; ``generation`` changes whenever ``buffer`` is replaced by a larger one."""
+
+    index: int
+    kind: BufferKind
+    generation: int = 0
+    buffer: torch.Tensor | None = None
+
+    def ensure(self, nbytes: int) -> torch.Tensor:
+        """The buffer, at least ``nbytes`` long (grown, with a new generation, when it was not)."""
+        if self.buffer is None or self.buffer.numel() < nbytes:
+            size = max(_round(int(nbytes * _GROWTH)), _ALIGN)
+            buf = torch.empty(size, dtype=torch.uint8)
+            if self.kind == "shared":
+                buf.share_memory_()
+            elif self.kind == "pinned":
+                buf = buf.pin_memory()
+            self.buffer, self.generation = buf, self.generation + 1
+        return self.buffer
+
+
+class Slots:
+    """``count`` slots; ``take`` blocks while all are taken (the bound on batches prepared ahead).
+
+    Args:
+        count: slots (batches prepared and not yet inferred).
+        kind: "shared" (a model in a child process), "pinned" (a CUDA model in this process) or
+            "none" (the batch stays as the model made it; the slot is only the bound).
+    """
+
+    def __init__(self, count: int, kind: BufferKind) -> None:
+        self.kind = kind
+        self._free = [Slot(i, kind) for i in range(count)]
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def take(self, timeout_s: float | None = None) -> Slot:
+        """A free slot; raises ``TimeoutError`` after ``timeout_s``, ``RuntimeError`` once closed."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free or self._closed, timeout_s):
+                raise TimeoutError("no free buffer slot")
+            if self._closed:
+                raise RuntimeError("the executor is stopped")
+            return self._free.pop()
+
+    def give(self, slot: Slot) -> None:
+        with self._cond:
+            self._free.append(slot)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Wake every waiter with an error and drop the free buffers (taken ones go with their batch)."""
+        with self._cond:
+            self._closed = True
+            for slot in self._free:
+                slot.buffer = None
+            self._cond.notify_all()
+
+    @property
+    def free(self) -> int:
+        return len(self._free)

@@ -1,0 +1,98 @@
+"""A runner whose model lives in a child process; batches reach it through shared memory.
+
+The child's lifecycle is ``stream.children.ModelChild``'s, as for ``stream.worker.ProcessModel``:
+spawned on a launcher thread that lives until ``stop``, SIGINT and SIGTERM ignored (the processor
+drains, then stops it), dies with its parent, a call without progress for
+``model.infer_timeout_ms`` kills the child, a dead child is replaced once and the call fails with
+``WorkerDiedError`` (the runtime retries its windows one by one), and a child that cannot be
+started again makes the model unavailable (``ModelUnavailableError``).
+
+What differs: the child receives a ``ChildJob`` (a skeleton and, once per slot generation and
+child, the slot's shared buffer), never the windows; preprocessing ran in the parent's pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from stream.children import ModelChild
+from stream.contract import ModelInfo
+from stream.health import ModelProgress
+from stream.inference import child
+from stream.inference.buffers import Slot
+
+__all__ = ["RemoteRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class RemoteRunner:
+    """One child process serving one model replica.
+
+    Args:
+        spec: what the child builds.
+        torch_threads: torch's intra-op threads in the child.
+        infer_timeout_s: bound on a call without progress.
+        load_timeout_s: bound on the child's start and model load.
+    """
+
+    def __init__(self, spec: child.ModelSpec, *, torch_threads: int, infer_timeout_s: float,
+                 load_timeout_s: float) -> None:
+        self._child = ModelChild(child.load, (spec, torch_threads), call_timeout_s=infer_timeout_s,
+                                 load_timeout_s=load_timeout_s)
+        self._lock = threading.Lock()
+        self._sent: dict[int, tuple[int, int]] = {}  # slot -> (child incarnation, slot generation) it holds
+        self.in_flight = 0  # calls the executor gave it and that have not returned
+        self.info: Any = None
+        self.device = "unstarted"
+        self.gpu_memory_bytes: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    @property
+    def progress(self) -> ModelProgress:
+        return self._child.progress
+
+    def start(self) -> None:
+        """Spawn the child and load the model there (blocking).
+
+        Raises:
+            ModelError: the model cannot be loaded, or the child died.
+        """
+        name, version, self.device = self._child.start()
+        self.info = ModelInfo(name=name, version=version)
+        log.info("model %s %s loaded in a worker process on %s", name, version, self.device)
+
+    def run(self, skeleton: Any, slot: Slot, size: int | None = None) -> child.ChildResult:
+        """Infer one packed batch in the child; raises what the model raised there.
+
+        Raises:
+            WorkerDiedError: the child died or stalled; a new one serves the next call.
+            ModelUnavailableError: no child can be started any more.
+        """
+        holds = (self._child.incarnation, slot.generation)
+        with self._lock:
+            fresh = self._sent.get(slot.index) != holds
+            self._sent[slot.index] = holds
+        job = child.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
+        what = f"a call of {size} windows" if size is not None else "a call"
+        try:
+            result: child.ChildResult = self._child.call(child.infer, job, what=what)
+        except BaseException:
+            with self._lock:  # the child may not have kept the buffer (or was replaced): send it again
+                self._sent.pop(slot.index, None)
+            raise
+        self.gpu_memory_bytes = result.gpu_memory_bytes
+        return result
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """Stop the child after the model's ``close()``: up to ``timeout_s``, then killed. Idempotent."""
+        self._child.stop(timeout_s, close=child.close)

@@ -1,0 +1,170 @@
+"""Align: drives the pure aligner (``stream.windows``) for the processor.
+
+In: decoded items with their origin (``add``, from ``Intake``). Out: ``Job``s, closed windows with
+their horizon token, handed to ``Batch.put`` by ``close_ready`` (which waits for room: that wait
+is the backpressure, and while the batcher is full ``Intake`` pauses the input).
+
+Besides the aligner it keeps what ties windows to Kafka: the ledger keys of open windows (made
+once per window, not once per record; they carry the assignment generation) and which input
+partition each source's records come from (for the horizons saved per partition).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from stream.contract import Item, Modality, Origin
+from stream.horizon import HorizonTracker
+from stream.jobs import Job
+from stream.memory import MemoryGuard
+from stream.offsets import OffsetLedger
+from stream.stages.shared import Context
+from stream.windows import AddResult, Aligner, CaughtUp, WindowKey
+
+__all__ = ["Align", "LedgerKey"]
+
+log = logging.getLogger("stream.runtime")
+
+LedgerKey = tuple[int, WindowKey]  # (assignment generation, window key)
+
+_MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
+
+
+class Align:
+    """Records into windows, windows out as jobs (see the module docstring).
+
+    ``stop()`` is a no-op kept for the stage protocol: the aligner holds no task or thread, and
+    windows that cannot close at shutdown are abandoned uncommitted (replayed whole)."""
+
+    def __init__(self, ctx: Context, ledger: OffsetLedger, horizons: HorizonTracker, memory: MemoryGuard,
+                 caught_up: CaughtUp, put: Callable[[Job], Awaitable[None]]) -> None:
+        self._ctx = ctx
+        self._aligner = Aligner(ctx.settings.window, ctx.clock_ms, ctx.wall_ns)
+        self._ledger = ledger
+        self._horizons = horizons
+        self._memory = memory
+        self._caught_up = caught_up
+        self._put = put
+        self._window_keys: dict[WindowKey, tuple[LedgerKey, ...]] = {}
+        self._source_partition: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def open_windows(self) -> int:
+        return self._aligner.open_windows
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._aligner.buffered_bytes
+
+    @property
+    def full(self) -> bool:
+        """Past its bounds: ``Intake`` pauses all but the slowest modality of each partition."""
+        return self._aligner.full
+
+    def watermarks(self) -> dict[tuple[str, Modality], int]:
+        return self._aligner.watermarks()
+
+    def sources(self) -> dict[str, int]:
+        """Each known source and the input partition its records come from (a copy)."""
+        return dict(self._source_partition)
+
+    def sources_in(self, partition: int) -> list[str]:
+        return [src for src, p in self._source_partition.items() if p == partition]
+
+    def retired_sources(self) -> frozenset[str]:
+        """Sources the aligner retired for silence (``Aligner.retired_sources``)."""
+        return frozenset(self._aligner.retired_sources())
+
+    def unseen_horizons(self) -> frozenset[str]:
+        """Sources with a horizon read back but no record yet (``Aligner.unseen_horizons``)."""
+        return self._aligner.unseen_horizons()
+
+    # ------------------------------------------------------------------ in
+
+    def add(self, item: Item, origin: Origin, now_ms: int) -> AddResult:
+        """Place one decoded record (``Aligner.add``)."""
+        return self._aligner.add(item, origin, now_ms)
+
+    @property
+    def adder(self) -> Callable[[Item, Origin, int], AddResult]:
+        """``add`` itself, without this stage's frame around it: what ``Intake`` calls once per
+        record (the aligner is made once, so the bound method stays valid)."""
+        return self._aligner.add
+
+    def keys(self, source_id: str, start_ns: int, partition: int) -> tuple[LedgerKey, ...]:
+        """The ledger keys of one window (the common case: a record in a single window), made
+        once per window."""
+        window_key = (source_id, start_ns)
+        keys = self._window_keys.get(window_key)
+        if keys is None:
+            keys = self._window_keys[window_key] = ((self._ctx.assignment.generation, window_key),)
+            self._source_partition[source_id] = partition
+        return keys
+
+    def keys_of(self, result: AddResult, partition: int) -> tuple[LedgerKey, ...]:
+        """The ledger keys of a record placed in several windows."""
+        generation = self._ctx.assignment.generation
+        self._source_partition[result.source_id] = partition
+        return tuple([(generation, (result.source_id, start)) for start in result.windows])
+
+    def set_horizon(self, source_id: str, end_ns: int, partition: int) -> None:
+        """A published horizon read back at assignment: windows it covers are dropped (their
+        records released), and a replay of them comes back ``REPLAYED``."""
+        for key in self._aligner.set_horizon(source_id, end_ns):
+            self._ledger.release((self._ctx.assignment.generation, key))
+            self._window_keys.pop(key, None)
+        self._source_partition.setdefault(source_id, partition)
+
+    # ------------------------------------------------------------------ out
+
+    async def close_ready(self) -> None:
+        """Hand every window that can close to the batch stage.
+
+        ``put`` may wait for room, and a rebalance may run meanwhile. aiokafka's protocol is eager
+        (every rebalance revokes every partition), so after one the rest of these windows belong
+        to forgotten state: drop them unpublished; their records were not committed and whoever
+        owns their partition now rebuilds them whole.
+        """
+        assignment = self._ctx.assignment
+        generation = assignment.generation
+        # over the memory bound the input is paused, so no watermark moves and no partition is
+        # caught up: the oldest windows go out early, a few per step, until memory falls
+        shed = _MEMORY_SHED if self._memory.over() else 0
+        for window in self._aligner.poll(self._caught_up, shed=shed):
+            if generation != assignment.generation:
+                break
+            self._window_keys.pop(window.key, None)
+            if window.empty:
+                self._ledger.release((generation, window.key))  # a revision moved everything out
+                continue
+            token = self._horizons.closed(window.source_id, window.end_ns)
+            await self._put(Job(window, token, generation, self._ctx.clock_ms(), self._ctx.wall_ns()))
+
+    # ------------------------------------------------------------------ sources and revocation
+
+    def forget_retired(self, candidates: Iterable[str]) -> set[str]:
+        """Forget these sources if the aligner has retired them (silent, nothing open). Returns
+        those forgotten."""
+        gone = set(self._aligner.forget_sources(candidates))
+        for s in gone:
+            del self._source_partition[s]
+        return gone
+
+    def revoke(self, partitions: set[int]) -> list[str]:
+        """Drop every window and source of these partitions; their records are released (whoever
+        owns them next rebuilds the windows). Call before the generation is bumped. Returns the
+        sources forgotten."""
+        generation = self._ctx.assignment.generation
+        for key in self._aligner.forget_partitions(partitions):
+            self._ledger.release((generation, key))
+        self._window_keys.clear()
+        gone = [s for s, p in self._source_partition.items() if p in partitions]
+        for s in gone:
+            del self._source_partition[s]
+        return gone
+
+    async def stop(self) -> None:
+        """Nothing to release (see the class docstring); idempotent."""

@@ -1,0 +1,79 @@
+"""Whether an input partition has no unread data, as the broker shows it now: what lets a silent
+modality count as idle (``EndWatch.caught_up``, asked by the aligner) and what keeps a caught-up
+topic from holding the others back in watermark alignment (``EndWatch.at_end``).
+"""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from stream.config import fresh_poll_ms
+from stream.contract import Modality
+from stream.stages.shared import Context
+
+__all__ = ["EndWatch"]
+
+
+class EndWatch:
+    """Caught-up stretches per assigned partition (see the module docstring)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._fresh_ms = fresh_poll_ms(ctx.settings.window, ctx.settings.kafka)  # a fetch response this young shows the end
+        self._idle_ms = ctx.settings.window.idle_timeout_ms
+        self._since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
+        self._polls: dict[TopicPartition, int | None] = {}  # the fetch responses' wall ms, last seen
+
+    def caught_up(self, modality: Modality, partition: int) -> bool:
+        """This modality's partition has had no unread data, without a break, for
+        ``idle_timeout_ms``: only then can its silence mean idle (the aligner asks).
+
+        Without a break: silence is counted in processing time, so a broker that answered nothing
+        for a while (frozen, partitioned away) makes every topic look silent for that long. When
+        it answers again, a partition caught up at once would be idle at once, while the records
+        its producers buffered meanwhile are still on their way."""
+        since = self._since.get(TopicPartition(self._ctx.topic_of[modality], partition))
+        return since is not None and self._ctx.clock_ms() - since >= self._idle_ms
+
+    def note(self) -> None:
+        """Once per step: when each assigned partition's current caught-up stretch began."""
+        ctx = self._ctx
+        now = ctx.clock_ms()
+        since, polls = self._since, self._polls
+        fresh_ms = self._fresh_ms
+        consumer = ctx.connection.consumer
+        assigned = ctx.assignment.assigned
+        for tp in assigned:
+            polled = consumer.last_poll_timestamp(tp) if consumer is not None else None
+            prev = polls.get(tp)
+            if polled is not None and prev is not None and prev < polled - fresh_ms:
+                # the broker did not answer for a while (the loop may not have looked meanwhile:
+                # a commit waits for the broker too): the stretch before the gap proves nothing
+                since.pop(tp, None)
+            polls[tp] = polled
+            if self.at_end(tp):
+                since.setdefault(tp, now)
+            else:
+                since.pop(tp, None)
+        for tp in [tp for tp in since if tp not in assigned]:
+            del since[tp]
+        for tp in [tp for tp in polls if tp not in assigned]:
+            del polls[tp]
+
+    def at_end(self, tp: TopicPartition) -> bool:
+        """No unread data in this partition now, as a fresh fetch response shows it."""
+        ctx = self._ctx
+        assignment, consumer = ctx.assignment, ctx.connection.consumer
+        if tp not in assignment.assigned or tp in assignment.paused or consumer is None:
+            return False
+        high = consumer.highwater(tp)
+        position = assignment.position.get(tp)
+        if high is None or position is None or position < high:
+            return False
+        # the high watermark comes from the last fetch response: while the broker is frozen or
+        # away it goes stale, and a stale one would show every partition caught up (and silent
+        # topics idle, closing windows with their data still in Kafka). Fresher than half the idle
+        # timeout: a silence long enough to count must have been confirmed by the broker since it
+        # began, not only before the broker stopped answering.
+        polled = consumer.last_poll_timestamp(tp)
+        return polled is not None and ctx.wall_ns() // 1_000_000 - polled <= self._fresh_ms
