@@ -17,8 +17,12 @@ DEMO_ARGS ?= --duration 60
 demo: $(STAMP)/install
 	$(VENV)/bin/mmstream demo $(DEMO_ARGS)
 
+# Two workers, whole files each (module fixtures built once): most tests wait on the broker, so
+# two run in about the time of one; each worker has its own embedded broker.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)/install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)/install
 	$(VENV)/bin/ruff check stream operators tests bench

@@ -1,10 +1,12 @@
-"""Record -> train -> evaluate on the embedded broker (issue 14, items 2-4).
+"""Record -> train -> evaluate -> hot swap on the embedded broker (issue 14, items 2-4 and 7).
 
 A synthetic scene with ground truth is published to the input topics; ``record`` turns it into a
 dataset folder (every window once, with the scene's label and exactly the frames it holds); a
 second run on the same folder writes nothing new (resumable by id); ``mmstream train`` fits the
 tiny preset on it for a few epochs with validation; ``mmstream eval`` prints the metrics and the
-ablation. No assertion on wall-clock speed.
+ablation; the trained checkpoint is renamed into the model directory of a running processor,
+which swaps it in mid-stream with every window published exactly once. No assertion on
+wall-clock speed.
 """
 
 from __future__ import annotations
@@ -12,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from operators.checkpoint import read_checkpoint  # noqa: E402
 from stream.cli import main  # noqa: E402
 from stream.kafka import ensure_topics  # noqa: E402
 from stream.record import record  # noqa: E402
 from stream.record_store import DatasetWriter, SyntheticLabels  # noqa: E402
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce  # noqa: E402
+from tests.integration._hot_swap import swap_mid_stream  # noqa: E402
+from tests.unit._inference_models import save_version  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -80,6 +86,21 @@ async def test_record_train_eval(settings_for: Any, unique: str, tmp_path: Path,
     assert names == ["all", "video only", "audio only", "text only", "no video", "no audio", "no text"]
     assert sum(map(sum, report["metrics"]["confusion"])) == len(rows)
     assert report["latency"]["total_ms"] > 0
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_version(models, "v1")
+
+    def write_trained() -> str:
+        shutil.copytree(ckpt, models / ".incoming-trained", copy_function=shutil.copy)  # newer than v1
+        (models / ".incoming-trained").rename(models / "trained")
+        return read_checkpoint(models / "trained").config.version
+
+    serving = settings_for(window={"idle_timeout_ms": 1000, "allowed_lateness_ms": 100},
+                           batching={"max_delay_ms": 20, "max_batch": 2},
+                           topics={name: f"swap-{name}-{unique}" for name in ("video", "audio", "text", "results")},
+                           model={"path": str(models), "device": "cpu"})
+    await swap_mid_stream(serving, models, write_trained)
 
 
 def test_record_cli_joins_a_labels_file_and_resumes_where_it_stopped(settings_for: Any, unique: str,
