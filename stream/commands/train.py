@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from stream.commands._common import number
 from stream.errors import ConfigError
@@ -28,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit fusion and heads on labelled windows; write a checkpoint")
     p.add_argument("data", help="a JSONL file of windows, or a folder with windows.jsonl (see docs/model.md)")
     p.add_argument("--out", required=True, metavar="PATH", help="checkpoint folder to write")
+    p.add_argument("--version", metavar="V",
+                   help="the checkpoint's model version, in every result it makes (default: trained-<UTC time>, "
+                        "so a hot-swapped checkpoint shows in the results)")
     p.add_argument("--preset", choices=["tiny", "offline", "hf"], default="offline",
                    help="encoders to start from (`mmstream models` lists them)")
     p.add_argument("--model", metavar="PATH", help="start from this checkpoint instead of a preset")
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         if result.cache_hit is not None:
             print(f"encoder features: {'from the cache' if result.cache_hit else 'computed'}"
                   f"{f' ({cfg.cache_dir})' if cfg.cache_dir else ''}", file=sys.stderr)
-        model.save(args.out, weights="trainable" if cfg.freeze_encoders else "all")
+        _stamp(model, args).save(args.out, weights="trainable" if cfg.freeze_encoders else "all")
     except ModelConfigError as exc:
         raise ConfigError(str(exc)) from exc
     except OperatorError as exc:
@@ -149,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
           f"{f'thresholds {result.thresholds}; ' if result.thresholds else ''}"
           f"checkpoint written to {args.out}")
     return 0
+
+
+def _stamp(model: Any, args: argparse.Namespace) -> Any:
+    """The model with the version its checkpoint carries: ``--version``, or when it was trained.
+    Without a new version a retrained checkpoint would publish under its predecessor's."""
+    version = args.version or time.strftime("trained-%Y%m%dT%H%M%SZ", time.gmtime())
+    model.config = model.config.model_copy(update={"version": version})
+    return model
 
 
 def _contrastive(args: argparse.Namespace, examples: list, labels: list[str]) -> int:
@@ -168,7 +181,7 @@ def _contrastive(args: argparse.Namespace, examples: list, labels: list[str]) ->
     result = pretrain(model, examples, cfg, log=lambda entry: print(entry.line(), flush=True))
     print(f"encoder features: {'from the cache' if result.cache_hit else 'computed'}"
           f"{f' ({cfg.cache_dir})' if cfg.cache_dir else ''}", file=sys.stderr)
-    model.save(args.out, weights="trainable")
+    _stamp(model, args).save(args.out, weights="trainable")
     best = result.history[result.best_epoch - 1]
     print(f"best epoch {result.best_epoch} (loss {best.loss:.4f}"
           f"{f', validation loss {best.val_loss:.4f}' if best.val_loss is not None else ''}); pairs "

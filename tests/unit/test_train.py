@@ -44,6 +44,7 @@ def test_train_cli_lowers_loss_and_checkpoint_runs(tmp_path, capsys) -> None:
     assert losses[-1] < 0.8 * losses[0]
     model = build_model(ModelConfig(path=str(ckpt), device="cpu"))
     assert model.labels == ["greeting", "red", "tone"]
+    assert model.info.version.startswith("trained-"), "a retrained checkpoint publishes under its own version"
     examples = load_examples(data)
     outs = model.infer(model.preprocess([ex.load() for ex in examples[:8]]))
     assert len(outs) == 8 and all(o.label in model.labels for o in outs)
