@@ -88,7 +88,8 @@ class Client:
             if seq <= self.sent_thumbs.get(source_id, 0):
                 del self.pending_thumbs[source_id]
                 continue
-            left = self.written_at.get(source_id, -math.inf) + self.interval - now
+            # never more than one interval (float rounding of written_at + interval - now can add an ulp)
+            left = min(self.written_at.get(source_id, -math.inf) + self.interval - now, self.interval)
             if left <= 0:
                 due[source_id] = seq
                 del self.pending_thumbs[source_id]
