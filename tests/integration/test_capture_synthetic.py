@@ -54,9 +54,18 @@ async def test_realtime_is_paced_and_stop_ends_it_early(settings_for) -> None:
     assert 0.55 <= stats.elapsed_s < 3.0
     assert stats.records[s.topics.video] == 6
     stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.3, stop.set)
-    stats = await produce(SyntheticScene(SyntheticConfig(sources=1), start_ns=T0), s.kafka, s.topics, s.limits,
-                          duration_s=30, realtime=True, stop=stop)
+    live = SyntheticScene(SyntheticConfig(sources=1), start_ns=T0)
+
+    async def stop_once_producing() -> None:
+        # 0.3 s of scene time after the first records went out: a clock started before produce()
+        # would count its set-up (topics, producer start), which a loaded machine can make longer
+        while (live.truth.produced_until_ns or T0) < T0 + 300_000_000:
+            await asyncio.sleep(0.01)
+        stop.set()
+
+    stopper = asyncio.create_task(stop_once_producing())
+    stats = await produce(live, s.kafka, s.topics, s.limits, duration_s=30, realtime=True, stop=stop)
+    await stopper
     assert stats.stopped_early and stats.elapsed_s < 5
     assert 0 < stats.records[s.topics.audio] < 100
 
