@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _labels_data import Item, build, load_manifest  # noqa: E402
+
+from bench._worktree import git, run_in_tree
 
 __all__ = ["metrics", "run_one", "windows"]
 
@@ -130,24 +131,6 @@ def fit_offline(folder: Path, threads: int) -> dict:
     return fit(out.evidence.clone(), out.mask.clone(), truth, model.labels, base).model_dump()
 
 
-def _side(tree: Path, argv: list[str]) -> dict:
-    """This file's ``run_one`` in a fresh process whose ``operators`` and ``stream`` are ``tree``'s."""
-    code = ("import runpy, sys; sys.argv = ['bench.labels'] + sys.argv[1:]; "
-            f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')")
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tree, env=env, capture_output=True, text=True,
-                          check=False)
-    sys.stderr.write(done.stderr[-6000:])
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench.labels in {tree} failed ({done.returncode})")
-    return json.loads(lines[-1])
-
-
-def _git(tree: Path, *cmd: str) -> str:
-    return subprocess.run(["git", "-C", str(tree), *cmd], capture_output=True, text=True, check=False).stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="folder of the set (built there if missing; default: a temp folder)")
@@ -173,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             result: dict = {"bench": "labels", "mode": "compare", "split": args.split}
             for name, tree in (("before", Path(args.compare_worktree).resolve()),
                                ("after", Path(__file__).resolve().parents[1])):
-                print(f"--- {name}: {tree} ({_git(tree, 'rev-parse', '--short', 'HEAD')})", file=sys.stderr)
-                res = _side(tree, side)
+                print(f"--- {name}: {tree} ({git(tree, 'rev-parse', '--short', 'HEAD')})", file=sys.stderr)
+                res = run_in_tree(__file__, "bench.labels", tree, side)
                 result[name] = {k: v for k, v in res.items() if k != "rows"} | {
-                    "tree": str(tree), "commit": _git(tree, "rev-parse", "HEAD"),
-                    "dirty": bool(_git(tree, "status", "--porcelain"))}
+                    "tree": str(tree), "commit": git(tree, "rev-parse", "HEAD"),
+                    "dirty": bool(git(tree, "status", "--porcelain"))}
         else:
             result = run_one(folder, args.split, args.threads)
     if not args.json:

@@ -22,12 +22,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench._worktree import git, run_in_tree
 
 SCORE_TOLERANCE = 0.02  # what "same answers" means for an inference optimisation
 
@@ -175,24 +176,6 @@ def run_one(args: argparse.Namespace) -> dict:
     return result
 
 
-def _git(tree: Path, *cmd: str) -> str:
-    done = subprocess.run(["git", "-C", str(tree), *cmd], capture_output=True, text=True, check=False)
-    return done.stdout.strip()
-
-
-def _side(tree: Path, argv: list[str]) -> dict:
-    """Run this file's ``run_one`` in a fresh process whose ``operators`` and ``stream`` are ``tree``'s."""
-    code = ("import runpy, sys; sys.argv = ['bench.model'] + sys.argv[1:]; "
-            f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')")
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tree, env=env, capture_output=True, text=True,
-                          check=False)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench in {tree} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
-
-
 def compare(args: argparse.Namespace) -> dict:
     """Alternate runs of the baseline tree and this one; medians, spread, ratio, score difference."""
     here = Path(__file__).resolve().parents[1]
@@ -206,7 +189,7 @@ def compare(args: argparse.Namespace) -> dict:
     for r in range(args.repeats):
         order = [("baseline", base), ("current", here)]
         for name, tree in order if r % 2 == 0 else order[::-1]:
-            res = _side(tree, argv)
+            res = run_in_tree(__file__, "bench.model", tree, argv)
             runs[name].append(res)
             print(f"round {r + 1}: {name:8s} {res['windows_per_s'][size]:8.2f} windows/s", file=sys.stderr, flush=True)
     rate = {k: [v["windows_per_s"][size] for v in runs[k]] for k in runs}
@@ -218,11 +201,11 @@ def compare(args: argparse.Namespace) -> dict:
     return {
         "bench": "model", "mode": "compare", "preset": args.preset, "batch_size": int(size), "threads": args.threads,
         "frames_per_window": args.frames, "repeats": args.repeats,
-        "baseline": {"tree": str(base), "commit": _git(base, "rev-parse", "HEAD"),
-                     "dirty": bool(_git(base, "status", "--porcelain")), "windows_per_s": rate["baseline"],
+        "baseline": {"tree": str(base), "commit": git(base, "rev-parse", "HEAD"),
+                     "dirty": bool(git(base, "status", "--porcelain")), "windows_per_s": rate["baseline"],
                      "median": round(med["baseline"], 2)},
-        "current": {"tree": str(here), "commit": _git(here, "rev-parse", "HEAD"),
-                    "dirty": bool(_git(here, "status", "--porcelain")), "windows_per_s": rate["current"],
+        "current": {"tree": str(here), "commit": git(here, "rev-parse", "HEAD"),
+                    "dirty": bool(git(here, "status", "--porcelain")), "windows_per_s": rate["current"],
                     "median": round(med["current"], 2)},
         "speedup": round(med["current"] / med["baseline"], 2),
         "speedup_paired": {"min": round(min(paired), 2), "median": round(statistics.median(paired), 2),
