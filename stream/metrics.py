@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -206,6 +206,14 @@ class MetricsServer:
             server.server_close()
 
 
+class Timed(NamedTuple):
+    """A published window's latency and why it closed: a window closed by an idle timeout (a
+    source that stopped) waited for silence, not for data, and summaries tell the two apart."""
+
+    latency: Latency
+    closed_by: str
+
+
 class ProcessorStats:
     """Counters the demo and tests read without scraping Prometheus."""
 
@@ -218,7 +226,7 @@ class ProcessorStats:
         self.partly_late = 0  # accepted, but part of the interval fell in closed windows
         self.replayed = 0
         self.latencies_s: list[float] = []
-        self.breakdowns: list[Latency] = []  # the latency of results that carry a breakdown (bounded)
+        self.breakdowns: list[Timed] = []  # the latency of results that carry a breakdown (bounded)
         self.last_results: dict[str, WindowResult] = {}  # the newest published result per source
 
     def observe(self, metrics: Metrics, result: WindowResult, av_skew_ns: int | None,
@@ -245,6 +253,6 @@ class ProcessorStats:
                              ("preprocess", parts.preprocess_ms), ("inference", parts.inference_ms),
                              ("publish", parts.publish_ms)):
                 hist.labels(part).observe(max(ms, 0.0) / 1000)
-            self.breakdowns.append(result.latency)
+            self.breakdowns.append(Timed(result.latency, result.closed_by))
             if len(self.breakdowns) > 10_000:
                 del self.breakdowns[:5000]

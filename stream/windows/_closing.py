@@ -93,9 +93,13 @@ class Closer:
         if bound == ALWAYS:  # every modality idle: the source went silent
             self._close_through(src, ALWAYS, cause, out, idle)
             return
+        held_by, src.held_by = src.held_by, slowest
         if bound < 0:
             return
-        self._close_through(src, bound, cause, out, slowest)
+        # the window waited for the modality that held it at the last look, not for the one that
+        # is lowest now: a sparse one (transcript finals once a second) often arrives in the same
+        # fetch as a frame that ties with it, and a tie would name whichever comes first
+        self._close_through(src, bound, cause, out, held_by or slowest)
         # windows ending by the watermark are closed even if they never opened: later data is late
         edge = (bound // self._hop_ns) * self._hop_ns
         if edge > src.frontier:

@@ -65,6 +65,7 @@ class SourceState:
     __slots__ = (
         "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon",
         "revisions", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
+        "held_by",
     )
 
     def __init__(self, source_id: str, now_ms: int, expected: frozenset[Modality] = frozenset(MODALITIES)) -> None:
@@ -84,6 +85,9 @@ class SourceState:
         self.check_at_ms = now_ms
         self.min_start = ALWAYS
         self.accepted: AddResult | None = None  # the last one-window result, shared (see Aligner._accepted)
+        # the slowest modality at the last evaluation that left windows open: what held them until
+        # the next one closes them (several modalities often pass the bound in the same fetch)
+        self.held_by: Modality | None = None
 
 
 class Book:

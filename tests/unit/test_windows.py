@@ -74,6 +74,24 @@ def test_window_closes_when_every_watermark_passes_its_end(make) -> None:
     assert al.open_windows == 1
 
 
+def test_waited_for_names_the_modality_that_held_the_window_not_a_tie_at_close(make) -> None:
+    """Transcript finals once a second, frames every 100 ms: the final that lets [T0, T0+1s)
+    close comes in the same fetch as a frame with the same time. The window waited for the
+    transcript (the frames had passed its end long before); the demo's breakdown named video."""
+    al = make()
+    for i in range(17):  # frames up to T0+1.6 s, audio likewise: both well past end + lateness
+        al.add(frame(T0 + i * 100 * MS), origin("mm.video"))
+    for j in range(80):
+        al.add(chunk(T0 + j * 20 * MS), origin("mm.audio"))
+    al.add(segment(T0, T0 + 700 * MS), origin("mm.text"))  # vouches text only to T0+0.7 s
+    assert al.poll() == []
+    al.add(frame(T0 + 1700 * MS), origin("mm.video"))  # the same instant as the next final
+    al.add(segment(T0 + 700 * MS, T0 + 1700 * MS), origin("mm.text"))
+    (w,) = al.poll()
+    assert w.start_ns == T0 and w.closed_by == "watermark"
+    assert w.waited_for is Modality.TEXT
+
+
 def test_lagging_modality_holds_windows_back(make) -> None:
     al = make()
     for i in range(90):
