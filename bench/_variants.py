@@ -2,8 +2,9 @@
 
 ``run_processor`` (the real Processor, with the model or ``NullModel``), ``run_bare`` (the model
 alone on the batches the pipeline formed, recorded by ``RecordingModel``), ``run_raw_consume``
-(aiokafka alone) and ``run_per_record`` (the naive consumer). See bench/pipeline.py for what the
-ratios between them mean.
+(aiokafka alone) and ``run_per_record`` (the naive consumer); ``ExecutorModel`` serves the
+model in a worker process the way the processor does. See bench/pipeline.py for what the ratios
+between them mean.
 """
 
 from __future__ import annotations
@@ -51,6 +52,41 @@ class RecordingModel:
             return self.model.infer(batch)
         finally:
             self.infer_s += time.perf_counter() - t0
+
+
+class ExecutorModel:
+    """The processor's own inference executor (``stream.inference``) in process mode, presented
+    as a ready model, so the pipeline variant runs what ``batching.worker: process`` runs:
+    preprocessing on the executor's pool in this process, tensors to the worker process through
+    shared memory, the forward pass there.
+
+    The model is built once here (``preprocessor``: the benchmark's own, which the bare and
+    per-record variants run too) and once in the child. ``device`` is "cpu" because the stage
+    hands this object's batches over as they are: the executor moves them to the device itself.
+    """
+
+    device = "cpu"
+
+    def __init__(self, config: Any, preprocessor: Any, *, max_batch: int, prepared_ahead: int,
+                 torch_threads: int | None) -> None:
+        from stream.inference.executor import InferenceExecutor, plan_from
+
+        plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
+        self.executor = InferenceExecutor(config, plan, torch_threads=torch_threads, preprocessor=preprocessor)
+        self.info = preprocessor.info
+
+    def start(self) -> None:
+        """Spawn the worker process and load the model there (blocking)."""
+        self.executor.start()
+
+    def preprocess(self, windows: list[Any]) -> Any:
+        return self.executor.preprocess(windows)
+
+    def infer(self, batch: Any) -> list[Any]:
+        return self.executor.infer(batch)
+
+    def stop(self) -> None:
+        self.executor.stop()
 
 
 class NullModel:

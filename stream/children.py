@@ -16,10 +16,9 @@ Terminal signals: a Ctrl-C reaches the terminal's whole foreground process group
 in-flight work with it (the worker reloaded its model in the middle of the drain), so the
 processor's children ignore SIGINT and SIGTERM: the processor drains, then stops them itself.
 
-``ModelChild`` is the one lifecycle of a model worker process, shared by ``stream.worker``'s
-``ProcessModel`` and the inference executor's ``RemoteRunner`` (``stream.inference.remote``): what
-each loads and calls there differs, how the child is started, bounded, replaced and stopped does
-not.
+``ModelChild`` is the lifecycle of a model worker process (the inference executor's
+``RemoteRunner``, ``stream.inference.remote``): what is loaded and called there is the caller's,
+how the child is started, bounded, replaced and stopped is this module's.
 """
 
 from __future__ import annotations

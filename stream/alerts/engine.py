@@ -76,7 +76,11 @@ class Engine:
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back what the alerts topic says: every id's newest state (never emitted again),
         the open episodes, and how far each (rule, source) had judged (results up to there are
-        replays and ignored). Records of rules no longer in the file are ignored."""
+        replays and ignored). Records of rules no longer in the file are ignored.
+
+        Restoring the topic in parts, oldest first (each read taking only what is new: the rules
+        stage at an assignment), leaves the same episodes open and emits nothing that restoring it
+        whole would not (tests/unit/test_alerts_engine.py)."""
         known = {r.id for r in self.rules}
         newest: dict[str, Alert] = {}
         for alert in alerts:
@@ -87,6 +91,10 @@ class Engine:
                 continue
             track = self._track(alert.rule, alert.source_id)
             if alert.window_end_ns < track.judged_until_ns:
+                if alert.state == "resolved" and track.open_id == alert.id:
+                    # its own episode's end, read after its firing (an absence fires at the newest
+                    # event time of any source, later than the window of the source that ends it)
+                    track.open_id, track.evidence = None, []
                 continue  # an older episode of this (rule, source)
             track.judged_until_ns = alert.window_end_ns
             # (the event-time clock is not restored: it runs with the results replayed, which may

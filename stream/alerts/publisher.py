@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from stream.alerts.engine import Engine
 from stream.contract import Alert, WindowResult, json_headers
 
-__all__ = ["AlertPublisher", "PendingAlert", "ensure_alerts_topic", "read_back"]
+__all__ = ["AlertPublisher", "AlertsRead", "PendingAlert", "ensure_alerts_topic", "read_alerts", "read_back"]
 
 log = logging.getLogger("stream.alerts")
 
@@ -106,19 +106,85 @@ async def ensure_alerts_topic(settings: Any) -> None:
             await admin.close()
 
 
+class AlertsRead(NamedTuple):
+    """What one read of the alerts topic found.
+
+    Attributes:
+        alerts: the alert records read, oldest first per partition.
+        records: how many records were read (alerts or not).
+        next_offsets: per partition, the offset after the last one read: where the next read
+            starts (every record below it is immutable, and every new one lands at or above it).
+    """
+
+    alerts: list[Alert]
+    records: int
+    next_offsets: dict[int, int]
+
+
 async def read_back(settings: Any) -> list[Alert]:
     """Every alert record on the alerts topic, oldest first per partition (an alert id always
     lands in its source's partition, so per-partition order is each id's order)."""
-    from stream.kafka import make_consumer, read_last, stop_bounded, topic_partitions
+    return (await read_alerts(settings)).alerts
 
+
+async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> AlertsRead:
+    """The alert records of every partition of the alerts topic from ``since`` (per partition,
+    the ``next_offsets`` of an earlier read; a partition not in it from its start) up to its high
+    watermark now.
+
+    Every partition, not only those of the sources this processor holds: the alerts topic may be
+    laid out unlike the input topics, and what moved here from another processor may lie on any
+    of them. A partition shorter than ``since`` says (deleted and created again) is read from its
+    start.
+
+    Raises:
+        ClusterError: no high watermark, or not every record up to it, within
+            ``READ_BACK_TIMEOUT_S``.
+    """
+    from aiokafka import TopicPartition
+
+    from stream.errors import ClusterError
+    from stream.kafka import make_consumer, stop_bounded, topic_partitions
+
+    since = since or {}
+    topic = settings.topics.alerts
     reader = make_consumer(settings.kafka, settings.limits, group=False)
     await reader.start()
+    values: dict[int, list[bytes]] = {}
+    ends: dict[int, int] = {}
     try:
-        topic = settings.topics.alerts
         parts = reader.partitions_for_topic(topic) or set()
         if not parts:
             parts = set((await topic_partitions(reader, [topic]))[topic])
-        values = await read_last(reader, topic, sorted(parts), count=2**62, timeout_s=READ_BACK_TIMEOUT_S)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        start = {tp: max(since.get(tp.partition, 0), 0) for tp in tps}
+        if tps:
+            reader.assign(tps)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + READ_BACK_TIMEOUT_S
+            high = await _high_watermarks(reader, tps, start, deadline)
+            pending: set[Any] = set()
+            for tp in tps:
+                if start[tp] > high[tp]:
+                    start[tp] = 0  # the partition is shorter than what was read: a new topic
+                values[tp.partition], ends[tp.partition] = [], high[tp]
+                if high[tp] > start[tp]:
+                    reader.seek(tp, start[tp])
+                    pending.add(tp)
+            while pending and loop.time() < deadline:
+                batch = await reader.getmany(*pending, timeout_ms=100)
+                for tp, records in batch.items():
+                    for record in records:
+                        if start[tp] <= record.offset < high[tp] and record.value is not None:
+                            values[tp.partition].append(record.value)
+                        if record.offset >= high[tp] - 1:
+                            pending.discard(tp)
+                for tp in list(pending):  # the last offsets may hold no record (a transaction marker)
+                    if await reader.position(tp) >= high[tp]:
+                        pending.discard(tp)
+            if pending:
+                raise ClusterError(f"could not read {topic} partitions {sorted(tp.partition for tp in pending)} "
+                                   f"up to their high watermark within {READ_BACK_TIMEOUT_S:.0f} s")
     finally:
         await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
     out: list[Alert] = []
@@ -129,4 +195,25 @@ async def read_back(settings: Any) -> list[Alert]:
             except ValidationError as exc:
                 log.warning("alerts: ignoring a record on %s that is not an alert: %s", topic,
                             str(exc).splitlines()[0])
-    return out
+    return AlertsRead(out, sum(len(v) for v in values.values()), ends)
+
+
+async def _high_watermarks(reader: Any, tps: list[Any], start: Mapping[Any, int], deadline: float) -> dict[Any, int]:
+    """Each partition's high watermark, from a fetch response at its start (not ``end_offsets``,
+    which tansu answers wrongly when the last batch holds several records; see
+    ``stream.kafka.read_last``)."""
+    from stream.errors import ClusterError
+
+    loop = asyncio.get_running_loop()
+    for tp in tps:
+        reader.seek(tp, start[tp])
+    high: dict[Any, int] = {}
+    while len(high) < len(tps) and loop.time() < deadline:
+        await reader.getmany(*[tp for tp in tps if tp not in high], timeout_ms=100, max_records=1)
+        for tp in tps:
+            hw = reader.highwater(tp)
+            if hw is not None:
+                high[tp] = hw
+    if len(high) < len(tps):
+        raise ClusterError(f"no high watermark for {tps[0].topic} within {READ_BACK_TIMEOUT_S:.0f} s")
+    return high

@@ -109,15 +109,23 @@ class InferenceExecutor:
         factory: builds the model instead of ``operators.build_model(config)`` (a zero-argument
             callable that pickles; ``model.factory`` in the settings needs none of this).
         torch_threads: torch threads per child (None: ``stream.worker.default_threads()``).
+        preprocessor: process mode only: a model this process has built already (a benchmark's,
+            which it also runs alone), whose ``preprocess`` and ``info`` serve instead of a CPU
+            build of our own; the executor never closes it. Without it, process mode builds the
+            model twice: here for ``preprocess`` (CPU), in each child for ``infer``.
         on_batch: called with each batch's timing (metrics, the batch sizer); never raises into
             the batch.
     """
 
     def __init__(self, config: ModelConfig, plan: ExecutorPlan | None = None, *,
                  factory: Callable[[], Any] | None = None, torch_threads: int | None = None,
-                 load_timeout_s: float = 300, on_batch: Callable[[BatchTiming], None] | None = None) -> None:
+                 load_timeout_s: float = 300, on_batch: Callable[[BatchTiming], None] | None = None,
+                 preprocessor: Any = None) -> None:
         self._config = config
         self.plan = plan or ExecutorPlan()
+        if preprocessor is not None and self.plan.worker != "process":
+            raise ValueError("a preprocessor is given in process mode only (in thread mode the model itself serves)")
+        self._preprocessor = preprocessor
         self._factory = factory
         self._threads = torch_threads or default_threads()
         self._load_timeout_s = load_timeout_s
@@ -176,8 +184,10 @@ class InferenceExecutor:
         self._stopped = False
 
     def _preprocess_model(self) -> Any:
-        """The model whose ``preprocess`` the pool runs: a CPU build in this process (its
-        forward pass is not used when the runners are children)."""
+        """The model whose ``preprocess`` the pool runs: the given preprocessor, or a CPU build in
+        this process (its forward pass is not used when the runners are children)."""
+        if self._preprocessor is not None:
+            return self._preprocessor
         config = self._config
         if self.plan.worker == "process" and config.device != "cpu":
             config = config.model_copy(update={"device": "cpu"})
@@ -202,7 +212,8 @@ class InferenceExecutor:
             runner.stop(max(deadline - time.monotonic(), 0))
         pre, self._pre_model = self._pre_model, None
         closer = getattr(pre, "close", None)
-        if self.plan.worker == "process" and callable(closer):  # in thread mode the first runner closed it
+        # in thread mode the first runner closed it; a given preprocessor is its owner's to close
+        if self.plan.worker == "process" and pre is not self._preprocessor and callable(closer):
             try:
                 closer()
             except Exception as exc:  # noqa: BLE001 - stopping goes on

@@ -1,13 +1,20 @@
 """A runner whose model lives in a child process; batches reach it through shared memory.
 
-The child's lifecycle is ``stream.children.ModelChild``'s, as for ``stream.worker.ProcessModel``:
-spawned on a launcher thread that lives until ``stop``, SIGINT and SIGTERM ignored (the processor
+The model worker process of the processor (and of the benchmarks, which run the same executor).
+Its lifecycle is ``stream.children.ModelChild``'s: spawned (no forked torch or aiokafka state)
+on a launcher thread that lives until ``stop``, SIGINT and SIGTERM ignored (the processor
 drains, then stops it), dies with its parent, a call without progress for
 ``model.infer_timeout_ms`` kills the child, a dead child is replaced once and the call fails with
 ``WorkerDiedError`` (the runtime retries its windows one by one), and a child that cannot be
 started again makes the model unavailable (``ModelUnavailableError``).
 
-What differs: the child receives a ``ChildJob`` (a skeleton and, once per slot generation and
+The child builds the model from the same ``ModelConfig`` (``stream.inference.child.build``): a
+preset, a checkpoint, or the user's own model that ``model.factory`` names. A spawned child gets
+the parent's ``sys.path``, so a factory module the processor can import, the child can too
+(installed, or on ``PYTHONPATH``; never ``__main__``). A model that cannot load fails ``start``
+with the child's error, once: no restart loop.
+
+The child receives a ``ChildJob`` (a skeleton and, once per slot generation and
 child, the slot's shared buffer), never the windows; preprocessing ran in the parent's pool.
 """
 

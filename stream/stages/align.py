@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple
 
 from stream.contract import Item, Modality, Origin
 from stream.horizon import HorizonTracker
@@ -26,7 +27,15 @@ __all__ = ["Align", "LedgerKey"]
 
 log = logging.getLogger("stream.runtime")
 
-LedgerKey = tuple[int, WindowKey]  # (assignment generation, window key)
+
+class LedgerKey(NamedTuple):
+    """A window's key in the offset ledger. The generation is the assignment's when the window
+    was opened: work of an older assignment then releases nothing of a newer one
+    (``Assignment.generation``). Still a tuple: ``(generation, window)`` finds the same entry."""
+
+    generation: int
+    window: WindowKey
+
 
 _MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
 
@@ -100,7 +109,7 @@ class Align:
         window_key = (source_id, start_ns)
         keys = self._window_keys.get(window_key)
         if keys is None:
-            keys = self._window_keys[window_key] = ((self._ctx.assignment.generation, window_key),)
+            keys = self._window_keys[window_key] = (LedgerKey(self._ctx.assignment.generation, window_key),)
             self._source_partition[source_id] = partition
         return keys
 
@@ -108,13 +117,13 @@ class Align:
         """The ledger keys of a record placed in several windows."""
         generation = self._ctx.assignment.generation
         self._source_partition[result.source_id] = partition
-        return tuple([(generation, (result.source_id, start)) for start in result.windows])
+        return tuple([LedgerKey(generation, (result.source_id, start)) for start in result.windows])
 
     def set_horizon(self, source_id: str, end_ns: int, partition: int) -> None:
         """A published horizon read back at assignment: windows it covers are dropped (their
         records released), and a replay of them comes back ``REPLAYED``."""
         for key in self._aligner.set_horizon(source_id, end_ns):
-            self._ledger.release((self._ctx.assignment.generation, key))
+            self._ledger.release(LedgerKey(self._ctx.assignment.generation, key))
             self._window_keys.pop(key, None)
         self._source_partition.setdefault(source_id, partition)
 
@@ -138,7 +147,7 @@ class Align:
                 break
             self._window_keys.pop(window.key, None)
             if window.empty:
-                self._ledger.release((generation, window.key))  # a revision moved everything out
+                self._ledger.release(LedgerKey(generation, window.key))  # a revision moved everything out
                 continue
             token = self._horizons.closed(window.source_id, window.end_ns)
             await self._put(Job(window, token, generation, self._ctx.clock_ms(), self._ctx.wall_ns()))
@@ -159,7 +168,7 @@ class Align:
         sources forgotten."""
         generation = self._ctx.assignment.generation
         for key in self._aligner.forget_partitions(partitions):
-            self._ledger.release((generation, key))
+            self._ledger.release(LedgerKey(generation, key))
         self._window_keys.clear()
         gone = [s for s, p in self._source_partition.items() if p in partitions]
         for s in gone:

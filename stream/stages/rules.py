@@ -9,6 +9,13 @@ rebuilt from the alerts topic, judges it again without a second firing. The aler
 back at start and again on every assignment: a source that moves here from another processor
 brings its open episodes with it.
 
+Only the start reads the whole topic. Each later read starts where the one before ended (per
+partition of the alerts topic, at its high watermark then): what lies below is immutable and the
+engine holds it already, and every alert published since, by any processor of the group, lies
+above. So an assignment costs the alerts published since the last one, not the topic's history,
+and the engine holds the same episodes as after a whole read (``Engine.restore`` merges). Every partition is
+read, not only the assigned ones: the alerts topic may be laid out unlike the inputs.
+
 A refused alert is fatal (like a refused result): the processor drains and stops, the window's
 offsets stay uncommitted, and the restart replays it.
 """
@@ -19,7 +26,7 @@ import logging
 from collections.abc import Sequence
 
 from stream.alerts import Engine, RulesFile
-from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_back
+from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_alerts
 from stream.contract import WindowResult
 from stream.errors import ClusterError
 from stream.stages.shared import Context
@@ -37,6 +44,7 @@ class Rules:
         self._ctx = ctx
         self._engine = Engine(rules) if rules is not None else None
         self._publisher: AlertPublisher | None = None
+        self._read_to: dict[int, int] = {}  # alerts partition -> the offset the next read starts at
 
     @property
     def active(self) -> bool:
@@ -55,13 +63,21 @@ class Rules:
         self._publisher = AlertPublisher(self._engine, producer, settings.topics.alerts, self._ctx.metrics)
         await self.load()
 
-    async def load(self) -> None:
-        """Take back the alerts topic's open episodes (at start, and when partitions move here)."""
+    async def load(self) -> int:
+        """Take back the alerts topic's open episodes (at start, and when partitions move here),
+        reading only what was published since the last load; the number of records read.
+
+        Raises:
+            ClusterError: the alerts topic could not be read (nothing is taken: the next load
+                reads from the same place).
+        """
         if self._publisher is None:
-            return
-        restored = await read_back(self._ctx.settings)
-        self._publisher.restore(restored)
-        log.info("rules: %d alert records read back, %d open", len(restored), self._publisher.open_count)
+            return 0
+        read = await read_alerts(self._ctx.settings, since=self._read_to)
+        self._publisher.restore(read.alerts)
+        self._read_to.update(read.next_offsets)
+        log.info("rules: %d alert records read back, %d open", read.records, self._publisher.open_count)
+        return read.records
 
     async def judge(self, results: Sequence[WindowResult]) -> None:
         """Judge acknowledged results and wait until the alerts they raise are acknowledged.
@@ -85,3 +101,4 @@ class Rules:
     async def stop(self) -> None:
         """Nothing of its own to release: alerts go through the processor's producer."""
         self._publisher = None
+        self._read_to = {}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.alerts import Engine, RulesFile, load_rules
 from stream.contract import Alert, record_schemas
@@ -88,6 +90,40 @@ def test_restart_from_the_alerts_topic_never_fires_twice(cut: int) -> None:
     for rule in EXPECTED:
         assert len(total.get((rule, "firing"), [])) == 1, (rule, total)
         assert len(total.get((rule, "resolved"), [])) == 1, (rule, total)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cut=st.integers(0, 19), splits=st.lists(st.integers(0, 40), max_size=4))
+def test_restoring_the_alerts_topic_in_parts_equals_restoring_it_whole(cut: int, splits: list[int]) -> None:
+    """The rules stage reads back only what is new at each assignment: the engine must end as a
+    whole read leaves it, seen from outside (what it fires next, what it counts as open)."""
+    alerts = [a for _, a in run(engine(), scene(0, cut))]
+    whole = engine()
+    whole.restore(alerts)
+    parts = engine()
+    bounds = sorted({0, len(alerts), *(min(k, len(alerts)) for k in splits)})
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        parts.restore(alerts[lo:hi])
+    assert parts.firing() == whole.firing()
+    assert run(parts, scene()) == run(whole, scene())
+    assert parts.firing() == whole.firing()
+
+
+def test_an_episode_whose_end_is_read_after_its_firing_is_closed() -> None:
+    """An absence fires at the newest event time of any source, so its resolution (the silent
+    source's own window) may end before its firing: read back in two parts, the episode must
+    still close, as it does read whole."""
+    e = engine()
+    emitted = [a for r in [result("cam2", 0), *(result("cam1", i) for i in range(6)), result("cam2", 3)]
+               for a in e.observe(r) if a.rule == "silent"]
+    firing, resolved = emitted
+    assert (firing.state, resolved.state) == ("firing", "resolved") and resolved.window_end_ns < firing.window_end_ns
+    whole, parts = engine(), engine()
+    whole.restore([firing, resolved])
+    parts.restore([firing])
+    assert parts.firing()["silent"] == 1
+    parts.restore([resolved])
+    assert parts.firing()["silent"] == whole.firing()["silent"] == 0
 
 
 def test_restored_open_episode_resolves_with_its_own_id() -> None:

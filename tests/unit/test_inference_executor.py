@@ -237,3 +237,45 @@ def test_the_plan_follows_the_settings() -> None:
     assert plan.buckets == (1, 2, 4, 8, 16)  # compiled: a few sizes
     assert plan_from(ModelConfig(preset="tiny"), worker="thread", max_batch=16).buckets == ()
     assert plan_from(ModelConfig(preset="tiny", batch_buckets=[8, 2]), worker="thread", max_batch=16).buckets == (2, 8)
+
+
+class _OwnedEcho(EchoModel):
+    """An ``EchoModel`` its owner keeps: counts the batches it preprocessed and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared = 0
+        self.closed = False
+
+    def preprocess(self, windows: list) -> object:
+        self.prepared += 1
+        return super().preprocess(windows)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_given_preprocessor_is_the_only_build_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process mode builds the model here only for ``preprocess``: a benchmark that holds one
+    already hands it over, and the model is then built once here (its own) and once in the child."""
+    from stream.inference import child
+
+    built: list[object] = []
+    real_build = child.build
+    monkeypatch.setattr(child, "build", lambda spec: built.append(spec) or real_build(spec))  # this process only
+    own = _OwnedEcho()
+    ex = InferenceExecutor(CONFIG, ExecutorPlan(worker="process"), factory=echo_model, torch_threads=1,
+                           preprocessor=own)
+    ex.start()
+    try:
+        assert ids(ex.infer(ex.preprocess(_batch(0, 3)))) == [0, 1, 2]
+        assert own.prepared == 1 and built == []
+    finally:
+        ex.stop()
+    assert not own.closed  # its owner's to close
+    with pytest.raises(ValueError, match="process mode only"):
+        InferenceExecutor(CONFIG, ExecutorPlan(worker="thread"), factory=echo_model, preprocessor=own)
+    plain = _executor("process")
+    plain.start()
+    plain.stop()
+    assert len(built) == 1  # without one: a CPU build here for preprocess

@@ -22,11 +22,11 @@ from operators.presets import resolve
 from stream.config import load_settings
 from stream.contract import Origin, VideoFrame
 from stream.errors import ModelUnavailableError, WorkerDiedError
+from stream.inference.executor import ExecutorPlan, InferenceExecutor
 from stream.jobs import Job
 from stream.runtime import Processor
 from stream.stages import Scored
 from stream.windows import Aligner
-from stream.worker import ProcessModel
 from tests.unit._fakes import JPEG
 
 S = 1_000_000_000
@@ -154,22 +154,31 @@ async def test_an_unavailable_model_publishes_nothing(processor: Processor) -> N
     assert _safe(processor) == 0  # nothing released
 
 
-def _kill_child(model: ProcessModel) -> None:
+def _kill_child(model: InferenceExecutor) -> None:
     """SIGKILL the worker's child, as the kernel's OOM killer would."""
     assert model.pid is not None
     os.kill(model.pid, signal.SIGKILL)
 
 
+def _worker(config: ModelConfig) -> InferenceExecutor:
+    """The processor's model runner in process mode: one worker process."""
+    return InferenceExecutor(config, ExecutorPlan(worker="process"), torch_threads=1)
+
+
+def _infer(model: InferenceExecutor, windows: list[WindowInput]) -> list[Any]:
+    return model.infer(model.preprocess(windows))
+
+
 def test_a_killed_model_worker_is_replaced() -> None:
-    model = ProcessModel(ModelConfig(preset="tiny", device="cpu"), torch_threads=1)
+    model = _worker(ModelConfig(preset="tiny", device="cpu"))
     model.start()
     try:
-        assert len(model.infer([WindowInput()])) == 1
+        assert len(_infer(model, [WindowInput()])) == 1
         for deaths in (1, 2):
             _kill_child(model)
             with pytest.raises(WorkerDiedError, match="died during a call of 2 windows; started a new one"):
-                model.infer([WindowInput(), WindowInput()])
-            assert model.restarts == deaths and len(model.infer([WindowInput()])) == 1  # the new child serves
+                _infer(model, [WindowInput(), WindowInput()])
+            assert model.restarts == deaths and len(_infer(model, [WindowInput()])) == 1  # the new child serves
     finally:
         model.stop()
 
@@ -179,15 +188,15 @@ def test_a_worker_that_cannot_start_again_makes_the_model_unavailable(tmp_path: 
     in a deadlock: a failed start stops the half-made pool under the restart lock."""
     config = ModelConfig(preset="offline", device="cpu", path=str(tmp_path / "ckpt"))
     FusedModel.from_config(resolve(ModelConfig(preset="tiny", device="cpu"))).save(config.path)
-    model = ProcessModel(config, torch_threads=1)
+    model = _worker(config)
     model.start()
     try:
         shutil.rmtree(config.path)  # the next load fails
         _kill_child(model)
         with pytest.raises(ModelUnavailableError, match="could not start again"):
-            model.infer([WindowInput()])
+            _infer(model, [WindowInput()])
         assert model.pid is None and model.restarts == 0
         with pytest.raises(ModelUnavailableError):  # for good
-            model.infer([WindowInput()])
+            _infer(model, [WindowInput()])
     finally:
         model.stop()

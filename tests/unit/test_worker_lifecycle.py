@@ -19,21 +19,31 @@ from collections.abc import Iterator
 
 import pytest
 
-from operators import ModelConfig, WindowInput
+from operators import ModelConfig, WindowInput, WindowOutput
 from stream.errors import WorkerDiedError
 from stream.health import Health
-from stream.worker import ProcessModel
+from stream.inference.executor import ExecutorPlan, InferenceExecutor
 from tests._orphans import alive_after
 
 TIMEOUT_MS = 1500
 
 
+def _worker() -> InferenceExecutor:
+    """The processor's model runner in process mode: the tiny preset in one worker process."""
+    return InferenceExecutor(ModelConfig(preset="tiny", device="cpu", infer_timeout_ms=TIMEOUT_MS),
+                             ExecutorPlan(worker="process"), torch_threads=1)
+
+
+def _infer(model: InferenceExecutor, windows: list[WindowInput]) -> list[WindowOutput]:
+    return model.infer(model.preprocess(windows))
+
+
 @pytest.fixture(scope="module")
-def model() -> Iterator[ProcessModel]:
+def model() -> Iterator[InferenceExecutor]:
     """One worker for the module; started from a thread that exits at once, as asyncio.to_thread's
     or a batch thread may: the parent-death signal follows the creating thread, so a child created
     there would be killed with it."""
-    m = ProcessModel(ModelConfig(preset="tiny", device="cpu", infer_timeout_ms=TIMEOUT_MS), torch_threads=1)
+    m = _worker()
     starter = threading.Thread(target=m.start)
     starter.start()
     starter.join()
@@ -43,14 +53,14 @@ def model() -> Iterator[ProcessModel]:
         m.stop()
 
 
-def test_a_worker_started_from_a_short_lived_thread_keeps_serving(model: ProcessModel) -> None:
+def test_a_worker_started_from_a_short_lived_thread_keeps_serving(model: InferenceExecutor) -> None:
     pid = model.pid
     time.sleep(0.3)  # the starter thread is gone; a parent-death signal tied to it would have fired
-    assert len(model.infer([WindowInput()])) == 1
+    assert len(_infer(model, [WindowInput()])) == 1
     assert model.pid == pid and model.restarts == 0
 
 
-def test_the_worker_ignores_terminal_signals(model: ProcessModel) -> None:
+def test_the_worker_ignores_terminal_signals(model: InferenceExecutor) -> None:
     """Ctrl-C reaches the whole process group and ``kill -TERM -PGID`` too: the worker must live on
     until the processor has drained and stops it."""
     pid = model.pid
@@ -58,14 +68,14 @@ def test_the_worker_ignores_terminal_signals(model: ProcessModel) -> None:
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
     time.sleep(0.3)
-    assert len(model.infer([WindowInput(), WindowInput()])) == 2
+    assert len(_infer(model, [WindowInput(), WindowInput()])) == 2
     assert model.pid == pid and model.restarts == 0
 
 
 @pytest.fixture
-def own_model() -> Iterator[ProcessModel]:
+def own_model() -> Iterator[InferenceExecutor]:
     """A worker of the test's own: its replacement must stop with the test."""
-    m = ProcessModel(ModelConfig(preset="tiny", device="cpu", infer_timeout_ms=TIMEOUT_MS), torch_threads=1)
+    m = _worker()
     m.start()
     try:
         yield m
@@ -73,7 +83,7 @@ def own_model() -> Iterator[ProcessModel]:
         m.stop()
 
 
-def test_a_frozen_worker_is_unhealthy_then_killed_and_replaced(own_model: ProcessModel,
+def test_a_frozen_worker_is_unhealthy_then_killed_and_replaced(own_model: InferenceExecutor,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     model = own_model
     health = Health(model_timeout_s=TIMEOUT_MS / 1000, progress=lambda: model.progress)
@@ -85,7 +95,7 @@ def test_a_frozen_worker_is_unhealthy_then_killed_and_replaced(own_model: Proces
 
     def call() -> None:
         try:
-            model.infer([WindowInput()])
+            _infer(model, [WindowInput()])
         except BaseException as exc:  # noqa: BLE001 - examined below
             raised.append(exc)
 
@@ -104,7 +114,7 @@ def test_a_frozen_worker_is_unhealthy_then_killed_and_replaced(own_model: Proces
     assert "made no progress" in str(raised[0])
     assert alive_after([frozen], 5) == []
     assert model.restarts == restarts + 1 and model.pid not in (None, frozen)
-    assert len(model.infer([WindowInput()])) == 1  # the new worker serves
+    assert len(_infer(model, [WindowInput()])) == 1  # the new worker serves
     turns = [r.getMessage() for r in caplog.records if r.name == "stream.health"]
     assert len(turns) == 2 and turns[0].startswith("unhealthy: model stalled") and turns[1].startswith("healthy again")
 
@@ -113,9 +123,10 @@ _PARENT = textwrap.dedent("""
     import os, sys, time
     import psutil
     from operators import ModelConfig
-    from stream.worker import ProcessModel
+    from stream.inference.executor import ExecutorPlan, InferenceExecutor
 
-    model = ProcessModel(ModelConfig(preset="tiny", device="cpu"), torch_threads=1)
+    model = InferenceExecutor(ModelConfig(preset="tiny", device="cpu"), ExecutorPlan(worker="process"),
+                              torch_threads=1)
     model.start()
     print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
     time.sleep(120)
