@@ -1,16 +1,17 @@
-"""Records written aside: dead letters and late copies, through one sender with one retry policy.
+"""Records written aside: dead letters and late copies, through the one sender (``stream.sender``).
 
-Why one writer: a record written aside still holds its input offset until the broker has
-acknowledged the copy (at-least-once), so every way a copy can fail must end in a defined outcome
-or the partition's commits stop for good:
+A record written aside still holds its input offset until the broker has acknowledged the copy
+(at-least-once), so every way a copy can fail must end in a defined outcome or the partition's
+commits stop for good. The sender's policy (retry what is transient, hand back what is not) is
+the results' too; what is the copies' own:
 
 - a copy too large for the producer's request limit (or the broker's message limit) is sent as a
   **reference** instead: no value, the original headers dropped, ``mm-size`` giving the original
   size; it is never re-sent until the producer refuses (a 9 MiB frame must not crash-loop the
   processor: DESIGN.md, "Robustness");
-- a transient failure (broker away, leader moving, timeout) is retried with backoff until it
-  succeeds; meanwhile the pending copies are bounded: past ``max_pending`` the writer reports
-  ``full`` and flow control pauses the input;
+- while the broker refuses copies transiently the sender retries them; past ``max_pending``
+  copies waiting for a retry the writer reports ``full`` and flow control pauses the input (a
+  copy has no batch slot to hold, unlike a result);
 - a permanent refusal (no authorization, a topic policy) cannot heal by waiting: it is reported
   to ``on_fatal`` and the processor stops after draining; the offset stays uncommitted.
 
@@ -26,27 +27,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from aiokafka.errors import KafkaError as AIOKafkaError
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordTooLargeError
-
 from stream.contract import H_ORIGIN, Origin, dead_letter_headers
 from stream.errors import ClusterError, Reason
+from stream.sender import Message, Refused, Sender
 
-__all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD", "backoff_s"]
+__all__ = ["AsideRecord", "AsideWriter", "H_SIZE", "REFERENCE_OVERHEAD"]
 
 log = logging.getLogger("stream.runtime")
 
 H_SIZE = "mm-size"  # on a reference dead letter: the original value's size in bytes
 REFERENCE_OVERHEAD = 4096  # bytes kept free in a request for the key, headers and framing
-_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between attempts; the last repeats
 _SUMMARY_S = 10.0
 _REFERENCE_KEY_BYTES = 1024  # a longer key is left out of a reference (its size is in mm-size)
-
-
-def backoff_s(attempt: int) -> float:
-    """The one retry policy of everything the processor writes (copies aside here, results in
-    ``stream.stages.publish``): the wait before retry ``attempt + 1`` after a transient refusal."""
-    return _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
 
 
 class AsideRecord(NamedTuple):
@@ -86,23 +78,21 @@ class AsideWriter:
         on_fatal: Callable[[ClusterError], None],
         clock_s: Callable[[], float], max_pending: int = 10_000,
     ) -> None:
-        self._producer = producer
+        self._sender = Sender(lambda: producer, what="copies aside")
         self._dead_letter_topic = dead_letter_topic
         self._late_topic = late_topic
         self._max_copy = max(max_request_bytes - REFERENCE_OVERHEAD, 0)
         self._on_fatal = on_fatal
         self._clock_s = clock_s
         self._max_pending = max_pending
-        self._retries: set[asyncio.Task[None]] = set()
         self._counts: Counter[str] = Counter()
         self._seen: set[str] = set()
         self._summary_at = clock_s() + _SUMMARY_S
-        self._stopped = False
 
     @property
     def full(self) -> bool:
         """Too many copies are waiting for the broker: pause the input until they drain."""
-        return len(self._retries) >= self._max_pending
+        return self._sender.retrying >= self._max_pending
 
     async def put(self, record: AsideRecord) -> asyncio.Future[None]:
         """Send one copy (a dead letter, or a late copy when ``reason`` is None)."""
@@ -112,96 +102,62 @@ class AsideWriter:
             return written
         if record.reason is not None:
             self._count(record)
-        await self._send(record, written, attempt=0)
+        try:
+            if _size(record) > self._max_copy:  # cannot fit a request: the reference at once
+                message, smaller = self._message(record, reference=True), None
+            else:
+                message, smaller = self._message(record, reference=False), self._message(record, reference=True)
+        except Exception as exc:  # noqa: BLE001 - a defect in this record's copy: refused, not a crash
+            self._refused(record, written, exc)
+            return written
+        acked = await self._sender.send(message, smaller=smaller)
+        acked.add_done_callback(lambda f: self._settled(f, record, written))
         return written
 
     async def stop(self) -> None:
         """Cancel the retries still waiting; their offsets stay uncommitted (replayed later)."""
-        self._stopped = True
-        for task in list(self._retries):
-            task.cancel()
-        if self._retries:
-            await asyncio.gather(*self._retries, return_exceptions=True)
+        await self._sender.stop()
         self._flush_summary(force=True)
 
     # ------------------------------------------------------------------ sending
 
-    def _message(self, record: AsideRecord, *, reference: bool
-                 ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        """(topic, key, value, headers) of the copy, whole or as a reference."""
+    def _message(self, record: AsideRecord, *, reference: bool) -> Message:
+        """The copy, whole or as a reference."""
         late = record.reason is None
         topic = self._late_topic if late else self._dead_letter_topic
         assert topic is not None
         if not reference:
             headers = list(record.headers) if late else dead_letter_headers(
                 record.headers, record.reason, record.message, record.origin)  # type: ignore[arg-type]
-            return topic, record.key, record.value, headers
+            return Message(topic, record.key, record.value, headers)
         # a reference: where the record is and how large, nothing of it that could be large
         # (a 9 MiB key is a bad_key dead letter, and must not make its reference too large)
         key = record.key if len(record.key or b"") <= _REFERENCE_KEY_BYTES else None
         headers = [(H_ORIGIN, str(record.origin).encode())] if late else dead_letter_headers(
             (), record.reason, record.message, record.origin)  # type: ignore[arg-type]
-        return topic, key, None, [*headers, (H_SIZE, str(len(record.value or b"")).encode())]
+        return Message(topic, key, None, [*headers, (H_SIZE, str(len(record.value or b"")).encode())])
 
-    def _too_large(self, record: AsideRecord) -> bool:
-        return _size(record) > self._max_copy
-
-    async def _send(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, *,
-                    reference: bool = False) -> None:
-        reference = reference or self._too_large(record)
-        try:
-            topic, key, value, headers = self._message(record, reference=reference)
-            fut = await self._producer.send(topic, value=value, key=key, headers=headers)
-        except Exception as exc:  # noqa: BLE001 - sorted by _failed
-            self._failed(record, written, attempt, reference, exc)
+    def _settled(self, acked: asyncio.Future[Refused | None], record: AsideRecord, written: asyncio.Future[None]) -> None:
+        if written.done():
             return
-        fut.add_done_callback(lambda f: self._acked(f, record, written, attempt, reference))
-
-    def _acked(self, fut: asyncio.Future[Any], record: AsideRecord, written: asyncio.Future[None], attempt: int,
-               reference: bool) -> None:
-        if fut.cancelled():
-            written.cancel()  # the producer stopped: the offset stays uncommitted
+        if acked.cancelled():
+            written.cancel()  # stopping: the offset stays uncommitted
             return
-        exc = fut.exception()
-        if exc is None:
-            if not written.done():
-                written.set_result(None)
+        refused = acked.result()
+        if refused is None:
+            written.set_result(None)
         else:
-            self._failed(record, written, attempt, reference, exc)
+            self._refused(record, written, refused.error)
 
-    def _failed(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, reference: bool,
-                exc: BaseException) -> None:
-        """Sort a failed copy: a reference for one too large, a retry for a transient failure,
-        the processor's fatal error otherwise."""
-        if self._stopped:
-            written.cancel()
-            return
-        if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)) and not reference:
-            log.warning("copy of %s too large for the broker (%s); writing a reference instead", record.origin, exc)
-            self._retry(record, written, attempt, reference=True, delay=0.0)
-        elif isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
-            if attempt == 0:
-                log.warning("copy of %s not acknowledged (%s); retrying until it is", record.origin, exc)
-            self._retry(record, written, attempt + 1, reference=reference, delay=backoff_s(attempt))
-        else:
-            log.error("copy of %s refused (%s: %s); stopping: its offset stays uncommitted",
-                      record.origin, type(exc).__name__, exc)
-            error = ClusterError(f"writing {record.origin} aside was refused: {type(exc).__name__}: {exc}")
-            self._on_fatal(error)
-            if not written.done():
-                written.set_exception(error)
-                written.exception()  # retrieved here: whoever awaits it still sees it
-
-    def _retry(self, record: AsideRecord, written: asyncio.Future[None], attempt: int, *, reference: bool,
-               delay: float) -> None:
-        async def again() -> None:
-            await asyncio.sleep(delay)
-            await self._send(record, written, attempt, reference=reference)
-
-        task = asyncio.get_running_loop().create_task(again())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-        task.add_done_callback(lambda t: written.cancel() if t.cancelled() else None)
+    def _refused(self, record: AsideRecord, written: asyncio.Future[None], exc: BaseException) -> None:
+        """Waiting cannot heal it (a reference refused too, no authorization, a topic policy):
+        the processor's fatal error."""
+        log.error("copy of %s refused (%s: %s); stopping: its offset stays uncommitted",
+                  record.origin, type(exc).__name__, exc)
+        error = ClusterError(f"writing {record.origin} aside was refused: {type(exc).__name__}: {exc}")
+        self._on_fatal(error)
+        written.set_exception(error)
+        written.exception()  # retrieved here: whoever awaits it still sees it
 
     # ------------------------------------------------------------------ logging
 

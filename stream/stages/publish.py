@@ -5,24 +5,22 @@ the batch stage), and the dead letters and late copies ``Intake`` sets aside (``
 Out: acknowledged records; for each, the ledger releases the input offsets it held and the
 horizon moves (``Commit`` turns both into commits).
 
-Results are retried with backoff while the broker refuses them transiently (the batch holds its
-pipeline slot meanwhile, so the batcher fills and the input pauses); copies aside go through the
-one ``AsideWriter`` (``stream.aside``), whose own bounded retries report ``aside_full`` for flow
-control. A permanent refusal is fatal: ``run()`` drains and raises it, offsets stay uncommitted.
+Everything goes through one sender and its one retry policy (``stream.sender``): results are
+retried with backoff while the broker refuses them transiently (the batch holds its pipeline slot
+meanwhile, so the batcher fills and the input pauses); copies aside go through the
+``AsideWriter`` (``stream.aside``), whose copies waiting for a retry report ``aside_full`` for
+flow control. A permanent refusal is fatal: ``run()`` drains and raises it, offsets stay
+uncommitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka.errors import KafkaError as AIOKafkaError
-from aiokafka.errors import KafkaTimeoutError
-
-from stream.aside import AsideRecord, AsideWriter, backoff_s
+from stream.aside import AsideRecord, AsideWriter
 from stream.contract import Origin, encode
 from stream.errors import ClusterError, MmstreamError, ModelUnavailableError, Reason
 from stream.horizon import HorizonTracker
@@ -30,6 +28,8 @@ from stream.jobs import Job, Outgoing
 from stream.kafka import max_request_bytes
 from stream.offsets import OffsetLedger
 from stream.results import Timeline, av_skew_ns, build_result, result_record
+from stream.sender import Message, Refused, Sender
+from stream.stages.align import LedgerKey
 from stream.stages.infer import Infer, Scored
 from stream.stages.rules import Rules
 from stream.stages.shared import Context
@@ -50,6 +50,7 @@ class Publish:
         self._ledger = ledger
         self._horizons = horizons
         self._rules = rules
+        self._results = Sender(lambda: ctx.connection.producer, what="results")
         self._aside: AsideWriter | None = None
         self._dead_letter_counters: dict[str, Any] = {}
 
@@ -67,7 +68,9 @@ class Publish:
             on_fatal=ctx.fatal.set, clock_s=lambda: ctx.clock_ms() / 1000)
 
     async def stop(self) -> None:
-        """Cancel the copies still waiting for a retry (their offsets stay uncommitted). Idempotent."""
+        """Cancel the results and copies still waiting for a retry (their offsets stay
+        uncommitted). Idempotent."""
+        await self._results.stop()
         if self._aside is not None:
             await self._aside.stop()
 
@@ -188,7 +191,7 @@ class Publish:
                 return  # stopping, or refused for good (the processor's fatal error): not published
         await self.publish(ready)
 
-    def _unpublishable(self, job: Job, exc: Exception) -> None:
+    def _unpublishable(self, job: Job, exc: BaseException) -> None:
         """A window whose result cannot be built or sent (a defect, not the broker): logged with
         its traceback and counted as an error; it is finished as if published (nothing ever can
         publish it): its records are released so the partition's commits go on, and its horizon
@@ -197,65 +200,53 @@ class Publish:
         self._ctx.metrics.inference_errors.labels("window").inc()
         log.error("window %s:%d cannot be made into a result; its records are dropped",
                   window.source_id, window.start_ns, exc_info=exc)
-        self._ledger.release((job.generation, window.key))
+        self._ledger.release(LedgerKey(job.generation, window.key))
         self._horizons.acked(window.source_id, job.token)
 
     async def publish(self, outgoing: list[Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
         not a task per window).
 
-        A transient refusal (broker away, leader moving, timeout) is retried with backoff until
-        it succeeds: meanwhile this batch holds its pipeline slot, the batcher fills and the input
-        pauses, so nothing piles up and nothing is skipped; a shutdown cuts the wait at
-        ``drain_timeout_ms``. A permanent refusal (a result too large, no authorization) cannot
-        heal by waiting: it becomes the processor's fatal error, ``run()`` drains and raises it,
-        and the window's offsets stay uncommitted, so the restart replays it.
+        A transient refusal (broker away, leader moving, timeout) is retried by the sender
+        (``stream.sender``) until it succeeds: meanwhile this batch holds its pipeline slot, the
+        batcher fills and the input pauses, so nothing piles up and nothing is skipped; a shutdown
+        cuts the wait at ``drain_timeout_ms``. A permanent refusal (a result too large, no
+        authorization) cannot heal by waiting: it becomes the processor's fatal error, ``run()``
+        drains and raises it, and the window's offsets stay uncommitted, so the restart replays it.
+        The acknowledged results are judged by the rules, then their offsets are released.
         """
-        producer = self._ctx.connection.producer
-        assert producer is not None
+        assert self._ctx.connection.producer is not None  # a defect to stop on, not a window to drop
         topic = self._ctx.settings.topics.results
-        pending = outgoing
-        for attempt in itertools.count():
-            retry: list[Outgoing] = []
-            error: Exception | None = None
-            sent: list[tuple[Outgoing, asyncio.Future[Any]]] = []
-            handed_ns = self._ctx.wall_ns()
-            for entry in pending:
+        handed_ns = self._ctx.wall_ns()
+        sent: list[tuple[Outgoing, asyncio.Future[Refused | None]]] = []
+        acked: list[Outgoing] = []
+        try:
+            for entry in outgoing:
                 try:
                     key, value, headers = result_record(entry.result)
-                    sent.append((entry, await producer.send(topic, value=value, key=key, headers=headers)))
-                except Exception as exc:  # noqa: BLE001 - sorted by _refused
-                    if self._refused(entry, exc):
-                        retry.append(entry)
-                        error = exc
-            acked: list[Outgoing] = []
-            for entry, fut in sent:
-                try:
-                    await fut
-                except Exception as exc:  # noqa: BLE001 - sorted by _refused
-                    if self._refused(entry, exc):
-                        retry.append(entry)
-                        error = exc
+                except Exception as exc:  # noqa: BLE001 - one window's defect must not take its batch down
+                    self._unpublishable(entry.job, exc)
                     continue
-                acked.append(entry)
-            if acked:
-                self._ctx.metrics.latency_part_seconds.labels("ack").observe(
-                    max(self._ctx.wall_ns() - handed_ns, 0) / 1e9)
-            if not await self._alerted(acked):
-                return  # an alert refused: fatal; these windows stay uncommitted and are replayed
-            for entry in acked:
-                job = entry.job
-                self._ledger.release((job.generation, job.window.key))
-                self._horizons.acked(job.window.source_id, job.token)
-                self._observe_result(job, entry.result)
-            if not retry:
-                if attempt:
-                    log.warning("results published after %d retries", attempt)
-                return
-            if attempt == 0:
-                log.warning("%d results not acknowledged (%s); retrying until they are", len(retry), error)
-            await asyncio.sleep(backoff_s(attempt))
-            pending = retry
+                sent.append((entry, await self._results.send(Message(topic, key, value, headers))))
+            for entry, answer in sent:
+                refused = await answer
+                if refused is None:
+                    acked.append(entry)
+                else:
+                    self._refused(entry, refused)
+        except asyncio.CancelledError:
+            for _, answer in sent:
+                answer.cancel()  # the drain was cut short: no more retries, the offsets stay uncommitted
+            raise
+        if acked:
+            self._ctx.metrics.latency_part_seconds.labels("ack").observe(max(self._ctx.wall_ns() - handed_ns, 0) / 1e9)
+        if not await self._alerted(acked):
+            return  # an alert refused: fatal; these windows stay uncommitted and are replayed
+        for entry in acked:
+            job = entry.job
+            self._ledger.release(LedgerKey(job.generation, job.window.key))
+            self._horizons.acked(job.window.source_id, job.token)
+            self._observe_result(job, entry.result)
 
     async def _alerted(self, acked: list[Outgoing]) -> bool:
         """The in-process rules judged the acknowledged results and their alerts are on the
@@ -270,19 +261,15 @@ class Publish:
             return False
         return True
 
-    def _refused(self, entry: Outgoing, exc: Exception) -> bool:
-        """Sort a failed result: True to retry it (transient); False when given up (permanent:
-        recorded as the processor's fatal error, or a bug: logged with its traceback)."""
-        if isinstance(exc, AIOKafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
-            return True
-        if isinstance(exc, AIOKafkaError):
-            log.error("result %s refused by the broker (%s); stopping: its offsets stay uncommitted",
-                      entry.result.id, exc)
-            self._ctx.fatal.set(ClusterError(
-                f"result {entry.result.id} refused by the broker: {type(exc).__name__}: {exc}"))
-        else:
+    def _refused(self, entry: Outgoing, refused: Refused) -> None:
+        """A result waiting cannot publish: refused by the broker (the processor's fatal error)
+        or not taken by the producer (a defect: the window is unpublishable)."""
+        exc = refused.error
+        if not refused.by_broker:
             self._unpublishable(entry.job, exc)
-        return False
+            return
+        log.error("result %s refused by the broker (%s); stopping: its offsets stay uncommitted", entry.result.id, exc)
+        self._ctx.fatal.set(ClusterError(f"result {entry.result.id} refused by the broker: {type(exc).__name__}: {exc}"))
 
     def _observe_result(self, job: Job, result: Any) -> None:
         ctx = self._ctx

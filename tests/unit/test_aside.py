@@ -82,7 +82,7 @@ async def test_a_copy_the_broker_finds_too_large_becomes_a_reference() -> None:
 async def test_a_failed_acknowledgement_is_retried_until_it_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding 10: a failed dead-letter acknowledgement only logged "its offset stays uncommitted"
     and was never retried, so the partition's commits stopped until a rebalance."""
-    monkeypatch.setattr("stream.aside._BACKOFF_S", (0.0,))
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.0,))
     producer = _Producer(ack_error=KafkaTimeoutError(), fail_acks=3)
     writer = _writer(producer, [])
     written = await writer.put(_record(b"x"))
@@ -92,7 +92,7 @@ async def test_a_failed_acknowledgement_is_retried_until_it_succeeds(monkeypatch
 
 
 async def test_an_exception_from_send_is_retried_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("stream.aside._BACKOFF_S", (0.0,))
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.0,))
     producer = _Producer(send_error=KafkaTimeoutError(), fail_sends=2)
     written = await _writer(producer, []).put(_record(b"x", reason=None))
     await asyncio.wait_for(written, 2)
@@ -108,7 +108,7 @@ async def test_a_permanent_refusal_is_the_processors_fatal_error() -> None:
 
 
 async def test_pending_retries_are_bounded_and_cancelled_at_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("stream.aside._BACKOFF_S", (60.0,))
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (60.0,))
     producer = _Producer(ack_error=KafkaTimeoutError(), fail_acks=10)
     writer = _writer(producer, [])
     written = [await writer.put(_record(b"x")) for _ in range(2)]

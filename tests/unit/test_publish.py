@@ -65,7 +65,7 @@ def _outgoing(processor: Processor, n: int) -> list[Any]:
 
 @pytest.fixture
 def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
-    monkeypatch.setattr("stream.aside._BACKOFF_S", (0.01,))  # results retry on the writers' one policy
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.01,))  # results retry on the one sender's policy
     return Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
 
 
@@ -86,3 +86,19 @@ async def test_a_permanent_refusal_stops_the_processor_and_keeps_the_window_unco
     assert processor.stats.windows == 2  # the other two were published
     assert processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0) == 0  # not past the refused one
     assert not processor.ready
+
+
+async def test_a_drain_cut_short_sends_no_more_retries(processor: Processor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain's timeout cancels a batch waiting for its acknowledgements: its results are given
+    up there (replayed after the restart), not re-sent behind the processor's back while it stops."""
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.1,))
+    producer = Producer([("ack", KafkaConnectionError())] * 2)
+    processor.connection.producer = producer
+    publishing = asyncio.create_task(processor.stages.publish.publish(_outgoing(processor, 2)))
+    await asyncio.sleep(0.01)  # both refused; their retries wait out the backoff (0.1 s)
+    publishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    await asyncio.sleep(0.2)
+    assert producer.acked == [] and not producer.failures  # two sends, both refused, none again
+    assert processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0) == 0
