@@ -10,12 +10,12 @@ import pkgutil
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from stream import commands
 from stream.errors import MmstreamError
 
-__all__ = ["HelpFormatter", "Parser", "build_parser", "main"]
+__all__ = ["HelpFormatter", "Parser", "build_parser", "help_with_default", "main", "plain"]
 
 _ROLE = re.compile(r":[a-z]+:`([^`]*)`")  # Sphinx roles such as :class:`Settings`
 
@@ -25,20 +25,27 @@ def plain(text: str) -> str:
     return _ROLE.sub(r"`\1`", text.replace("``", "`"))
 
 
+def help_with_default(action: argparse.Action) -> str:
+    """An option's help text as ``--help`` prints it (before argparse fills in ``%(default)s``):
+    markup plain, and its default added unless the text says it already or there is none to say
+    (a switch, a positional that must be given, a default of None or empty)."""
+    text = plain(action.help or "")
+    default = action.default
+    shown = "default" in text.lower() or "%(default)" in text
+    takes_value = action.nargs != 0  # not a switch (store_true, count, help)
+    named = bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+    if shown or not takes_value or not named or default in (None, argparse.SUPPRESS, [], ""):
+        return text
+    return f"{text} (default: %(default)s)".lstrip()
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Help a user can act on without reading the source: every option's default is shown (unless
     its text already says it), and docstring markup reads as plain text (module docstrings are
     used as command descriptions)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = plain(action.help or "")
-        default = action.default
-        shown = "default" in text.lower() or "%(default)" in text
-        takes_value = action.nargs != 0  # not a switch (store_true, count, help)
-        named = bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-        if shown or not takes_value or not named or default in (None, argparse.SUPPRESS, [], ""):
-            return text
-        return f"{text} (default: %(default)s)".lstrip()
+        return help_with_default(action)
 
     def _format_text(self, text: str) -> str:
         return super()._format_text(plain(text))
@@ -63,8 +70,18 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", _Commands)
 
+    def options(self) -> list[argparse.Action]:
+        """The options and positionals this parser takes, its ``--help`` and sub-commands apart
+        (argparse keeps its list private): what a check or a reference of the options walks."""
+        return [a for a in self._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
 
-def build_parser() -> argparse.ArgumentParser:
+    def commands(self) -> dict[str, Parser]:
+        """The sub-commands just below this parser, by name (none for a leaf command)."""
+        return {name: cast(Parser, sub) for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                for name, sub in a.choices.items()}
+
+
+def build_parser() -> Parser:
     parser = Parser(
         prog="mmstream",
         description="Streaming multimodal event processor: video, audio and transcripts from Kafka, "

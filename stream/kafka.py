@@ -36,9 +36,11 @@ __all__ = [
     "check_copartitioned",
     "check_created",
     "client_options",
+    "consumer_options",
     "ensure_topics",
     "make_consumer",
     "make_producer",
+    "producer_options",
     "stop_bounded",
     "topic_partitions",
 ]
@@ -76,7 +78,14 @@ def client_options(kafka: KafkaConfig) -> dict[str, Any]:
 def make_consumer(
     kafka: KafkaConfig, limits: LimitsConfig, *, group: bool = True, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A consumer with manual commits, the range assignor and fetch sizes that fit the largest frame.
+    """A consumer with manual commits, the range assignor and fetch sizes that fit the largest frame
+    (``consumer_options``); ``overrides`` replace options."""
+    return AIOKafkaConsumer(**{**consumer_options(kafka, limits, group=group), **overrides})
+
+
+def consumer_options(kafka: KafkaConfig, limits: LimitsConfig, *, group: bool = True) -> dict[str, Any]:
+    """The options ``make_consumer`` gives aiokafka, apart so they can be read (aiokafka's client
+    keeps them private).
 
     ``group=False`` gives a consumer for ``assign()`` without group membership (tools, tests); it
     always resets to "earliest", since its users seek explicitly and rely on a seek below the log
@@ -98,8 +107,7 @@ def make_consumer(
         "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes,
         "fetch_max_bytes": max(4 * largest, 52_428_800),
     }
-    opts.update(overrides)
-    return AIOKafkaConsumer(**opts)
+    return opts
 
 
 def _largest_record(limits: LimitsConfig) -> int:
@@ -113,7 +121,14 @@ def max_request_bytes(limits: LimitsConfig) -> int:
 
 
 def make_producer(kafka: KafkaConfig, limits: LimitsConfig, **overrides: Any) -> AIOKafkaProducer:
-    """A producer sized for the largest frame (brokers need ``max.message.bytes`` at least as big)."""
+    """A producer sized for the largest frame (``producer_options``); ``overrides`` replace options."""
+    return AIOKafkaProducer(**{**producer_options(kafka, limits), **overrides})
+
+
+def producer_options(kafka: KafkaConfig, limits: LimitsConfig) -> dict[str, Any]:
+    """The options ``make_producer`` gives aiokafka, apart so they can be read (aiokafka's client
+    keeps them private). Sized for the largest frame: brokers need ``max.message.bytes`` at least
+    as big."""
     opts: dict[str, Any] = {
         **client_options(kafka),
         "acks": kafka.acks,
@@ -123,8 +138,7 @@ def make_producer(kafka: KafkaConfig, limits: LimitsConfig, **overrides: Any) ->
         "max_request_size": max_request_bytes(limits),
         "enable_idempotence": kafka.enable_idempotence,
     }
-    opts.update(overrides)
-    return AIOKafkaProducer(**opts)
+    return opts
 
 
 async def stop_bounded(client: Any, timeout_ms: int, what: str) -> None:

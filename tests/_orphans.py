@@ -36,17 +36,22 @@ def mark_descendants() -> None:
         os.environ[MARK] = _token
 
 
-def _helpers() -> set[int]:
-    """This interpreter's own multiprocessing helpers."""
-    pids: set[int] = set()
-    try:
-        from multiprocessing import forkserver, resource_tracker
+# how multiprocessing starts its helpers: ``python -c "from multiprocessing.<helper> import main; ..."``
+_HELPER_COMMANDS = ("from multiprocessing.resource_tracker import main", "from multiprocessing.forkserver import main")
 
-        pids.add(resource_tracker._resource_tracker._pid or 0)  # noqa: SLF001
-        pids.add(forkserver._forkserver._forkserver_pid or 0)  # noqa: SLF001
-    except (ImportError, AttributeError):
-        pass
-    return pids - {0}
+
+def _helpers(children: list[int]) -> set[int]:
+    """Which of this process's ``children`` are its own multiprocessing helpers, known by the command
+    multiprocessing starts them with (it has no public call that tells their pids)."""
+    pids: set[int] = set()
+    for pid in children:
+        try:
+            command = " ".join(psutil.Process(pid).cmdline())
+        except (psutil.Error, OSError):
+            continue  # gone
+        if any(helper in command for helper in _HELPER_COMMANDS):
+            pids.add(pid)
+    return pids
 
 
 def ours() -> set[int]:
@@ -75,7 +80,7 @@ def ours() -> set[int]:
         except (psutil.Error, OSError):
             continue  # gone, or another user's
     alive = {pid for pid in found if table.get(pid, {}).get("status") != psutil.STATUS_ZOMBIE}
-    return alive - ancestors - _helpers()
+    return alive - ancestors - _helpers(children.get(me, []))
 
 
 def _describe(pid: int) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from stream.commands._common import add_kafka_options, settings_from
 
-__all__ = ["read_records", "register", "run", "summarize"]
+__all__ = ["pretty_writer", "read_records", "register", "render", "run", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     topic = args.topic or settings.topics.results
     if getattr(args, "verbose", 0) < 2:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our own error says it once, in plain words
-    write = _json_writer() if args.json else _pretty_writer()
+    write = _json_writer() if args.json else pretty_writer()
     try:
         return asyncio.run(_tail(settings, topic, args, write))
     except BrokenPipeError:  # `mmstream tail | head`: the reader left; not an error
@@ -284,8 +284,10 @@ def _reader_left() -> None:
     raise BrokenPipeError
 
 
-def _pretty_writer(console: Any = None) -> Callable[[dict[str, Any]], None]:
-    """Lines fitted to the terminal's width as it is when each is printed; piped, the whole line."""
+def pretty_writer(console: Any = None) -> Callable[[dict[str, Any]], None]:
+    """``mmstream tail``'s writer of summaries: lines fitted to the terminal's width as it is when
+    each is printed; piped, the whole line (``tail | grep`` sees every part). ``console``: a rich
+    ``Console`` to print on (default: standard output)."""
     from rich.console import Console
 
     console = console or Console(highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ offered to the thumbnail gate (no decode); a video partition that falls far behi
 skipped forward, since only the newest picture is ever shown. Topics that do not exist yet are
 looked for again every few seconds, so the view can start before the processor.
 
-Each task runs under ``_supervise``: one that fails (a bug, since bad records are counted, not
+Each task runs under ``supervise``: one that fails (a bug, since bad records are counted, not
 raised) is logged at ERROR and started again after a backoff, and while it is down the page says
 "stale" instead of "live" (``hub.feed_down``). A record whose handling raises is counted as bad
 and skipped: one record never stops a consumer.
@@ -37,7 +37,7 @@ from stream.errors import ClusterError
 from stream.view.hub import Hub, Where
 from stream.view.thumbs import Offer, ThumbGate, Thumbnail, make_thumbnail
 
-__all__ = ["Feed"]
+__all__ = ["Feed", "supervise"]
 
 log = logging.getLogger("stream.view")
 
@@ -77,12 +77,13 @@ class Feed:
             await video.start()
             await meta.start()
             work: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
-                "view-video": lambda: self._consume(video, self.video_topics, self._on_video, stop),
-                "view-meta": lambda: self._consume(meta, self.meta_topics, self._on_meta, stop),
+                "view-video": lambda: self._consume(video, self.video_topics, self.on_video, stop),
+                "view-meta": lambda: self._consume(meta, self.meta_topics, lambda _, tp, rs: self.on_meta(tp, rs), stop),
                 "view-thumbs": lambda: self._thumbnails(stop),
                 "view-ticks": lambda: self._ticks(stop),
             }
-            tasks = [asyncio.create_task(self._supervise(name, make, stop), name=name) for name, make in work.items()]
+            tasks = [asyncio.create_task(supervise(self.hub, name, make, stop), name=name)
+                     for name, make in work.items()]
             await stop.wait()
         finally:
             for task in tasks:
@@ -93,38 +94,10 @@ class Feed:
             await stop_bounded(video, kafka.request_timeout_ms, "view video consumer")
             await stop_bounded(meta, kafka.request_timeout_ms, "view consumer")
 
-    async def _supervise(self, name: str, make: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
-        """Run ``make()`` until ``stop``; when it fails, say so at ERROR, mark the feed down (the page
-        shows "stale") and run it again after a bounded backoff. Without this a task that died took
-        its part of the page with it silently, while the page still said "live"."""
-        failures = 0
-        while not stop.is_set():
-            task = asyncio.ensure_future(make())
-            try:
-                done, _ = await asyncio.wait({task}, timeout=_HEALTHY_S)
-                if not done:
-                    self.hub.feed_down.pop(name, None)
-                    failures = 0
-                await task
-                return  # ended because ``stop`` is set
-            except Exception as exc:
-                failures += 1
-                delay = min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** min(failures - 1, 8))
-                self.hub.feed_down[name] = f"{type(exc).__name__}: {exc}"[:200]
-                self.hub.stats["feed_restarts"] += 1
-                log.error("view: %s failed; the page shows stale data until it runs again in %.0f s", name, delay,
-                          exc_info=exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-
     # ------------------------------------------------------------------ consuming
 
-    async def _consume(self, consumer: AIOKafkaConsumer, topics: dict[str, int], handle: Any,
+    async def _consume(self, consumer: AIOKafkaConsumer, topics: dict[str, int],
+                       on_batch: Callable[[AIOKafkaConsumer, TopicPartition, list[Any]], None],
                        stop: asyncio.Event) -> None:
         missing, next_look, warned = set(topics), 0.0, False
         while not stop.is_set():
@@ -144,12 +117,22 @@ class Feed:
                 await asyncio.sleep(1.0)
                 continue
             for tp, records in batch.items():
-                for record in records:
-                    self._handle(handle, tp, record)
-                if handle is self._on_video:
-                    self._skip_forward(consumer, tp, records[-1].offset + 1 if records else None)
+                on_batch(consumer, tp, records)
 
-    def _handle(self, handle: Callable[[TopicPartition, Any], None], tp: TopicPartition, record: Any) -> None:
+    def on_meta(self, tp: TopicPartition, records: Iterable[Any]) -> None:
+        """Show fetched records of the results, alerts, transcript, dead-letter or late topic."""
+        for record in records:
+            self._guarded(self._show_meta, tp, record)
+
+    def on_video(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        """Offer fetched frames to the thumbnail gate; a partition far behind its end skips forward
+        (only the newest picture is ever shown)."""
+        for record in records:
+            self._guarded(self._offer_video, tp, record)
+        if records:
+            self._skip_forward(consumer, tp, records[-1].offset + 1)
+
+    def _guarded(self, handle: Callable[[TopicPartition, Any], None], tp: TopicPartition, record: Any) -> None:
         """``handle`` one record; one that raises (a bug: bad records are counted, not raised) is
         counted as bad and skipped, so it cannot stop the consumer."""
         try:
@@ -161,13 +144,13 @@ class Feed:
                 log.exception("view: a record of %s [%d] at offset %s could not be shown; skipped", tp.topic,
                               tp.partition, getattr(record, "offset", "?"))
 
-    def _skip_forward(self, consumer: AIOKafkaConsumer, tp: TopicPartition, position: int | None) -> None:
+    def _skip_forward(self, consumer: AIOKafkaConsumer, tp: TopicPartition, position: int) -> None:
         high = consumer.highwater(tp)
-        if position is not None and high is not None and high - position > _BEHIND:
+        if high is not None and high - position > _BEHIND:
             consumer.seek(tp, high - _KEEP)
             self.skipped_frames += high - _KEEP - position
 
-    def _on_video(self, tp: TopicPartition, record: Any) -> None:
+    def _offer_video(self, tp: TopicPartition, record: Any) -> None:
         source_id = _key(record.key)
         ts = _header(record.headers, H_TS)
         if source_id is None or ts is None or not ts.isdigit():
@@ -175,7 +158,7 @@ class Feed:
             return
         self.gate.offer(Offer(source_id, int(ts), record))
 
-    def _on_meta(self, tp: TopicPartition, record: Any) -> None:
+    def _show_meta(self, tp: TopicPartition, record: Any) -> None:
         t = self.settings.topics
         if tp.topic == t.results:
             self.hub.on_result(record.value, Where(tp.topic, tp.partition, record.offset))
@@ -217,6 +200,39 @@ class Feed:
             await asyncio.sleep(1.0)
             self.hub.tick()
             self.gate.forget(lambda s: s in self.hub.sources)
+
+
+async def supervise(hub: Hub, name: str, make: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event, *,
+                    backoff_s: float = _BACKOFF_S, healthy_s: float = _HEALTHY_S) -> None:
+    """Run ``make()`` until ``stop``; when it fails, say so at ERROR, mark the feed down (the page
+    shows "stale") and run it again after a bounded backoff (``backoff_s``, doubling up to 30 s).
+    Without this a task that died took its part of the page with it silently, while the page
+    still said "live". One that has run ``healthy_s`` is well again: "stale" goes, the backoff
+    starts over."""
+    failures = 0
+    while not stop.is_set():
+        task = asyncio.ensure_future(make())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=healthy_s)
+            if not done:
+                hub.feed_down.pop(name, None)
+                failures = 0
+            await task
+            return  # ended because ``stop`` is set
+        except Exception as exc:
+            failures += 1
+            delay = min(_BACKOFF_MAX_S, backoff_s * 2 ** min(failures - 1, 8))
+            hub.feed_down[name] = f"{type(exc).__name__}: {exc}"[:200]
+            hub.stats["feed_restarts"] += 1
+            log.error("view: %s failed; the page shows stale data until it runs again in %.0f s", name, delay,
+                      exc_info=exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 async def _attach(consumer: AIOKafkaConsumer, topics: dict[str, int]) -> set[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.config import Settings
+from stream.kafka import topic_partitions
 
 
 async def read_topic(settings: Settings, topic: str, *, expect: int | None = None, timeout_s: float = 30.0,
@@ -19,11 +20,8 @@ async def read_topic(settings: Settings, topic: str, *, expect: int | None = Non
                                 auto_offset_reset="earliest", fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - tests only
-            parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        parts = (await topic_partitions(consumer, [topic]))[topic]  # a fresh look: a topic just created too
+        consumer.assign([TopicPartition(topic, p) for p in parts])
         await consumer.seek_to_beginning()
         out: list[Any] = []
         loop = asyncio.get_running_loop()
@@ -84,16 +82,23 @@ class ProcessorProcess:
         self.log = tmp_path / f"{name}.log"
         self.proc: Any = None
 
-    def start(self) -> ProcessorProcess:
+    def start(self, *, own_group: bool = False) -> ProcessorProcess:
+        """Start it, its output to ``self.log``; ``own_group``: in a session of its own, so its
+        process group can be signalled as a terminal's Ctrl-C would."""
         import os
         import subprocess
         import sys
 
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in wait()/kill()
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in close(), kill() or terminate()
         self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(self.config)],
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=own_group)
         return self
+
+    def close(self) -> None:
+        """Close the log file (the process is ended elsewhere: ``kill``, ``terminate`` or a signal)."""
+        self._log_file.close()
 
     def get(self, path: str) -> tuple[int, bytes]:
         import urllib.error
@@ -148,14 +153,14 @@ class ProcessorProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self._log_file.close()
+        self.close()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         import signal
 
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout_s)
-        self._log_file.close()
+        self.close()
         return code
 
 

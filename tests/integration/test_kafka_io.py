@@ -23,7 +23,15 @@ from stream.contract import (
 )
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason, TopicLayoutError
-from stream.kafka import ensure_topics, make_consumer, make_producer, max_request_bytes, stop_bounded
+from stream.kafka import (
+    consumer_options,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    max_request_bytes,
+    producer_options,
+    stop_bounded,
+)
 from tests.integration._helpers import create_topics
 
 pytestmark = pytest.mark.integration
@@ -217,12 +225,13 @@ async def test_client_sizes_follow_the_frame_limit() -> None:
     """A 16 MiB frame must fit in one produce request and one fetch response; the per-partition fetch
     stays small (a record larger than it still arrives whole, see the next test)."""
     limits = LimitsConfig(max_frame_bytes=16 * 2**20)
-    consumer = make_consumer(KafkaConfig(), limits, group=False)
-    producer = make_producer(KafkaConfig(), limits)
-    assert consumer._max_partition_fetch_bytes == KafkaConfig().max_partition_fetch_bytes
-    assert consumer._fetch_max_bytes > 16 * 2**20
-    assert producer._max_request_size > 16 * 2**20
-    assert consumer._group_id is None  # group=False: assign() only, no group membership
+    consumer = consumer_options(KafkaConfig(), limits, group=False)
+    producer = producer_options(KafkaConfig(), limits)
+    assert consumer["max_partition_fetch_bytes"] == KafkaConfig().max_partition_fetch_bytes
+    assert consumer["fetch_max_bytes"] > 16 * 2**20
+    assert producer["max_request_size"] > 16 * 2**20
+    assert consumer["group_id"] is None  # group=False: assign() only, no group membership
+    assert consumer_options(KafkaConfig(), limits)["group_id"] == KafkaConfig().group_id
 
 
 async def test_frame_larger_than_the_partition_fetch_arrives_whole(settings_for) -> None:

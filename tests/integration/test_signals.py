@@ -87,16 +87,6 @@ async def test_ctrl_c_to_the_demo_group_drains_prints_the_summary_and_leaves_not
     assert _alive(children, 5) == []
 
 
-class _OwnGroup(ProcessorProcess):
-    """``mmstream run`` in a session of its own (its group can be signalled)."""
-
-    def start(self) -> _OwnGroup:
-        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed below
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(self.config)],
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-        return self
-
-
 async def test_sigterm_to_the_run_group_mid_stream_drains_with_the_same_worker(settings_for: Any,
                                                                                 tmp_path: Path) -> None:
     settings = settings_for(window={"idle_timeout_ms": 1500}, batching={"max_delay_ms": 20, "max_batch": 4})
@@ -104,7 +94,7 @@ async def test_sigterm_to_the_run_group_mid_stream_drains_with_the_same_worker(s
     stop_feed = asyncio.Event()
     feed = asyncio.create_task(produce(scene, settings.kafka, settings.topics, settings.limits,
                                        duration_s=60, realtime=True, stop=stop_feed))
-    run = _OwnGroup(settings, tmp_path, "run").start()
+    run = ProcessorProcess(settings, tmp_path, "run").start(own_group=True)
     try:
         await run.wait_ready()
         deadline = time.monotonic() + 30
@@ -114,7 +104,7 @@ async def test_sigterm_to_the_run_group_mid_stream_drains_with_the_same_worker(s
     finally:
         stop_feed.set()
         await feed
-        run._log_file.close()
+        run.close()
     log = run.log.read_text(errors="replace")
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]

@@ -16,28 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import HelpFormatter, build_parser, plain
+from stream.cli import HelpFormatter, Parser, build_parser, help_with_default, plain
 
 MMSTREAM = Path(sys.executable).with_name("mmstream")
 MARKUP = re.compile(r"``|:[a-z]+:`")  # reStructuredText literals and Sphinx roles
 
 
-def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+def _commands(parser: Parser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Parser]:
     out = {path: parser}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                out.update(_commands(sub, (*path, name)))
+    for name, sub in parser.commands().items():
+        out.update(_commands(sub, (*path, name)))
     return out
 
 
 COMMANDS = _commands(build_parser())
 LEAVES = {path: p for path, p in COMMANDS.items() if path}
-
-
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
 
 
 @pytest.mark.parametrize("path", list(LEAVES), ids=" ".join)
@@ -49,14 +42,13 @@ def test_every_command_has_a_description(path: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("path", list(COMMANDS), ids=lambda p: " ".join(p) or "mmstream")
 def test_every_option_has_help_and_its_default(path: tuple[str, ...]) -> None:
     parser = COMMANDS[path]
-    formatter = HelpFormatter(prog="mmstream")
     missing, no_default = [], []
-    for action in _options(parser):
+    for action in parser.options():
         name = "/".join(action.option_strings) or action.dest
         if not (action.help and action.help.strip()) or action.help is argparse.SUPPRESS:
             missing.append(name)
             continue
-        shown = formatter._get_help_string(action) or ""
+        shown = help_with_default(action)
         has_value = action.nargs != 0 and action.default not in (None, argparse.SUPPRESS, "", [])
         if has_value and "default" not in shown.lower():
             no_default.append(name)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from stream.metrics import Metrics
 from tests.unit._deploy import (
@@ -54,15 +55,32 @@ def exported() -> tuple[set[str], dict[str, set[str]], str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     labels: dict[str, set[str]] = {}
-    for collector in vars(metrics).values():
-        for family in getattr(collector, "describe", lambda: [])():
+    probed = Metrics()  # a second set, given one series each: the exported one stays as a processor starts
+    for collector in vars(probed).values():
+        if not isinstance(collector, MetricWrapperBase):
+            continue
+        declared = _label_names(collector)
+        for family in collector.describe():
             for name in names:
                 if name == family.name or name.startswith(family.name + "_"):
-                    labels.setdefault(name, set()).update(collector._labelnames)
+                    labels.setdefault(name, set()).update(declared)
     for name in names:
         if name.endswith("_bucket"):
             labels.setdefault(name, set()).add("le")
     return names, labels, text
+
+
+def _label_names(collector: MetricWrapperBase) -> set[str]:
+    """The label names a collector was declared with, through its public calls only
+    (prometheus_client keeps the list private): ``labels()`` accepts exactly as many values as
+    there are names, and the series it makes shows them in ``collect()``."""
+    for count in range(1, 10):
+        try:
+            collector.labels(*["probe"] * count)
+        except ValueError:  # a wrong count, or no labels at all
+            continue
+        return {key for family in collector.collect() for sample in family.samples for key in sample.labels} - {"le"}
+    return set()
 
 
 

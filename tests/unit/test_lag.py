@@ -22,6 +22,7 @@ class Consumer:
         self.fetched, self.ends = fetched, ends
         self.calls: list[list[TopicPartition]] = []
         self.hang = False
+        self.cancelled = 0  # hanging end_offsets calls that were cancelled
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.fetched.get(tp)
@@ -29,7 +30,11 @@ class Consumer:
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.calls.append(list(partitions))
         if self.hang:
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         return {tp: self.ends[tp] for tp in partitions if tp in self.ends}
 
 
@@ -113,7 +118,7 @@ async def test_a_lower_answer_never_lowers_the_watermark() -> None:
 
 async def test_retain_forgets_revoked_partitions_and_close_cancels() -> None:
     consumer = Consumer({}, {A: 5, B: 7})
-    refresh = HighwaterRefresh(consumer, interval_s=0.0, clock=Clock())
+    refresh = HighwaterRefresh(consumer, interval_s=0.0, timeout_s=3600, clock=Clock())
     refresh.request([A, B])
     await settle()
     refresh.retain([A])
@@ -121,5 +126,7 @@ async def test_retain_forgets_revoked_partitions_and_close_cancels() -> None:
     consumer.hang = True
     refresh.request([A])
     await settle()
-    await refresh.close()
-    assert refresh._task is None  # noqa: SLF001
+    assert consumer.cancelled == 0
+    closing = asyncio.create_task(refresh.close())
+    await asyncio.wait({closing}, timeout=5)  # the refresh's own timeout (an hour) cannot be what ends it
+    assert closing.done() and consumer.cancelled == 1  # the hanging refresh did not outlive the close

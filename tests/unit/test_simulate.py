@@ -12,11 +12,13 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
 
 import stream.stages.intake as intake_stage
+from stream.contract import Origin
 from stream.flow import FlowDecision
 from stream.offsets import OffsetLedger
 from stream.sim import SeedReport, simulate
@@ -25,6 +27,7 @@ from stream.sim.scenario import generate
 from stream.stages import Intake
 from stream.stages.ends import EndWatch
 from stream.stages.park import Park, Patience
+from stream.stages.shared import Context
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = range(250)
@@ -92,11 +95,14 @@ def _first_broken(seeds: range) -> set[str]:
 
 
 def test_committing_past_held_records_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    def everything(self: OffsetLedger, topic: str, partition: int) -> int | None:
-        part = self._parts.get((topic, partition))
-        return None if part is None or part.last < 0 else part.last + 1
+    """A ledger that forgets the windows holding each record: a commit passes them."""
+    read = OffsetLedger.read
 
-    monkeypatch.setattr(OffsetLedger, "safe_offset", everything)
+    def unheld(self: OffsetLedger, origin: Origin, window_keys: tuple[Hashable, ...] = ()) -> None:
+        read(self, origin)
+
+    monkeypatch.setattr(OffsetLedger, "read", unheld)
+    monkeypatch.setattr(OffsetLedger, "hold", lambda self, origin, window_keys: self.done(origin))
     assert "commit_ahead" in _first_broken(range(20))
 
 
@@ -111,13 +117,21 @@ def test_a_partition_that_stays_paused_is_caught(monkeypatch: pytest.MonkeyPatch
 def test_closing_windows_on_a_frozen_broker_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The idle judgement of before finding 4: caught up whenever the last high watermark says so."""
 
+    contexts: dict[EndWatch, Context] = {}
+    init = EndWatch.__init__
+
+    def keeping_context(self: EndWatch, ctx: Context) -> None:
+        init(self, ctx)
+        contexts[self] = ctx
+
     def stale(self: EndWatch, modality: object, partition: int) -> bool:
-        ctx = self._ctx  # the stage's own context: this stands in for its method
+        ctx = contexts[self]
         assignment, consumer = ctx.assignment, ctx.connection.consumer
         tp = next(tp for tp in assignment.assigned if tp.partition == partition and ctx.modality_of[tp.topic] == modality)
         high, position = consumer.highwater(tp), assignment.position.get(tp)
         return tp not in assignment.paused and high is not None and position is not None and position >= high
 
+    monkeypatch.setattr(EndWatch, "__init__", keeping_context)
     monkeypatch.setattr(EndWatch, "caught_up", stale)
     frozen = [s for s in range(200) if "freeze>idle" in generate(s).features][:6]
     assert _first_broken(frozen) & {"partial", "late", "lost"}

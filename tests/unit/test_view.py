@@ -219,10 +219,10 @@ def test_piped_tail_prints_whole_lines_and_a_terminal_gets_fitted_ones() -> None
 
     s = next(s for s in _summaries() if s["kind"] == "result")
     piped = Console(file=io.StringIO(), width=80, highlight=False, soft_wrap=True)
-    tail._pretty_writer(piped)(s)
+    tail.pretty_writer(piped)(s)
     assert piped.file.getvalue().rstrip("\n") == render(s).plain  # type: ignore[attr-defined]
     terminal = Console(file=_Tty(), width=80, force_terminal=True, color_system=None, highlight=False, soft_wrap=True)
-    tail._pretty_writer(terminal)(s)
+    tail.pretty_writer(terminal)(s)
     assert terminal.file.getvalue().rstrip("\n") == render(s, 80).plain  # type: ignore[attr-defined]
 
 

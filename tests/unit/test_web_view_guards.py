@@ -17,9 +17,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream.config import Settings
+from stream.contract import H_TS
 from stream.view import View
-from stream.view import feed as feed_module
-from stream.view.feed import Feed
+from stream.view.feed import Feed, supervise
 from stream.view.hub import Where
 from stream.view.thumbs import Offer, ThumbGate
 from tests.unit.test_web_view_hub import T0, Clock, _next_event, hub, result, transcript
@@ -52,16 +52,41 @@ def test_a_record_whose_handling_raises_is_counted_and_the_next_one_is_shown(
         return real(value, where)
 
     monkeypatch.setattr(feed.hub, "on_result", flaky)
-    for offset in (0, 1):
-        record = SimpleNamespace(key=b"cam-1", value=result("cam-1", offset), offset=offset, headers=[])
-        feed._handle(feed._on_meta, tp, record)
+    feed.on_meta(tp, [SimpleNamespace(key=b"cam-1", value=result("cam-1", offset), offset=offset, headers=[])
+                      for offset in (0, 1)])
     assert feed.hub.stats["bad_records"] == 1 and feed.hub.stats["results"] == 1
 
 
-async def test_a_feed_task_that_fails_is_logged_shown_stale_and_restarted(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(feed_module, "_BACKOFF_S", 0.05)
-    monkeypatch.setattr(feed_module, "_HEALTHY_S", 0.2)
+class _Behind:
+    """A video consumer whose partition ends ``high`` records in; ``seek`` is recorded."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.high
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_a_video_partition_far_behind_its_end_skips_forward() -> None:
+    """Only the newest picture is shown, so a partition hundreds of frames behind jumps to near its
+    end (before, the check compared two bound methods with ``is``, which is never true: no skip)."""
+    feed = Feed(Settings(), hub(Clock()))
+    tp = TopicPartition(feed.settings.topics.video, 0)
+    frames = [SimpleNamespace(key=b"cam-1", value=b"", offset=i, headers=[(H_TS, str(T0 + i).encode())])
+              for i in range(10)]
+    near = _Behind(high=400)
+    feed.on_video(near, tp, frames)  # 390 behind: kept
+    far = _Behind(high=1000)
+    feed.on_video(far, tp, frames)  # 990 behind: to 20 before the end
+    assert near.seeks == [] and far.seeks == [(tp, 980)] and feed.skipped_frames == 970
+    assert feed.hub.stats["bad_records"] == 0
+
+
+async def test_a_feed_task_that_fails_is_logged_shown_stale_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
     feed = Feed(Settings(), hub(Clock()))
     stop = asyncio.Event()
     runs: list[int] = []
@@ -75,7 +100,7 @@ async def test_a_feed_task_that_fails_is_logged_shown_stale_and_restarted(
         await stop.wait()
 
     with caplog.at_level(logging.ERROR, logger="stream.view"):
-        task = asyncio.create_task(feed._supervise("view-meta", work, stop))
+        task = asyncio.create_task(supervise(feed.hub, "view-meta", work, stop, backoff_s=0.05, healthy_s=0.2))
         for _ in range(100):
             await asyncio.sleep(0.05)
             if len(runs) == 2 and not feed.hub.feed_down:
@@ -159,5 +184,6 @@ async def test_a_view_that_cannot_listen_leaves_nothing_behind(monkeypatch: pyte
         view = View(Settings(view={"host": "127.0.0.1", "port": taken.getsockname()[1]}))
         with pytest.raises(OSError):
             await view.start()
-    assert len(cleaned) == 1 and view._runner is None
-    await view.stop()  # still safe
+    assert len(cleaned) == 1
+    await view.stop()  # still safe: the runner cleaned up when listening failed is not kept
+    assert len(cleaned) == 1
