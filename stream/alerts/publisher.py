@@ -13,46 +13,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from stream.alerts.engine import Engine
 from stream.contract import Alert, WindowResult, json_headers
+from stream.errors import ClusterError
+from stream.sender import Message, Refused, Sender
 
-__all__ = ["AlertPublisher", "AlertsRead", "PendingAlert", "ensure_alerts_topic", "read_alerts", "read_back"]
+__all__ = ["AlertPublisher", "AlertsRead", "ensure_alerts_topic", "read_alerts", "read_back"]
 
 log = logging.getLogger("stream.alerts")
 
 READ_BACK_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class PendingAlert:
-    """An alert handed to the producer, and the broker's future acknowledgement of it."""
+class _Pending(NamedTuple):
+    """An alert handed to the sender, and its outcome to come (None once acknowledged)."""
 
     alert: Alert
-    ack: asyncio.Future[Any]
+    ack: asyncio.Future[Refused | None]
 
 
 class AlertPublisher:
     """Judges results with an ``Engine`` and sends the alerts they raise.
 
-    ``judge`` only enqueues; ``confirm`` waits for the acknowledgements and counts them. The
-    caller commits whatever made the results (result offsets, input offsets) only after
-    ``confirm`` returns, so an alert is at-least-once like the result that raised it.
+    Alerts go through the one sender (``stream.sender``), so they share the results' retry
+    policy: a transient refusal (broker away, leader moving, timeout) is retried with backoff
+    until acknowledged, and only a refusal waiting cannot heal fails ``publish``. The caller
+    commits whatever made the results (result offsets, input offsets) only after ``publish``
+    returns, so an alert is at-least-once like the result that raised it.
+
+    Args:
+        producer: returns the started ``AIOKafkaProducer`` (a callable, as ``Sender`` takes it).
     """
 
-    def __init__(self, engine: Engine, producer: Any, topic: str, metrics: Any) -> None:
+    def __init__(self, engine: Engine, producer: Callable[[], Any], topic: str, metrics: Any) -> None:
         self._engine = engine
-        self._producer = producer
+        self._sender = Sender(producer, what="alerts")
         self._topic = topic
         self._metrics = metrics
 
     def restore(self, alerts: Sequence[Alert]) -> None:
-        """Resume the episodes the alerts topic says are open (call before the first ``judge``)."""
+        """Resume the episodes the alerts topic says are open (call before the first ``publish``)."""
         self._engine.restore(alerts)
         self._set_firing()
 
@@ -60,26 +65,51 @@ class AlertPublisher:
     def open_count(self) -> int:
         return sum(self._engine.firing().values())
 
-    async def judge(self, result: WindowResult) -> list[PendingAlert]:
-        pending = []
-        for alert in self._engine.observe(result):
-            ack = await self._producer.send(self._topic, key=alert.source_id.encode(),
-                                            value=alert.model_dump_json().encode(),
-                                            headers=json_headers(alert.window_start_ns))
-            pending.append(PendingAlert(alert, ack))
-        return pending
+    async def publish(self, results: Iterable[WindowResult]) -> None:
+        """Judge ``results`` in order, send the alerts they raise, and wait until every one is
+        acknowledged (after any retries); the alerts are counted then.
 
-    async def confirm(self, pending: Sequence[PendingAlert]) -> None:
-        """Wait for every acknowledgement; a refused send raises (nothing after it is committed)."""
-        for item in pending:
-            await item.ack
-            self._metrics.alerts.labels(item.alert.rule, item.alert.state).inc()
-            log.info("alert %s %s", item.alert.state, item.alert.id)
+        A failure or a cancellation gives up the alerts not acknowledged yet (no retry goes on
+        behind the caller's back): nothing after them may be committed, and the replay after a
+        restart judges their results again.
+
+        Raises:
+            ClusterError: an alert was refused for good (the caller's fatal error).
+        """
+        pending: list[_Pending] = []
+        try:
+            for result in results:
+                for alert in self._engine.observe(result):
+                    message = Message(self._topic, alert.source_id.encode(), alert.model_dump_json().encode(),
+                                      json_headers(alert.window_start_ns))
+                    pending.append(_Pending(alert, await self._sender.send(message)))
+            for item in pending:
+                refused = await item.ack
+                if refused is not None:
+                    raise _refusal(refused)
+                self._metrics.alerts.labels(item.alert.rule, item.alert.state).inc()
+                log.info("alert %s %s", item.alert.state, item.alert.id)
+        except BaseException:
+            for item in pending:
+                item.ack.cancel()
+            raise
         self._set_firing()
+
+    async def stop(self) -> None:
+        """Cancel the alerts waiting for a retry (what raised them stays uncommitted). Idempotent."""
+        await self._sender.stop()
 
     def _set_firing(self) -> None:
         for rule, n in self._engine.firing().items():
             self._metrics.alerts_firing.labels(rule).set(n)
+
+
+def _refusal(refused: Refused) -> ClusterError:
+    """The error a refused alert stops its process with."""
+    exc = refused.error
+    if refused.by_broker:
+        return ClusterError(f"an alert was refused by the broker: {type(exc).__name__}: {exc}")
+    return ClusterError(f"an alert could not be handed to the producer: {type(exc).__name__}: {exc}")
 
 
 async def ensure_alerts_topic(settings: Any) -> None:
@@ -87,7 +117,6 @@ async def ensure_alerts_topic(settings: Any) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError as AIOKafkaError
 
-    from stream.errors import ClusterError
     from stream.kafka import check_created, client_options
 
     kafka, topics = settings.kafka, settings.topics
@@ -143,7 +172,6 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
     """
     from aiokafka import TopicPartition
 
-    from stream.errors import ClusterError
     from stream.kafka import make_consumer, stop_bounded, topic_partitions
 
     since = since or {}
@@ -202,8 +230,6 @@ async def _high_watermarks(reader: Any, tps: list[Any], start: Mapping[Any, int]
     """Each partition's high watermark, from a fetch response at its start (not ``end_offsets``,
     which tansu answers wrongly when the last batch holds several records; see
     ``stream.kafka.read_last``)."""
-    from stream.errors import ClusterError
-
     loop = asyncio.get_running_loop()
     for tp in tps:
         reader.seek(tp, start[tp])

@@ -2,9 +2,12 @@
 
 Its own consumer group on the results topic; each alert state change is a record on
 ``topics.alerts`` (key: source id). At-least-once, like results: a batch's result offsets are
-committed only after every alert the batch caused is acknowledged. Before consuming, the alerts
-topic is read back (the newest record per alert id) into the engine, so a restart resumes the
-open episodes and never publishes a second *firing* for one.
+committed only after every alert the batch caused is acknowledged. Alerts go through the
+processor's one sender (``stream.sender``): a transient refusal is retried with backoff, one
+refused for good stops the command (exit 2), its batch uncommitted. A signal while a batch waits
+for the broker lets it finish for at most ``drain_timeout_ms``; then it is given up, uncommitted.
+Before consuming, the alerts topic is read back (the newest record per alert id) into the engine,
+so a restart resumes the open episodes and never publishes a second *firing* for one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -63,7 +67,7 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
     server.start()
     consumer = make_consumer(settings.kafka.model_copy(update={"group_id": group}), settings.limits)
     producer = make_producer(settings.kafka, settings.limits)
-    publisher = AlertPublisher(engine, producer, settings.topics.alerts, metrics)
+    publisher = AlertPublisher(engine, lambda: producer, settings.topics.alerts, metrics)
     stop = asyncio.Event()
     try:
         await ensure_alerts_topic(settings)
@@ -78,19 +82,41 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=500)
                 if batch:
-                    await _handle(batch, publisher, consumer)
+                    await _drained(_handle(batch, publisher, consumer), stop, settings.drain_timeout_ms / 1000)
     finally:
         ready = False
+        await publisher.stop()
         await stop_bounded(consumer, settings.kafka.request_timeout_ms, "alerts consumer")
         await stop_bounded(producer, settings.kafka.request_timeout_ms, "alerts producer")
         server.stop()
+
+
+async def _drained(handling: Coroutine[Any, Any, None], stop: asyncio.Event, bound_s: float) -> None:
+    """Run ``handling`` to its end, or, once ``stop`` is set, for at most ``bound_s`` more: a batch
+    whose alerts the broker keeps refusing (retried meanwhile) must not hold a stop forever. A
+    batch cut off is not committed; the restart judges it again."""
+    task = asyncio.ensure_future(handling)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=bound_s)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            log.warning("alerts: a batch still waits for the broker %.1f s after the signal; leaving it "
+                        "uncommitted (judged again after a restart)", bound_s)
+            task.cancel()
+            await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()  # a refused alert raises here
 
 
 async def _handle(batch: dict[Any, list[Any]], publisher: Any, consumer: Any) -> None:
     """Judge a batch, publish its alerts, and commit its offsets once they are acknowledged."""
     from stream.contract import WindowResult
 
-    pending: list[Any] = []
+    results: list[WindowResult] = []
     offsets: dict[Any, int] = {}
     for tp, records in batch.items():
         for record in records:
@@ -101,7 +127,7 @@ async def _handle(batch: dict[Any, list[Any]], publisher: Any, consumer: Any) ->
                 log.warning("alerts: skipping %s/%d/%d, not a window result: %s", tp.topic, tp.partition,
                             record.offset, str(exc).splitlines()[0])
                 continue
-            pending += await publisher.judge(result)
-    await publisher.confirm(pending)  # a failed send raises: the batch is judged again after a restart
+            results.append(result)
+    await publisher.publish(results)  # a refused alert raises: the batch is judged again after a restart
     if offsets:
         await consumer.commit(offsets)

@@ -16,8 +16,10 @@ above. So an assignment costs the alerts published since the last one, not the t
 and the engine holds the same episodes as after a whole read (``Engine.restore`` merges). Every partition is
 read, not only the assigned ones: the alerts topic may be laid out unlike the inputs.
 
-A refused alert is fatal (like a refused result): the processor drains and stops, the window's
-offsets stay uncommitted, and the restart replays it.
+Alerts go through the one sender (``stream.sender``) with the results' retry policy: a transient
+refusal is retried with backoff while ``Publish`` waits, holding the batch's pipeline slot as it
+does for its results. An alert refused for good is fatal (like a refused result): the processor
+drains and stops, the window's offsets stay uncommitted, and the restart replays it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from collections.abc import Sequence
 from stream.alerts import Engine, RulesFile
 from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_alerts
 from stream.contract import WindowResult
-from stream.errors import ClusterError
 from stream.stages.shared import Context
 
 __all__ = ["Rules"]
@@ -56,11 +57,11 @@ class Rules:
         without rules (no alerts topic is created)."""
         if self._engine is None:
             return
-        settings = self._ctx.settings
-        producer = self._ctx.connection.producer
-        assert producer is not None
-        await ensure_alerts_topic(settings)
-        self._publisher = AlertPublisher(self._engine, producer, settings.topics.alerts, self._ctx.metrics)
+        ctx = self._ctx
+        assert ctx.connection.producer is not None
+        await ensure_alerts_topic(ctx.settings)
+        self._publisher = AlertPublisher(self._engine, lambda: ctx.connection.producer, ctx.settings.topics.alerts,
+                                         ctx.metrics)
         await self.load()
 
     async def load(self) -> int:
@@ -80,25 +81,20 @@ class Rules:
         return read.records
 
     async def judge(self, results: Sequence[WindowResult]) -> None:
-        """Judge acknowledged results and wait until the alerts they raise are acknowledged.
+        """Judge acknowledged results and wait until the alerts they raise are acknowledged
+        (transient refusals retried meanwhile).
 
         Raises:
-            ClusterError: the broker refused an alert (the caller makes it fatal).
+            ClusterError: an alert was refused for good (the caller makes it fatal).
         """
-        publisher = self._publisher
-        if publisher is None or not results:
+        if self._publisher is None or not results:
             return
-        pending = []
-        try:
-            for result in results:
-                pending += await publisher.judge(result)
-            await publisher.confirm(pending)
-        except ClusterError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - aiokafka's refusals, named for the fatal error
-            raise ClusterError(f"an alert was refused by the broker: {type(exc).__name__}: {exc}") from exc
+        await self._publisher.publish(results)
 
     async def stop(self) -> None:
-        """Nothing of its own to release: alerts go through the processor's producer."""
-        self._publisher = None
+        """Cancel the alerts waiting for a retry (their windows stay uncommitted); the producer
+        is the processor's. Idempotent."""
+        publisher, self._publisher = self._publisher, None
         self._read_to = {}
+        if publisher is not None:
+            await publisher.stop()

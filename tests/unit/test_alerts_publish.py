@@ -1,0 +1,140 @@
+"""Alerts raised in process go through the one sender (stream/sender.py): a transient refusal of
+an alert is retried until acknowledged, as a result's is, and only a refusal waiting cannot heal
+stops the processor with the windows that raised it uncommitted (stream/stages/rules.py, driven
+through ``Rules.start`` and ``Publish.publish``).
+
+The broker side is a stand-in producer because the failures are the point: a real broker cannot
+be made to refuse one alert on demand (tests/integration/test_rules_in_process.py runs the same
+rules on the embedded broker). The alerts topic's set-up and read-back are stand-ins too (an
+empty topic): they are the broker's side, covered by tests/integration/test_rules_read_back.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+from stream.alerts.publisher import AlertsRead
+from stream.config import load_settings
+from stream.contract import ModelInfo, Origin, VideoFrame
+from stream.errors import ClusterError
+from stream.jobs import Job, Outgoing
+from stream.results import build_result
+from stream.runtime import Processor
+from stream.windows import Aligner
+from tests.unit._fakes import JPEG
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+ALERTS = "mm.alerts.test"
+RULES = [{"id": "help", "kind": "phrase", "phrase": "help me"}]
+
+
+class Producer:
+    """Acknowledges every record except the first alerts, which fail with ``alert_failures`` (by
+    the future: the broker's answer)."""
+
+    def __init__(self, alert_failures: list[Exception]) -> None:
+        self.alert_failures = alert_failures
+        self.acked: list[tuple[str, bytes]] = []  # (topic, value) of what the broker took
+
+    async def send(self, topic: str, *, value: bytes, key: bytes, headers: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if topic == ALERTS and self.alert_failures:
+            fut.set_exception(self.alert_failures.pop(0))
+        else:
+            self.acked.append((topic, value))
+            fut.set_result(None)
+        return fut
+
+    def alerts(self) -> list[bytes]:
+        return [value for topic, value in self.acked if topic == ALERTS]
+
+
+async def _no_broker_setup(settings: Any) -> None:
+    """The alerts topic exists already (the stand-in producer takes any topic)."""
+
+
+async def _empty_alerts_topic(settings: Any, since: Any = None) -> AlertsRead:
+    return AlertsRead([], 0, {})
+
+
+@pytest.fixture
+async def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.01,))
+    monkeypatch.setattr("stream.stages.rules.ensure_alerts_topic", _no_broker_setup)
+    monkeypatch.setattr("stream.stages.rules.read_alerts", _empty_alerts_topic)
+    return Processor(load_settings(overrides={"metrics": {"port": None}, "topics": {"alerts": ALERTS},
+                                              "rules": RULES}), model=object())
+
+
+async def _started(processor: Processor, producer: Producer) -> None:
+    processor.connection.producer = producer
+    await processor.stages.rules.start()
+
+
+def _outgoing(processor: Processor, n: int) -> list[Outgoing]:
+    """``n`` closed windows of one source whose transcripts say "help me" (the first result
+    fires the rule, the next ones hold it: one alert), read into the ledger as the intake would."""
+    aligner, out = Aligner(processor.settings.window, clock=lambda: 0), []
+    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
+    for i in range(n):
+        origin = Origin(processor.settings.topics.video, 0, i)
+        added = aligner.add(VideoFrame(source_id="cam", ts_ns=T0 + i * S, encoding="jpeg", data=JPEG), origin)
+        ledger.read(origin, tuple((0, key) for key in added.keys))
+    for window in aligner.flush():
+        token = horizons.closed(window.source_id, window.end_ns)
+        result = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
+                              include_embedding=False, error="none")
+        out.append(Outgoing(Job(window, token, 0), result.model_copy(update={"transcript": "help me"})))
+    return out
+
+
+def _committable(processor: Processor) -> int:
+    return processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0)
+
+
+def _alerts_counted(processor: Processor) -> float | None:
+    return processor.metrics.registry.get_sample_value("mmstream_alerts_total", {"rule": "help", "state": "firing"})
+
+
+async def test_an_alert_refused_transiently_is_retried_and_published_once(processor: Processor) -> None:
+    producer = Producer([KafkaConnectionError()])
+    await _started(processor, producer)
+    outgoing = _outgoing(processor, 3)
+    await processor.stages.publish.publish(outgoing)
+    assert processor.fatal.error is None
+    assert len(producer.alerts()) == 1 and b'"firing"' in producer.alerts()[0]
+    assert _alerts_counted(processor) == 1.0
+    assert processor.stats.windows == 3 and _committable(processor) == 3  # released after the alert's ack
+
+
+async def test_an_alert_refused_for_good_stops_the_processor_with_its_windows_uncommitted(processor: Processor) -> None:
+    producer = Producer([TopicAuthorizationFailedError()])
+    await _started(processor, producer)
+    await processor.stages.publish.publish(_outgoing(processor, 3))
+    fatal = processor.fatal.error
+    assert isinstance(fatal, ClusterError) and "TopicAuthorizationFailed" in str(fatal)
+    assert producer.alerts() == [] and not _alerts_counted(processor)
+    assert _committable(processor) == 0  # the results are on the broker, their offsets are not released
+    assert not processor.ready
+
+
+async def test_stopping_gives_up_an_alert_waiting_for_its_retry(processor: Processor,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop while an alert waits out its backoff: no re-send behind the processor's back, and
+    the window that raised it stays uncommitted (replayed, judged again after the restart)."""
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.1,))
+    producer = Producer([KafkaConnectionError()])
+    await _started(processor, producer)
+    publishing = asyncio.create_task(processor.stages.publish.publish(_outgoing(processor, 1)))
+    await asyncio.sleep(0.02)  # the result is acknowledged, the alert refused once and waiting
+    await processor.stages.rules.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    await asyncio.sleep(0.15)
+    assert producer.alerts() == [] and not producer.alert_failures
+    assert _committable(processor) == 0 and processor.fatal.error is None
