@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from stream.contract import Modality
 
-__all__ = ["FlowDecision", "decide_pauses"]
+__all__ = ["FlowDecision", "decide_pauses", "stands_at"]
 
 Slot = tuple[Modality, int]  # (modality, partition number)
 
@@ -31,6 +31,19 @@ Slot = tuple[Modality, int]  # (modality, partition number)
 class FlowDecision:
     paused: frozenset[Slot]
     reason: str  # "" | "alignment" | "aligner_full" | "batcher_full" | "memory"
+
+
+def stands_at(read_ns: int | None, blocked_ns: int | None, *, first_ns: int | None, own_ns: int | None) -> int | None:
+    """Where another modality of a partition stands, for watermark alignment (``Intake``): the
+    newest event time read from it. Not read at all yet: where this one started (``first_ns``),
+    so this one may run ``max_ahead_ms`` ahead until the other shows up. Read but holding no event
+    time (``read_ns`` -1: only dead letters or rejected timestamps): where this one is now
+    (``own_ns``), so it cannot hold this one back for ever. Held back at a record (``blocked_ns``):
+    at that record; counting it behind would leave each waiting on the other. None: no bound."""
+    t = first_ns if read_ns is None else own_ns if read_ns < 0 else read_ns
+    if t is None:
+        return None
+    return t if blocked_ns is None else max(t, blocked_ns)
 
 
 def decide_pauses(

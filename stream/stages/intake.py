@@ -29,7 +29,7 @@ from stream.aside import AsideRecord
 from stream.contract import Modality, Origin
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason
-from stream.flow import decide_pauses
+from stream.flow import decide_pauses, stands_at
 from stream.memory import MemoryGuard
 from stream.offsets import OffsetLedger
 from stream.stages.align import Align
@@ -308,16 +308,10 @@ class Intake:
                 continue
             if self._ends.at_end(other_tp):
                 continue  # nothing waiting there: it cannot be the one holding windows back
-            t = self._event_ns.get((other, partition))
-            if t is None:
-                t = first_ns
-            elif t < 0:
-                t = own_ns
+            t = stands_at(self._event_ns.get((other, partition)), self._blocked.get(other_tp),
+                          first_ns=first_ns, own_ns=own_ns)
             if t is None:
                 return None
-            blocked = self._blocked.get(other_tp)
-            if blocked is not None:  # held back at that record: it is where the other one stands
-                t = max(t, blocked)  # (counting it behind would leave each waiting on the other)
             floor = t if floor is None else min(floor, t)
         return None if floor is None else floor + ctx.settings.window.max_ahead_ms * 1_000_000
 

@@ -19,12 +19,11 @@ import pytest
 
 import stream.stages.intake as intake_stage
 from stream.contract import Origin
-from stream.flow import FlowDecision
+from stream.flow import FlowDecision, stands_at
 from stream.offsets import OffsetLedger
 from stream.sim import SeedReport, simulate
 from stream.sim.clock import SimClock, VirtualLoop
 from stream.sim.scenario import generate
-from stream.stages import Intake
 from stream.stages.ends import EndWatch
 from stream.stages.park import Park, Patience
 from stream.stages.shared import Context
@@ -142,16 +141,11 @@ def test_the_stall_of_finding_2_is_found_when_its_fix_is_reverted(monkeypatch: p
     blocked topic counted where its last read record stands (so the two wait on each other), and
     no suspension of alignment. Seed 6 (a transcript segment stamped ahead, live) then stalls:
     mm.text/0 stays at offset 6 with all three topics of partition 0 paused."""
-    real = Intake._ahead_limit
+    def blind_to_blocked(read_ns: int | None, blocked_ns: int | None, *, first_ns: int | None,
+                         own_ns: int | None) -> int | None:
+        return stands_at(read_ns, None, first_ns=first_ns, own_ns=own_ns)
 
-    def blind_to_blocked(self: Intake, *args: object) -> int | None:
-        blocked, self._blocked = self._blocked, {}
-        try:
-            return real(self, *args)  # type: ignore[arg-type]
-        finally:
-            self._blocked = blocked
-
-    monkeypatch.setattr(Intake, "_ahead_limit", blind_to_blocked)
+    monkeypatch.setattr(intake_stage, "stands_at", blind_to_blocked)
     monkeypatch.setattr(Park, "has_room", lambda self: False)
     monkeypatch.setattr(Patience, "given_up", lambda self, tp, now_ms: False)
     report = simulate(6)
