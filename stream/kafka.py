@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -31,6 +31,7 @@ from stream.errors import ClusterError, TopicLayoutError
 from stream.oauth import TokenProvider
 
 __all__ = [
+    "fetched_high_watermarks",
     "max_request_bytes",
     "read_last",
     "check_copartitioned",
@@ -324,6 +325,30 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) ->
     return {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
 
 
+async def fetched_high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                                  start: Mapping[TopicPartition, int], deadline: float) -> dict[TopicPartition, int]:
+    """Each partition's high watermark, from a fetch response at ``start`` (the consumer is left
+    positioned there): not ``end_offsets``, which tansu answers wrongly when the last batch holds
+    several records. ``deadline`` on the running loop's clock.
+
+    Raises:
+        ClusterError: no answer for some partition by ``deadline``.
+    """
+    loop = asyncio.get_running_loop()
+    for tp in tps:
+        consumer.seek(tp, start[tp])
+    high: dict[TopicPartition, int] = {}
+    while len(high) < len(tps) and loop.time() < deadline:
+        await consumer.getmany(*[tp for tp in tps if tp not in high], timeout_ms=100, max_records=1)
+        for tp in tps:
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                high[tp] = hw
+    if len(high) < len(tps):
+        raise ClusterError(f"no high watermark for {tps[0].topic} by the deadline")
+    return high
+
+
 async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], count: int = 1,
                     timeout_s: float = 10.0) -> dict[int, list[bytes]]:
     """The values of the newest ``count`` records of each partition, oldest first, via a non-group
@@ -335,26 +360,14 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
     Raises:
         ClusterError: no answer within ``timeout_s``.
     """
-    from aiokafka import TopicPartition
-
     tps = [TopicPartition(topic, p) for p in partitions]
     out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
     if not tps:
         return out
     consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, 0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    high: dict[TopicPartition, int] = {}
-    while len(high) < len(tps) and loop.time() < deadline:
-        await consumer.getmany(*[tp for tp in tps if tp not in high], timeout_ms=100, max_records=1)
-        for tp in tps:
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                high[tp] = hw
-    if len(high) < len(tps):
-        raise ClusterError(f"no high watermark for {topic} within {timeout_s} s")
+    high = await fetched_high_watermarks(consumer, tps, dict.fromkeys(tps, 0), deadline)
     pending = {tp for tp, hw in high.items() if hw > 0}
     for tp in pending:
         consumer.seek(tp, max(high[tp] - count, 0))

@@ -172,7 +172,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
     """
     from aiokafka import TopicPartition
 
-    from stream.kafka import make_consumer, stop_bounded, topic_partitions
+    from stream.kafka import fetched_high_watermarks, make_consumer, stop_bounded, topic_partitions
 
     since = since or {}
     topic = settings.topics.alerts
@@ -190,7 +190,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
             reader.assign(tps)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READ_BACK_TIMEOUT_S
-            high = await _high_watermarks(reader, tps, start, deadline)
+            high = await fetched_high_watermarks(reader, tps, start, deadline)
             pending: set[Any] = set()
             for tp in tps:
                 if start[tp] > high[tp]:
@@ -224,22 +224,3 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
                 log.warning("alerts: ignoring a record on %s that is not an alert: %s", topic,
                             str(exc).splitlines()[0])
     return AlertsRead(out, sum(len(v) for v in values.values()), ends)
-
-
-async def _high_watermarks(reader: Any, tps: list[Any], start: Mapping[Any, int], deadline: float) -> dict[Any, int]:
-    """Each partition's high watermark, from a fetch response at its start (not ``end_offsets``,
-    which tansu answers wrongly when the last batch holds several records; see
-    ``stream.kafka.read_last``)."""
-    loop = asyncio.get_running_loop()
-    for tp in tps:
-        reader.seek(tp, start[tp])
-    high: dict[Any, int] = {}
-    while len(high) < len(tps) and loop.time() < deadline:
-        await reader.getmany(*[tp for tp in tps if tp not in high], timeout_ms=100, max_records=1)
-        for tp in tps:
-            hw = reader.highwater(tp)
-            if hw is not None:
-                high[tp] = hw
-    if len(high) < len(tps):
-        raise ClusterError(f"no high watermark for {tps[0].topic} within {READ_BACK_TIMEOUT_S:.0f} s")
-    return high

@@ -53,3 +53,29 @@ class FakeConsumer:
 
     def resume(self, *tps: TopicPartition) -> None:
         pass
+
+
+def outgoing(processor: Any, n: int, *, transcript: str | None = None) -> list[Any]:
+    """``n`` closed windows of one source, one frame each, read into the processor's ledger as the
+    intake would, with their results (``transcript`` set on each): what ``Publish.publish`` takes."""
+    from stream.contract import ModelInfo, Origin, VideoFrame
+    from stream.jobs import Job, Outgoing
+    from stream.results import build_result
+    from stream.windows import Aligner
+
+    t0 = 1_700_000_000 * 1_000_000_000
+    aligner, out = Aligner(processor.settings.window, clock=lambda: 0), []
+    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
+    for i in range(n):
+        origin = Origin(processor.settings.topics.video, 0, i)
+        added = aligner.add(VideoFrame(source_id="cam", ts_ns=t0 + i * 1_000_000_000, encoding="jpeg", data=JPEG),
+                            origin)
+        ledger.read(origin, tuple((0, key) for key in added.keys))
+    for window in aligner.flush():
+        token = horizons.closed(window.source_id, window.end_ns)
+        result = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
+                              include_embedding=False, error="none")
+        if transcript is not None:
+            result = result.model_copy(update={"transcript": transcript})
+        out.append(Outgoing(Job(window, token, 0), result))
+    return out

@@ -19,13 +19,9 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from stream.alerts.publisher import AlertsRead
 from stream.config import load_settings
-from stream.contract import ModelInfo, Origin, VideoFrame
 from stream.errors import ClusterError
-from stream.jobs import Job, Outgoing
-from stream.results import build_result
 from stream.runtime import Processor
-from stream.windows import Aligner
-from tests.unit._fakes import JPEG
+from tests.unit._fakes import outgoing
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -76,23 +72,6 @@ async def _started(processor: Processor, producer: Producer) -> None:
     await processor.stages.rules.start()
 
 
-def _outgoing(processor: Processor, n: int) -> list[Outgoing]:
-    """``n`` closed windows of one source whose transcripts say "help me" (the first result
-    fires the rule, the next ones hold it: one alert), read into the ledger as the intake would."""
-    aligner, out = Aligner(processor.settings.window, clock=lambda: 0), []
-    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
-    for i in range(n):
-        origin = Origin(processor.settings.topics.video, 0, i)
-        added = aligner.add(VideoFrame(source_id="cam", ts_ns=T0 + i * S, encoding="jpeg", data=JPEG), origin)
-        ledger.read(origin, tuple((0, key) for key in added.keys))
-    for window in aligner.flush():
-        token = horizons.closed(window.source_id, window.end_ns)
-        result = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
-                              include_embedding=False, error="none")
-        out.append(Outgoing(Job(window, token, 0), result.model_copy(update={"transcript": "help me"})))
-    return out
-
-
 def _committable(processor: Processor) -> int:
     return processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0)
 
@@ -104,8 +83,7 @@ def _alerts_counted(processor: Processor) -> float | None:
 async def test_an_alert_refused_transiently_is_retried_and_published_once(processor: Processor) -> None:
     producer = Producer([KafkaConnectionError()])
     await _started(processor, producer)
-    outgoing = _outgoing(processor, 3)
-    await processor.stages.publish.publish(outgoing)
+    await processor.stages.publish.publish(outgoing(processor, 3, transcript="help me"))
     assert processor.fatal.error is None
     assert len(producer.alerts()) == 1 and b'"firing"' in producer.alerts()[0]
     assert _alerts_counted(processor) == 1.0
@@ -115,7 +93,7 @@ async def test_an_alert_refused_transiently_is_retried_and_published_once(proces
 async def test_an_alert_refused_for_good_stops_the_processor_with_its_windows_uncommitted(processor: Processor) -> None:
     producer = Producer([TopicAuthorizationFailedError()])
     await _started(processor, producer)
-    await processor.stages.publish.publish(_outgoing(processor, 3))
+    await processor.stages.publish.publish(outgoing(processor, 3, transcript="help me"))
     fatal = processor.fatal.error
     assert isinstance(fatal, ClusterError) and "TopicAuthorizationFailed" in str(fatal)
     assert producer.alerts() == [] and not _alerts_counted(processor)
@@ -130,7 +108,7 @@ async def test_stopping_gives_up_an_alert_waiting_for_its_retry(processor: Proce
     monkeypatch.setattr("stream.sender._BACKOFF_S", (0.1,))
     producer = Producer([KafkaConnectionError()])
     await _started(processor, producer)
-    publishing = asyncio.create_task(processor.stages.publish.publish(_outgoing(processor, 1)))
+    publishing = asyncio.create_task(processor.stages.publish.publish(outgoing(processor, 1, transcript="help me")))
     await asyncio.sleep(0.02)  # the result is acknowledged, the alert refused once and waiting
     await processor.stages.rules.stop()
     with pytest.raises(asyncio.CancelledError):

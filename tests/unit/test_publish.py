@@ -15,13 +15,9 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from stream.config import load_settings
-from stream.contract import ModelInfo, Origin, VideoFrame
 from stream.errors import ClusterError
-from stream.jobs import Job, Outgoing
-from stream.results import build_result
 from stream.runtime import Processor
-from stream.windows import Aligner
-from tests.unit._fakes import JPEG
+from tests.unit._fakes import outgoing
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -47,22 +43,6 @@ class Producer:
         return fut
 
 
-def _outgoing(processor: Processor, n: int) -> list[Any]:
-    """``n`` closed windows of one source, read into the ledger as the intake would."""
-    aligner, out = Aligner(processor.settings.window, clock=lambda: 0), []
-    ledger, horizons = processor.stages.commit.ledger, processor.stages.commit.horizons
-    for i in range(n):
-        origin = Origin(processor.settings.topics.video, 0, i)
-        result = aligner.add(VideoFrame(source_id="cam", ts_ns=T0 + i * S, encoding="jpeg", data=JPEG), origin)
-        ledger.read(origin, tuple((0, key) for key in result.keys))
-    for window in aligner.flush():
-        token = horizons.closed(window.source_id, window.end_ns)
-        res = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
-                           include_embedding=False, error="none")
-        out.append(Outgoing(Job(window, token, 0), res))
-    return out
-
-
 @pytest.fixture
 def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
     monkeypatch.setattr("stream.sender._BACKOFF_S", (0.01,))  # results retry on the one sender's policy
@@ -72,7 +52,7 @@ def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
 async def test_transient_refusals_are_retried_until_acknowledged(processor: Processor) -> None:
     producer = Producer([("send", KafkaConnectionError()), ("ack", KafkaTimeoutError()), ("ack", KafkaConnectionError())])
     processor.connection.producer = producer
-    await processor.stages.publish.publish(_outgoing(processor, 3))
+    await processor.stages.publish.publish(outgoing(processor, 3))
     assert sorted(producer.acked) == [b"cam"] * 3
     assert processor.stats.windows == 3 and processor.fatal.error is None
     assert processor.stages.commit.ledger.safe_offset(processor.settings.topics.video, 0) == 3  # all released
@@ -80,7 +60,7 @@ async def test_transient_refusals_are_retried_until_acknowledged(processor: Proc
 
 async def test_a_permanent_refusal_stops_the_processor_and_keeps_the_window_uncommitted(processor: Processor) -> None:
     processor.connection.producer = Producer([("ack", MessageSizeTooLargeError())])
-    await processor.stages.publish.publish(_outgoing(processor, 3))
+    await processor.stages.publish.publish(outgoing(processor, 3))
     fatal = processor.fatal.error
     assert isinstance(fatal, ClusterError) and "MessageSizeTooLarge" in str(fatal)
     assert processor.stats.windows == 2  # the other two were published
@@ -94,7 +74,7 @@ async def test_a_drain_cut_short_sends_no_more_retries(processor: Processor, mon
     monkeypatch.setattr("stream.sender._BACKOFF_S", (0.1,))
     producer = Producer([("ack", KafkaConnectionError())] * 2)
     processor.connection.producer = producer
-    publishing = asyncio.create_task(processor.stages.publish.publish(_outgoing(processor, 2)))
+    publishing = asyncio.create_task(processor.stages.publish.publish(outgoing(processor, 2)))
     await asyncio.sleep(0.01)  # both refused; their retries wait out the backoff (0.1 s)
     publishing.cancel()
     with pytest.raises(asyncio.CancelledError):
