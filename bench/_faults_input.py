@@ -80,8 +80,14 @@ def _modality(name: str) -> Any:
     return Modality(name)
 
 
-def _dead_letters(dlq: TopicTail, sent: dict[str, tuple[str, int]]) -> dict[str, Any]:
-    """Per kind: sent, dead-lettered, with the documented reason; and what else the DLQ holds."""
+def _dead_letters(dlq: TopicTail, sent: dict[str, tuple[str, int]], late: TopicTail | None = None) -> dict[str, Any]:
+    """Per kind: sent, dead-lettered, with the documented reason; and what else the DLQ holds.
+
+    A defect only decoding finds (``decode_failed``: a JPEG whose header passes) is found when its
+    window is scored; a record of it that arrives after its window closed is late, copied to the
+    late topic as it came and never decoded. Those count as accounted for (``late_instead``),
+    matched by the kind and sequence headers the copy keeps; any other kind must be dead-lettered.
+    """
     want = {k.name: k.reason for k in KINDS}
     sent_by_kind = Counter(name for name, _ in sent.values())
     got: dict[str, set[int]] = {}
@@ -105,18 +111,27 @@ def _dead_letters(dlq: TopicTail, sent: dict[str, tuple[str, int]]) -> dict[str,
         reasons.setdefault(name, Counter())[reason] += 1
         if reason == want[name]:
             right.setdefault(name, set()).add(seq)
+    late_seen: dict[str, set[int]] = {}
+    for a in late.records if late is not None else ():
+        h = dict(a.headers)
+        if H_KIND in h and H_SEQ in h and want.get(h[H_KIND].decode()) == "decode_failed":
+            late_seen.setdefault(h[H_KIND].decode(), set()).add(int(h[H_SEQ]))
     per_kind = {name: {"sent": n, "dead_lettered": len(got.get(name, ())),
                        "with_reason": len(right.get(name, ())), "reason": want[name],
+                       "late_instead": len(late_seen.get(name, set()) - got.get(name, set())),
                        "reasons_seen": dict(reasons.get(name, {}))} for name, n in sorted(sent_by_kind.items())}
     total = sum(sent_by_kind.values())
     with_reason = sum(v["with_reason"] for v in per_kind.values())
+    late_instead = sum(v["late_instead"] for v in per_kind.values())
     return {
         "malformed_sent": total,
         "dead_lettered": sum(v["dead_lettered"] for v in per_kind.values()),
         "dead_lettered_with_reason": with_reason,
         "dead_lettered_pct": round(100 * with_reason / total, 2) if total else None,
         "kinds": len(per_kind),
-        "kinds_wrong": sorted(n for n, v in per_kind.items() if v["with_reason"] != v["sent"]),
+        "late_instead": late_instead,
+        "accounted_pct": round(100 * (with_reason + late_instead) / total, 2) if total else None,
+        "kinds_wrong": sorted(n for n, v in per_kind.items() if v["with_reason"] + v["late_instead"] != v["sent"]),
         "dead_letter_repeats": sum(n - 1 for n in copies.values()),
         "dead_letters_keeping_headers": headers_kept,
         "other_dead_letters": unmatched,  # valid records dead-lettered, or copies without their origin
@@ -124,16 +139,27 @@ def _dead_letters(dlq: TopicTail, sent: dict[str, tuple[str, int]]) -> dict[str,
     }
 
 
+async def _wait_accounted(dlq: TopicTail, late: TopicTail, count: int, timeout_s: float) -> None:
+    """Until the dead letters and the late copies of malformed records together reach ``count``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        late_malformed = sum(1 for a in late.records if H_KIND in dict(a.headers))
+        if len(dlq.records) + late_malformed >= count:
+            return
+        await asyncio.sleep(0.2)
+
+
 async def run_malformed(ctx: Context, bootstrap: str) -> dict[str, Any]:
     from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
 
     total = 2000 if ctx.quick else 10_000
     seconds = 10 if ctx.quick else 20
-    s = settings(bootstrap, ctx, "malformed")
+    s = settings(bootstrap, ctx, "malformed", topics={"late": f"faults-{ctx.run_id}-malformed.late"})
     start = (time.time_ns() // NS_PER_S - 120) * NS_PER_S
     scene = SyntheticScene(SyntheticConfig(sources=8, fps=10, chunk_ms=40, seed=ctx.seed + 2), start_ns=start)
     sup = Supervisor(ctx, s, "malformed")
     results, dlq = TopicTail(bootstrap, s.topics.results), TopicTail(bootstrap, s.topics.dead_letter)
+    late = TopicTail(bootstrap, s.topics.late)
     peak, stop_rss = [0], asyncio.Event()
     sampler = asyncio.create_task(_rss_sampler(sup, peak, stop_rss))
     try:
@@ -141,6 +167,7 @@ async def run_malformed(ctx: Context, bootstrap: str) -> dict[str, Any]:
             raise RuntimeError("the processor never became ready")
         await results.start()
         await dlq.start()
+        await late.start()
         t0 = time.monotonic()
         valid, sent = await asyncio.gather(
             produce(scene, s.kafka, s.topics, s.limits, duration_s=seconds, realtime=False, max_in_flight=2048),
@@ -149,10 +176,10 @@ async def run_malformed(ctx: Context, bootstrap: str) -> dict[str, Any]:
             f"{time.monotonic() - t0:.1f} s")
         expected = expected_windows(scene, WINDOW_NS)
         complete = await settle(results, set(expected), sup, timeout_s=150)
-        await dlq.wait_for_count(len(sent), timeout_s=60)
+        await _wait_accounted(dlq, late, len(sent), timeout_s=60)
         await asyncio.sleep(2.0)
         verdict = judge_windows([r for _, r in results.results()], expected, ignore_prefix=JUNK_PREFIX)
-        letters = _dead_letters(dlq, sent)
+        letters = _dead_letters(dlq, sent, late)
         code, took = sup.current.terminate(30) if sup.current else (None, 0.0)
         leftover = await asyncio.to_thread(leftover_marked, f"{ctx.run_id}:malformed-")
     finally:
@@ -160,6 +187,7 @@ async def run_malformed(ctx: Context, bootstrap: str) -> dict[str, Any]:
         await sampler
         await results.stop()
         await dlq.stop()
+        await late.stop()
     return {
         **letters, "valid_records": valid.total, "all_windows_seen": complete,
         "valid_windows_exact": verdict.lost == 0 and verdict.wrong == 0, **verdict.figures(),
