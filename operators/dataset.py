@@ -280,9 +280,6 @@ def seeded_fraction(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-_unit = seeded_fraction  # the old private name, until operators/train.py imports the public one
-
-
 def _by_source(examples: list[Example], rows: list[int], val_fraction: float, seed: int) -> set[int]:
     """The validation rows among windows of known sources: whole sources (a seeded ranking,
     ``val_fraction`` of them, at least one) when there are ``SOURCE_SPLIT_MIN`` or more, else one

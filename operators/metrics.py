@@ -131,7 +131,9 @@ def precision_recall_f1(pred: np.ndarray, truth: np.ndarray) -> PRF:
     fn = float((~pred & truth).sum())
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
-    return PRF(p, r, 2 * p * r / (p + r) if p + r else 0.0)
+    # F1 from the counts, not from p and r: one correctly rounded division, so equal F1s compare
+    # equal and best_f1_thresholds' ties really go to the threshold nearest 0.5
+    return PRF(p, r, 2 * tp / (2 * tp + fp + fn) if tp else 0.0)
 
 
 def best_f1_thresholds(scores: np.ndarray, truth: np.ndarray, labels: list[str], min_positives: int = 3,

@@ -43,18 +43,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from operators.dataset import (
     Example,
-    _unit,
     fingerprint,
     load_examples,
     read_image_frames,
     read_video_frames,
     read_wav,
+    seeded_fraction,
     split_examples,
 )
 from operators.errors import ModelConfigError
 from operators.features import FeatureSet, features_for, replaying
 from operators.inputs import WindowInput
-from operators.metrics import Metrics, compute
+from operators.metrics import Metrics, best_f1_thresholds, compute, model_thresholds
 from operators.model import FusedModel
 from operators.synthetic_data import synthetic_dataset
 from stream.contract import Modality
@@ -64,7 +64,6 @@ __all__ = [
     "Example",
     "TrainConfig",
     "few_shot",
-    "fit_thresholds",
     "TrainResult",
     "load_examples",
     "read_image_frames",
@@ -149,16 +148,11 @@ def targets_of(examples: list[Example], labels: list[str]) -> torch.Tensor:
     return out
 
 
-def _thresholds(model: FusedModel) -> list[float]:
-    head = model.config.head
-    return [head.threshold_of(label) for label in model.labels]
-
-
 def few_shot(examples: list[Example], rows: list[int], shots: int, seed: int) -> list[int]:
     """Of ``rows``, ``shots`` windows per label, picked by a seeded hash of their id (so the same
     seed picks the same windows whatever else is in the set); a window counts for each of its
     labels, windows without a label are left out. Returned in their original order."""
-    ranked = sorted(rows, key=lambda i: _unit(seed, examples[i].id or str(i)))
+    ranked = sorted(rows, key=lambda i: seeded_fraction(seed, examples[i].id or str(i)))
     taken: dict[str, int] = {}
     keep: set[int] = set()
     for i in ranked:
@@ -250,30 +244,9 @@ class _Loop:
         self.model.train()
         self.model.encoders.eval()
         all_scores = torch.cat(scores).numpy()
-        metrics = compute(all_scores, self.targets[rows].numpy(), self.model.labels, _thresholds(self.model))
+        metrics = compute(all_scores, self.targets[rows].numpy(), self.model.labels, model_thresholds(self.model))
         metrics.loss = total / len(rows)
         return metrics, all_scores
-
-
-def fit_thresholds(scores: np.ndarray, truth: np.ndarray, labels: list[str], min_positives: int = 3,
-                   ) -> dict[str, float]:
-    """Per label, the threshold in 0.05..0.95 with the best F1 on these windows (ties: the one
-    nearest 0.5), for labels with at least ``min_positives`` positives and one negative; the
-    others keep the model's threshold. Few validation windows over-fit it: hence opt-in."""
-    grid = np.round(np.linspace(0.05, 0.95, 19), 2)
-    out: dict[str, float] = {}
-    for j, label in enumerate(labels):
-        y = truth[:, j] > 0.5
-        if y.sum() < min_positives or y.all():
-            continue
-        best = max(grid, key=lambda t: (_f1(scores[:, j] >= t, y), -abs(t - 0.5)))
-        out[label] = float(best)
-    return out
-
-
-def _f1(pred: np.ndarray, y: np.ndarray) -> float:
-    tp = float((pred & y).sum())
-    return 2 * tp / (float(pred.sum()) + float(y.sum())) if tp else 0.0
 
 
 def _optimiser(model: FusedModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -350,7 +323,8 @@ def train(
             model.load_state_dict(best[1], strict=False)
         if config.fit_thresholds and split.val:
             _, scores = loop.validate(split.val, loss_fn)
-            result.thresholds = fit_thresholds(scores, loop.targets[split.val].numpy(), model.labels)
+            # best F1 per label; few validation windows over-fit it: hence opt-in
+            result.thresholds = best_f1_thresholds(scores, loop.targets[split.val].numpy(), model.labels)
             head = model.config.head
             head.thresholds = {**head.thresholds, **result.thresholds}  # saved with the checkpoint
     finally:

@@ -196,14 +196,18 @@ def test_split_field_wins_and_the_seeded_split_is_stable() -> None:
     assert (s.train, s.val) == ([0], [1])
 
 
-def test_fitted_thresholds_maximise_f1_and_travel_with_the_checkpoint(tmp_path) -> None:
-    from operators.train import fit_thresholds
+def test_fitted_thresholds_keep_the_tie_nearest_half() -> None:
+    """train fits thresholds with operators.metrics.best_f1_thresholds; F1 computed as 2pr/(p+r)
+    made equal F1s differ in the last bit, so a tie could go to a threshold far from 0.5."""
+    from operators.metrics import best_f1_thresholds
 
-    scores = np.array([[0.30], [0.35], [0.32], [0.10], [0.12], [0.60]])
-    truth = np.array([[1], [1], [1], [0], [0], [0]])
-    assert fit_thresholds(scores, truth, ["x"]) == {"x": 0.3}  # 3 of 4 right at 0.3, none at 0.5
-    assert fit_thresholds(scores, np.array([[1], [0], [0], [0], [0], [0]]), ["x"]) == {}  # too few positives
+    # 4 positives: at 0.05..0.5 five predicted, 3 right (F1 6/9); at 0.75..0.8 two, both right (4/6)
+    scores = np.array([[0.9], [0.8], [0.5], [0.02], [0.7], [0.65], [0.01], [0.01]])
+    truth = np.array([[1], [1], [1], [1], [0], [0], [0], [0]])
+    assert best_f1_thresholds(scores, truth, ["x"]) == {"x": 0.5}
 
+
+def test_fitted_thresholds_travel_with_the_checkpoint(tmp_path) -> None:
     data = synthetic_dataset(tmp_path / "d", n=40, seed=4)
     ckpt = tmp_path / "ck"
     assert main(["train", str(data.parent), "--out", str(ckpt), "--preset", "tiny", "--epochs", "4",
