@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from typing import Any
 import psutil
 import pytest
 
+from stream.config import load_settings
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
-from tests.integration._helpers import ProcessorProcess
+from tests.integration._helpers import ProcessorProcess, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +46,18 @@ async def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeou
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no {text!r} (exit {proc.poll()}): {path.read_text(errors='replace')[-2000:]}")
         await asyncio.sleep(0.2)
+
+
+async def _first_result(err: Path, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Until the demo's results topic holds a result, read from its embedded broker (the address
+    the demo prints)."""
+    match = re.search(r"broker (\S+?),", err.read_text(errors="replace"))
+    assert match, err.read_text(errors="replace")[-2000:]
+    settings = load_settings(overrides={"kafka": {"bootstrap_servers": match.group(1)}})
+    deadline = time.monotonic() + timeout_s
+    while not await read_topic(settings, settings.topics.results, expect=1, timeout_s=2.0, idle_s=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no result (exit {proc.poll()}): {err.read_text(errors='replace')[-2000:]}")
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -75,7 +89,7 @@ async def test_ctrl_c_to_the_demo_group_drains_prints_the_summary_and_leaves_not
     proc, out, err = _start(["demo", "--duration", "120", "--preset", "tiny", "--sources", "2", "--json",
                              "--metrics-port", "0"], tmp_path, "demo")
     await _wait_for(err, "partitions assigned", proc)
-    await asyncio.sleep(2.0)  # windows flow
+    await _first_result(err, proc)  # windows flow (its sources start once the partitions are held)
     code, children = await _signal_group_and_wait(proc, signal.SIGINT)
     stderr = err.read_text(errors="replace")
     assert code == 0, stderr[-3000:]
