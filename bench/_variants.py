@@ -60,20 +60,23 @@ class ExecutorModel:
     preprocessing on the executor's pool in this process, tensors to the worker process through
     shared memory, the forward pass there.
 
-    The model is built once here (``preprocessor``: the benchmark's own, which the bare and
-    per-record variants run too) and once in the child. ``device`` is "cpu" because the stage
-    hands this object's batches over as they are: the executor moves them to the device itself.
+    On a CPU the benchmark's own model (which the bare and per-record variants run too) is the
+    preprocessor, so the model is built once here and once in the child. A CUDA model is not: its
+    ``preprocess`` pins every batch, which the processor's CPU preprocessor does not, so the
+    executor builds its own, as the processor's does. ``device`` is "cpu" because the stage hands
+    this object's batches over as they are: the executor moves them to the device itself.
     """
 
     device = "cpu"
 
-    def __init__(self, config: Any, preprocessor: Any, *, max_batch: int, prepared_ahead: int,
+    def __init__(self, config: Any, model: Any, *, max_batch: int, prepared_ahead: int,
                  torch_threads: int | None) -> None:
         from stream.inference.executor import InferenceExecutor, plan_from
 
         plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
+        preprocessor = model if str(model.device) == "cpu" else None
         self.executor = InferenceExecutor(config, plan, torch_threads=torch_threads, preprocessor=preprocessor)
-        self.info = preprocessor.info
+        self.info = model.info
 
     def start(self) -> None:
         """Spawn the worker process and load the model there (blocking)."""

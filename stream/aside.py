@@ -112,6 +112,9 @@ class AsideWriter:
             return written
         acked = await self._sender.send(message, smaller=smaller)
         acked.add_done_callback(lambda f: self._settled(f, record, written))
+        # the caller giving the copy up (a drain cut short cancels what waits on it) gives up its
+        # retries too: the sender must not keep sending it, nor count it towards ``full``
+        written.add_done_callback(lambda w: acked.cancel() if w.cancelled() else None)
         return written
 
     async def stop(self) -> None:

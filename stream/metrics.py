@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from operators.config import ModelConfig
     from stream.contract import Latency, WindowResult
     from stream.health import HealthStatus
+    from stream.windows import CloseCause
 
 __all__ = ["Metrics", "MetricsServer", "ProcessorStats"]
 
@@ -211,7 +212,7 @@ class Timed(NamedTuple):
     source that stopped) waited for silence, not for data, and summaries tell the two apart."""
 
     latency: Latency
-    closed_by: str
+    closed_by: CloseCause
 
 
 class ProcessorStats:

@@ -1,7 +1,8 @@
 """The processor: the stages of ``stream.stages`` composed into one graph, and its lifecycle.
 
-One event loop runs intake, alignment and publishing; the model runs in a worker process
-(``stream.worker``) or thread, so the loop keeps consuming while a batch runs. Every queue between
+One event loop runs intake, alignment and publishing; the model runs through the inference
+executor (``stream.inference``: preprocessing on a pool, the forward pass in a worker process or a
+thread), so the loop keeps consuming while a batch runs. Every queue between
 stages is bounded and a full one pauses the input partitions (``stream.flow``). ``compose`` shows
 the whole graph; docs/processor.md describes each stage.
 

@@ -1,4 +1,6 @@
-"""The one sender and its one retry policy, for everything the processor writes to Kafka.
+"""The one sender and its one retry policy, for the records the processor writes to Kafka
+(results, dead letters, late copies, alerts; the commit stage's state records go with the commit
+itself, which is retried on the next commit).
 
 Why one: every record the processor writes (a result, a dead letter, a late copy) holds input
 offsets until the broker has acknowledged it (at-least-once), so every way a send can fail must

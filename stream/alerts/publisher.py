@@ -30,13 +30,6 @@ log = logging.getLogger("stream.alerts")
 READ_BACK_TIMEOUT_S = 30.0
 
 
-class _Pending(NamedTuple):
-    """An alert handed to the sender, and its outcome to come (None once acknowledged)."""
-
-    alert: Alert
-    ack: asyncio.Future[Refused | None]
-
-
 class AlertPublisher:
     """Judges results with an ``Engine`` and sends the alerts they raise.
 
@@ -55,6 +48,7 @@ class AlertPublisher:
         self._sender = Sender(producer, what="alerts")
         self._topic = topic
         self._metrics = metrics
+        self._lock = asyncio.Lock()
 
     def restore(self, alerts: Sequence[Alert]) -> None:
         """Resume the episodes the alerts topic says are open (call before the first ``publish``)."""
@@ -66,34 +60,40 @@ class AlertPublisher:
         return sum(self._engine.firing().values())
 
     async def publish(self, results: Iterable[WindowResult]) -> None:
-        """Judge ``results`` in order, send the alerts they raise, and wait until every one is
-        acknowledged (after any retries); the alerts are counted then.
+        """Judge ``results`` in order and send the alerts they raise, each acknowledged (after any
+        retries) before the next is sent; an alert is counted once acknowledged.
 
-        A failure or a cancellation gives up the alerts not acknowledged yet (no retry goes on
-        behind the caller's back): nothing after them may be committed, and the replay after a
-        restart judges their results again.
+        One at a time, and one call at a time (two batches may be in flight): an alert id's
+        records (firing, then resolved) must land in the order they were judged, which
+        ``read_back`` and ``Engine.restore`` rely on, and a record retried on its own could land
+        after a later one. Alerts are rare, so the wait costs nothing that matters.
+
+        A failure or a cancellation gives up the alert not acknowledged yet (no retry goes on
+        behind the caller's back): nothing after it may be committed, and the replay after a
+        restart judges its result again.
 
         Raises:
             ClusterError: an alert was refused for good (the caller's fatal error).
         """
-        pending: list[_Pending] = []
-        try:
+        async with self._lock:
             for result in results:
                 for alert in self._engine.observe(result):
-                    message = Message(self._topic, alert.source_id.encode(), alert.model_dump_json().encode(),
-                                      json_headers(alert.window_start_ns))
-                    pending.append(_Pending(alert, await self._sender.send(message)))
-            for item in pending:
-                refused = await item.ack
-                if refused is not None:
-                    raise _refusal(refused)
-                self._metrics.alerts.labels(item.alert.rule, item.alert.state).inc()
-                log.info("alert %s %s", item.alert.state, item.alert.id)
+                    await self._send(alert)
+            self._set_firing()
+
+    async def _send(self, alert: Alert) -> None:
+        message = Message(self._topic, alert.source_id.encode(), alert.model_dump_json().encode(),
+                          json_headers(alert.window_start_ns))
+        ack = await self._sender.send(message)
+        try:
+            refused = await ack
         except BaseException:
-            for item in pending:
-                item.ack.cancel()
+            ack.cancel()
             raise
-        self._set_firing()
+        if refused is not None:
+            raise _refusal(refused)
+        self._metrics.alerts.labels(alert.rule, alert.state).inc()
+        log.info("alert %s %s", alert.state, alert.id)
 
     async def stop(self) -> None:
         """Cancel the alerts waiting for a retry (what raised them stays uncommitted). Idempotent."""

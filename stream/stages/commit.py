@@ -22,6 +22,7 @@ from stream.errors import ClusterError
 from stream.horizon import MAX_STATE_SOURCES, HorizonTracker, decode_state, encode_state
 from stream.kafka import read_last
 from stream.offsets import OffsetLedger
+from stream.sender import transient
 from stream.stages.align import Align
 from stream.stages.shared import Context
 
@@ -111,7 +112,12 @@ class Commit:
             else:
                 self._saved_state[partition] = value
         if failed is not None:
-            log.warning("could not save horizons (%s); not committing this time", failed)
+            if not isinstance(failed, AIOKafkaError) or transient(failed):
+                log.warning("could not save horizons (%s); not committing this time", failed)
+            else:  # no authorization, a topic policy: every later commit would stop here too
+                log.error("the state topic refused the horizons (%s); stopping", failed)
+                self._ctx.fatal.set(ClusterError(
+                    f"state topic {self._state_topic} refused a record: {type(failed).__name__}: {failed}"))
             return False
         return True
 

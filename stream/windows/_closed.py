@@ -178,9 +178,9 @@ class ClosedWindow:
         closed_by: why it closed (``CloseCause``).
         expected: the modalities its source is expected to send (``window.modalities``): the
             ones ``complete`` asks for.
-        waited_for: the modality it waited for last: the slowest watermark (``closed_by``
-            "watermark") or the modality found idle ("idle"); None when shed or flushed. The
-            latency breakdown names it.
+        waited_for: the modality it waited for last: the slowest watermark at the aligner's
+            look before the one that closed it (``closed_by`` "watermark"), or the modality found
+            idle ("idle"); None when shed or flushed. The latency breakdown names it.
     """
 
     source_id: str

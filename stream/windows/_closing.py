@@ -91,6 +91,7 @@ class Closer:
         src.check_at_ms = check_at
         cause: CloseCause = "idle" if idle is not None else "watermark"
         if bound == ALWAYS:  # every modality idle: the source went silent
+            src.held_by = None  # what held it before the silence holds nothing after it
             self._close_through(src, ALWAYS, cause, out, idle)
             return
         held_by, src.held_by = src.held_by, slowest

@@ -12,6 +12,7 @@ empty topic): they are the broker's side, covered by tests/integration/test_rule
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -88,6 +89,20 @@ async def test_an_alert_refused_transiently_is_retried_and_published_once(proces
     assert len(producer.alerts()) == 1 and b'"firing"' in producer.alerts()[0]
     assert _alerts_counted(processor) == 1.0
     assert processor.stats.windows == 3 and _committable(processor) == 3  # released after the alert's ack
+
+
+async def test_an_alert_id_lands_in_the_order_judged_when_its_firing_is_retried(processor: Processor) -> None:
+    """The firing is refused once and retried; the resolved raised by the next window must still
+    land after it: read-back and restore take an id's newest record as its state, so a resolved
+    landing first would reopen the episode after a restart (a phantom firing)."""
+    producer = Producer([KafkaConnectionError()])
+    await _started(processor, producer)
+    fired, cleared = outgoing(processor, 2, transcript="help me")
+    cleared = cleared._replace(result=cleared.result.model_copy(update={"transcript": "all fine"}))
+    await processor.stages.publish.publish([fired, cleared])
+    states = [json.loads(value)["state"] for value in producer.alerts()]
+    assert processor.fatal.error is None and states == ["firing", "resolved"]
+    assert _committable(processor) == 2
 
 
 async def test_an_alert_refused_for_good_stops_the_processor_with_its_windows_uncommitted(processor: Processor) -> None:

@@ -159,3 +159,19 @@ async def test_a_late_copy_too_large_is_a_reference_too() -> None:
     [copy] = producer.sent
     assert copy["topic"] == "late" and copy["value"] is None and copy["key"] == b"cam"
     assert copy["headers"]["mm-origin"] == b"mm.video/0/7" and H_SIZE in copy["headers"]
+
+
+async def test_a_copy_given_up_by_its_caller_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain cut short cancels what waits on a copy: its retries stop with it (review of the
+    one sender: the retry went on until stop(), counting towards ``full`` meanwhile)."""
+    monkeypatch.setattr("stream.sender._BACKOFF_S", (0.05,))
+    producer = _Producer(ack_error=KafkaTimeoutError(), fail_acks=100)
+    writer = _writer(producer, [])
+    written = await writer.put(_record(b"x"))
+    await asyncio.sleep(0.12)  # refused, retried at least once
+    tried = 100 - producer.fail_acks
+    assert tried >= 2 and writer.full is False
+    written.cancel()
+    await asyncio.sleep(0.2)
+    assert producer.fail_acks == 100 - tried  # no send after the give-up
+    assert writer.full is False and written.cancelled()

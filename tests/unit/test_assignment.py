@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
 import stream.stages.commit as commit_stage
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
+from stream.errors import ClusterError
 from stream.horizon import decode_state, encode_state
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
@@ -113,3 +115,28 @@ async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: 
     assert set(decode_state(producer.sent[-1])) == kept
     commit.horizons.acked("gone-0", in_flight)
     assert commit.horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight
+
+
+class _RefusingProducer:
+    """Refuses every state record with ``error`` (the broker's answer)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> asyncio.Future[None]:
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        refused.set_exception(self.error)
+        return refused
+
+
+@pytest.mark.parametrize(("error", "fatal"), [(KafkaTimeoutError(), False),
+                                              (TopicAuthorizationFailedError(), True)])
+async def test_a_state_topic_refusing_for_good_stops_the_processor(error: Exception, fatal: bool) -> None:
+    """Horizons are saved before every commit: a transient refusal skips this commit and the next
+    one tries again, but one that waiting cannot heal (no authorization) would stop every commit
+    for good while the processor looked healthy; it is the processor's fatal error instead."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    processor.connection.producer = _RefusingProducer(error)
+    processor.stages.align.keys("cam", T0, 0)  # a source on partition 0: its horizons are saved
+    assert not await processor.stages.commit.save_state({0})
+    assert isinstance(processor.fatal.error, ClusterError) is fatal
