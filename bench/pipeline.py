@@ -118,44 +118,46 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                                    prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
             await asyncio.to_thread(served.start)
 
-        res: dict[str, list[dict[str, Any]]] = {k: [] for k in
-                                                ("raw_consume", "null_pipeline", "pipeline", "bare_model", "per_record")}
-        rounds: list[dict[str, float]] = []
-        for r in range(args.repeat):
-            for _ in range(3):  # short and cheap: best of three per round
-                raw = await run_raw_consume(base, args.partitions, records, timeout)
-                res["raw_consume"].append(raw)
-            best_raw = _best(res["raw_consume"][-3:], "records_per_s")
-            _log(f"[{r + 1}] raw consume    {best_raw['records_per_s']:10,.0f} records/s  ({best_raw['seconds']:.2f} s, "
-                 f"best of 3)")
-            null = await run_processor(_settings(broker.bootstrap, run, f"null{r}", args), NullModel(),
-                                       windows, records, timeout, profile=args.profile and f"{args.profile}.null{r}")
-            res["null_pipeline"].append(null)
-            _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
-                 f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
-            rec = RecordingModel(served)
-            pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
-                                       profile=args.profile and f"{args.profile}.pipe{r}")
-            pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
-            res["pipeline"].append(pipe)
-            _log(f"[{r + 1}] pipeline       {pipe['windows_per_s']:10,.1f} windows/s  ({pipe['seconds']:.2f} s, "
-                 f"cpu {pipe['cpu_s']:.2f} s; in it preprocess {rec.preprocess_s:.2f} s, infer {rec.infer_s:.2f} s)")
-            bare = await asyncio.to_thread(run_bare, model, rec.batches)
-            res["bare_model"].append(bare)
-            _log(f"[{r + 1}] bare model     {bare['windows_per_s']:10,.1f} windows/s  ({bare['seconds']:.2f} s, "
-                 f"{bare['batches']} batches, mean {bare['mean_batch']:.1f})")
-            naive = await run_per_record(_settings(broker.bootstrap, run, f"naive{r}", args), model,
-                                         args.partitions, windows, timeout)
-            res["per_record"].append(naive)
-            _log(f"[{r + 1}] per-record     {naive['windows_per_s']:10,.1f} windows/s  "
-                 f"({naive['seconds']:.2f} s, model {naive['model_share']:.0%} of it)")
-            rounds.append({
-                "efficiency": pipe["windows_per_s"] / bare["windows_per_s"],
-                "null_vs_raw_consume": null["records_per_s"] / best_raw["records_per_s"],
-                "speedup_vs_per_record": pipe["windows_per_s"] / naive["windows_per_s"],
-            })
-    if served is not model:
-        await asyncio.to_thread(served.stop)
+        try:
+            res: dict[str, list[dict[str, Any]]] = {k: [] for k in
+                                                    ("raw_consume", "null_pipeline", "pipeline", "bare_model", "per_record")}
+            rounds: list[dict[str, float]] = []
+            for r in range(args.repeat):
+                for _ in range(3):  # short and cheap: best of three per round
+                    raw = await run_raw_consume(base, args.partitions, records, timeout)
+                    res["raw_consume"].append(raw)
+                best_raw = _best(res["raw_consume"][-3:], "records_per_s")
+                _log(f"[{r + 1}] raw consume    {best_raw['records_per_s']:10,.0f} records/s  ({best_raw['seconds']:.2f} s, "
+                     f"best of 3)")
+                null = await run_processor(_settings(broker.bootstrap, run, f"null{r}", args), NullModel(),
+                                           windows, records, timeout, profile=args.profile and f"{args.profile}.null{r}")
+                res["null_pipeline"].append(null)
+                _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
+                     f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
+                rec = RecordingModel(served)
+                pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
+                                           profile=args.profile and f"{args.profile}.pipe{r}")
+                pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
+                res["pipeline"].append(pipe)
+                _log(f"[{r + 1}] pipeline       {pipe['windows_per_s']:10,.1f} windows/s  ({pipe['seconds']:.2f} s, "
+                     f"cpu {pipe['cpu_s']:.2f} s; in it preprocess {rec.preprocess_s:.2f} s, infer {rec.infer_s:.2f} s)")
+                bare = await asyncio.to_thread(run_bare, model, rec.batches)
+                res["bare_model"].append(bare)
+                _log(f"[{r + 1}] bare model     {bare['windows_per_s']:10,.1f} windows/s  ({bare['seconds']:.2f} s, "
+                     f"{bare['batches']} batches, mean {bare['mean_batch']:.1f})")
+                naive = await run_per_record(_settings(broker.bootstrap, run, f"naive{r}", args), model,
+                                             args.partitions, windows, timeout)
+                res["per_record"].append(naive)
+                _log(f"[{r + 1}] per-record     {naive['windows_per_s']:10,.1f} windows/s  "
+                     f"({naive['seconds']:.2f} s, model {naive['model_share']:.0%} of it)")
+                rounds.append({
+                    "efficiency": pipe["windows_per_s"] / bare["windows_per_s"],
+                    "null_vs_raw_consume": null["records_per_s"] / best_raw["records_per_s"],
+                    "speedup_vs_per_record": pipe["windows_per_s"] / naive["windows_per_s"],
+                })
+        finally:
+            if served is not model:  # the worker process dies with this one anyway; stop it in order
+                await asyncio.to_thread(served.stop)
     return {"res": res, "rounds": rounds, "records": records, "windows": windows, "windows_all": windows_all,
             "produce_s": produce_s, "load_s": load_s, "device": str(model.device)}
 
