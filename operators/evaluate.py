@@ -1,12 +1,20 @@
 """``mmstream eval``: a model's metrics on labelled windows, the modality ablation, latency, plots.
 
-The encoders run once over the data (timed: that is the latency figure, with the fusion and
-heads); every row of the ablation then replays those features with some modalities masked
-(``operators.features``): all together, each alone, each dropped. A mask is what a window
+The encoders run once over the data; every row of the ablation then replays those features with
+some modalities masked (``operators.features``): all together, each alone, each dropped. A mask is what a window
 without that modality looks like to the model, so "video dropped" is the score the model gives
 when the camera is off, not a retrained model. Every row scores every window: a window that has
 no remaining modality gets the model's prior (and usually counts as wrong), so "text alone" on
 data where half the windows have no transcript shows what text alone can do there.
+
+The features come from the cache ``mmstream train`` writes (``cache_dir``, same keys: the data's
+fingerprint, each encoder's config and a digest of its weights) when it holds them: the whole
+dataset's file (what ``train`` wrote, rows picked by window id) or this selection's own (what an
+earlier ``eval`` wrote); encoders found in neither run and their features are written for the
+next run. The key covers the encoder weights, so a checkpoint whose encoders were fine-tuned
+never reads another checkpoint's features. Latency is never read from the cache: with the
+encoders all run here it is their time over every window; otherwise one sample batch is encoded
+again for it, after a few windows' warm-up (``Latency.sampled``).
 
 Metrics are ``operators.metrics``; thresholds for multi-label P/R/F1 are the model's own
 (``head.threshold`` and per-label ``head.thresholds`` of its config, as ``present`` uses them).
@@ -22,12 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from operators.dataset import Example
-from operators.features import FeatureSet, Timing, encode, replaying
+from operators.dataset import Example, fingerprint
+from operators.errors import ModelLoadError
+from operators.features import FeatureSet, Timing, cache_key, encode, replaying
 from operators.metrics import Metrics, calibration_bins, compute, model_thresholds
 from operators.train import targets_of
 
-__all__ = ["AblationRow", "EvalReport", "Latency", "ablation_masks", "evaluate", "format_report", "write_plots"]
+__all__ = ["AblationRow", "EvalReport", "FeatureOrigin", "Latency", "ablation_masks", "evaluate", "format_report",
+           "write_plots"]
+
+WARM_UP = 4  # windows encoded untimed before a latency sample: one-time costs (weight reorders) out of it
 
 
 @dataclass
@@ -42,7 +54,9 @@ class AblationRow:
 @dataclass
 class Latency:
     """Milliseconds per window at ``batch_size``, on ``device``: preprocessing, encoders, fusion
-    and heads, and their sum (reading the files from disk is not in it)."""
+    and heads, and their sum (reading the files from disk is not in it). Preprocessing and
+    encoders were timed over ``windows`` windows: every window when this run encoded them all,
+    else (``sampled``) one batch encoded again because features came from the cache."""
 
     device: str
     batch_size: int
@@ -50,6 +64,28 @@ class Latency:
     encode_ms: float
     head_ms: float
     total_ms: float
+    windows: int = 0
+    sampled: bool = False
+
+    def source(self) -> str:
+        return (f"a sample batch of {self.windows} windows (features from the cache)" if self.sampled
+                else f"all {self.windows} windows")
+
+
+@dataclass
+class FeatureOrigin:
+    """Where each encoder's features came from: ``cached`` read from ``cache_dir``, ``computed``
+    run in this evaluation (and written to ``cache_dir`` when there is one)."""
+
+    cache_dir: str | None
+    cached: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        if not self.cached:
+            return f"encoder features: computed{f' and cached in {self.cache_dir}' if self.cache_dir else ''}"
+        also = f"; computed: {', '.join(self.computed)}" if self.computed else ""
+        return f"encoder features: from the cache {self.cache_dir} ({', '.join(self.cached)}){also}"
 
 
 @dataclass
@@ -60,6 +96,7 @@ class EvalReport:
     metrics: Metrics
     ablation: list[AblationRow] = field(default_factory=list)
     latency: Latency | None = None
+    features: FeatureOrigin | None = None
     thresholds: list[float] | None = None
     scores: np.ndarray | None = field(default=None, repr=False)  # (N, L) all modalities: for the plots
     truth: np.ndarray | None = field(default=None, repr=False)
@@ -101,16 +138,101 @@ def _scores(model: Any, features: FeatureSet, kept: list[str], batch_size: int) 
     return torch.cat(out).numpy(), spent
 
 
-def evaluate(model: Any, examples: list[Example], batch_size: int = 32, ablation: bool = True) -> EvalReport:
-    """Score ``examples`` with ``model``; the report of the module docstring.
+def _positions(examples: list[Example], dataset: list[Example]) -> list[int] | None:
+    """Where each of ``examples`` sits in ``dataset`` (matched by id and manifest line), or None
+    when the ids cannot tell (repeated) or one is not there."""
+    index: dict[str, int] = {}
+    for i, ex in enumerate(dataset):
+        if ex.id in index:
+            return None
+        index[ex.id] = i
+    rows = [index.get(ex.id) for ex in examples]
+    if any(r is None or dataset[r].record != ex.record for r, ex in zip(rows, examples, strict=True)):
+        return None
+    return rows  # type: ignore[return-value]
+
+
+def _cached(model: Any, examples: list[Example], digest: str, dataset: list[Example] | None,
+            cache_dir: Path) -> dict[str, dict[str, torch.Tensor | None]]:
+    """The encoders' features for ``examples`` (fingerprint ``digest``) that the cache holds: the
+    whole ``dataset``'s file (rows picked), else the file for exactly these examples."""
+    sources: list[tuple[str | None, int, torch.Tensor | None]] = []
+    if dataset is not None and len(dataset) != len(examples):
+        rows = _positions(examples, dataset)
+        if rows is not None:
+            sources.append((fingerprint(dataset), len(dataset), torch.as_tensor(rows, dtype=torch.long)))
+    sources.append((digest, len(examples), None))
+    found: dict[str, dict[str, torch.Tensor | None]] = {}
+    for group, size, idx in sources:
+        if group is None:
+            continue
+        for m in model.encoders:
+            if m in found:
+                continue
+            key = cache_key(model, group, m)
+            hit = FeatureSet.read(cache_dir / f"{key}.safetensors", key)
+            if hit is None or hit.size != size or m not in hit.values:
+                continue
+            found[m] = {k: (v[idx] if idx is not None and v is not None else v) for k, v in hit.values[m].items()}
+    return found
+
+
+def _features(model: Any, examples: list[Example], dataset: list[Example] | None, cache_dir: Path | None,
+              batch_size: int, timing: Timing) -> tuple[FeatureSet, FeatureOrigin]:
+    """Every encoder's features for ``examples``: from the cache where it has them, the rest
+    encoded (timed into ``timing``) and written to it. Windows held only in memory have no
+    fingerprint to key a cache on: they are always encoded."""
+    digest = fingerprint(examples) if cache_dir is not None else None
+    folder = cache_dir if digest is not None else None
+    origin = FeatureOrigin(str(folder) if folder is not None else None)
+    found = _cached(model, examples, digest, dataset, folder) if folder is not None and digest is not None else {}
+    origin.cached = list(found)
+    missing = [m for m in model.encoders if m not in found]
+    if missing:
+        fresh = encode(model, examples, batch_size, timing=timing, only=missing)
+        for m in missing:
+            if m not in fresh.values:
+                continue  # no window has this modality's input
+            found[m] = fresh.values[m]
+            origin.computed.append(m)
+            if folder is not None and digest is not None:
+                key = cache_key(model, digest, m)
+                path = folder / f"{key}.safetensors"
+                try:
+                    FeatureSet(size=len(examples), values={m: found[m]}).save(path, key)
+                except OSError as exc:
+                    raise ModelLoadError(f"cannot write the feature cache {path}: {exc.strerror or exc} "
+                                         "(another cache folder, or none: --cache-dir, --no-cache)") from exc
+    values = {m: found[m] for m in model.encoders if m in found}  # the model's order: drop masks index by it
+    return FeatureSet(size=len(examples), values=values), origin
+
+
+def _sample_timing(model: Any, examples: list[Example], batch_size: int) -> tuple[Timing, int]:
+    """The encoders timed on one real batch (the first ``batch_size`` windows), after a warm-up."""
+    encode(model, examples[:WARM_UP], WARM_UP)
+    timing = Timing()
+    sample = examples[:batch_size]
+    encode(model, sample, batch_size, timing=timing)
+    return timing, len(sample)
+
+
+def evaluate(model: Any, examples: list[Example], batch_size: int = 32, ablation: bool = True,
+             cache_dir: Path | None = None, dataset: list[Example] | None = None) -> EvalReport:
+    """Score ``examples`` with ``model``; the report of the module docstring. ``cache_dir``: the
+    encoder feature cache (None: encode, keep nothing); ``dataset``: every window of the data
+    ``examples`` were selected from (``--split``), whose cache ``mmstream train`` wrote.
 
     Raises:
         ModelConfigError: a window names a label the model does not score, or a file cannot be read.
+        ModelLoadError: the feature cache cannot be written.
     """
     truth = targets_of(examples, model.labels).numpy()
     timing = Timing()
     model.eval()
-    features = encode(model, examples, batch_size, timing=timing)
+    features, origin = _features(model, examples, dataset, cache_dir, batch_size, timing)
+    timed, sampled = len(examples), bool(origin.cached)
+    if sampled:  # the cache says nothing about speed: time a real batch
+        timing, timed = _sample_timing(model, examples, batch_size)
     thresholds = model_thresholds(model)
     rows = ablation_masks(features.modalities()) if ablation else [("all", features.modalities())]
     report: EvalReport | None = None
@@ -118,13 +240,13 @@ def evaluate(model: Any, examples: list[Example], batch_size: int = 32, ablation
         scores, head_s = _scores(model, features, kept, batch_size)
         metrics = compute(scores, truth, model.labels, thresholds)
         if report is None:
-            n = max(len(examples), 1)
-            pre, enc, head = (1000 * timing.preprocess_s / n, 1000 * timing.encode_s / n, 1000 * head_s / n)
+            n, t = max(len(examples), 1), max(timed, 1)
+            pre, enc, head = (1000 * timing.preprocess_s / t, 1000 * timing.encode_s / t, 1000 * head_s / n)
             report = EvalReport(
                 model={"name": model.info.name, "version": model.info.version}, labels=list(model.labels),
                 windows=len(examples), metrics=metrics, thresholds=thresholds,
-                latency=Latency(str(model.device), batch_size, pre, enc, head, pre + enc + head),
-                scores=scores, truth=truth)
+                latency=Latency(str(model.device), batch_size, pre, enc, head, pre + enc + head, timed, sampled),
+                features=origin, scores=scores, truth=truth)
         report.ablation.append(AblationRow(name, kept, metrics))
     assert report is not None
     return report
@@ -155,7 +277,9 @@ def format_report(report: EvalReport) -> str:
         lat = report.latency
         lines.append(f"latency per window on {lat.device}, batch {lat.batch_size}: {lat.total_ms:.2f} ms "
                      f"(preprocess {lat.preprocess_ms:.2f}, encoders {lat.encode_ms:.2f}, fusion+heads "
-                     f"{lat.head_ms:.3f})")
+                     f"{lat.head_ms:.3f}); encoders timed on {lat.source()}")
+    if report.features is not None:
+        lines.append(report.features.line())
     return "\n".join(lines)
 
 

@@ -5,6 +5,11 @@ confusion matrix where every window has one label, expected calibration error, t
 (all modalities, each alone, each dropped) and the latency per window. ``--json`` prints the
 same as one JSON object; ``--plots DIR`` writes PNGs (reliability diagram, ablation, confusion
 matrix) with matplotlib (``pip install 'mmstream[train]'``).
+
+Encoder features come from the cache ``mmstream train`` keeps (``DATA/.features`` or
+``--cache-dir``, the same keys), so evaluating data a model was trained on, or evaluating again,
+skips the encoders; ``--no-cache`` encodes and keeps nothing. The latency is timed on a real
+batch either way (``operators.evaluate``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from stream.commands._common import number
 
@@ -29,7 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--plots", metavar="DIR", help="write reliability, ablation and confusion PNGs to DIR")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="encoder feature cache, shared with mmstream train (default: DATA/.features)")
+    p.add_argument("--no-cache", action="store_true", help="compute encoder features without reading or keeping any")
     p.set_defaults(func=run)
+
+
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """The folder ``mmstream train`` caches this data's features in (its ``_cache_dir`` rule)."""
+    if args.no_cache:
+        return None
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    data = Path(args.data)
+    return (data if data.is_dir() else data.parent) / ".features"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--plots needs matplotlib: pip install 'mmstream[train]'") from exc
     try:
         examples = load_examples(args.data, split=args.split)
+        dataset = load_examples(args.data) if args.split is not None else None  # what train cached
         if args.model:
             model = build_model(ModelConfig(path=args.model, device=args.device))
         else:
@@ -53,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             if not labels:
                 raise ConfigError(f"{args.data}: no labels in the data and none given with --labels")
             model = build_model(ModelConfig(preset=args.preset, labels=labels, device=args.device))
-        report = evaluate(model, examples, batch_size=args.batch_size, ablation=not args.no_ablation)
+        report = evaluate(model, examples, batch_size=args.batch_size, ablation=not args.no_ablation,
+                          cache_dir=_cache_dir(args), dataset=dataset)
         plots = write_plots(report, args.plots) if args.plots else []
     except ModelConfigError as exc:
         raise ConfigError(str(exc)) from exc

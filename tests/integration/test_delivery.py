@@ -40,7 +40,9 @@ async def test_sigkill_mid_stream_then_restart(settings_for, tmp_path) -> None:
     commits = first.metric("mmstream_commits_total")
     while first.metric("mmstream_commits_total") <= commits:  # results saved and offsets committed once
         await asyncio.sleep(0.1)
+    published_at_commit = first.metric("mmstream_windows_total")
     await asyncio.sleep(0.5)
+    published_at_kill = first.metric("mmstream_windows_total")
     first.kill()  # no drain, no commit, no LeaveGroup
     second = ProcessorProcess(settings, tmp_path, "second").start()
     await feed
@@ -51,8 +53,12 @@ async def test_sigkill_mid_stream_then_restart(settings_for, tmp_path) -> None:
         second.terminate()
     copies = check_results(results, expected)
     repeats = sum(n - 1 for n in copies.values())
-    # only what was published since the last commit (at most 1 s apart) or in flight may repeat
-    assert repeats <= 6 * 4, f"{repeats} repeated windows"
+    # only what was published since the last commit may repeat, and what was in flight at either
+    # end (a window acknowledged while that commit saved its horizons, or between the last scrape
+    # and the kill): at most max_in_flight x max_batch = 8 each. A loaded machine publishes a
+    # backlog in bursts, so the count since the commit is measured, not assumed from the rate.
+    since_commit = published_at_kill - published_at_commit
+    assert repeats <= since_commit + 2 * 8, f"{repeats} repeated windows, {since_commit} published since the commit"
 
 
 async def test_member_joins_then_one_leaves(settings_for, tmp_path) -> None:
