@@ -15,6 +15,9 @@ How an epoch runs:
 Validation: the ``split`` field when the data has one, else a seeded split by window id
 (``val_fraction``); its loss and metrics are printed per epoch, training stops after
 ``patience`` epochs without a better validation loss and the best epoch's weights are kept.
+``keep="last"`` runs every epoch and keeps the final one's weights instead (validation is still
+printed, never used): one fixed rule, so models of different data or modalities are compared
+without each picking its own epoch on its own validation curve.
 Modality dropout masks each present modality of a training window with probability
 ``modality_dropout`` (never all of them), so a model trained on complete windows still answers
 when a modality is missing. ``unimodal_share`` goes further: that share of the training windows
@@ -36,6 +39,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,6 +102,11 @@ class TrainConfig(BaseModel):
     encode_batch_size: int = Field(32, ge=1)
     fit_thresholds: bool = Field(False, description="fit per-label thresholds on the validation windows")
     shots: int | None = Field(None, ge=1, description="train on only N windows per label (seeded): few-shot runs")
+    keep: Literal["best", "last"] = Field(
+        "best", description="weights kept: 'best' = the epoch with the lowest validation loss (training loss "
+        "without validation), stopping after `patience` epochs without a better one; 'last' = the final "
+        "epoch's, every epoch run and `patience` ignored, so models are compared under one fixed rule "
+        "rather than each picking its epoch on its own validation curve")
 
 
 @dataclass
@@ -118,8 +127,9 @@ class EpochLog:
 @dataclass
 class TrainResult:
     """``losses``: mean training loss per epoch; ``history``: every epoch's log; ``best_epoch``:
-    the epoch whose weights were kept; ``cache_hit``: whether encoder features came from disk
-    (None when the encoders were trained); ``val``: the best epoch's validation metrics;
+    the epoch whose weights were kept (the last with ``keep="last"``); ``cache_hit``: whether
+    encoder features came from disk (None when the encoders were trained); ``val``: the kept
+    epoch's validation metrics;
     ``thresholds``: per-label thresholds fitted on validation (``fit_thresholds``)."""
 
     losses: list[float] = field(default_factory=list)
@@ -314,7 +324,9 @@ def train(
             if log is not None:
                 log(entry)
             score = entry.val.loss if entry.val is not None else entry.loss
-            if best is None or score < best[0]:  # type: ignore[operator]
+            if config.keep == "last":  # the weights stay the model's own: nothing to copy or restore
+                result.best_epoch, result.val = epoch, entry.val
+            elif best is None or score < best[0]:  # type: ignore[operator]
                 best = (score, _state(model, frozen))  # type: ignore[assignment]
                 result.best_epoch, result.val = epoch, entry.val
             elif config.patience and epoch - result.best_epoch >= config.patience:

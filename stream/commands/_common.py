@@ -10,6 +10,7 @@ import math
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from stream.config import Settings, load_settings
@@ -118,3 +119,15 @@ def stop_on_signals(stop: asyncio.Event, what: str) -> Iterator[None]:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def feature_cache_dir(args: argparse.Namespace) -> Path | None:
+    """Where ``train`` and ``eval`` cache the encoder features of ``args.data``: ``--cache-dir``,
+    else ``.features`` beside the data (one rule, so eval finds what train wrote); None with
+    ``--no-cache``."""
+    if args.no_cache:
+        return None
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    data = Path(args.data)
+    return (data if data.is_dir() else data.parent) / ".features"

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from stream.commands._common import number
+from stream.commands._common import feature_cache_dir, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,16 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder feature cache, shared with mmstream train (default: DATA/.features)")
     p.add_argument("--no-cache", action="store_true", help="compute encoder features without reading or keeping any")
     p.set_defaults(func=run)
-
-
-def _cache_dir(args: argparse.Namespace) -> Path | None:
-    """The folder ``mmstream train`` caches this data's features in (its ``_cache_dir`` rule)."""
-    if args.no_cache:
-        return None
-    if args.cache_dir:
-        return Path(args.cache_dir)
-    data = Path(args.data)
-    return (data if data.is_dir() else data.parent) / ".features"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{args.data}: no labels in the data and none given with --labels")
             model = build_model(ModelConfig(preset=args.preset, labels=labels, device=args.device))
         report = evaluate(model, examples, batch_size=args.batch_size, ablation=not args.no_ablation,
-                          cache_dir=_cache_dir(args), dataset=dataset)
+                          cache_dir=feature_cache_dir(args), dataset=dataset)
         plots = write_plots(report, args.plots) if args.plots else []
     except ModelConfigError as exc:
         raise ConfigError(str(exc)) from exc

@@ -1,7 +1,8 @@
 """``mmstream train``: fit fusion + heads on labelled windows and write a checkpoint.
 
 Prints one line per epoch (training loss; validation loss, accuracy where single-label,
-macro-F1, mAP and ECE), keeps the best epoch and writes the checkpoint: its ``config.json``
+macro-F1, mAP and ECE), keeps the best epoch (``--keep last``: the final one, every epoch run, so
+models are compared under one fixed rule) and writes the checkpoint: its ``config.json``
 carries the model's calibration and thresholds (``head.calibration``, ``head.thresholds``), with
 ``--fit-thresholds`` per-label thresholds fitted on the validation windows. Encoder features are
 cached under the data folder (``.features/``) unless ``--no-cache``: a second run on the same
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream.commands._common import number
+from stream.commands._common import feature_cache_dir, number
 from stream.errors import ConfigError
 
 
@@ -50,7 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=number(float, minimum=0, maximum=0.9), default=0.2, metavar="F",
                    help="share of windows validated on, by seeded id, when the data has no split field")
     p.add_argument("--patience", type=number(int, minimum=0), default=5, metavar="N",
-                   help="stop after N epochs without a better validation loss (0 = run every epoch)")
+                   help="stop after N epochs without a better validation loss (0 = run every epoch); "
+                        "ignored with --keep last")
+    p.add_argument("--keep", choices=["best", "last"], default="best",
+                   help="weights to keep: best = the epoch with the lowest validation loss (early stopping by "
+                        "--patience); last = the final epoch's, every epoch run and --patience ignored, to compare "
+                        "models under one fixed rule (validation still printed)")
     p.add_argument("--modality-dropout", type=number(float, minimum=0, maximum=0.9), default=0.2, metavar="P",
                    help="chance each present modality of a training window is masked")
     p.add_argument("--unimodal-share", type=number(float, minimum=0, maximum=1), default=0.0, metavar="F",
@@ -82,12 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
-    if args.no_cache or args.unfreeze_encoders:
-        return None
-    if args.cache_dir:
-        return Path(args.cache_dir)
-    data = Path(args.data)
-    return (data if data.is_dir() else data.parent) / ".features"
+    """Encoders being trained have no fixed features to cache."""
+    return None if args.unfreeze_encoders else feature_cache_dir(args)
 
 
 def _labels(args: argparse.Namespace, examples: list) -> list[str]:
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                           val_fraction=args.val_fraction, patience=args.patience,
                           class_weights=not args.no_class_weights, modality_dropout=args.modality_dropout,
                           amp=not args.no_amp, cache_dir=_cache_dir(args), fit_thresholds=args.fit_thresholds,
-                          shots=args.shots, unimodal_share=args.unimodal_share)
+                          shots=args.shots, unimodal_share=args.unimodal_share, keep=args.keep)
         print(f"training {model.info.name} ({', '.join(model.encoders)}) on {len(examples)} windows, "
               f"labels {model.labels}, device {model.device}", file=sys.stderr)
         result = train(model, examples, cfg, log=lambda entry: print(entry.line(), flush=True))
@@ -149,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         raise ModelError(str(exc)) from exc
     best = result.history[result.best_epoch - 1]
     val = f", validation {best.val.brief()}" if best.val is not None else ""
-    print(f"best epoch {result.best_epoch} (loss {best.loss:.4f}{val}); {result.train_windows} windows trained on, "
+    kept = "best epoch" if cfg.keep == "best" else "last epoch kept:"
+    print(f"{kept} {result.best_epoch} (loss {best.loss:.4f}{val}); {result.train_windows} windows trained on, "
           f"{result.val_windows} validated on; "
           f"{f'thresholds {result.thresholds}; ' if result.thresholds else ''}"
           f"checkpoint written to {args.out}")

@@ -226,3 +226,34 @@ def test_unimodal_share_one_keeps_exactly_one_present_modality(rows, p, seed) ->
     assert not (drop & ~present).any()
     kept = (present & ~drop).sum(1)
     assert bool((kept == (present.sum(1) > 0).long()).all())
+
+
+def test_keep_last_runs_every_epoch_and_keeps_the_final_weights(tmp_path) -> None:
+    """``keep="last"`` (``--keep last``): one fixed rule for comparing models. The run this data
+    and seed stop early under ``patience=2`` (its best epoch is not the last) runs all its epochs
+    and keeps the final epoch's weights, not the lowest validation loss's."""
+    import torch
+
+    examples = load_examples(synthetic_dataset(tmp_path, n=40, seed=2))
+    model = build_model(ModelConfig(preset="tiny", device="cpu", labels=["greeting", "red", "tone"]))
+    after: list[dict[str, torch.Tensor]] = []  # each epoch's weights, as the log sees them
+
+    def snapshot(_entry) -> None:
+        after.append({k: v.detach().clone() for k, v in model.trainable_state().items()})
+
+    cfg = TrainConfig(epochs=12, batch_size=8, lr=0.05, patience=2, keep="last")
+    result = train(model, examples, cfg, log=snapshot)
+    assert len(result.history) == 12 and result.best_epoch == 12
+    assert result.val is result.history[-1].val
+    lowest = min(range(12), key=lambda i: result.history[i].val.loss)
+    assert lowest != 11, "the test needs a run whose lowest validation loss is not its last epoch"
+    kept = model.trainable_state()
+    assert all(torch.equal(kept[k], after[-1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], after[lowest][k]) for k in kept)
+
+    ckpt = tmp_path / "ck"
+    assert main(["train", str(tmp_path), "--out", str(ckpt), "--preset", "tiny", "--epochs", "12",
+                 "--batch-size", "8", "--lr", "0.05", "--patience", "2", "--keep", "last", "--device", "cpu",
+                 "--no-cache"]) == 0
+    saved = build_model(ModelConfig(path=str(ckpt), device="cpu")).trainable_state()
+    assert all(torch.allclose(saved[k], kept[k]) for k in kept)  # the same seeded run, written as kept
