@@ -27,7 +27,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from stream.contract import H_CONTENT_TYPE, H_TS, H_VERSION, AudioChunk, Item, TranscriptSegment, VideoFrame
+from stream.contract import (
+    H_CONTENT_TYPE,
+    H_TS,
+    H_VERSION,
+    AudioChunk,
+    Item,
+    TranscriptSegment,
+    VideoFrame,
+    json_headers,
+)
 
 NS_PER_S = 1_000_000_000
 _AUDIO_RATE = 16_000
@@ -137,7 +146,7 @@ class RealisticScene:
                     body = {"text": f"{sid} says something at second {sec}", "start_ns": ts, "end_ns": end,
                             "final": True, "segment_id": f"{sid}-{sec}-{i}"}
                     yield Record("text", ts, key, json.dumps(body, separators=(",", ":")).encode(),
-                                 [(H_TS, str(ts).encode()), (H_CONTENT_TYPE, b"application/json"), (H_VERSION, b"1")])
+                                 json_headers(ts))
 
     def items_between(self, start_ns: int, end_ns: int) -> Iterator[Item]:
         """The same input as items, in time order (what ``expected_window_count`` aligns)."""

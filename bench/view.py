@@ -42,14 +42,6 @@ import yaml
 RSS_TARGET_MB = 300.0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
     """Wait for the processor's /readyz (its model loads first), so the input is not produced
     into a pipeline that is not there yet."""
@@ -139,14 +131,14 @@ def max_in_one_second(times: list[float]) -> int:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
-    from stream.broker import EmbeddedBroker
+    from stream.broker import EmbeddedBroker, free_port
     from stream.config import load_settings
     from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-view-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with EmbeddedBroker() as broker:
-        metrics_port = _free_port()
+        metrics_port = free_port()
         doc = _config(broker.bootstrap, f"bench-view-{uuid.uuid4().hex[:6]}", args.rate, metrics_port)
         (tmp / "mm.yaml").write_text(yaml.safe_dump(doc))
         settings = load_settings(tmp / "mm.yaml")

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from operators.errors import ModelLoadError
 from operators.fused_config import FusedModelConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "Checkpoint", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
-_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ def write_checkpoint(path: str | Path, config: FusedModelConfig, state: dict[str
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    save_file(tensors, str(folder / _WEIGHTS_FILE), metadata={"format": str(CHECKPOINT_FORMAT), "weights": weights})
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": str(CHECKPOINT_FORMAT), "weights": weights})
     meta = {"format": CHECKPOINT_FORMAT, "weights": weights, "config": config.model_dump(mode="json")}
-    (folder / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
 
@@ -72,9 +72,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     folder = Path(path)
-    cfg_file, w_file = folder / _CONFIG_FILE, folder / _WEIGHTS_FILE
+    cfg_file, w_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not cfg_file.is_file() or not w_file.is_file():
-        raise ModelLoadError(f"no checkpoint at {folder}: expected {_CONFIG_FILE} and {_WEIGHTS_FILE} "
+        raise ModelLoadError(f"no checkpoint at {folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
                              "(written by `mmstream train` or FusedModel.save)")
     try:
         meta = json.loads(cfg_file.read_text())

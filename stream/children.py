@@ -154,8 +154,7 @@ class ModelChild:
         return pids[0] if pids else None
 
     def _processes(self) -> dict[int, Any]:
-        pool = self._pool
-        return dict(getattr(pool, "_processes", None) or {}) if pool is not None else {}
+        return _pool_processes(self._pool)
 
     def start(self) -> Any:
         """Spawn the child and load there (blocking: call it off the event loop); ``load``'s value.
@@ -205,7 +204,7 @@ class ModelChild:
                 stalled = self.progress.stalled_s()
                 log.error("the %s made no progress for %.1f s (call timeout %.1f s); killing it",
                           self._name, stalled, self._call_timeout_s)
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                for proc in list(_pool_processes(pool).values()):
                     proc.kill()  # SIGKILL: it ignores SIGTERM; the pool then breaks and fails its calls
                 self._replace(pool)
                 raise WorkerDiedError(f"the {self._name} made no progress for {stalled:.1f} s during {what}; "
@@ -257,7 +256,7 @@ class ModelChild:
             launcher, self._launcher = self._launcher, None
         if pool is not None:
             deadline = time.monotonic() + timeout_s
-            children = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+            children = list(_pool_processes(pool).values())  # before shutdown forgets them
             if close is not None and timeout_s > 0 and self.loaded is not None:
                 try:
                     pool.submit(close).result(timeout_s)
@@ -273,3 +272,9 @@ class ModelChild:
                     proc.join(1)
         if launcher is not None:
             launcher.shutdown(wait=False)  # after the children: its exit would kill them
+
+
+def _pool_processes(pool: Any) -> dict[int, Any]:
+    """A process pool's live children by pid (a copy; empty without a pool). The stdlib keeps
+    them private and offers no public view."""
+    return dict(getattr(pool, "_processes", None) or {}) if pool is not None else {}

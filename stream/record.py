@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from stream.config import Settings
-from stream.contract import Modality, Origin
+from stream.contract import Modality, Origin, WindowResult
 from stream.decode import decode
 from stream.errors import ContractError
 from stream.flow import decide_pauses
@@ -87,7 +87,7 @@ class _WindowSink:
     def write(self, windows: list[ClosedWindow]) -> bool:
         """Write closed windows; True once ``max_windows`` have been written."""
         for w in windows:
-            wid = f"{w.source_id}:{w.start_ns}"
+            wid = WindowResult.make_id(w.source_id, w.start_ns)
             if w.empty:
                 self.stats.empty += 1
             elif w.closed_by == "pressure":

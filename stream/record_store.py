@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from stream.contract import WindowResult
 from stream.errors import ConfigError
 from stream.windows import ClosedWindow
 
@@ -285,7 +286,7 @@ class DatasetWriter:
             (self.folder / shard).mkdir()
             self._dirty.add(self.folder)
         self._dirty.add(self.folder / shard)
-        wid = f"{window.source_id}:{window.start_ns}"
+        wid = WindowResult.make_id(window.source_id, window.start_ns)
         rec: dict[str, Any] = {"id": wid, "source_id": window.source_id, "window_start_ns": window.start_ns,
                                "window_end_ns": window.end_ns, "labels": labels}
         if self.split is not None:

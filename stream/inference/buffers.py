@@ -16,6 +16,7 @@ the child re-maps it).
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -96,7 +97,7 @@ def packed_extent(skeleton: Any) -> int:
 
     def reach(ref: TensorRef) -> TensorRef:
         nonlocal end
-        end = max(end, ref.offset + ref.dtype.itemsize * _numel(ref.shape))
+        end = max(end, ref.offset + ref.dtype.itemsize * math.prod(ref.shape))
         return ref
 
     _walk(skeleton, reach)
@@ -106,17 +107,11 @@ def packed_extent(skeleton: Any) -> int:
 def unpack(skeleton: Any, buffer: torch.Tensor) -> Any:
     """The tree of ``skeleton`` with each ``TensorRef`` a view of ``buffer`` (no copy)."""
     def view(ref: TensorRef) -> torch.Tensor:
-        nbytes = ref.dtype.itemsize * _numel(ref.shape)
+        nbytes = ref.dtype.itemsize * math.prod(ref.shape)
         return buffer[ref.offset:ref.offset + nbytes].view(ref.dtype).view(ref.shape)
 
     return _walk(skeleton, view)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 @dataclasses.dataclass

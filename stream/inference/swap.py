@@ -31,6 +31,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from operators.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from stream.errors import ModelError
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ __all__ = ["Candidate", "ModelSwap", "is_model_directory", "newest_checkpoint"]
 
 log = logging.getLogger("stream.runtime")
 
-_CONFIG, _WEIGHTS = "config.json", "model.safetensors"  # operators/checkpoint.py's file names
 WATCH_INTERVAL_S = 1.0
 
 
@@ -56,7 +56,7 @@ def is_model_directory(path: str | Path | None) -> bool:
     if not path:
         return False
     p = Path(path)
-    return p.is_dir() and not (p / _CONFIG).exists()
+    return p.is_dir() and not (p / CONFIG_FILE).exists()
 
 
 def newest_checkpoint(directory: str | Path) -> Candidate | None:
@@ -70,8 +70,8 @@ def newest_checkpoint(directory: str | Path) -> Candidate | None:
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         try:
-            written = (entry / _CONFIG).stat().st_mtime_ns
-            if not (entry / _WEIGHTS).is_file():
+            written = (entry / CONFIG_FILE).stat().st_mtime_ns
+            if not (entry / WEIGHTS_FILE).is_file():
                 continue
         except OSError:  # not complete, or renamed away meanwhile
             continue
@@ -115,7 +115,7 @@ class ModelSwap:
         newest = newest_checkpoint(self._directory)
         if newest is None:
             raise ModelError(f"model directory {self._directory} holds no checkpoint: expected subfolders with "
-                             f"{_CONFIG} and {_WEIGHTS} (written by `mmstream train` or FusedModel.save, then "
+                             f"{CONFIG_FILE} and {WEIGHTS_FILE} (written by `mmstream train` or FusedModel.save, then "
                              "renamed into place)")
         self._serving = newest
         return self._config.model_copy(update={"path": str(newest.folder)})

@@ -78,8 +78,7 @@ class Batch:
     def _limit(self, oldest: Job) -> int:
         """How many windows the forming batch may hold under ``target_latency_ms``."""
         sizer = self._infer.sizer
-        if sizer is None:
-            return self._ctx.settings.batching.max_batch
+        assert sizer is not None  # installed only with a sizer
         waited_s = max(self._ctx.wall_ns() - oldest.closed_ns, 0) / 1e9 if oldest.closed_ns is not None else 0.0
         ahead_s = self.in_flight * sizer.typical_s() / self._replicas  # the batches in front of it
         return sizer.size(waited_s, ahead_s)

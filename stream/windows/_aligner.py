@@ -78,7 +78,6 @@ class Aligner:
         self._lateness_ns = config.allowed_lateness_ms * NS_PER_MS
         self._future_ns = config.max_future_ms * NS_PER_MS
         self._future_limit_ns = wall() + self._future_ns
-        self._idle_ms = config.idle_timeout_ms
         self._max_open = config.max_open_windows_per_source
         self._max_bytes = config.max_buffered_bytes
         self._modalities = config.modalities
