@@ -131,3 +131,11 @@ def feature_cache_dir(args: argparse.Namespace) -> Path | None:
         return Path(args.cache_dir)
     data = Path(args.data)
     return (data if data.is_dir() else data.parent) / ".features"
+
+
+def labels_of(args: argparse.Namespace, examples: list[Any]) -> list[str]:
+    """``--labels`` (comma-separated) when given, else every label the examples carry, sorted:
+    what ``train`` and ``eval`` build a preset's head for."""
+    if args.labels:
+        return [x.strip() for x in args.labels.split(",") if x.strip()]
+    return sorted({label for ex in examples for label in ex.labels})

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from stream.commands._common import feature_cache_dir, number
+from stream.commands._common import feature_cache_dir, labels_of, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             model = build_model(ModelConfig(path=args.model, device=args.device))
         else:
-            labels = ([x.strip() for x in args.labels.split(",") if x.strip()] if args.labels
-                      else sorted({label for ex in examples for label in ex.labels}))
+            labels = labels_of(args, examples)
             if not labels:
                 raise ConfigError(f"{args.data}: no labels in the data and none given with --labels")
             model = build_model(ModelConfig(preset=args.preset, labels=labels, device=args.device))

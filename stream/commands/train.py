@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream.commands._common import feature_cache_dir, number
+from stream.commands._common import feature_cache_dir, labels_of, number
 from stream.errors import ConfigError
 
 
@@ -92,12 +92,6 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     return None if args.unfreeze_encoders else feature_cache_dir(args)
 
 
-def _labels(args: argparse.Namespace, examples: list) -> list[str]:
-    if args.labels:
-        return [x.strip() for x in args.labels.split(",") if x.strip()]
-    return sorted({label for ex in examples for label in ex.labels})
-
-
 def _start(args: argparse.Namespace, labels: list[str]):  # -> FusedModel
     """The model training starts from: a checkpoint (given a new head when the labels differ) or a
     preset, restricted to ``--modalities``."""
@@ -126,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         examples = load_examples(args.data)
-        labels = _labels(args, examples)
+        labels = labels_of(args, examples)
         if args.objective == "contrastive":
             return _contrastive(args, examples, labels or ["unlabelled"])
         if not labels:

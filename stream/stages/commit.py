@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -129,22 +130,24 @@ class Commit:
         by_age = sorted(sources, key=lambda s: horizons.get(s, -1))
         candidates = [s for s in by_age[:-MAX_STATE_SOURCES] if not self.horizons.pending(s)]
         gone = self._align.forget_retired(candidates)
-        self.horizons.forget(gone)
-        for s in gone:
-            self._ctx.stats.last_results.pop(s, None)
+        self._forget_sources(gone)
         return [s for s in sources if s not in gone]
 
     def revoke(self, partitions: set[int], sources: list[str], tps: set[TopicPartition]) -> None:
         """Forget what is kept of revoked partitions and their sources (their next owner reads
         the commit and the state topic)."""
         self.ledger.forget(partitions)
-        self.horizons.forget(sources)
-        for s in sources:
-            self._ctx.stats.last_results.pop(s, None)
+        self._forget_sources(sources)
         for partition in partitions:
             self._saved_state.pop(partition, None)
         for tp in tps:
             self._committed.pop(tp, None)
+
+    def _forget_sources(self, sources: Collection[str]) -> None:
+        """Their horizons and their newest results: nothing of a forgotten source is kept."""
+        self.horizons.forget(sources)
+        for s in sources:
+            self._ctx.stats.last_results.pop(s, None)
 
     async def load(self, partitions: list[int]) -> None:
         """Read the newest state records of these partitions and apply their horizons."""

@@ -85,9 +85,8 @@ class Publish:
             if generation != ctx.assignment.generation:
                 break  # revoked meanwhile: the new owner reads these records again
             if record.reason is not None:
-                ctx.stats.dead_letters += 1
+                self._dead_lettered(record.reason)
                 self._dead_letter_counter(record.origin.topic).inc()
-                ctx.metrics.dead_letters.labels(record.reason.value).inc()
             written = await self._aside.put(record)
             written.add_done_callback(lambda f, origin=record.origin: self._finish_aside(f, origin, generation))
 
@@ -96,6 +95,10 @@ class Publish:
             return  # the processor is stopping: the offset stays uncommitted and is replayed
         if generation == self._ctx.assignment.generation:  # else: revoked since; may be re-read and re-tracked
             self._ledger.done(origin)
+
+    def _dead_lettered(self, reason: Reason) -> None:
+        self._ctx.stats.dead_letters += 1
+        self._ctx.metrics.dead_letters.labels(reason.value).inc()
 
     def _dead_letter_counter(self, topic: str) -> Any:
         found = self._dead_letter_counters.get(topic)
@@ -110,8 +113,7 @@ class Publish:
         key, value, headers = encode(frame)
         if frame.headers is not None:  # the record as it came in, the producer's own headers too
             headers = list(frame.headers)
-        self._ctx.stats.dead_letters += 1
-        self._ctx.metrics.dead_letters.labels(Reason.DECODE_FAILED.value).inc()
+        self._dead_lettered(Reason.DECODE_FAILED)
         assert self._aside is not None
         return await self._aside.put(AsideRecord(key, value, tuple(headers), origin, Reason.DECODE_FAILED, reason))
 

@@ -14,6 +14,7 @@ page the user opens point a name at 127.0.0.1 and read the camera pictures from 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -71,6 +72,7 @@ def _only_named_hosts(hub: Hub) -> Middleware:
     return check_host
 
 
+@functools.cache  # packaged files: read once per process, not on every request
 def _file(name: str) -> bytes:
     return resources.files("stream.view").joinpath("static", name).read_bytes()
 

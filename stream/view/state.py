@@ -145,8 +145,7 @@ class SourceState:
             self.transcript, self.transcript_final, self.transcript_start_ns = text[:TRANSCRIPT_CHARS], True, start
 
     def _add_entry(self, entry: TimelineEntry) -> None:
-        starts = [e.start_ns for e in self.timeline]
-        i = bisect.bisect_left(starts, entry.start_ns)
+        i = bisect.bisect_left(self.timeline, entry.start_ns, key=_start_of)
         if i < len(self.timeline) and self.timeline[i].start_ns == entry.start_ns:
             self.timeline[i] = entry  # a repeat (at-least-once) replaces, never adds
         else:
@@ -190,3 +189,7 @@ def _by_modality(value: Any) -> dict[str, list[list[Any]]] | None:
         return None
     out = {str(m): top_scores(s, 3) for m, s in value.items() if isinstance(s, dict)}
     return out or None
+
+
+def _start_of(entry: TimelineEntry) -> int:
+    return entry.start_ns
