@@ -2,8 +2,8 @@
 
 ``run_processor`` (the real Processor, with the model or ``NullModel``), ``run_bare`` (the model
 alone on the batches the pipeline formed, recorded by ``RecordingModel``), ``run_raw_consume``
-(aiokafka alone) and ``run_per_record`` (the naive consumer); ``ExecutorModel`` serves the
-model in a worker process the way the processor does. See bench/pipeline.py for what the ratios
+(aiokafka alone) and ``run_per_record`` (the naive consumer); ``recording_executor`` serves
+the model in a worker process the way the processor does. See bench/pipeline.py for what the ratios
 between them mean.
 """
 
@@ -54,42 +54,42 @@ class RecordingModel:
             self.infer_s += time.perf_counter() - t0
 
 
-class ExecutorModel:
-    """The processor's own inference executor (``stream.inference``) in process mode, presented
-    as a ready model, so the pipeline variant runs what ``batching.worker: process`` runs:
-    preprocessing on the executor's pool in this process, tensors to the worker process through
-    shared memory, the forward pass there.
+def recording_executor(config: Any, model: Any, *, max_batch: int, prepared_ahead: int,
+                       torch_threads: int | None) -> Any:
+    """The processor's own inference executor (``stream.inference``) in process mode, which the
+    processor is given as it is, so the pipeline variant runs what ``batching.worker: process``
+    runs (``model.preprocess_in`` chooses where preprocessing happens), and which records the
+    batches it serves for the bare run and sums the timings taken where the work ran.
 
-    On a CPU the benchmark's own model (which the bare and per-record variants run too) is the
-    preprocessor, so the model is built once here and once in the child. A CUDA model is not: its
-    ``preprocess`` pins every batch, which the processor's CPU preprocessor does not, so the
-    executor builds its own, as the processor's does. ``device`` is "cpu" because the stage hands
-    this object's batches over as they are: the executor moves them to the device itself.
+    On a CPU, should preprocessing run in this process, the benchmark's own model (which the bare
+    and per-record variants run too) is the preprocessor, so the model is not built a third time.
+    A CUDA model is not: its ``preprocess`` pins every batch, which the processor's CPU
+    preprocessor does not, so the executor builds its own, as the processor's does.
     """
+    from stream.inference.executor import InferenceExecutor, plan_from
 
-    device = "cpu"
+    class RecordingExecutor(InferenceExecutor):
+        def __init__(self) -> None:
+            plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
+            preprocessor = model if str(model.device) == "cpu" and plan.preprocess_at == "processor" else None
+            super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor,
+                             on_batch=self._timed)
+            self.reset()
 
-    def __init__(self, config: Any, model: Any, *, max_batch: int, prepared_ahead: int,
-                 torch_threads: int | None) -> None:
-        from stream.inference.executor import InferenceExecutor, plan_from
+        def reset(self) -> None:
+            """Forget what was recorded (a new round)."""
+            self.batches: list[list[Any]] = []
+            self.preprocess_s = self.infer_s = 0.0
 
-        plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
-        preprocessor = model if str(model.device) == "cpu" else None
-        self.executor = InferenceExecutor(config, plan, torch_threads=torch_threads, preprocessor=preprocessor)
-        self.info = model.info
+        def _timed(self, timing: Any) -> None:
+            self.preprocess_s += timing.preprocess_s
+            self.infer_s += timing.inference_s
 
-    def start(self) -> None:
-        """Spawn the worker process and load the model there (blocking)."""
-        self.executor.start()
+        def preprocess(self, windows: list[Any]) -> Any:
+            self.batches.append(list(windows))
+            return super().preprocess(windows)
 
-    def preprocess(self, windows: list[Any]) -> Any:
-        return self.executor.preprocess(windows)
-
-    def infer(self, batch: Any) -> list[Any]:
-        return self.executor.infer(batch)
-
-    def stop(self) -> None:
-        self.executor.stop()
+    return RecordingExecutor()
 
 
 class NullModel:
@@ -224,13 +224,18 @@ async def run_processor(settings: Any, model: Any, windows: int, records: int, t
 def run_bare(model: Any, batches: list[list[Any]]) -> dict[str, Any]:
     """preprocess + infer on recorded batches, back to back, in this thread."""
     n = sum(len(b) for b in batches)
+    preprocess_s = 0.0
     t0 = time.perf_counter()
     for batch in batches:
-        model.infer(model.preprocess(batch))
+        t = time.perf_counter()
+        prepared = model.preprocess(batch)
+        preprocess_s += time.perf_counter() - t
+        model.infer(prepared)
     dt = time.perf_counter() - t0
     sizes = [len(b) for b in batches]
     return {"windows": n, "batches": len(batches), "mean_batch": n / max(len(batches), 1),
-            "max_batch_seen": max(sizes, default=0), "seconds": dt, "windows_per_s": n / dt}
+            "max_batch_seen": max(sizes, default=0), "seconds": dt, "windows_per_s": n / dt,
+            "preprocess_s": preprocess_s, "infer_s": dt - preprocess_s}
 
 
 def _input_partitions(settings: Any, partitions: int) -> list[Any]:

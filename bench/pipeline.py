@@ -112,10 +112,10 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
         _log(f"model        {args.preset} on {model.device} loaded in {load_s:.1f} s (not timed)")
         served: Any = model
         if args.worker == "process":  # what the runtime does by default: the model in a child process
-            from bench._variants import ExecutorModel
+            from bench._variants import recording_executor
 
-            served = ExecutorModel(base.model, model, max_batch=args.max_batch,
-                                   prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
+            served = recording_executor(base.model, model, max_batch=args.max_batch,
+                                        prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
             await asyncio.to_thread(served.start)
 
         try:
@@ -134,7 +134,11 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                 res["null_pipeline"].append(null)
                 _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
                      f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
-                rec = RecordingModel(served)
+                if served is model:
+                    rec: Any = RecordingModel(model)
+                else:
+                    rec = served
+                    rec.reset()
                 pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
                                            profile=args.profile and f"{args.profile}.pipe{r}")
                 pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
@@ -144,7 +148,8 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                 bare = await asyncio.to_thread(run_bare, model, rec.batches)
                 res["bare_model"].append(bare)
                 _log(f"[{r + 1}] bare model     {bare['windows_per_s']:10,.1f} windows/s  ({bare['seconds']:.2f} s, "
-                     f"{bare['batches']} batches, mean {bare['mean_batch']:.1f})")
+                     f"{bare['batches']} batches, mean {bare['mean_batch']:.1f}; preprocess {bare['preprocess_s']:.2f} s, "
+                     f"infer {bare['infer_s']:.2f} s)")
                 naive = await run_per_record(_settings(broker.bootstrap, run, f"naive{r}", args), model,
                                              args.partitions, windows, timeout)
                 res["per_record"].append(naive)

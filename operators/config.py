@@ -72,6 +72,10 @@ class ModelConfig(BaseModel):
     # the inference executor (stream/inference; docs/config.md "Inference")
     preprocess_workers: int = Field(1, ge=1, description="threads preprocessing batches (decode, resize, mel, "
                                     "tokenise) while the model runs the batch before")
+    preprocess_in: Literal["auto", "processor", "worker"] = Field(
+        "auto", description="where preprocessing runs when the model runs in a worker process: 'processor' (a "
+        "pool here; tensors to the worker through shared memory), 'worker' (in the worker, beside the forward "
+        "pass; the encoded windows cross); auto = worker for a CPU model, processor for a GPU")
     compile: bool = Field(False, description="torch.compile the forward pass (batches padded to batch_buckets)")
     batch_buckets: list[int] | None = Field(
         None, description="batch sizes to pad to (compiled graphs are per size); None = powers of two up to "

@@ -46,20 +46,24 @@ class ModelSpec(NamedTuple):
 
 class ChildJob(NamedTuple):
     """One batch for the child: the skeleton, and the slot's buffer when the child has not got
-    this slot's generation yet (sent once; a fresh child gets it again)."""
+    this slot's generation yet (sent once; a fresh child gets it again). ``raw``: the skeleton
+    is the windows themselves, which the child preprocesses (``ExecutorPlan.preprocess_at``)."""
 
     slot: int
     generation: int
     buffer: torch.Tensor | None
     skeleton: Any
+    raw: bool = False
 
 
 class ChildResult(NamedTuple):
-    """One batch's outputs, the seconds the model computed, and the CUDA memory it holds."""
+    """One batch's outputs, the seconds the model computed, the CUDA memory it holds, and the
+    seconds its preprocessing took here (0 when the parent preprocessed)."""
 
     outputs: list[WindowOutput]
     inference_s: float
     gpu_memory_bytes: int | None
+    preprocess_s: float = 0.0
 
 
 def build(spec: ModelSpec) -> Any:
@@ -130,10 +134,16 @@ def close() -> None:
 
 
 def infer(job: ChildJob) -> ChildResult:
-    """Run one packed batch; the tensors are views of the shared buffer (no copy on the CPU)."""
+    """Run one packed batch; the tensors are views of the shared buffer (no copy on the CPU).
+    A raw job's windows are preprocessed here first."""
     state = _STATE
     if state is None:
         raise RuntimeError("the model worker has no model loaded")
+    if job.raw:
+        t0 = time.perf_counter()
+        batch = state.model.preprocess(job.skeleton)
+        preprocess_s = time.perf_counter() - t0
+        return run(state.model, state.feeder, state.precision, batch, None)._replace(preprocess_s=preprocess_s)
     slot = state.buffers.get(job.slot)
     if job.buffer is not None:
         slot = state.buffers[job.slot] = Slot(job.slot, "shared", job.generation, job.buffer)

@@ -61,6 +61,9 @@ class ExecutorPlan:
         compile: ``torch.compile`` the forward pass.
         precision: autocast dtype on CUDA.
         buckets: preferred batch sizes to pad to; empty = no padding.
+        preprocess_at: "processor" (the pool here; process mode packs the tensors into shared
+            memory) or "worker" (process mode only: each worker process preprocesses the batch
+            it then infers, and only the encoded windows cross).
     """
 
     worker: Literal["process", "thread"] = "thread"
@@ -71,6 +74,11 @@ class ExecutorPlan:
     compile: bool = False
     precision: child.Precision = "auto"
     buckets: tuple[int, ...] = ()
+    preprocess_at: Literal["processor", "worker"] = "processor"
+
+    def __post_init__(self) -> None:
+        if self.preprocess_at == "worker" and self.worker != "process":
+            raise ValueError("preprocessing in the worker needs the model in a worker process (worker='process')")
 
 
 def plan_from(config: ModelConfig, *, worker: Literal["process", "thread"], max_batch: int,
@@ -80,17 +88,45 @@ def plan_from(config: ModelConfig, *, worker: Literal["process", "thread"], max_
     buckets = getattr(config, "batch_buckets", None)
     if buckets is None:  # compiled graphs are per batch size: a few sizes by default
         buckets = power_of_two_buckets(max_batch) if compiled else []
+    devices = tuple(getattr(config, "devices", ()) or ())
     return ExecutorPlan(worker=worker, preprocess_workers=int(getattr(config, "preprocess_workers", 1)),
                         prepared_ahead=prepared_ahead, instances=int(getattr(config, "instances", 1)),
-                        devices=tuple(getattr(config, "devices", ()) or ()), compile=compiled,
-                        precision=getattr(config, "precision", "auto"), buckets=tuple(sorted(buckets)))
+                        devices=devices, compile=compiled,
+                        precision=getattr(config, "precision", "auto"), buckets=tuple(sorted(buckets)),
+                        preprocess_at=_preprocess_at(config, worker, devices))
+
+
+def _preprocess_at(config: ModelConfig, worker: str, devices: tuple[str, ...]) -> Literal["processor", "worker"]:
+    """Where ``model.preprocess_in: auto`` puts preprocessing.
+
+    On a CPU the worker process preprocesses its own batches: decoding then competes with the
+    forward pass for the same cores either way, and the processor's event loop keeps its GIL
+    and its memory (no second copy of the model here to preprocess with). Measured on 2 cores
+    (``python -m bench.pipeline``): efficiency 0.68 with the pool here, see docs/benchmarks.md.
+    On a GPU the pool here overlaps decoding with the device's compute and hands it pinned or
+    shared tensors, which is what an accelerator needs.
+    """
+    chosen = getattr(config, "preprocess_in", "auto")
+    if worker != "process":
+        return "processor"
+    if chosen != "auto":
+        return chosen  # type: ignore[no-any-return]
+    wanted = list(devices) or [str(getattr(config, "device", "auto"))]
+    if any(d.startswith("cuda") for d in wanted):
+        return "processor"
+    if "auto" in wanted:
+        import torch
+
+        return "processor" if torch.cuda.is_available() else "worker"
+    return "worker"
 
 
 @dataclass
 class PackedBatch:
     """A batch ``preprocess`` made and ``infer`` takes, once."""
 
-    skeleton: Any  # the model's batch, its tensors as refs into ``slot`` when packed
+    skeleton: Any  # the model's batch, its tensors as refs into ``slot`` when packed; the windows when
+    # the worker preprocesses (``raw``)
     size: int
     padded: int
     preprocess_s: float
@@ -98,6 +134,7 @@ class PackedBatch:
     ready_at: float
     timing: BatchTiming | None = None  # set by ``infer``
     consumed: bool = False
+    raw: bool = False  # the skeleton is the (padded) windows: the worker preprocesses them
 
 
 class InferenceExecutor:
@@ -157,7 +194,7 @@ class InferenceExecutor:
         spec_of = {d: child.ModelSpec(self._config.model_dump_json(), self._factory, d, plan.compile, plan.precision)
                    for d in devices}
         try:
-            self._pre_model = self._preprocess_model()
+            self._pre_model = self._preprocess_model() if plan.preprocess_at == "processor" else None
             for d in devices:
                 for _ in range(plan.instances):
                     runner: Runner
@@ -176,10 +213,13 @@ class InferenceExecutor:
             raise ModelError(f"could not load the model: {exc}") from exc
         first = self._runners[0]
         self.info, self.device = getattr(self._pre_model, "info", None) or first.info, first.device
-        kind = "shared" if plan.worker == "process" else ("pinned" if first.device.startswith("cuda") else "none")
+        if plan.preprocess_at == "worker":
+            kind = "none"  # a slot is then only the bound on batches handed over ahead
+        else:
+            kind = "shared" if plan.worker == "process" else ("pinned" if first.device.startswith("cuda") else "none")
         self._slots = Slots(max(plan.prepared_ahead, 1), kind)
         self._pool = (concurrent.futures.ThreadPoolExecutor(plan.preprocess_workers, thread_name_prefix="mm-preprocess")
-                      if plan.preprocess_workers > 0 else None)
+                      if plan.preprocess_workers > 0 and plan.preprocess_at == "processor" else None)
         self.busy = BusyMeter(len(self._runners))
         self._stopped = False
 
@@ -243,12 +283,17 @@ class InferenceExecutor:
         """Preprocess ``windows`` on the pool into a free slot; blocks while ``prepared_ahead``
         batches wait for ``infer``. Raises what the model's preprocess raised."""
         slots, pool, model = self._slots, self._pool, self._pre_model
-        if slots is None or model is None or self._stopped or (pool is None and self.plan.preprocess_workers > 0):
+        in_worker = self.plan.preprocess_at == "worker"
+        if slots is None or self._stopped or (not in_worker and (
+                model is None or (pool is None and self.plan.preprocess_workers > 0))):
             raise ModelError("inference executor is not started")
         try:
             slot = slots.take()
         except RuntimeError as exc:
             raise ModelError(str(exc)) from None
+        if in_worker:  # the worker preprocesses: hand the windows over as they are
+            padded, now = pad(windows, self.plan.buckets), time.perf_counter()
+            return PackedBatch(padded, len(windows), len(padded), 0.0, slot, now, raw=True)
         if pool is None:  # on this thread
             try:
                 return self._prepare(model, windows, slot)
@@ -294,7 +339,8 @@ class InferenceExecutor:
             self.progress.begin()
             try:
                 waited = time.perf_counter() - prepared.ready_at
-                outputs, inference_s, _ = runner.run(prepared.skeleton, prepared.slot, prepared.size)
+                result = runner.run(prepared.skeleton, prepared.slot, prepared.size, raw=prepared.raw)
+                outputs, inference_s = result.outputs, result.inference_s
             finally:
                 self.progress.end()
                 with self._lock:
@@ -305,8 +351,8 @@ class InferenceExecutor:
         self.busy.add(inference_s)
         if len(outputs) != prepared.padded:
             raise ModelError(f"the model returned {len(outputs)} outputs for {prepared.padded} windows")
-        prepared.timing = BatchTiming(prepared.size, prepared.padded, prepared.preprocess_s, inference_s,
-                                      waited, self._runners.index(runner) if runner in self._runners else -1)
+        prepared.timing = BatchTiming(prepared.size, prepared.padded, prepared.preprocess_s + result.preprocess_s,
+                                      inference_s, waited, self._runners.index(runner) if runner in self._runners else -1)
         if self._on_batch is not None:
             try:
                 self._on_batch(prepared.timing)

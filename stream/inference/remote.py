@@ -14,8 +14,9 @@ the parent's ``sys.path``, so a factory module the processor can import, the chi
 (installed, or on ``PYTHONPATH``; never ``__main__``). A model that cannot load fails ``start``
 with the child's error, once: no restart loop.
 
-The child receives a ``ChildJob`` (a skeleton and, once per slot generation and
-child, the slot's shared buffer), never the windows; preprocessing ran in the parent's pool.
+The child receives a ``ChildJob``: a skeleton and, once per slot generation and child, the
+slot's shared buffer, when preprocessing ran in the parent's pool; or the windows themselves,
+which it preprocesses before the forward pass (``ExecutorPlan.preprocess_at == "worker"``).
 """
 
 from __future__ import annotations
@@ -78,18 +79,22 @@ class RemoteRunner:
         self.info = ModelInfo(name=name, version=version)
         log.info("model %s %s loaded in a worker process on %s", name, version, self.device)
 
-    def run(self, skeleton: Any, slot: Slot, size: int | None = None) -> child.ChildResult:
-        """Infer one packed batch in the child; raises what the model raised there.
+    def run(self, skeleton: Any, slot: Slot, size: int | None = None, *, raw: bool = False) -> child.ChildResult:
+        """Infer one packed batch in the child (``raw``: preprocess its windows there first);
+        raises what the model raised there.
 
         Raises:
             WorkerDiedError: the child died or stalled; a new one serves the next call.
             ModelUnavailableError: no child can be started any more.
         """
-        holds = (self._child.incarnation, slot.generation)
-        with self._lock:
-            fresh = self._sent.get(slot.index) != holds
-            self._sent[slot.index] = holds
-        job = child.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
+        if raw:
+            job = child.ChildJob(slot.index, slot.generation, None, skeleton, raw=True)
+        else:
+            holds = (self._child.incarnation, slot.generation)
+            with self._lock:
+                fresh = self._sent.get(slot.index) != holds
+                self._sent[slot.index] = holds
+            job = child.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
         what = f"a call of {size} windows" if size is not None else "a call"
         try:
             result: child.ChildResult = self._child.call(child.infer, job, what=what)

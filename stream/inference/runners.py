@@ -31,7 +31,7 @@ class Runner(Protocol):
 
     def start(self) -> None: ...
 
-    def run(self, skeleton: Any, slot: Slot, size: int | None = None) -> child.ChildResult: ...
+    def run(self, skeleton: Any, slot: Slot, size: int | None = None, *, raw: bool = False) -> child.ChildResult: ...
 
     def stop(self, timeout_s: float = 10) -> None: ...
 
@@ -74,10 +74,12 @@ class LocalRunner:
         self._feeder = DeviceFeeder(device)
         self.info, self.device = getattr(model, "info", None) or child.identity(model), str(device)
 
-    def run(self, skeleton: Any, slot: Slot, size: int | None = None) -> child.ChildResult:
+    def run(self, skeleton: Any, slot: Slot, size: int | None = None, *, raw: bool = False) -> child.ChildResult:
         feeder = self._feeder
         if feeder is None:
             raise ModelError("the model runner is not started (or stopped)")
+        if raw:  # ExecutorPlan refuses preprocess_at="worker" without a worker process
+            raise ModelError("a runner in this process takes preprocessed batches only")
         self.progress.begin()
         try:
             result = child.run(self._model, feeder, self._spec.precision, skeleton, slot, self._lock)

@@ -2,7 +2,7 @@
 
 In: ``Job``s from ``Align`` (``put`` waits for room). Out: batches of at most ``max_batch``, each
 stamped with the wall clock when it leaves the queue (``Scored.batched_ns``), run by ``Infer``
-(preprocess on the executor's pool, inference on as many threads as the model has replicas, at
+(preprocess on the executor's pool, inference on one thread per batch in flight, at
 most ``max_in_flight`` batches at once) and handed with its outputs or its error to ``Publish``.
 With ``batching.target_latency_ms`` a forming batch closes as soon as it holds as many windows
 as the batch sizer allows (``stream.inference.sizing``: its oldest window's wait since it closed,
@@ -64,13 +64,19 @@ class Batch:
         await self._batcher.put(job)
 
     async def start(self) -> None:
-        """Start the pipeline (after ``Infer.start``: it runs as many batches at once as the
-        model has replicas)."""
+        """Start the pipeline (after ``Infer.start``: the sizer reads how many replicas share the work).
+
+        Every batch in flight gets its own inference thread, more than the replicas: a replica
+        runs one batch at a time (a worker process takes its calls in turn, a replica here holds
+        a lock), but the next batch is already handed over when the current one ends. With one
+        thread per replica the worker process sat idle while its result came back and the next
+        call went out through the parent's threads: 7 ms a batch of 30 on 2 busy cores
+        (``python -m bench.pipeline``), and on CUDA the next batch's copy could not overlap."""
         b = self._ctx.settings.batching
         ex = self._infer.executor
-        replicas = self._replicas = ex.plan.instances * max(len(ex.plan.devices), 1) if ex is not None else 1
+        self._replicas = ex.plan.instances * max(len(ex.plan.devices), 1) if ex is not None else 1
         self._pipeline = BatchPipeline(self._batcher, self._infer.preprocess, self._infer.infer, self._deliver,
-                                       preprocess_threads=b.max_in_flight, infer_threads=min(replicas, b.max_in_flight),
+                                       preprocess_threads=b.max_in_flight, infer_threads=b.max_in_flight,
                                        stamp=self._ctx.wall_ns, discard=self._infer.discard)
         await self._pipeline.start()
         self._started = True

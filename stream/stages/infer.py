@@ -87,8 +87,9 @@ class Infer:
     Args:
         ctx: ``settings.model`` and ``settings.batching`` choose and run the model in ``start``;
             ``metrics`` get the per-batch timings; ``wall_ns`` stamps batches retried alone.
-        model: a ready model (tests, benchmarks, the simulator), run on this process's threads;
-            ``stop`` does not close it.
+        model: a ready model (tests, benchmarks, the simulator), run on this process's threads,
+            or a started ``InferenceExecutor`` (a benchmark's, which records what it serves), used
+            as it is; ``stop`` closes neither.
     """
 
     def __init__(self, ctx: Context, model: Any = None) -> None:
@@ -197,6 +198,10 @@ class Infer:
         from stream.inference.executor import ExecutorPlan, InferenceExecutor, plan_from
 
         b = self._ctx.settings.batching
+        if isinstance(self._given, InferenceExecutor):  # a started executor, its owner's to stop
+            ex = self._given
+            return Serving(ex, ModelInfo(name=str(getattr(ex.info, "name", "model")),
+                                         version=str(getattr(ex.info, "version", ""))))
         if self._given is not None:  # a ready model lives here: one replica, preprocessed on the stage's threads
             given = self._given
             plan = ExecutorPlan(worker="thread", preprocess_workers=0, prepared_ahead=b.max_in_flight)
@@ -249,7 +254,7 @@ class Infer:
         with self._lock:
             self._stopped = True
             executors = [s.executor for s in self._retiring]
-            if self._serving is not None:
+            if self._serving is not None and self._serving.executor is not self._given:
                 executors.append(self._serving.executor)
             self._retiring = []
             # keep ``_serving`` (its info and ``loaded``): a stopped executor refuses new batches

@@ -110,10 +110,10 @@ async def test_a_model_from_a_temporary_module_scores_every_window(settings_for,
     by_pid: dict[str, list[str]] = {}
     for what, pid in zip(marks[0::2], marks[1::2], strict=True):
         by_pid.setdefault(pid, []).append(what)
-    # two copies (stream.inference): the worker process infers, the processor preprocesses;
-    # each is warmed up and closed once, in that order
-    assert list(by_pid.values()) == [["warmup", "close"]] * 2, marks
-    assert str(proc.proc.pid) in by_pid, "one copy preprocesses in the processor, the other infers in its worker"
+    # one copy (stream.inference, a CPU model: model.preprocess_in auto = worker): the worker
+    # process preprocesses and infers, the processor builds none; warmed up and closed once, in order
+    assert list(by_pid.values()) == [["warmup", "close"]], marks
+    assert str(proc.proc.pid) not in by_pid, "the processor itself built a copy of the model"
 
 
 @pytest.mark.parametrize(("factory", "says"), [

@@ -59,6 +59,17 @@ def process_executor() -> Iterator[InferenceExecutor]:
         ex.stop()
 
 
+@pytest.fixture(scope="module")
+def worker_executor() -> Iterator[InferenceExecutor]:
+    """A child that preprocesses the windows it is handed, then infers them."""
+    ex = _executor("process", preprocess_at="worker")
+    ex.start()
+    try:
+        yield ex
+    finally:
+        ex.stop()
+
+
 @pytest.fixture
 def thread_executor() -> Iterator[InferenceExecutor]:
     ex = _executor("thread")
@@ -69,10 +80,10 @@ def thread_executor() -> Iterator[InferenceExecutor]:
         ex.stop()
 
 
-@pytest.fixture(params=["thread", "process"])
+@pytest.fixture(params=["thread", "process", "worker"])
 def executor(request: pytest.FixtureRequest, thread_executor: InferenceExecutor,
-             process_executor: InferenceExecutor) -> InferenceExecutor:
-    return thread_executor if request.param == "thread" else process_executor
+             process_executor: InferenceExecutor, worker_executor: InferenceExecutor) -> InferenceExecutor:
+    return {"thread": thread_executor, "process": process_executor, "worker": worker_executor}[request.param]
 
 
 def test_outputs_come_back_in_window_order_as_batches_grow(executor: InferenceExecutor) -> None:
@@ -119,9 +130,10 @@ def test_a_discarded_batch_gives_its_slot_back(executor: InferenceExecutor) -> N
 
 
 def test_a_failing_preprocess_fails_its_batch_only(executor: InferenceExecutor) -> None:
+    """Where the worker preprocesses, the failure comes back from ``infer``: the same batch fails."""
     for _ in range(3):  # more failures than slots: each gives its slot back
         with pytest.raises(ValueError, match="preprocess refused"):
-            executor.preprocess([window(1), window(PREPROCESS_FAILS)])
+            executor.infer(executor.preprocess([window(1), window(PREPROCESS_FAILS)]))
     assert ids(executor.infer(executor.preprocess(_batch(5, 2)))) == [5, 6]
 
 
@@ -147,6 +159,28 @@ def test_every_batch_is_timed_where_it_ran(thread_executor: InferenceExecutor) -
     assert (timing.size, timing.padded, timing.runner) == (3, 3, 0)
     assert timing.preprocess_s >= 0 and timing.inference_s >= 0 and timing.waited_s >= 0
     assert 0.0 <= thread_executor.busy_ratio() <= 1.0
+
+
+def test_a_worker_that_preprocesses_is_the_only_build_and_times_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``preprocess_at="worker"``: the model is built in the child alone (none here to
+    preprocess with), the child's preprocess time reaches the batch's timing, and batches padded
+    to a bucket come back without their padding."""
+    from stream.inference import child
+
+    built: list[object] = []
+    real_build = child.build
+    monkeypatch.setattr(child, "build", lambda spec: built.append(spec) or real_build(spec))  # this process only
+    ex = _executor("process", preprocess_at="worker", buckets=(4,))
+    ex.start()
+    try:
+        assert ids(ex.infer(ex.preprocess(_batch(0, 3)))) == [0, 1, 2]
+        timing = ex.timings[-1]  # type: ignore[attr-defined]
+        assert (timing.size, timing.padded) == (3, 4) and timing.preprocess_s > 0
+        assert built == [] and ex.pid is not None
+    finally:
+        ex.stop()
+    with pytest.raises(ValueError, match="worker process"):
+        ExecutorPlan(worker="thread", preprocess_at="worker")
 
 
 def test_batches_are_padded_to_a_bucket_and_the_padding_dropped() -> None:
@@ -237,6 +271,14 @@ def test_the_plan_follows_the_settings() -> None:
     assert plan.buckets == (1, 2, 4, 8, 16)  # compiled: a few sizes
     assert plan_from(ModelConfig(preset="tiny"), worker="thread", max_batch=16).buckets == ()
     assert plan_from(ModelConfig(preset="tiny", batch_buckets=[8, 2]), worker="thread", max_batch=16).buckets == (2, 8)
+    # where preprocessing runs: in the worker for a CPU model, here for a GPU or a model in this process
+    at = [plan_from(ModelConfig(preset="tiny", device=device, devices=devices,
+                                                                  preprocess_in=given),
+                                                      worker=worker, max_batch=16).preprocess_at
+          for device, devices, given, worker in [("cpu", [], "auto", "process"), ("cuda", [], "auto", "process"),
+                                                 ("cpu", ["cuda:1"], "auto", "process"), ("cpu", [], "auto", "thread"),
+                                                 ("cpu", [], "processor", "process"), ("cuda", [], "worker", "process")]]
+    assert at == ["worker", "processor", "processor", "processor", "processor", "worker"]
 
 
 class _OwnedEcho(EchoModel):
