@@ -10,6 +10,7 @@ between them mean.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -80,10 +81,12 @@ def recording_executor(config: Any, model: Any, *, max_batch: int, prepared_ahea
             """Forget what was recorded (a new round)."""
             self.batches: list[list[Any]] = []
             self.preprocess_s = self.infer_s = 0.0
+            self._sums = threading.Lock()  # batches finish on several inference threads
 
         def _timed(self, timing: Any) -> None:
-            self.preprocess_s += timing.preprocess_s
-            self.infer_s += timing.inference_s
+            with self._sums:
+                self.preprocess_s += timing.preprocess_s
+                self.infer_s += timing.inference_s
 
         def preprocess(self, windows: list[Any]) -> Any:
             self.batches.append(list(windows))

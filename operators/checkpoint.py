@@ -16,13 +16,13 @@ from typing import Literal
 import torch
 from pydantic import ValidationError
 
+from operators.config import CONFIG_FILE, WEIGHTS_FILE
 from operators.errors import ModelLoadError
 from operators.fused_config import FusedModelConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "Checkpoint", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 @dataclass(frozen=True)

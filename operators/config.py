@@ -13,7 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DEFAULT_LABELS", "FACTORY_PATTERN", "ModelConfig"]
+__all__ = ["CONFIG_FILE", "DEFAULT_LABELS", "FACTORY_PATTERN", "WEIGHTS_FILE", "ModelConfig"]
+
+# the two files of a checkpoint folder (``operators.checkpoint`` writes them): named here, torch-free,
+# because the processor's model-directory watcher looks for them without loading a model
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
@@ -71,7 +75,8 @@ class ModelConfig(BaseModel):
     )
     # the inference executor (stream/inference; docs/config.md "Inference")
     preprocess_workers: int = Field(1, ge=1, description="threads preprocessing batches (decode, resize, mel, "
-                                    "tokenise) while the model runs the batch before")
+                                    "tokenise) while the model runs the batch before, where the processor "
+                                    "preprocesses (preprocess_in)")
     preprocess_in: Literal["auto", "processor", "worker"] = Field(
         "auto", description="where preprocessing runs when the model runs in a worker process: 'processor' (a "
         "pool here; tensors to the worker through shared memory), 'worker' (in the worker, beside the forward "

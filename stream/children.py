@@ -212,6 +212,13 @@ class ModelChild:
             except concurrent.futures.process.BrokenProcessPool as exc:
                 self._replace(pool)
                 raise WorkerDiedError(f"the {self._name} process died during {what}; started a new one") from exc
+            except concurrent.futures.CancelledError:
+                # queued behind a call whose child was killed: the replaced pool cancelled it. Not
+                # an asyncio cancellation (which it would become in the caller's to_thread)
+                if self._pool is None:
+                    raise ModelError(f"the {self._name} was stopped") from None
+                raise WorkerDiedError(f"the {self._name} was replaced while {what} waited for it; "
+                                      "the call was not run") from None
             except RuntimeError as exc:
                 if self._pool is None and "after shutdown" in str(exc):  # stopped under the call
                     raise ModelError(f"the {self._name} was stopped") from None

@@ -19,9 +19,10 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["BufferKind", "Slot", "Slots", "TensorRef", "pack", "packed_extent", "packed_nbytes", "unpack"]
 
@@ -41,6 +42,8 @@ class TensorRef(NamedTuple):
 def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
     """``obj`` with ``fn`` applied to each leaf tensor or ref; dicts, lists, tuples and
     dataclasses are rebuilt, anything else is shared as is."""
+    import torch  # here, not above: a processor whose worker preprocesses never loads torch
+
     if isinstance(obj, torch.Tensor | TensorRef):
         return fn(obj)
     if isinstance(obj, dict):
@@ -126,6 +129,8 @@ class Slot:
     def ensure(self, nbytes: int) -> torch.Tensor:
         """The buffer, at least ``nbytes`` long (grown, with a new generation, when it was not)."""
         if self.buffer is None or self.buffer.numel() < nbytes:
+            import torch
+
             size = max(_round(int(nbytes * _GROWTH)), _ALIGN)
             buf = torch.empty(size, dtype=torch.uint8)
             if self.kind == "shared":

@@ -11,59 +11,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from operators import ModelConfig, WindowOutput
+from operators import ModelConfig
 from stream.contract import ModelInfo
 from stream.inference.buffers import Slot
-from stream.inference.device import DeviceFeeder, Precision, autocast, compile_model
+from stream.inference.device import DeviceFeeder, autocast, compile_model
+from stream.inference.jobs import ChildJob, ChildResult, ModelSpec, Precision
 
 __all__ = ["ChildJob", "ChildResult", "ModelSpec", "build", "close", "identity", "infer", "load", "model_device", "place", "run"]
-
-
-class ModelSpec(NamedTuple):
-    """How a runner builds its model.
-
-    Attributes:
-        config_json: the ``model:`` settings (``ModelConfig`` as JSON).
-        factory: a zero-argument callable returning the model (it must pickle: a module-level
-            function or a ``functools.partial`` of one); None builds ``operators.build_model(config)``,
-            which serves ``model.factory`` too.
-        device: where to place it ("cpu", "cuda", "cuda:1"); None leaves the model's choice.
-        compile: ``torch.compile`` its forward pass.
-        precision: autocast dtype on CUDA.
-    """
-
-    config_json: str
-    factory: Callable[[], Any] | None
-    device: str | None
-    compile: bool
-    precision: Precision
-
-
-class ChildJob(NamedTuple):
-    """One batch for the child: the skeleton, and the slot's buffer when the child has not got
-    this slot's generation yet (sent once; a fresh child gets it again). ``raw``: the skeleton
-    is the windows themselves, which the child preprocesses (``ExecutorPlan.preprocess_at``)."""
-
-    slot: int
-    generation: int
-    buffer: torch.Tensor | None
-    skeleton: Any
-    raw: bool = False
-
-
-class ChildResult(NamedTuple):
-    """One batch's outputs, the seconds the model computed, the CUDA memory it holds, and the
-    seconds its preprocessing took here (0 when the parent preprocessed)."""
-
-    outputs: list[WindowOutput]
-    inference_s: float
-    gpu_memory_bytes: int | None
-    preprocess_s: float = 0.0
 
 
 def build(spec: ModelSpec) -> Any:

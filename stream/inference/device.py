@@ -20,41 +20,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from operators import WindowInput
 from stream.inference.buffers import Slot, packed_extent, unpack
+from stream.inference.jobs import Precision
+from stream.inference.sizing import bucket_for, pad, power_of_two_buckets
 
 __all__ = ["DeviceFeeder", "Precision", "autocast", "bucket_for", "compile_model", "pad", "power_of_two_buckets"]
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def power_of_two_buckets(max_batch: int) -> list[int]:
-    """1, 2, 4, ... up to and including ``max_batch``."""
-    out, n = [], 1
-    while n < max_batch:
-        out.append(n)
-        n *= 2
-    return [*out, max_batch]
-
-
-def bucket_for(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket holding ``n`` windows; ``n`` itself above every bucket or without any."""
-    fits = [b for b in buckets if b >= n]
-    return min(fits) if fits else n
-
-
-def pad(windows: list[WindowInput], buckets: Sequence[int]) -> list[WindowInput]:
-    """``windows`` followed by empty windows up to its bucket."""
-    return windows + [WindowInput() for _ in range(bucket_for(len(windows), buckets) - len(windows))]
-
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: Precision) -> Iterator[None]:

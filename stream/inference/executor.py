@@ -29,18 +29,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from operators import ModelConfig, WindowInput, WindowOutput
 from stream.errors import ModelError
 from stream.health import ModelProgress
-from stream.inference import child
 from stream.inference.buffers import Slot, Slots, pack, packed_nbytes
-from stream.inference.device import pad, power_of_two_buckets
+from stream.inference.jobs import ModelSpec, Precision
 from stream.inference.remote import RemoteRunner
-from stream.inference.runners import LocalRunner, Runner
+from stream.inference.sizing import pad, power_of_two_buckets
 from stream.inference.timing import BatchTiming, BusyMeter
 from stream.worker import default_threads
+
+if TYPE_CHECKING:
+    from stream.inference.runners import Runner
 
 __all__ = ["ExecutorPlan", "InferenceExecutor", "PackedBatch", "plan_from"]
 
@@ -72,7 +75,7 @@ class ExecutorPlan:
     instances: int = 1
     devices: tuple[str, ...] = ()
     compile: bool = False
-    precision: child.Precision = "auto"
+    precision: Precision = "auto"
     buckets: tuple[int, ...] = ()
     preprocess_at: Literal["processor", "worker"] = "processor"
 
@@ -114,10 +117,8 @@ def _preprocess_at(config: ModelConfig, worker: str, devices: tuple[str, ...]) -
     wanted = list(devices) or [str(getattr(config, "device", "auto"))]
     if any(d.startswith("cuda") for d in wanted):
         return "processor"
-    if "auto" in wanted:
-        import torch
-
-        return "processor" if torch.cuda.is_available() else "worker"
+    if "auto" in wanted:  # an NVIDIA driver is there: the child will find its GPU (torch is not asked
+        return "processor" if Path("/proc/driver/nvidia/version").exists() else "worker"  # here: 210 MB)
     return "worker"
 
 
@@ -191,7 +192,7 @@ class InferenceExecutor:
             raise ModelError("inference executor already started")
         plan = self.plan
         devices = list(plan.devices) or [None]
-        spec_of = {d: child.ModelSpec(self._config.model_dump_json(), self._factory, d, plan.compile, plan.precision)
+        spec_of = {d: ModelSpec(self._config.model_dump_json(), self._factory, d, plan.compile, plan.precision)
                    for d in devices}
         try:
             self._pre_model = self._preprocess_model() if plan.preprocess_at == "processor" else None
@@ -203,6 +204,8 @@ class InferenceExecutor:
                                               infer_timeout_s=self._config.infer_timeout_ms / 1000,
                                               load_timeout_s=self._load_timeout_s)
                     else:  # the first replica on the model's own device is the preprocessing model
+                        from stream.inference.runners import LocalRunner
+
                         runner = LocalRunner(spec_of[d], self._pre_model if not self._runners and d is None else None)
                     self._runners.append(runner)
                     runner.start()
@@ -228,10 +231,12 @@ class InferenceExecutor:
         this process (its forward pass is not used when the runners are children)."""
         if self._preprocessor is not None:
             return self._preprocessor
+        from stream.inference import child
+
         config = self._config
         if self.plan.worker == "process" and config.device != "cpu":
             config = config.model_copy(update={"device": "cpu"})
-        return child.build(child.ModelSpec(config.model_dump_json(), self._factory, None, False, "auto"))
+        return child.build(ModelSpec(config.model_dump_json(), self._factory, None, False, "auto"))
 
     def stop(self, timeout_s: float = 10) -> None:
         """Stop the pool and every runner, children killed after ``timeout_s``. Idempotent;
@@ -348,7 +353,7 @@ class InferenceExecutor:
         finally:
             if slots is not None:
                 slots.give(prepared.slot)
-        self.busy.add(inference_s)
+        self.busy.add(inference_s + result.preprocess_s)  # a worker that preprocesses is busy then too
         if len(outputs) != prepared.padded:
             raise ModelError(f"the model returned {len(outputs)} outputs for {prepared.padded} windows")
         prepared.timing = BatchTiming(prepared.size, prepared.padded, prepared.preprocess_s + result.preprocess_s,

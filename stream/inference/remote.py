@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.children import ModelChild
 from stream.contract import ModelInfo
 from stream.health import ModelProgress
-from stream.inference import child
-from stream.inference.buffers import Slot
+from stream.inference import jobs
+
+if TYPE_CHECKING:
+    from stream.inference.buffers import Slot
 
 __all__ = ["RemoteRunner"]
 
@@ -46,9 +48,9 @@ class RemoteRunner:
         load_timeout_s: bound on the child's start and model load.
     """
 
-    def __init__(self, spec: child.ModelSpec, *, torch_threads: int, infer_timeout_s: float,
+    def __init__(self, spec: jobs.ModelSpec, *, torch_threads: int, infer_timeout_s: float,
                  load_timeout_s: float) -> None:
-        self._child = ModelChild(child.load, (spec, torch_threads), call_timeout_s=infer_timeout_s,
+        self._child = ModelChild(jobs.load, (spec, torch_threads), call_timeout_s=infer_timeout_s,
                                  load_timeout_s=load_timeout_s)
         self._lock = threading.Lock()
         self._sent: dict[int, tuple[int, int]] = {}  # slot -> (child incarnation, slot generation) it holds
@@ -79,7 +81,7 @@ class RemoteRunner:
         self.info = ModelInfo(name=name, version=version)
         log.info("model %s %s loaded in a worker process on %s", name, version, self.device)
 
-    def run(self, skeleton: Any, slot: Slot, size: int | None = None, *, raw: bool = False) -> child.ChildResult:
+    def run(self, skeleton: Any, slot: Slot, size: int | None = None, *, raw: bool = False) -> jobs.ChildResult:
         """Infer one packed batch in the child (``raw``: preprocess its windows there first);
         raises what the model raised there.
 
@@ -88,16 +90,16 @@ class RemoteRunner:
             ModelUnavailableError: no child can be started any more.
         """
         if raw:
-            job = child.ChildJob(slot.index, slot.generation, None, skeleton, raw=True)
+            job = jobs.ChildJob(slot.index, slot.generation, None, skeleton, raw=True)
         else:
             holds = (self._child.incarnation, slot.generation)
             with self._lock:
                 fresh = self._sent.get(slot.index) != holds
                 self._sent[slot.index] = holds
-            job = child.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
+            job = jobs.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
         what = f"a call of {size} windows" if size is not None else "a call"
         try:
-            result: child.ChildResult = self._child.call(child.infer, job, what=what)
+            result: jobs.ChildResult = self._child.call(jobs.infer, job, what=what)
         except BaseException:
             with self._lock:  # the child may not have kept the buffer (or was replaced): send it again
                 self._sent.pop(slot.index, None)
@@ -107,4 +109,4 @@ class RemoteRunner:
 
     def stop(self, timeout_s: float = 10) -> None:
         """Stop the child after the model's ``close()``: up to ``timeout_s``, then killed. Idempotent."""
-        self._child.stop(timeout_s, close=child.close)
+        self._child.stop(timeout_s, close=jobs.close)

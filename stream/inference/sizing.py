@@ -20,10 +20,13 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-__all__ = ["BatchSample", "BatchSizer", "LinearCost", "batch_size_for", "fit_cost"]
+from operators import WindowInput
+
+__all__ = ["BatchSample", "BatchSizer", "LinearCost", "batch_size_for", "bucket_for", "fit_cost", "pad",
+           "power_of_two_buckets"]
 
 
 class BatchSample(NamedTuple):
@@ -140,3 +143,28 @@ class BatchSizer:
         """How many windows the forming batch may hold now (see ``batch_size_for``)."""
         return batch_size_for(self._cost, target_s=self._target_s, waited_s=waited_s,
                               max_batch=self._max_batch, ahead_s=ahead_s)
+
+
+# --------------------------------------------------------------------------- batch-size buckets
+# A compiled graph is specialised on the batch size: padding to a few preferred sizes (Triton's
+# ``preferred_batch_size``) keeps the graphs few. Padding windows are empty (cheapest to preprocess).
+
+
+def power_of_two_buckets(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``max_batch``."""
+    out, n = [], 1
+    while n < max_batch:
+        out.append(n)
+        n *= 2
+    return [*out, max_batch]
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding ``n`` windows; ``n`` itself above every bucket or without any."""
+    fits = [b for b in buckets if b >= n]
+    return min(fits) if fits else n
+
+
+def pad(windows: list[WindowInput], buckets: Sequence[int]) -> list[WindowInput]:
+    """``windows`` followed by empty windows up to its bucket."""
+    return windows + [WindowInput() for _ in range(bucket_for(len(windows), buckets) - len(windows))]

@@ -31,7 +31,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from operators.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from operators.config import CONFIG_FILE, WEIGHTS_FILE
 from stream.errors import ModelError
 
 if TYPE_CHECKING:

@@ -89,7 +89,9 @@ class Infer:
             ``metrics`` get the per-batch timings; ``wall_ns`` stamps batches retried alone.
         model: a ready model (tests, benchmarks, the simulator), run on this process's threads,
             or a started ``InferenceExecutor`` (a benchmark's, which records what it serves), used
-            as it is; ``stop`` closes neither.
+            as it is: its own ``on_batch`` hook then stands in for this stage's (no
+            ``mmstream_preprocess_seconds``/``inference_seconds``, no batch sizer). ``stop``
+            closes neither.
     """
 
     def __init__(self, ctx: Context, model: Any = None) -> None:

@@ -321,3 +321,30 @@ def test_a_given_preprocessor_is_the_only_build_in_this_process(monkeypatch: pyt
     plain.start()
     plain.stop()
     assert len(built) == 1  # without one: a CPU build here for preprocess
+
+
+def test_a_processor_whose_worker_preprocesses_never_loads_torch() -> None:
+    """The executor, the stages and the worker's job types are torch-free: with the CPU default
+    (``model.preprocess_in`` auto = worker) only the worker process pays for torch (~210 MB)."""
+    import subprocess
+    import sys
+
+    snippet = (
+        "import sys\n"
+        "from operators import ModelConfig, WindowInput\n"
+        "from stream.inference.executor import InferenceExecutor, plan_from\n"
+        "import stream.runtime, stream.stages.infer, stream.inference.swap\n"
+        "cfg = ModelConfig(preset='tiny', device='cpu')\n"
+        "plan = plan_from(cfg, worker='process', max_batch=4)\n"
+        "ex = InferenceExecutor(cfg, plan, torch_threads=1)\n"
+        "ex.start()\n"
+        "try:\n"
+        "    out = ex.infer(ex.preprocess([WindowInput(texts=[('hi', 1.0)])]))\n"
+        "finally:\n"
+        "    ex.stop()\n"
+        "print(plan.preprocess_at, len(out), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["worker", "1", "False"], done.stdout

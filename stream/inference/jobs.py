@@ -1,0 +1,82 @@
+"""What crosses between the executor and a model worker process, torch-free.
+
+The processor's side of a worker (``remote.py``) pickles these and names these functions; the
+worker imports ``child.py`` (torch, the model) only when it runs them. So a processor whose
+worker preprocesses (``model.preprocess_in``: worker, a CPU model's default) never loads torch:
+about 210 MB less in the processor, measured with ``resource.getrusage`` after ``import torch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+from operators import WindowOutput
+
+__all__ = ["ChildJob", "ChildResult", "ModelSpec", "Precision", "close", "infer", "load"]
+
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelSpec(NamedTuple):
+    """How a runner builds its model.
+
+    Attributes:
+        config_json: the ``model:`` settings (``ModelConfig`` as JSON).
+        factory: a zero-argument callable returning the model (it must pickle: a module-level
+            function or a ``functools.partial`` of one); None builds ``operators.build_model(config)``,
+            which serves ``model.factory`` too.
+        device: where to place it ("cpu", "cuda", "cuda:1"); None leaves the model's choice.
+        compile: ``torch.compile`` its forward pass.
+        precision: autocast dtype on CUDA.
+    """
+
+    config_json: str
+    factory: Callable[[], Any] | None
+    device: str | None
+    compile: bool
+    precision: Precision
+
+
+class ChildJob(NamedTuple):
+    """One batch for the child: the skeleton, and the slot's buffer (a shared ``torch.Tensor``)
+    when the child has not got this slot's generation yet (sent once; a fresh child gets it
+    again). ``raw``: the skeleton is the windows themselves, which the child preprocesses
+    (``ExecutorPlan.preprocess_at``)."""
+
+    slot: int
+    generation: int
+    buffer: Any
+    skeleton: Any
+    raw: bool = False
+
+
+class ChildResult(NamedTuple):
+    """One batch's outputs, the seconds the model computed, the CUDA memory it holds, and the
+    seconds its preprocessing took there (0 when the parent preprocessed)."""
+
+    outputs: list[WindowOutput]
+    inference_s: float
+    gpu_memory_bytes: int | None
+    preprocess_s: float = 0.0
+
+
+def load(spec: ModelSpec, torch_threads: int | None) -> tuple[str, str, str]:
+    """In the worker: build the model (``child.load``)."""
+    from stream.inference import child
+
+    return child.load(spec, torch_threads)
+
+
+def infer(job: ChildJob) -> ChildResult:
+    """In the worker: run one batch (``child.infer``)."""
+    from stream.inference import child
+
+    return child.infer(job)
+
+
+def close() -> None:
+    """In the worker: the model's optional ``close()`` (``child.close``)."""
+    from stream.inference import child
+
+    child.close()
