@@ -215,7 +215,11 @@ class ModelChild:
             except concurrent.futures.CancelledError:
                 # queued behind a call whose child was killed: the replaced pool cancelled it. Not
                 # an asyncio cancellation (which it would become in the caller's to_thread)
-                if self._pool is None:
+                with self._lock:  # a restart under way holds it: wait for its end
+                    stopped = self._pool is None
+                if self._lost is not None:
+                    raise ModelUnavailableError(self._lost) from None
+                if stopped:
                     raise ModelError(f"the {self._name} was stopped") from None
                 raise WorkerDiedError(f"the {self._name} was replaced while {what} waited for it; "
                                       "the call was not run") from None

@@ -5,6 +5,7 @@ each window's id, so every test sees which output belongs to which window."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import signal
@@ -202,6 +203,28 @@ def test_replicas_share_the_batches() -> None:
         futures = [ex.submit(_batch(10 * i, 2)) for i in range(8)]
         assert [ids(f.result(timeout=60)) for f in futures] == [[10 * i, 10 * i + 1] for i in range(8)]
         assert {t.runner for t in timings} == {0, 1}
+    finally:
+        ex.stop()
+
+
+def test_calls_queued_behind_a_stalled_child_fail_as_its_death_never_as_cancelled() -> None:
+    """Several inference threads share one worker process (one per batch in flight): when the
+    first call stalls and the child is killed and replaced, the calls queued behind it fail with
+    ``WorkerDiedError`` (the runtime retries their windows), never with the pool's
+    ``CancelledError``, which an ``asyncio.to_thread`` caller takes for its own cancellation
+    and which left a batch never delivered."""
+    ex = _executor("process", prepared_ahead=10)
+    ex.start()
+    try:
+        batches = [ex.preprocess([window(HANGS)])] + [ex.preprocess(_batch(10 * i, 2)) for i in range(1, 10)]
+        pool = concurrent.futures.ThreadPoolExecutor(len(batches))
+        futures = [pool.submit(ex.infer, b) for b in batches]
+        for f in futures:  # each returned or failed as the worker's death, none as cancelled
+            error = f.exception(timeout=60)
+            assert error is None or isinstance(error, WorkerDiedError), repr(error)
+        assert isinstance(futures[0].exception(), WorkerDiedError)
+        pool.shutdown()
+        assert ids(ex.infer(ex.preprocess(_batch(0, 2)))) == [0, 1]  # the new child serves
     finally:
         ex.stop()
 
