@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BufferKind", "Slot", "Slots", "TensorRef", "pack", "packed_extent", "packed_nbytes", "unpack"]
 
-BufferKind = Literal["none", "shared", "pinned"]
+BufferKind = Literal["none", "shared", "pinned", "bytes"]
 _ALIGN = 64  # bytes: every tensor starts on a cache line (and any dtype's alignment)
 _GROWTH = 1.5  # a grown slot leaves room, so a slowly growing batch does not reallocate each time
 
@@ -124,10 +124,19 @@ class Slot:
     index: int
     kind: BufferKind
     generation: int = 0
-    buffer: torch.Tensor | None = None
+    buffer: Any = None  # a flat uint8 torch.Tensor; a handover.SharedBytes for kind "bytes"
 
-    def ensure(self, nbytes: int) -> torch.Tensor:
+    def ensure(self, nbytes: int) -> Any:
         """The buffer, at least ``nbytes`` long (grown, with a new generation, when it was not)."""
+        if self.kind == "bytes":  # windows' bytes for a worker that preprocesses (torch-free)
+            if self.buffer is None or self.buffer.size < nbytes:
+                from stream.inference.handover import SharedBytes
+
+                if self.buffer is not None:
+                    self.buffer.close()
+                self.buffer = SharedBytes(max(_round(int(nbytes * _GROWTH)), _ALIGN))
+                self.generation += 1
+            return self.buffer
         if self.buffer is None or self.buffer.numel() < nbytes:
             import torch
 
@@ -146,8 +155,9 @@ class Slots:
 
     Args:
         count: slots (batches prepared and not yet inferred).
-        kind: "shared" (a model in a child process), "pinned" (a CUDA model in this process) or
-            "none" (the batch stays as the model made it; the slot is only the bound).
+        kind: "shared" (a model in a child process), "pinned" (a CUDA model in this process),
+            "bytes" (windows' bytes for a child that preprocesses them, ``handover``) or "none"
+            (the batch stays as the model made it; the slot is only the bound).
     """
 
     def __init__(self, count: int, kind: BufferKind) -> None:

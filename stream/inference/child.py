@@ -19,6 +19,7 @@ from operators import ModelConfig
 from stream.contract import ModelInfo
 from stream.inference.buffers import Slot
 from stream.inference.device import DeviceFeeder, autocast, compile_model
+from stream.inference.handover import unpack_windows
 from stream.inference.jobs import ChildJob, ChildResult, ModelSpec, Precision
 
 __all__ = ["ChildJob", "ChildResult", "ModelSpec", "build", "close", "identity", "infer", "load", "model_device", "place", "run"]
@@ -97,16 +98,16 @@ def infer(job: ChildJob) -> ChildResult:
     state = _STATE
     if state is None:
         raise RuntimeError("the model worker has no model loaded")
-    if job.raw:
-        t0 = time.perf_counter()
-        batch = state.model.preprocess(job.skeleton)
-        preprocess_s = time.perf_counter() - t0
-        return run(state.model, state.feeder, state.precision, batch, None)._replace(preprocess_s=preprocess_s)
     slot = state.buffers.get(job.slot)
     if job.buffer is not None:
-        slot = state.buffers[job.slot] = Slot(job.slot, "shared", job.generation, job.buffer)
+        slot = state.buffers[job.slot] = Slot(job.slot, "bytes" if job.raw else "shared", job.generation, job.buffer)
     if slot is None or slot.generation != job.generation:
         raise RuntimeError(f"buffer slot {job.slot} generation {job.generation} was never sent to this worker")
+    if job.raw:
+        t0 = time.perf_counter()
+        batch = state.model.preprocess(unpack_windows(job.skeleton, slot.buffer.view))
+        preprocess_s = time.perf_counter() - t0
+        return run(state.model, state.feeder, state.precision, batch, None)._replace(preprocess_s=preprocess_s)
     return run(state.model, state.feeder, state.precision, job.skeleton, slot)
 
 

@@ -36,6 +36,7 @@ from operators import ModelConfig, WindowInput, WindowOutput
 from stream.errors import ModelError
 from stream.health import ModelProgress
 from stream.inference.buffers import Slot, Slots, pack, packed_nbytes
+from stream.inference.handover import pack_windows, packed_window_bytes
 from stream.inference.jobs import ModelSpec, Precision
 from stream.inference.remote import RemoteRunner
 from stream.inference.sizing import pad, power_of_two_buckets
@@ -217,7 +218,7 @@ class InferenceExecutor:
         first = self._runners[0]
         self.info, self.device = getattr(self._pre_model, "info", None) or first.info, first.device
         if plan.preprocess_at == "worker":
-            kind = "none"  # a slot is then only the bound on batches handed over ahead
+            kind = "bytes"  # the windows' bytes, for the child to preprocess (stream.inference.handover)
         else:
             kind = "shared" if plan.worker == "process" else ("pinned" if first.device.startswith("cuda") else "none")
         self._slots = Slots(max(plan.prepared_ahead, 1), kind)
@@ -296,9 +297,16 @@ class InferenceExecutor:
             slot = slots.take()
         except RuntimeError as exc:
             raise ModelError(str(exc)) from None
-        if in_worker:  # the worker preprocesses: hand the windows over as they are
-            padded, now = pad(windows, self.plan.buckets), time.perf_counter()
-            return PackedBatch(padded, len(windows), len(padded), 0.0, slot, now, raw=True)
+        if in_worker:  # the worker preprocesses: hand the windows over, their bytes in the slot
+            t0 = time.perf_counter()
+            try:
+                padded = pad(windows, self.plan.buckets)
+                refs = pack_windows(padded, slot.ensure(packed_window_bytes(padded)).view)
+            except BaseException:
+                slots.give(slot)
+                raise
+            now = time.perf_counter()
+            return PackedBatch(refs, len(windows), len(padded), now - t0, slot, now, raw=True)
         if pool is None:  # on this thread
             try:
                 return self._prepare(model, windows, slot)

@@ -89,14 +89,11 @@ class RemoteRunner:
             WorkerDiedError: the child died or stalled; a new one serves the next call.
             ModelUnavailableError: no child can be started any more.
         """
-        if raw:
-            job = jobs.ChildJob(slot.index, slot.generation, None, skeleton, raw=True)
-        else:
-            holds = (self._child.incarnation, slot.generation)
-            with self._lock:
-                fresh = self._sent.get(slot.index) != holds
-                self._sent[slot.index] = holds
-            job = jobs.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton)
+        holds = (self._child.incarnation, slot.generation)
+        with self._lock:
+            fresh = self._sent.get(slot.index) != holds
+            self._sent[slot.index] = holds
+        job = jobs.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton, raw=raw)
         what = f"a call of {size} windows" if size is not None else "a call"
         try:
             result: jobs.ChildResult = self._child.call(jobs.infer, job, what=what)
