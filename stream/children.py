@@ -224,9 +224,12 @@ class ModelChild:
                 raise WorkerDiedError(f"the {self._name} was replaced while {what} waited for it; "
                                       "the call was not run") from None
             except RuntimeError as exc:
-                if self._pool is None and "after shutdown" in str(exc):  # stopped under the call
+                if "after shutdown" not in str(exc):
+                    raise
+                if self._pool is None:  # stopped under the call
                     raise ModelError(f"the {self._name} was stopped") from None
-                raise
+                raise WorkerDiedError(f"the {self._name} was replaced as {what} went out; "  # raced a restart
+                                      "the call was not run") from None
         finally:
             self.progress.end()
 

@@ -92,7 +92,8 @@ class Metrics:
         self.inference_errors = Counter("mmstream_inference_errors", "Inference failures: a batch (retried window "
                                         "by window) or a window (published with its error)", ["scope"], registry=r)
         self.model_busy_ratio = Gauge("mmstream_model_busy_ratio", "Fraction of wall time the model's replicas "
-                                      "computed since the previous scrape (near 1: the device never waits for input)",
+                                      "computed since the previous scrape (near 1: the device never waits for input); "
+                                      "a worker that preprocesses counts its preprocessing",
                                       registry=r)
         self.model_version_info = Gauge("mmstream_model_version_info", "1, labelled with the name and version of "
                                         "the model serving now (changes when a new checkpoint is swapped in)",

@@ -177,6 +177,8 @@ class Slots:
 
     def give(self, slot: Slot) -> None:
         with self._cond:
+            if self._closed:  # its batch outlived the executor: drop the buffer now
+                slot.buffer = None
             self._free.append(slot)
             self._cond.notify()
 

@@ -20,7 +20,7 @@ from stream.contract import ModelInfo
 from stream.inference.buffers import Slot
 from stream.inference.device import DeviceFeeder, autocast, compile_model
 from stream.inference.handover import unpack_windows
-from stream.inference.jobs import ChildJob, ChildResult, ModelSpec, Precision
+from stream.inference.jobs import ChildJob, ChildResult, ModelSpec, Precision, SlotNotHeld
 
 __all__ = ["ChildJob", "ChildResult", "ModelSpec", "build", "close", "identity", "infer", "load", "model_device", "place", "run"]
 
@@ -102,7 +102,7 @@ def infer(job: ChildJob) -> ChildResult:
     if job.buffer is not None:
         slot = state.buffers[job.slot] = Slot(job.slot, "bytes" if job.raw else "shared", job.generation, job.buffer)
     if slot is None or slot.generation != job.generation:
-        raise RuntimeError(f"buffer slot {job.slot} generation {job.generation} was never sent to this worker")
+        raise SlotNotHeld(f"buffer slot {job.slot} generation {job.generation} was never sent to this worker")
     if job.raw:
         t0 = time.perf_counter()
         batch = state.model.preprocess(unpack_windows(job.skeleton, slot.buffer.view))

@@ -118,8 +118,11 @@ def _preprocess_at(config: ModelConfig, worker: str, devices: tuple[str, ...]) -
     wanted = list(devices) or [str(getattr(config, "device", "auto"))]
     if any(d.startswith("cuda") for d in wanted):
         return "processor"
-    if "auto" in wanted:  # an NVIDIA driver is there: the child will find its GPU (torch is not asked
-        return "processor" if Path("/proc/driver/nvidia/version").exists() else "worker"  # here: 210 MB)
+    if "auto" in wanted:  # a GPU driver is there (NVIDIA, ROCm, WSL2): the child will find its GPU.
+        # torch is not asked here (210 MB in the processor); a CPU-only container on a GPU host
+        # may see the driver too and preprocess here: slower, never wrong
+        gpu = any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+        return "processor" if gpu else "worker"
     return "worker"
 
 

@@ -11,14 +11,15 @@ it is in the pipe before the child has finished the batch before.
 
 ``SharedBytes`` is torch-free (the processor whose worker preprocesses never imports torch):
 an anonymous file (``memfd_create``; a deleted temporary file elsewhere) mapped in both
-processes, passed to the child as a file descriptor, so nothing is left behind in
-``/dev/shm`` when a process is killed.
+processes, which the child opens through ``/proc/<parent>/fd`` (elsewhere: a descriptor passed
+over a socket), so nothing is left behind in ``/dev/shm`` when a process is killed.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import sys
 import tempfile
 import weakref
 from multiprocessing import reduction
@@ -45,7 +46,11 @@ class SharedBytes:
         self._closer = weakref.finalize(self, os.close, _fd)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # DupFd hands the descriptor over a socket when the child unpickles (spawn-safe)
+        if not self._closer.alive:
+            raise ValueError("a closed SharedBytes cannot be sent")
+        if sys.platform.startswith("linux"):  # the child opens our descriptor through /proc: nothing
+            return (_open, (os.getpid(), self._fd, self.size))  # is kept for a child that never reads it
+        # elsewhere DupFd hands the descriptor over a socket when the child unpickles (spawn-safe)
         return (_attach, (reduction.DupFd(self._fd), self.size))
 
     def close(self) -> None:
@@ -65,6 +70,10 @@ def _anonymous_file(size: int) -> int:
 
 def _attach(dup: Any, size: int) -> SharedBytes:
     return SharedBytes(size, _fd=dup.detach())
+
+
+def _open(pid: int, fd: int, size: int) -> SharedBytes:
+    return SharedBytes(size, _fd=os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC))
 
 
 class WindowRefs(NamedTuple):

@@ -13,7 +13,7 @@ from typing import Any, Literal, NamedTuple
 
 from operators import WindowOutput
 
-__all__ = ["ChildJob", "ChildResult", "ModelSpec", "Precision", "close", "infer", "load"]
+__all__ = ["ChildJob", "ChildResult", "ModelSpec", "Precision", "SlotNotHeld", "close", "infer", "load"]
 
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -38,11 +38,16 @@ class ModelSpec(NamedTuple):
     precision: Precision
 
 
+class SlotNotHeld(RuntimeError):
+    """The worker was not sent this slot's buffer: a job that went out while the worker was
+    being replaced (the runner resends it once, with the buffer)."""
+
+
 class ChildJob(NamedTuple):
-    """One batch for the child: the skeleton, and the slot's buffer (a shared ``torch.Tensor``)
-    when the child has not got this slot's generation yet (sent once; a fresh child gets it
-    again). ``raw``: the skeleton is the windows themselves, which the child preprocesses
-    (``ExecutorPlan.preprocess_at``)."""
+    """One batch for the child: the skeleton, and the slot's buffer (a shared ``torch.Tensor``,
+    or a ``handover.SharedBytes`` for a raw job) when the child has not got this slot's
+    generation yet (sent once; a fresh child gets it again). ``raw``: the skeleton is the
+    windows, their bytes in the buffer, which the child preprocesses (``ExecutorPlan.preprocess_at``)."""
 
     slot: int
     generation: int

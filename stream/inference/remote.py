@@ -15,8 +15,9 @@ the parent's ``sys.path``, so a factory module the processor can import, the chi
 with the child's error, once: no restart loop.
 
 The child receives a ``ChildJob``: a skeleton and, once per slot generation and child, the
-slot's shared buffer, when preprocessing ran in the parent's pool; or the windows themselves,
-which it preprocesses before the forward pass (``ExecutorPlan.preprocess_at == "worker"``).
+slot's shared buffer: the prepared tensors, when preprocessing ran in the parent's pool, or the
+windows' bytes, which it preprocesses before the forward pass (``ExecutorPlan.preprocess_at ==
+"worker"``, ``stream.inference.handover``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ class RemoteRunner:
         job = jobs.ChildJob(slot.index, slot.generation, slot.buffer if fresh else None, skeleton, raw=raw)
         what = f"a call of {size} windows" if size is not None else "a call"
         try:
-            result: jobs.ChildResult = self._child.call(jobs.infer, job, what=what)
+            try:
+                result: jobs.ChildResult = self._child.call(jobs.infer, job, what=what)
+            except jobs.SlotNotHeld:  # went out as the child was replaced: once more, with the buffer
+                with self._lock:
+                    self._sent[slot.index] = (self._child.incarnation, slot.generation)
+                result = self._child.call(jobs.infer, job._replace(buffer=slot.buffer), what=what)
         except BaseException:
             with self._lock:  # the child may not have kept the buffer (or was replaced): send it again
                 self._sent.pop(slot.index, None)

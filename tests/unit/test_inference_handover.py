@@ -4,6 +4,7 @@ preprocessing would."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from multiprocessing.reduction import ForkingPickler
 
@@ -109,3 +110,17 @@ def test_the_worker_scores_handed_windows_as_the_processor_would(at: str) -> Non
     for g, w in zip(got, want, strict=True):
         assert g.label == w.label and g.dropped_frames == w.dropped_frames
         assert g.scores == pytest.approx(w.scores, abs=1e-5)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux: the child opens the buffer through /proc")
+def test_a_buffer_sent_to_a_child_that_never_reads_it_keeps_no_descriptor_here() -> None:
+    """A job queued for a worker that is then killed is never unpickled: sending the buffer must
+    not park a duplicate descriptor (and the slot's pages) here until the process ends."""
+    shared = SharedBytes(4096)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        ForkingPickler.dumps(shared)
+    assert len(os.listdir("/proc/self/fd")) == before
+    shared.close()
+    with pytest.raises(ValueError, match="closed"):
+        ForkingPickler.dumps(shared)
