@@ -8,12 +8,14 @@ about 210 MB less in the processor, measured with ``resource.getrusage`` after `
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from operators import WindowOutput
 
-__all__ = ["ChildJob", "ChildResult", "ModelSpec", "Precision", "SlotNotHeld", "close", "infer", "load"]
+__all__ = ["ChildJob", "ChildResult", "ModelRaised", "ModelSpec", "Precision", "SlotNotHeld", "close", "infer",
+           "load"]
 
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -36,6 +38,16 @@ class ModelSpec(NamedTuple):
     device: str | None
     compile: bool
     precision: Precision
+
+
+class ModelRaised(RuntimeError):
+    """What a model raised in the worker, as its type's name and message, when the exception
+    itself cannot cross back: its class does not unpickle (an ``__init__`` with required
+    arguments, the commonest way to write one) or is torch's (the processor stays torch-free).
+
+    Pickled as it was, such an exception kills the result reader of the process pool: the pool
+    breaks, the worker is replaced (seconds), the batch's windows are retried one by one, and
+    each retry breaks it again."""
 
 
 class SlotNotHeld(RuntimeError):
@@ -70,18 +82,39 @@ def load(spec: ModelSpec, torch_threads: int | None) -> tuple[str, str, str]:
     """In the worker: build the model (``child.load``)."""
     from stream.inference import child
 
-    return child.load(spec, torch_threads)
+    return _crossing(child.load, spec, torch_threads)  # type: ignore[no-any-return]
 
 
 def infer(job: ChildJob) -> ChildResult:
     """In the worker: run one batch (``child.infer``)."""
     from stream.inference import child
 
-    return child.infer(job)
+    return _crossing(child.infer, job)  # type: ignore[no-any-return]
 
 
 def close() -> None:
     """In the worker: the model's optional ``close()`` (``child.close``)."""
     from stream.inference import child
 
-    child.close()
+    _crossing(child.close)
+
+
+def _crossing(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; an exception that cannot cross back to the processor becomes ``ModelRaised``."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if _crosses(exc):
+            raise
+        raise ModelRaised(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}") from None
+
+
+def _crosses(exc: BaseException) -> bool:
+    """Whether the parent can unpickle ``exc`` as it is, without importing torch."""
+    if type(exc).__module__.split(".")[0] == "torch":
+        return False
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure to round-trip means it cannot cross
+        return False
+    return True

@@ -19,6 +19,15 @@ PREPROCESS_FAILS = -1  # a window with this id makes preprocess raise
 INFER_FAILS = -2  # ... makes infer raise
 KILLS_WORKER = -3  # ... makes the process exit (a crash in native code)
 HANGS = -4  # ... makes infer sleep far beyond any timeout
+RAISES_ODD = -5  # ... makes infer raise an exception whose class does not unpickle
+
+
+class OddError(Exception):
+    """Written the common way, with required arguments: its instances do not unpickle."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+        self.code = code
 
 
 def window(i: int) -> WindowInput:
@@ -57,6 +66,8 @@ class EchoModel:
         got = batch.ids.tolist()
         if INFER_FAILS in got:
             raise RuntimeError("infer refused the batch")
+        if RAISES_ODD in got:
+            raise OddError(7, "the model's own error")
         if KILLS_WORKER in got:
             os._exit(3)
         if HANGS in got:
@@ -72,6 +83,11 @@ class EchoModel:
 
 def echo_model() -> EchoModel:
     return EchoModel()
+
+
+def odd_factory() -> EchoModel:
+    """A factory that fails as a user's may: with an exception that does not unpickle."""
+    raise OddError(9, "no weights here")
 
 
 class TinyModule(torch.nn.Module):

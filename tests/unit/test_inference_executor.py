@@ -25,9 +25,11 @@ from tests.unit._inference_models import (
     INFER_FAILS,
     KILLS_WORKER,
     PREPROCESS_FAILS,
+    RAISES_ODD,
     EchoModel,
     echo_model,
     ids,
+    odd_factory,
     window,
 )
 
@@ -144,6 +146,24 @@ def test_a_failing_infer_fails_its_batch_only(executor: InferenceExecutor) -> No
             executor.infer(executor.preprocess([window(1), window(INFER_FAILS)]))
     assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
     assert executor.restarts == 0
+
+
+def test_a_model_error_that_does_not_unpickle_fails_its_batch_only(executor: InferenceExecutor) -> None:
+    """An exception class with required arguments cannot be rebuilt from its pickle: sent back as
+    it is, it broke the process pool, and every retry of the batch's windows replaced the worker."""
+    for _ in range(2):
+        with pytest.raises(Exception, match="code 7: the model.s own error"):
+            executor.infer(executor.preprocess([window(1), window(RAISES_ODD)]))
+    assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
+    assert executor.restarts == 0
+
+
+def test_a_load_error_that_does_not_unpickle_is_reported_as_raised() -> None:
+    ex = InferenceExecutor(CONFIG, ExecutorPlan(worker="process", preprocess_at="worker"), factory=odd_factory,
+                           torch_threads=1)
+    with pytest.raises(ModelError, match="OddError: code 9: no weights here"):
+        ex.start()
+    ex.stop()
 
 
 def test_a_prepared_batch_is_inferred_once(executor: InferenceExecutor) -> None:
