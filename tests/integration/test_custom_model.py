@@ -83,10 +83,14 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-async def test_a_model_from_a_temporary_module_scores_every_window(settings_for, tmp_path, user_modules) -> None:
+@pytest.mark.parametrize("preprocess_in", ["auto", "processor"])
+async def test_a_model_from_a_temporary_module_scores_every_window(settings_for, tmp_path, user_modules,
+                                                                   preprocess_in: str) -> None:
+    """``auto`` on a CPU: the worker preprocesses (the windows' bytes in shared memory);
+    ``processor``: the processor does, and the tensors cross in shared memory."""
     settings = settings_for(window={"idle_timeout_ms": 1000, "allowed_lateness_ms": 100},
                             batching={"max_delay_ms": 20, "worker": "process"},
-                            model={"factory": "marked_models:build"})
+                            model={"factory": "marked_models:build", "preprocess_in": preprocess_in})
     start_ns = (time.time_ns() // 10**9 - 20) * 10**9  # whole seconds: window starts
     proc = ProcessorProcess(settings, tmp_path).start()
     try:
@@ -110,10 +114,13 @@ async def test_a_model_from_a_temporary_module_scores_every_window(settings_for,
     by_pid: dict[str, list[str]] = {}
     for what, pid in zip(marks[0::2], marks[1::2], strict=True):
         by_pid.setdefault(pid, []).append(what)
-    # one copy (stream.inference, a CPU model: model.preprocess_in auto = worker): the worker
-    # process preprocesses and infers, the processor builds none; warmed up and closed once, in order
-    assert list(by_pid.values()) == [["warmup", "close"]], marks
-    assert str(proc.proc.pid) not in by_pid, "the processor itself built a copy of the model"
+    # each copy is warmed up and closed once, in that order (stream.inference)
+    if preprocess_in == "auto":  # a CPU model: the worker preprocesses and infers, the processor builds none
+        assert list(by_pid.values()) == [["warmup", "close"]], marks
+        assert str(proc.proc.pid) not in by_pid, "the processor itself built a copy of the model"
+    else:  # the processor preprocesses with its own copy, the worker infers with another
+        assert list(by_pid.values()) == [["warmup", "close"]] * 2, marks
+        assert str(proc.proc.pid) in by_pid, "one copy preprocesses in the processor"
 
 
 @pytest.mark.parametrize(("factory", "says"), [
