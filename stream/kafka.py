@@ -352,33 +352,48 @@ async def fetched_high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPar
 async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], count: int = 1,
                     timeout_s: float = 10.0) -> dict[int, list[bytes]]:
     """The values of the newest ``count`` records of each partition, oldest first, via a non-group
-    consumer (an empty list for an empty partition).
-
-    Positions come from the high watermark of a fetch response, not ``end_offsets`` (which tansu
-    answers wrongly when the last batch holds several records).
+    consumer (an empty list for an empty partition), up to ``fetched_high_watermarks``.
 
     Raises:
         ClusterError: no answer within ``timeout_s``.
     """
     tps = [TopicPartition(topic, p) for p in partitions]
-    out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
     if not tps:
-        return out
+        return {}
     consumer.assign(tps)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout_s
     high = await fetched_high_watermarks(consumer, tps, dict.fromkeys(tps, 0), deadline)
-    pending = {tp for tp, hw in high.items() if hw > 0}
-    for tp in pending:
-        consumer.seek(tp, max(high[tp] - count, 0))
+    values, pending = await read_range(consumer, {tp: max(high[tp] - count, 0) for tp in tps}, high, deadline)
+    if pending:
+        raise ClusterError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
+    return {tp.partition: values[tp] for tp in tps}
+
+
+async def read_range(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int],
+                     high: Mapping[TopicPartition, int], deadline: float,
+                     ) -> tuple[dict[TopicPartition, list[bytes]], set[TopicPartition]]:
+    """The values of each assigned partition's records at offsets ``[start, high)`` (tombstones
+    skipped), and the partitions not read up to ``high`` by ``deadline`` (running loop's clock).
+
+    A partition whose last offsets hold no record (transaction markers) counts as read once the
+    consumer's position passes them, instead of waiting out the deadline for a record.
+    """
+    loop = asyncio.get_running_loop()
+    out: dict[TopicPartition, list[bytes]] = {tp: [] for tp in start}
+    pending: set[TopicPartition] = set()
+    for tp, first in start.items():
+        if high[tp] > first:
+            consumer.seek(tp, first)
+            pending.add(tp)
     while pending and loop.time() < deadline:
         batch = await consumer.getmany(*pending, timeout_ms=100)
         for tp, records in batch.items():
             for record in records:
-                if high[tp] - count <= record.offset < high[tp] and record.value is not None:
-                    out[tp.partition].append(record.value)
+                if start[tp] <= record.offset < high[tp] and record.value is not None:
+                    out[tp].append(record.value)
                 if record.offset >= high[tp] - 1:
                     pending.discard(tp)
-    if pending:
-        raise ClusterError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
-    return out
+        for tp in list(pending):
+            if await consumer.position(tp) >= high[tp]:
+                pending.discard(tp)
+    return out, pending

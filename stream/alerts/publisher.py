@@ -172,7 +172,13 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
     """
     from aiokafka import TopicPartition
 
-    from stream.kafka import fetched_high_watermarks, make_consumer, stop_bounded, topic_partitions
+    from stream.kafka import (
+        fetched_high_watermarks,
+        make_consumer,
+        read_range,
+        stop_bounded,
+        topic_partitions,
+    )
 
     since = since or {}
     topic = settings.topics.alerts
@@ -191,25 +197,12 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READ_BACK_TIMEOUT_S
             high = await fetched_high_watermarks(reader, tps, start, deadline)
-            pending: set[Any] = set()
             for tp in tps:
                 if start[tp] > high[tp]:
                     start[tp] = 0  # the partition is shorter than what was read: a new topic
-                values[tp.partition], ends[tp.partition] = [], high[tp]
-                if high[tp] > start[tp]:
-                    reader.seek(tp, start[tp])
-                    pending.add(tp)
-            while pending and loop.time() < deadline:
-                batch = await reader.getmany(*pending, timeout_ms=100)
-                for tp, records in batch.items():
-                    for record in records:
-                        if start[tp] <= record.offset < high[tp] and record.value is not None:
-                            values[tp.partition].append(record.value)
-                        if record.offset >= high[tp] - 1:
-                            pending.discard(tp)
-                for tp in list(pending):  # the last offsets may hold no record (a transaction marker)
-                    if await reader.position(tp) >= high[tp]:
-                        pending.discard(tp)
+                ends[tp.partition] = high[tp]
+            read, pending = await read_range(reader, start, high, deadline)
+            values = {tp.partition: read[tp] for tp in tps}
             if pending:
                 raise ClusterError(f"could not read {topic} partitions {sorted(tp.partition for tp in pending)} "
                                    f"up to their high watermark within {READ_BACK_TIMEOUT_S:.0f} s")

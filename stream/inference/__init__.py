@@ -5,9 +5,10 @@
 - ``runners`` / ``remote`` / ``child``: where a batch meets a model replica, in this process or
   a child process fed through shared memory.
 - ``buffers``: packing a prepared batch into reused shared or pinned buffers.
-- ``device``: buckets, the side-stream copy, autocast, ``torch.compile``.
+- ``device``: the side-stream copy, autocast, ``torch.compile``.
 - ``timing``: ``BatchTiming`` and ``BusyMeter`` (the metrics' sources).
-- ``sizing``: the ``batching.target_latency_ms`` estimator (pure).
+- ``sizing``: the ``batching.target_latency_ms`` estimator and batch-size buckets (pure).
+- ``jobs`` / ``handover``: what crosses to a worker process, torch-free; windows' bytes in shared memory.
 - ``swap``: a model directory watched, new checkpoints swapped in between batches.
 
 Importing this package does not import torch; its modules do.

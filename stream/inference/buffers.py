@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BufferKind", "Slot", "Slots", "TensorRef", "pack", "packed_extent", "packed_nbytes", "unpack"]
+__all__ = ["BufferKind", "Slot", "Slots", "TensorRef", "aligned", "pack", "packed_extent", "packed_nbytes", "unpack"]
 
 BufferKind = Literal["none", "shared", "pinned", "bytes"]
 _ALIGN = 64  # bytes: every tensor starts on a cache line (and any dtype's alignment)
@@ -59,7 +59,8 @@ def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
     return obj
 
 
-def _round(n: int) -> int:
+def aligned(n: int) -> int:
+    """``n`` rounded up to the alignment every packed piece starts on."""
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
@@ -69,7 +70,7 @@ def packed_nbytes(tree: Any) -> int:
 
     def count(t: torch.Tensor) -> torch.Tensor:
         nonlocal total
-        total += _round(t.numel() * t.element_size())
+        total += aligned(t.numel() * t.element_size())
         return t
 
     _walk(tree, count)
@@ -88,7 +89,7 @@ def pack(tree: Any, buffer: torch.Tensor) -> Any:
             raise TypeError(f"cannot pack a {t.dtype} {t.layout} tensor into a flat buffer")
         buffer[offset:offset + nbytes].view(t.dtype).view(t.shape).copy_(t.detach())
         ref = TensorRef(offset, t.dtype, tuple(t.shape))
-        offset += _round(nbytes)
+        offset += aligned(nbytes)
         return ref
 
     return _walk(tree, put)
@@ -128,26 +129,26 @@ class Slot:
 
     def ensure(self, nbytes: int) -> Any:
         """The buffer, at least ``nbytes`` long (grown, with a new generation, when it was not)."""
+        old = self.buffer
+        if old is not None and (old.size if self.kind == "bytes" else old.numel()) >= nbytes:
+            return old
+        size = max(aligned(int(nbytes * _GROWTH)), _ALIGN)
         if self.kind == "bytes":  # windows' bytes for a worker that preprocesses (torch-free)
-            if self.buffer is None or self.buffer.size < nbytes:
-                from stream.inference.handover import SharedBytes
+            from stream.inference.handover import SharedBytes
 
-                if self.buffer is not None:
-                    self.buffer.close()
-                self.buffer = SharedBytes(max(_round(int(nbytes * _GROWTH)), _ALIGN))
-                self.generation += 1
-            return self.buffer
-        if self.buffer is None or self.buffer.numel() < nbytes:
+            if old is not None:
+                old.close()
+            buf: Any = SharedBytes(size)
+        else:
             import torch
 
-            size = max(_round(int(nbytes * _GROWTH)), _ALIGN)
             buf = torch.empty(size, dtype=torch.uint8)
             if self.kind == "shared":
                 buf.share_memory_()
             elif self.kind == "pinned":
                 buf = buf.pin_memory()
-            self.buffer, self.generation = buf, self.generation + 1
-        return self.buffer
+        self.buffer, self.generation = buf, self.generation + 1
+        return buf
 
 
 class Slots:

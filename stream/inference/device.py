@@ -1,13 +1,10 @@
-"""What a runner does around the model's ``infer`` on an accelerator: batch-size buckets,
-host-to-device copies on a side stream, autocast, ``torch.compile``.
+"""What a runner does around the model's ``infer`` on an accelerator: host-to-device copies on a
+side stream, autocast, ``torch.compile``. (Batch-size buckets, which a compiled graph needs, are
+torch-free and live with the batch sizer, ``stream.inference.sizing``.)
 
-On the CPU every step here is the identity (or padding only), so the same runner code serves
-both; the CUDA branches are exercised on a GPU by ``python -m bench.gpu --executor``.
+On the CPU every step here is the identity, so the same runner code serves both; the CUDA
+branches are exercised on a GPU by ``python -m bench.gpu --executor``.
 
-- Buckets: a compiled graph (and cuDNN's autotuner) is specialised on the batch size; padding
-  every batch up to one of a few preferred sizes (Triton's ``preferred_batch_size``) keeps the
-  number of graphs small. Padding windows are empty ``WindowInput``s (cheapest to preprocess);
-  their outputs are dropped.
 - Side stream: the copy of batch k+1 to the device runs on its own CUDA stream while batch k
   computes; the compute stream waits on the copy's event only when it needs the data. Two
   device buffers alternate, and a copy waits for the compute that last read its buffer.
@@ -28,9 +25,8 @@ import torch
 
 from stream.inference.buffers import Slot, packed_extent, unpack
 from stream.inference.jobs import Precision
-from stream.inference.sizing import bucket_for, pad, power_of_two_buckets
 
-__all__ = ["DeviceFeeder", "Precision", "autocast", "bucket_for", "compile_model", "pad", "power_of_two_buckets"]
+__all__ = ["DeviceFeeder", "autocast", "compile_model"]
 
 log = logging.getLogger(__name__)
 

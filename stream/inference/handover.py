@@ -28,11 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from operators import WindowInput
+from stream.inference.buffers import aligned
 
 __all__ = ["SharedBytes", "WindowRefs", "pack_windows", "packed_window_bytes", "unpack_windows"]
-
-_ALIGN = 64
-
 
 class SharedBytes:
     """``size`` bytes of memory shared with the processes it is pickled to (by file descriptor)."""
@@ -85,17 +83,13 @@ class WindowRefs(NamedTuple):
     audio: tuple[int, tuple[int, ...], str] | None
 
 
-def _round(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
 def packed_window_bytes(windows: list[WindowInput]) -> int:
     """Bytes ``pack_windows`` needs for ``windows``."""
     total = 0
     for w in windows:
-        total += sum(_round(len(f.data)) for f in w.frames)
+        total += sum(aligned(len(f.data)) for f in w.frames)
         if w.audio is not None:
-            total += _round(w.audio.nbytes)
+            total += aligned(w.audio.nbytes)
     return total
 
 
@@ -109,14 +103,14 @@ def pack_windows(windows: list[WindowInput], buffer: memoryview) -> list[WindowR
             n = len(f.data)
             buffer[offset:offset + n] = f.data
             frames.append((offset, n))
-            offset += _round(n)
+            offset += aligned(n)
         audio = None
         if w.audio is not None:
             samples = np.ascontiguousarray(w.audio)
             n = samples.nbytes
             buffer[offset:offset + n] = samples.reshape(-1).view(np.uint8)
             audio = (offset, samples.shape, samples.dtype.str)
-            offset += _round(n)
+            offset += aligned(n)
         bare = WindowInput(frames=[f.model_copy(update={"data": b""}) for f in w.frames], audio=None,
                            sample_rate=w.sample_rate, texts=w.texts, present=w.present)
         out.append(WindowRefs(bare, frames, audio))

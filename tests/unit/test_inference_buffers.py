@@ -13,14 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.inference.buffers import Slot, Slots, pack, packed_extent, packed_nbytes, unpack
-from stream.inference.device import (
-    DeviceFeeder,
-    autocast,
-    bucket_for,
-    compile_model,
-    pad,
-    power_of_two_buckets,
-)
+from stream.inference.device import DeviceFeeder, autocast, compile_model
+from stream.inference.sizing import bucket_for, pad, power_of_two_buckets
 from stream.inference.timing import BusyMeter
 from tests.unit._inference_models import TinyModule, window
 
