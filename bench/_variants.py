@@ -27,6 +27,10 @@ class RecordingModel:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was recorded (a new round)."""
         self.batches: list[list[Any]] = []
         self.preprocess_s = 0.0
         self.infer_s = 0.0
@@ -75,13 +79,13 @@ def recording_executor(config: Any, model: Any, *, max_batch: int, prepared_ahea
             preprocessor = model if str(model.device) == "cpu" and plan.preprocess_at == "processor" else None
             super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor,
                              on_batch=self._timed)
+            self._sums = threading.Lock()  # batches finish on several inference threads
             self.reset()
 
         def reset(self) -> None:
             """Forget what was recorded (a new round)."""
             self.batches: list[list[Any]] = []
             self.preprocess_s = self.infer_s = 0.0
-            self._sums = threading.Lock()  # batches finish on several inference threads
 
         def _timed(self, timing: Any) -> None:
             with self._sums:

@@ -122,6 +122,7 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
             res: dict[str, list[dict[str, Any]]] = {k: [] for k in
                                                     ("raw_consume", "null_pipeline", "pipeline", "bare_model", "per_record")}
             rounds: list[dict[str, float]] = []
+            rec = RecordingModel(model) if served is model else served  # what the pipeline served, recorded
             for r in range(args.repeat):
                 for _ in range(3):  # short and cheap: best of three per round
                     raw = await run_raw_consume(base, args.partitions, records, timeout)
@@ -134,11 +135,7 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                 res["null_pipeline"].append(null)
                 _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
                      f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
-                if served is model:
-                    rec: Any = RecordingModel(model)
-                else:
-                    rec = served
-                    rec.reset()
+                rec.reset()
                 pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
                                            profile=args.profile and f"{args.profile}.pipe{r}")
                 pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s

@@ -20,7 +20,7 @@ from operators.config import CONFIG_FILE, WEIGHTS_FILE
 from operators.errors import ModelLoadError
 from operators.fused_config import FusedModelConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "Checkpoint", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 

@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from stream.commands._common import ensure_port_free, number, port_number, stop_on_signals
@@ -231,10 +232,7 @@ def _breakdown(processor: Any) -> dict[str, Any] | None:
     if not timed:
         return None
     out: dict[str, Any] = {"windows": len(timed), **_parts([t.latency for t in timed], processor.settings)}
-    closed_by: dict[str, int] = {}
-    for t in timed:
-        closed_by[t.closed_by] = closed_by.get(t.closed_by, 0) + 1
-    out["closed_by"] = closed_by
+    out["closed_by"] = dict(Counter(t.closed_by for t in timed))
     by_watermark = [t.latency for t in timed if t.closed_by == "watermark"]
     if by_watermark and len(by_watermark) < len(timed):
         out["closed_by_watermark"] = {"windows": len(by_watermark), **_parts(by_watermark, processor.settings)}
@@ -247,11 +245,7 @@ def _parts(lats: list[Any], s: Any) -> dict[str, Any]:
     for q, name in ((0.50, "p50"), (0.99, "p99")):
         out[name] = {"window_end_to_publish_ms": _percentile([lat.window_end_to_publish_ms for lat in lats], q),
                      **{p: _percentile([getattr(b, p) for b in parts], q) for p in _PARTS}}
-    waited: dict[str, int] = {}
-    for b in parts:
-        key = b.waited_for.value if b.waited_for is not None else "none"
-        waited[key] = waited.get(key, 0) + 1
-    out["waited_for"] = waited
+    out["waited_for"] = dict(Counter(b.waited_for.value if b.waited_for is not None else "none" for b in parts))
     p99 = out["p99"]
     # each term of the bound is one part's share; the model's two inference times cover its batch's
     # preprocessing and inference and the publish part (mostly waiting for the batch before)
