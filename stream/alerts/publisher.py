@@ -156,7 +156,7 @@ async def read_back(settings: Any) -> list[Alert]:
     return (await read_alerts(settings)).alerts
 
 
-async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> AlertsRead:
+async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, reader: Any = None) -> AlertsRead:
     """The alert records of every partition of the alerts topic from ``since`` (per partition,
     the ``next_offsets`` of an earlier read; a partition not in it from its start) up to its high
     watermark now.
@@ -165,6 +165,9 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
     laid out unlike the input topics, and what moved here from another processor may lie on any
     of them. A partition shorter than ``since`` says (deleted and created again) is read from its
     start.
+
+    ``reader``: a started consumer without group membership to read with (the processor's state
+    reader: not one more client started and stopped at every assignment); None: one of its own.
 
     Raises:
         ClusterError: no high watermark, or not every record up to it, within
@@ -182,8 +185,10 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
 
     since = since or {}
     topic = settings.topics.alerts
-    reader = make_consumer(settings.kafka, settings.limits, group=False)
-    await reader.start()
+    own = reader is None
+    if own:
+        reader = make_consumer(settings.kafka, settings.limits, group=False)
+        await reader.start()
     values: dict[int, list[bytes]] = {}
     ends: dict[int, int] = {}
     try:
@@ -207,7 +212,8 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None) -> 
                 raise ClusterError(f"could not read {topic} partitions {sorted(tp.partition for tp in pending)} "
                                    f"up to their high watermark within {READ_BACK_TIMEOUT_S:.0f} s")
     finally:
-        await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
+        if own:
+            await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
     out: list[Alert] = []
     for p in sorted(values):
         for value in values[p]:

@@ -74,7 +74,7 @@ class Rules:
         """
         if self._publisher is None:
             return 0
-        read = await read_alerts(self._ctx.settings, since=self._read_to)
+        read = await read_alerts(self._ctx.settings, since=self._read_to, reader=self._ctx.connection.state_reader)
         self._publisher.restore(read.alerts)
         self._read_to.update(read.next_offsets)
         log.info("rules: %d alert records read back, %d open", read.records, self._publisher.open_count)

@@ -55,7 +55,7 @@ async def _no_broker_setup(settings: Any) -> None:
     """The alerts topic exists already (the stand-in producer takes any topic)."""
 
 
-async def _empty_alerts_topic(settings: Any, since: Any = None) -> AlertsRead:
+async def _empty_alerts_topic(settings: Any, since: Any = None, *, reader: Any = None) -> AlertsRead:
     return AlertsRead([], 0, {})
 
 
