@@ -318,7 +318,7 @@ def train(
                 total += float(loss.detach()) * len(rows)
             entry = EpochLog(epoch, total / len(order))
             if split.val:
-                entry.val, _ = loop.validate(split.val, loss_fn)
+                entry.val, val_scores = loop.validate(split.val, loss_fn)
             result.history.append(entry)
             result.losses.append(entry.loss)
             if log is not None:
@@ -334,7 +334,8 @@ def train(
         if best is not None:
             model.load_state_dict(best[1], strict=False)
         if config.fit_thresholds and split.val:
-            _, scores = loop.validate(split.val, loss_fn)
+            # the kept weights' validation scores: the last epoch's as computed, or the best's again
+            scores = val_scores if config.keep == "last" else loop.validate(split.val, loss_fn)[1]
             # best F1 per label; few validation windows over-fit it: hence opt-in
             result.thresholds = best_f1_thresholds(scores, loop.targets[split.val].numpy(), model.labels)
             head = model.config.head
