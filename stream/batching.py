@@ -16,8 +16,8 @@ Shutdown: ``close()`` refuses new windows and makes ``next_batch`` return what i
 (no delay) in batches of at most ``max_batch``, then ``[]`` for ever: drain with
 ``while batch := await batcher.next_batch(): ...``.
 
-``BatchPipeline`` is the optional engine on top: preprocessing in a thread pool, inference in one
-worker thread, at most ``max_in_flight`` batches at once, so the event loop never blocks and the
+``BatchPipeline`` is the optional engine on top: each batch preprocessed and inferred on a thread
+of its own, at most ``max_in_flight`` batches at once, so the event loop never blocks and the
 next batch is prepared while the current one runs.
 
 Only this module of the runtime's batching path uses asyncio primitives directly; it never
@@ -170,10 +170,16 @@ class Batcher(Generic[T]):
                 fut.set_result(None)
 
     async def _wait_change(self, timeout: float | None) -> None:
+        """Until the queue changes (or ``timeout``). Without a timeout the future is awaited
+        directly: ``wait_for`` and ``shield`` each add a turn of the event loop to the wake-up,
+        and a turn can be a whole step of the consume loop."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changed.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            if timeout is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
         finally:
@@ -182,13 +188,30 @@ class Batcher(Generic[T]):
 
 
 class BatchPipeline(Generic[T, P, R]):
-    """Batches from a ``Batcher`` -> ``preprocess`` (thread pool) -> ``infer`` (one thread) -> ``deliver``.
+    """Batches from a ``Batcher`` -> ``preprocess`` then ``infer`` (one thread per batch) -> ``deliver``.
 
-    At most ``config.max_in_flight`` batches are between ``next_batch`` and ``deliver`` at once,
-    so memory is bounded and the next batch is preprocessed while the current one runs.
+    Each batch is preprocessed and inferred on one thread, one call after the other, and comes
+    back to the event loop once, with its results: every return to the loop waits behind
+    whatever the loop is doing (a step of the consume loop decodes 2,000 records), and measured
+    with a return between the two calls (``python -m bench.pipeline``) a batch waited 40-60 ms
+    there while the model sat idle. The threads of several batches overlap: the next batch is
+    preprocessed while the current one is inferred (a model replica runs one batch at a time).
+
+    At most ``config.max_in_flight`` batches are between ``next_batch`` and the end of their
+    ``infer`` at once (``in_flight``). A batch leaves that count when its inference ends, not when
+    its delivery does: a delivery waits for the broker's acknowledgement and for the event loop,
+    and while it held the slot the model had no next batch (measured: the worker idled 10-15 ms
+    after each batch of 30, ``batching.max_in_flight`` 2). Deliveries have their own bound,
+    ``max_in_flight`` more (``delivering``): a batch whose results cannot be delivered yet keeps
+    its inference slot, so a slow broker still stops the batches, then the queue, then the
+    input. Memory stays bounded by twice ``max_in_flight`` batches.
+
     ``deliver(batch, results, error)`` is awaited on the event loop for each batch in completion
     order; ``error`` is the exception preprocess/infer raised (``results`` is then None), so the
-    runtime decides what a failed batch means.
+    runtime decides what a failed batch means. A batch cancelled before its thread started is
+    never preprocessed; one cancelled after runs to its end (a thread cannot be stopped) and its
+    results are dropped: ``infer`` consumed what ``preprocess`` made, so nothing prepared is
+    left holding a buffer.
 
     Lifecycle: ``await start()``; ``await stop()`` closes the batcher, drains what is queued and
     waits for in-flight batches (idempotent); ``async with`` calls both.
@@ -201,38 +224,41 @@ class BatchPipeline(Generic[T, P, R]):
         infer: Callable[[P], Sequence[R]],
         deliver: Callable[[list[T], Sequence[R] | None, BaseException | None], Awaitable[None]],
         *,
-        preprocess_threads: int = 2,
-        infer_threads: int = 1,
         stamp: Callable[[], Any] | None = None,
-        discard: Callable[[P], None] | None = None,
     ) -> None:
         self.batcher = batcher
         self._preprocess, self._infer, self._deliver = preprocess, infer, deliver
-        self._threads = preprocess_threads
-        self._infer_threads = infer_threads
         self._stamp = stamp
-        self._discard = discard
-        self._pool: ThreadPoolExecutor | None = None
-        self._worker: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()  # every batch taken and not yet delivered
+        self._slots: asyncio.Semaphore | None = None  # batches between next_batch and the end of infer
+        self._deliveries: asyncio.Semaphore | None = None  # batches inferred and being delivered
+        self._computing = 0
+        self._delivering = 0
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        """Batches taken from the queue whose inference has not ended (at most ``max_in_flight``)."""
+        return self._computing
+
+    @property
+    def delivering(self) -> int:
+        """Batches inferred whose delivery has not ended (at most ``max_in_flight``)."""
+        return self._delivering
 
     async def start(self) -> None:
-        """Start the thread pools and the dispatch task.
+        """Start the threads and the dispatch task.
 
         Raises:
             RuntimeError: already started.
         """
         if self._task is not None:
             raise RuntimeError("BatchPipeline already started")
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mm-preprocess")
-        self._worker = ThreadPoolExecutor(self._infer_threads, thread_name_prefix="mm-infer")
-        self._slots = asyncio.Semaphore(self.batcher.config.max_in_flight)
+        width = self.batcher.config.max_in_flight
+        self._threads = ThreadPoolExecutor(width, thread_name_prefix="mm-infer")
+        self._slots = asyncio.Semaphore(width)
+        self._deliveries = asyncio.Semaphore(width)
         self._task = asyncio.create_task(self._dispatch(), name="mm-batch-dispatch")
 
     async def stop(self) -> None:
@@ -247,10 +273,9 @@ class BatchPipeline(Generic[T, P, R]):
                 raise
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
-        for pool in (self._worker, self._pool):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._worker = self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+        self._threads = None
 
     async def __aenter__(self) -> BatchPipeline[T, P, R]:
         await self.start()
@@ -267,65 +292,53 @@ class BatchPipeline(Generic[T, P, R]):
             if not batch:
                 self._slots.release()
                 return
+            self._computing += 1
             task = asyncio.create_task(self._run(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
     async def _run(self, batch: list[T]) -> None:
+        assert self._slots is not None and self._deliveries is not None  # set by start()
+        computing, delivering = True, False
         try:
+            error: BaseException | None = None
+            results: Sequence[R] | None = None
             try:
-                args = (batch,) if self._stamp is None else (batch, self._stamp())
-                prepared = await self._step(self._pool, self._preprocess, args, None)
-                results = await self._step(self._worker, self._infer, (prepared,), prepared)
+                results = await self._on_thread(batch)
             except Exception as exc:  # noqa: BLE001 - handed to deliver, which owns the policy
-                await self._deliver(batch, None, exc)
-            else:
-                await self._deliver(batch, results, None)
-        finally:
-            assert self._slots is not None
+                error = exc
+            await self._deliveries.acquire()  # keeps the inference slot while deliveries are full
+            delivering = True
+            self._delivering += 1
+            computing = False
+            self._computing -= 1
             self._slots.release()
+            await self._deliver(batch, results, error)
+        finally:
+            if computing:
+                self._computing -= 1
+                self._slots.release()
+            if delivering:
+                self._delivering -= 1
+                self._deliveries.release()
 
-    async def _step(self, pool: ThreadPoolExecutor | None, fn: Callable[..., Any], args: tuple[Any, ...],
-                    holding: Any) -> Any:
-        """``fn(*args)`` on ``pool`` (through ``run_in_executor``: the simulator's loop runs it
-        inline). If this task is cancelled (a stop cut short), a prepared batch that will never be
-        inferred goes to ``discard``: ``holding`` when the step never started, or what the step
-        produces when it finishes after the cancel."""
-        step = _Step()
-        discard = self._discard
+    async def _on_thread(self, batch: list[T]) -> Sequence[R]:
+        """``infer(preprocess(batch))`` on one of the threads (through ``run_in_executor``: the
+        simulator's loop runs it inline); not started at all when cancelled before a thread took it."""
+        stamp = self._stamp() if self._stamp is not None else None
+        lock = threading.Lock()
+        abandoned = False
 
-        def work() -> Any:
-            with step.lock:
-                if step.abandoned:
-                    return None  # cancelled before it started: the canceller gave ``holding`` back
-                step.started = True
-            out = fn(*args)
-            with step.lock:
-                step.finished, step.out, orphan = True, out, step.abandoned
-            if orphan and holding is None and discard is not None:
-                discard(out)
-            return out
+        def work() -> Sequence[R] | None:
+            with lock:
+                if abandoned:
+                    return None
+            prepared = self._preprocess(batch) if stamp is None else self._preprocess(batch, stamp)  # type: ignore[call-arg]
+            return self._infer(prepared)
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, work)  # type: ignore[return-value]
         except asyncio.CancelledError:
-            with step.lock:
-                step.abandoned = True
-                started, finished, out = step.started, step.finished, step.out
-            if discard is not None:
-                if holding is not None and not started:
-                    discard(holding)
-                elif holding is None and finished:
-                    discard(out)
+            with lock:
+                abandoned = True
             raise
-
-
-class _Step:
-    """What a cancelled pipeline step and its thread agree on, under ``lock``."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.started = False
-        self.finished = False
-        self.out: Any = None

@@ -159,7 +159,8 @@ class BatchConfig(_Section):
 
     max_batch: int = Field(16, ge=1, description="a batch closes at this many windows...")
     max_delay_ms: int = Field(50, ge=0, description="...or this long after its first window")
-    max_in_flight: int = Field(2, ge=1, description="batches being preprocessed or inferred at once")
+    max_in_flight: int = Field(2, ge=1, description="batches being preprocessed or inferred at once "
+                               "(as many more may wait for their results to be acknowledged)")
     max_queued_windows: int = Field(256, ge=1, description="closed windows waiting; beyond it the source pauses")
     worker: Literal["process", "thread"] = Field(
         "process", description="run the model in a child process (overlaps with the consume loop) or a thread"

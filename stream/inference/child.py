@@ -38,6 +38,9 @@ def build(spec: ModelSpec) -> Any:
         model = place(model, spec.device)
     if spec.compile:
         compile_model(model)
+    if spec.factory is None and not config.factory and callable(getattr(model, "warmup", None)):
+        model.warmup()  # on its device, compiled; a model.factory's model was warmed by its loader,
+        # and a model given ready-made (spec.factory: tests, benchmarks) is its owner's
     return model
 
 

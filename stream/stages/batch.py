@@ -2,8 +2,9 @@
 
 In: ``Job``s from ``Align`` (``put`` waits for room). Out: batches of at most ``max_batch``, each
 stamped with the wall clock when it leaves the queue (``Scored.batched_ns``), run by ``Infer``
-(preprocess on the executor's pool, inference on one thread per batch in flight, at
-most ``max_in_flight`` batches at once) and handed with its outputs or its error to ``Publish``.
+(one thread per batch in flight preprocesses it, on the executor's pool or in its worker, then
+infers it; at most ``max_in_flight`` batches at once) and handed with its outputs or its error
+to ``Publish``, which may be delivering ``max_in_flight`` more.
 With ``batching.target_latency_ms`` a forming batch closes as soon as it holds as many windows
 as the batch sizer allows (``stream.inference.sizing``: its oldest window's wait since it closed,
 the batches ahead of it and the measured cost of a batch); ``max_delay_ms`` still applies.
@@ -66,18 +67,17 @@ class Batch:
     async def start(self) -> None:
         """Start the pipeline (after ``Infer.start``: the sizer reads how many replicas share the work).
 
-        Every batch in flight gets its own inference thread, more than the replicas: a replica
-        runs one batch at a time (a worker process takes its calls in turn, a replica here holds
-        a lock), but the next batch is already handed over when the current one ends. With one
-        thread per replica the worker process sat idle while its result came back and the next
-        call went out through the parent's threads: 7 ms a batch of 30 on 2 busy cores
-        (``python -m bench.pipeline``), and on CUDA the next batch's copy could not overlap."""
-        b = self._ctx.settings.batching
+        Every batch in flight gets its own thread, which preprocesses it and then infers it: more
+        threads than replicas, for a replica runs one batch at a time (a worker process takes its
+        calls in turn, a replica here holds a lock), but the next batch is already handed over
+        when the current one ends. With one thread per replica the worker process sat idle while
+        its result came back and the next call went out through the parent's threads: 7 ms a
+        batch of 30 on 2 busy cores (``python -m bench.pipeline``), and on CUDA the next batch's
+        copy could not overlap."""
         ex = self._infer.executor
         self._replicas = ex.plan.instances * max(len(ex.plan.devices), 1) if ex is not None else 1
         self._pipeline = BatchPipeline(self._batcher, self._infer.preprocess, self._infer.infer, self._deliver,
-                                       preprocess_threads=b.max_in_flight, infer_threads=b.max_in_flight,
-                                       stamp=self._ctx.wall_ns, discard=self._infer.discard)
+                                       stamp=self._ctx.wall_ns)
         await self._pipeline.start()
         self._started = True
 

@@ -14,7 +14,7 @@ serves from the next batch, and the old one stops once its batches are done. Eve
 batch comes from one model.
 
 Backpressure is the batch stage's: at most ``max_in_flight`` batches are between its queue and
-``Publish``; the executor holds as many prepared buffers.
+the end of their inference; the executor holds as many prepared buffers.
 """
 
 from __future__ import annotations
@@ -303,14 +303,6 @@ class Infer:
         timing = prepared.packed.timing
         pre_s, inf_s = (timing.preprocess_s, timing.inference_s) if timing is not None else (0.0, 0.0)
         return [Scored(out, pre_s, inf_s, prepared.batched_ns, serving.info) for out in outputs]
-
-    def discard(self, prepared: Prepared) -> None:
-        """Give back a prepared batch that will never be inferred (cancelled, stopping): without
-        it, its buffer slot stays taken. Idempotent per batch."""
-        if prepared.packed.consumed:
-            return
-        prepared.serving.executor.discard(prepared.packed)
-        self._give(prepared.serving)
 
     def observe(self, timing: BatchTiming) -> None:
         """One batch's timing, measured where the work ran: the metrics and the batch sizer."""

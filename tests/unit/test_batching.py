@@ -175,3 +175,35 @@ async def test_pipeline_reports_errors_to_deliver() -> None:
         b.put_nowait(1)
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
+
+
+async def test_a_delivery_frees_the_inference_slot_but_deliveries_are_bounded_too() -> None:
+    """While a batch's results wait for the broker, the model gets the next batch; once
+    ``max_in_flight`` deliveries wait, inference stops too, so a stuck broker stops the input."""
+    b: Batcher[int] = Batcher(_cfg(max_batch=1, max_delay_ms=0, max_in_flight=1))
+    acked = asyncio.Event()
+    inferred: list[int] = []
+    delivering: list[int] = []
+
+    def infer(prepared: list[int]) -> list[int]:
+        inferred.extend(prepared)
+        return prepared
+
+    async def deliver(batch: list[int], results, error) -> None:
+        delivering.extend(batch)
+        await acked.wait()
+
+    async with BatchPipeline(b, lambda batch: batch, infer, deliver) as pipe:
+        for i in range(4):
+            b.put_nowait(i)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(inferred) == 2:
+                break
+        await asyncio.sleep(0.05)
+        # batch 0 is being delivered; batch 1 was inferred meanwhile and waits for a delivery
+        # slot, holding the only inference slot: batches 2 and 3 stay queued
+        assert (delivering, inferred, b.depth) == ([0], [0, 1], 2)
+        assert (pipe.delivering, pipe.in_flight) == (1, 1)
+        acked.set()
+    assert inferred == delivering == [0, 1, 2, 3]

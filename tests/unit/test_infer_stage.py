@@ -91,37 +91,46 @@ async def test_a_batch_carries_when_it_left_the_batcher_and_the_step_times_measu
     assert metrics.get_sample_value("mmstream_model_version_info", {"model": "EchoModel", "version": ""}) == 1
 
 
-async def test_a_prepared_batch_cut_off_by_a_stop_is_discarded() -> None:
-    """A stop whose timeout cancels the batches in flight: a batch preprocessed and waiting for
-    the inference thread would keep its executor buffer slot for ever."""
+async def test_a_batch_cut_off_by_a_stop_is_inferred_all_the_same_and_not_delivered() -> None:
+    """A stop whose timeout cancels the batches in flight: a batch preprocessed and never
+    inferred would keep its executor buffer slot for ever. Preprocess and infer run on one
+    thread, one after the other, so whatever was prepared is inferred; what was cut off is
+    dropped, not delivered (its windows stay uncommitted and are replayed)."""
     release = threading.Event()
-    discarded: list[str] = []
+    prepared: list[str] = []
+    inferred: list[str] = []
+    delivered: list[str] = []
 
-    def infer(prepared: str) -> list[str]:
+    def preprocess(batch: list[str]) -> str:
+        prepared.append(batch[0])
+        return batch[0]
+
+    def infer(name: str) -> list[str]:
         release.wait(10)
-        return [prepared]
+        inferred.append(name)
+        return [name]
 
-    async def deliver(*_: Any) -> None:
-        pass
+    async def deliver(batch: list[str], *_: Any) -> None:
+        delivered.extend(batch)
 
     batcher: Batcher[str] = Batcher(BatchConfig(max_batch=1, max_delay_ms=0, max_in_flight=3))
-    pipeline: BatchPipeline[str, str, str] = BatchPipeline(batcher, lambda b: f"prepared {b[0]}", infer, deliver,
-                                                           discard=discarded.append)
+    pipeline: BatchPipeline[str, str, str] = BatchPipeline(batcher, preprocess, infer, deliver)
     await pipeline.start()
     try:
-        batcher.put_nowait("a")  # its inference blocks the one inference thread
-        batcher.put_nowait("b")  # preprocessed, queued behind it
+        batcher.put_nowait("a")
+        batcher.put_nowait("b")
         for _ in range(200):
             await asyncio.sleep(0.01)
-            if pipeline.in_flight == 2 and batcher.depth == 0:
+            if len(prepared) == 2:
                 break
-        await asyncio.sleep(0.05)
+        assert pipeline.in_flight == 2 and batcher.depth == 0
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(pipeline.stop(), 0.2)
     finally:
         release.set()
         await pipeline.stop()
-    assert discarded == ["prepared b"]
+    assert sorted(prepared) == sorted(inferred) == ["a", "b"]
+    assert delivered == []
 
 
 async def test_a_size_limit_closes_a_forming_batch_before_its_delay() -> None:

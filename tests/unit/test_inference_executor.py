@@ -391,3 +391,22 @@ def test_a_processor_whose_worker_preprocesses_never_loads_torch() -> None:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["worker", "1", "False"], done.stdout
+
+
+def test_a_built_in_model_is_warmed_up_where_it_is_built_and_a_factory_model_by_its_loader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first window served should not pay for lazy set-up: ``build`` runs the built-in
+    model's ``warmup`` on its device (after ``compile``); a factory's model was warmed by
+    ``load_factory_model`` already, so not twice."""
+    from operators.model import FusedModel
+    from stream.inference import child
+    from stream.inference.jobs import ModelSpec
+
+    warmed: list[int] = []
+    real = FusedModel.warmup
+    monkeypatch.setattr(FusedModel, "warmup", lambda self: warmed.append(1) or real(self))
+    config = ModelConfig(preset="tiny")
+    model = child.build(ModelSpec(config.model_dump_json(), None, None, False, "auto"))
+    assert isinstance(model, FusedModel) and warmed == [1]
+    child.build(ModelSpec(config.model_dump_json(), lambda: model, None, False, "auto"))
+    assert warmed == [1]
