@@ -208,9 +208,11 @@ class BatchPipeline(Generic[T, P, R]):
 
     ``deliver(batch, results, error)`` is awaited on the event loop for each batch in completion
     order; ``error`` is the exception preprocess/infer raised (``results`` is then None), so the
-    runtime decides what a failed batch means. A batch cancelled before its thread started is
-    never preprocessed; one cancelled after runs to its end (a thread cannot be stopped) and its
-    results are dropped: ``infer`` consumed what ``preprocess`` made, so nothing prepared is
+    runtime decides what a failed batch means. A batch cancelled (a stop cut short) before its
+    thread started is never preprocessed; one cancelled while it was being preprocessed goes to
+    ``discard`` instead of ``infer`` (a stop must not wait for the model to run it: a hung
+    worker holds a call for ``infer_timeout_ms``); one cancelled during ``infer`` runs to its
+    end (a thread cannot be stopped) and its results are dropped. Either way nothing prepared is
     left holding a buffer.
 
     Lifecycle: ``await start()``; ``await stop()`` closes the batcher, drains what is queued and
@@ -225,10 +227,12 @@ class BatchPipeline(Generic[T, P, R]):
         deliver: Callable[[list[T], Sequence[R] | None, BaseException | None], Awaitable[None]],
         *,
         stamp: Callable[[], Any] | None = None,
+        discard: Callable[[P], None] | None = None,
     ) -> None:
         self.batcher = batcher
         self._preprocess, self._infer, self._deliver = preprocess, infer, deliver
         self._stamp = stamp
+        self._discard = discard
         self._threads: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()  # every batch taken and not yet delivered
@@ -292,7 +296,6 @@ class BatchPipeline(Generic[T, P, R]):
             if not batch:
                 self._slots.release()
                 return
-            self._computing += 1
             task = asyncio.create_task(self._run(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -300,6 +303,7 @@ class BatchPipeline(Generic[T, P, R]):
     async def _run(self, batch: list[T]) -> None:
         assert self._slots is not None and self._deliveries is not None  # set by start()
         computing, delivering = True, False
+        self._computing += 1
         try:
             error: BaseException | None = None
             results: Sequence[R] | None = None
@@ -334,6 +338,11 @@ class BatchPipeline(Generic[T, P, R]):
                 if abandoned:
                     return None
             prepared = self._preprocess(batch) if stamp is None else self._preprocess(batch, stamp)  # type: ignore[call-arg]
+            with lock:
+                dropped = abandoned
+            if dropped and self._discard is not None:
+                self._discard(prepared)
+                return None
             return self._infer(prepared)
 
         try:

@@ -94,6 +94,7 @@ class Gauges:
         metrics.queue_depth.labels("batcher").set(self._batch.depth)
         metrics.queue_depth.labels("parked").set(self._intake.parked)
         metrics.queue_depth.labels("inference").set(self._batch.in_flight)
+        metrics.queue_depth.labels("publish").set(self._batch.delivering)
         metrics.open_windows.set(self._align.open_windows)
         metrics.ready.set(1 if self._ready() else 0)
         if self._infer.device.startswith("cuda"):

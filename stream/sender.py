@@ -10,7 +10,7 @@ whoever sends:
 - acknowledged: the future's result is None;
 - a transient refusal (broker away, leader moving, timeout) is retried after ``backoff_s(attempt)``
   until it succeeds; nothing is given up by waiting, and the caller's backpressure (a result's
-  batch holds its pipeline slot, copies aside report ``full``) keeps the waiting bounded;
+  batch holds its delivery place, copies aside report ``full``) keeps the waiting bounded;
 - a permanent refusal (too large, no authorization, a topic policy) or a record the producer
   cannot take (a defect): waiting cannot heal it, so the future's result is a ``Refused`` and the
   caller decides (results: the processor's fatal error or an unpublishable window; copies aside:

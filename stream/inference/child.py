@@ -22,7 +22,8 @@ from stream.inference.device import DeviceFeeder, autocast, compile_model
 from stream.inference.handover import unpack_windows
 from stream.inference.jobs import ChildJob, ChildResult, ModelSpec, Precision, SlotNotHeld
 
-__all__ = ["ChildJob", "ChildResult", "ModelSpec", "build", "close", "identity", "infer", "load", "model_device", "place", "run"]
+__all__ = ["ChildJob", "ChildResult", "ModelSpec", "build", "close", "identity", "infer", "load", "model_device", "place", "run",
+           "warm"]
 
 
 def build(spec: ModelSpec) -> Any:
@@ -38,10 +39,20 @@ def build(spec: ModelSpec) -> Any:
         model = place(model, spec.device)
     if spec.compile:
         compile_model(model)
-    if spec.factory is None and not config.factory and callable(getattr(model, "warmup", None)):
-        model.warmup()  # on its device, compiled; a model.factory's model was warmed by its loader,
-        # and a model given ready-made (spec.factory: tests, benchmarks) is its owner's
     return model
+
+
+def warm(model: Any, spec: ModelSpec) -> None:
+    """The built-in model's ``warmup`` on the replica that serves, as batches run: on its device,
+    compiled, under the same autocast (a compiled graph is specialised to its dtypes). Not for
+    a model.factory's model (its loader warmed it), nor one given ready-made (``spec.factory``:
+    tests, benchmarks), nor a model that only preprocesses (it never runs a forward pass)."""
+    if spec.factory is not None or ModelConfig.model_validate_json(spec.config_json).factory:
+        return
+    warmup = getattr(model, "warmup", None)
+    if callable(warmup):
+        with autocast(model_device(model), spec.precision):
+            warmup()
 
 
 def place(model: Any, device: str) -> Any:
@@ -76,6 +87,7 @@ def load(spec: ModelSpec, torch_threads: int | None) -> tuple[str, str, str]:
     if torch_threads:
         torch.set_num_threads(torch_threads)
     model = build(spec)
+    warm(model, spec)
     device = model_device(model)
     _STATE = _State(model, DeviceFeeder(device), spec.precision, {})
     info = identity(model)

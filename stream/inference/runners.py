@@ -69,6 +69,7 @@ class LocalRunner:
                 from stream.inference.device import compile_model
 
                 compile_model(model)
+        child.warm(model, self._spec)
         self._model = model
         device = child.model_device(model)
         self._feeder = DeviceFeeder(device)

@@ -53,8 +53,13 @@ class Batch:
 
     @property
     def in_flight(self) -> int:
-        """Batches between the queue and ``Publish``."""
+        """Batches taken from the queue whose inference has not ended."""
         return self._pipeline.in_flight if self._pipeline is not None and self._started else 0
+
+    @property
+    def delivering(self) -> int:
+        """Batches inferred whose results ``Publish`` has not finished delivering."""
+        return self._pipeline.delivering if self._pipeline is not None and self._started else 0
 
     def queued(self) -> list[Job]:
         """The jobs waiting in the queue, oldest first (a copy: tests and diagnostics)."""
@@ -77,7 +82,7 @@ class Batch:
         ex = self._infer.executor
         self._replicas = ex.plan.instances * max(len(ex.plan.devices), 1) if ex is not None else 1
         self._pipeline = BatchPipeline(self._batcher, self._infer.preprocess, self._infer.infer, self._deliver,
-                                       stamp=self._ctx.wall_ns)
+                                       stamp=self._ctx.wall_ns, discard=self._infer.discard)
         await self._pipeline.start()
         self._started = True
 

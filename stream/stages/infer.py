@@ -6,7 +6,8 @@ preprocessing on the executor's pool, packed into a reused buffer), then its ``P
 ``Scored`` per job, in order, with the seconds each step took where it ran and the model that
 scored it. A failure is raised to the batch stage, which hands it to ``Publish`` (that decides
 what a failed batch means, using ``infer_alone`` and ``probe`` from here). A prepared batch that
-will never be inferred (its task cancelled at stop) is given back with ``discard``.
+will never be inferred (a stop cut short while it was being preprocessed) is given back with
+``discard``.
 
 The executor that prepared a batch is the one that infers it: when the model changes (a new
 checkpoint in the model directory ``model.path`` names, ``stream.inference.swap``) the new one
@@ -303,6 +304,14 @@ class Infer:
         timing = prepared.packed.timing
         pre_s, inf_s = (timing.preprocess_s, timing.inference_s) if timing is not None else (0.0, 0.0)
         return [Scored(out, pre_s, inf_s, prepared.batched_ns, serving.info) for out in outputs]
+
+    def discard(self, prepared: Prepared) -> None:
+        """Give back a prepared batch that will never be inferred (its stop was cut short while it
+        was being preprocessed): without it, its buffer slot stays taken. Idempotent per batch."""
+        if prepared.packed.consumed:
+            return
+        prepared.serving.executor.discard(prepared.packed)
+        self._give(prepared.serving)
 
     def observe(self, timing: BatchTiming) -> None:
         """One batch's timing, measured where the work ran: the metrics and the batch sizer."""

@@ -6,8 +6,9 @@ Out: acknowledged records; for each, the ledger releases the input offsets it he
 horizon moves (``Commit`` turns both into commits).
 
 Everything goes through one sender and its one retry policy (``stream.sender``): results are
-retried with backoff while the broker refuses them transiently (the batch holds its pipeline slot
-meanwhile, so the batcher fills and the input pauses); copies aside go through the
+retried with backoff while the broker refuses them transiently (the batch holds its delivery
+place meanwhile; once ``max_in_flight`` batches wait, inferred batches keep their inference
+places, so the batcher fills and the input pauses); copies aside go through the
 ``AsideWriter`` (``stream.aside``), whose copies waiting for a retry report ``aside_full`` for
 flow control. A permanent refusal is fatal: ``run()`` drains and raises it, offsets stay
 uncommitted.
@@ -210,8 +211,8 @@ class Publish:
         not a task per window).
 
         A transient refusal (broker away, leader moving, timeout) is retried by the sender
-        (``stream.sender``) until it succeeds: meanwhile this batch holds its pipeline slot, the
-        batcher fills and the input pauses, so nothing piles up and nothing is skipped; a shutdown
+        (``stream.sender``) until it succeeds: meanwhile this batch holds its delivery place, the
+        batches behind it their inference places, the batcher fills and the input pauses, so nothing piles up and nothing is skipped; a shutdown
         cuts the wait at ``drain_timeout_ms``. A permanent refusal (a result too large, no
         authorization) cannot heal by waiting: it becomes the processor's fatal error, ``run()``
         drains and raises it, and the window's offsets stay uncommitted, so the restart replays it.

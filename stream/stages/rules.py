@@ -17,8 +17,8 @@ and the engine holds the same episodes as after a whole read (``Engine.restore``
 read, not only the assigned ones: the alerts topic may be laid out unlike the inputs.
 
 Alerts go through the one sender (``stream.sender``) with the results' retry policy: a transient
-refusal is retried with backoff while ``Publish`` waits, holding the batch's pipeline slot as it
-does for its results. An alert refused for good is fatal (like a refused result): the processor
+refusal is retried with backoff while ``Publish`` waits, holding the batch's delivery place as
+it does for its results. An alert refused for good is fatal (like a refused result): the processor
 drains and stops, the window's offsets stay uncommitted, and the restart replays it.
 """
 

@@ -91,46 +91,51 @@ async def test_a_batch_carries_when_it_left_the_batcher_and_the_step_times_measu
     assert metrics.get_sample_value("mmstream_model_version_info", {"model": "EchoModel", "version": ""}) == 1
 
 
-async def test_a_batch_cut_off_by_a_stop_is_inferred_all_the_same_and_not_delivered() -> None:
-    """A stop whose timeout cancels the batches in flight: a batch preprocessed and never
-    inferred would keep its executor buffer slot for ever. Preprocess and infer run on one
-    thread, one after the other, so whatever was prepared is inferred; what was cut off is
-    dropped, not delivered (its windows stay uncommitted and are replayed)."""
-    release = threading.Event()
-    prepared: list[str] = []
+async def test_a_batch_cut_off_by_a_stop_leaves_no_prepared_batch_behind_and_is_not_delivered() -> None:
+    """A stop whose timeout cancels the batches in flight: a batch prepared and never inferred
+    would keep its executor buffer slot for ever. Cut off while it was being preprocessed, it
+    goes to ``discard`` (the stop does not wait for the model to run it); cut off during
+    ``infer``, it runs to its end. Neither is delivered (its windows stay uncommitted and are
+    replayed)."""
+    release_infer, release_preprocess = threading.Event(), threading.Event()
+    preprocessing = threading.Event()
     inferred: list[str] = []
+    discarded: list[str] = []
     delivered: list[str] = []
 
     def preprocess(batch: list[str]) -> str:
-        prepared.append(batch[0])
-        return batch[0]
+        if batch[0] == "b":
+            preprocessing.set()
+            release_preprocess.wait(10)
+        return f"prepared {batch[0]}"
 
-    def infer(name: str) -> list[str]:
-        release.wait(10)
-        inferred.append(name)
-        return [name]
+    def infer(prepared: str) -> list[str]:
+        release_infer.wait(10)
+        inferred.append(prepared)
+        return [prepared]
 
     async def deliver(batch: list[str], *_: Any) -> None:
         delivered.extend(batch)
 
     batcher: Batcher[str] = Batcher(BatchConfig(max_batch=1, max_delay_ms=0, max_in_flight=3))
-    pipeline: BatchPipeline[str, str, str] = BatchPipeline(batcher, preprocess, infer, deliver)
+    pipeline: BatchPipeline[str, str, str] = BatchPipeline(batcher, preprocess, infer, deliver,
+                                                           discard=discarded.append)
     await pipeline.start()
     try:
-        batcher.put_nowait("a")
-        batcher.put_nowait("b")
+        batcher.put_nowait("a")  # blocked in infer
+        batcher.put_nowait("b")  # blocked in preprocess
         for _ in range(200):
             await asyncio.sleep(0.01)
-            if len(prepared) == 2:
+            if preprocessing.is_set() and pipeline.in_flight == 2:
                 break
         assert pipeline.in_flight == 2 and batcher.depth == 0
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(pipeline.stop(), 0.2)
     finally:
-        release.set()
+        release_preprocess.set()
+        release_infer.set()
         await pipeline.stop()
-    assert sorted(prepared) == sorted(inferred) == ["a", "b"]
-    assert delivered == []
+    assert (inferred, discarded, delivered) == (["prepared a"], ["prepared b"], [])
 
 
 async def test_a_size_limit_closes_a_forming_batch_before_its_delay() -> None:

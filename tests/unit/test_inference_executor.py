@@ -393,20 +393,27 @@ def test_a_processor_whose_worker_preprocesses_never_loads_torch() -> None:
     assert done.stdout.split() == ["worker", "1", "False"], done.stdout
 
 
-def test_a_built_in_model_is_warmed_up_where_it_is_built_and_a_factory_model_by_its_loader(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first window served should not pay for lazy set-up: ``build`` runs the built-in
-    model's ``warmup`` on its device (after ``compile``); a factory's model was warmed by
-    ``load_factory_model`` already, so not twice."""
+def test_a_built_in_model_is_warmed_up_by_the_replica_that_serves_it_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first window served should not pay for lazy set-up: the replica that serves (a
+    worker's ``load``, ``LocalRunner.start``) runs the built-in model's ``warmup`` once, after
+    placing and compiling; a model built to preprocess only runs no forward pass, and a model
+    given ready-made (or a model.factory's, warmed by its loader) is not warmed here."""
     from operators.model import FusedModel
     from stream.inference import child
     from stream.inference.jobs import ModelSpec
+    from stream.inference.runners import LocalRunner
 
     warmed: list[int] = []
     real = FusedModel.warmup
     monkeypatch.setattr(FusedModel, "warmup", lambda self: warmed.append(1) or real(self))
-    config = ModelConfig(preset="tiny")
-    model = child.build(ModelSpec(config.model_dump_json(), None, None, False, "auto"))
-    assert isinstance(model, FusedModel) and warmed == [1]
-    child.build(ModelSpec(config.model_dump_json(), lambda: model, None, False, "auto"))
-    assert warmed == [1]
+    spec = ModelSpec(ModelConfig(preset="tiny").model_dump_json(), None, None, False, "auto")
+    model = child.build(spec)
+    assert isinstance(model, FusedModel) and warmed == []
+    child.warm(model, spec._replace(factory=lambda: model))
+    assert warmed == []
+    runner = LocalRunner(spec, model)
+    runner.start()
+    try:
+        assert warmed == [1]
+    finally:
+        runner.stop()
