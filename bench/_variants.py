@@ -2,7 +2,7 @@
 
 ``run_processor`` (the real Processor, with the model or ``NullModel``), ``run_bare`` (the model
 alone on the batches the pipeline formed, recorded by ``RecordingModel``), ``run_raw_consume``
-(aiokafka alone) and ``run_per_record`` (the naive consumer); ``recording_executor`` serves
+(aiokafka alone) and ``run_per_record`` (the naive consumer); ``RecordingExecutor`` serves
 the model in a worker process the way the processor does. See bench/pipeline.py for what the ratios
 between them mean.
 """
@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from stream.inference.executor import InferenceExecutor, plan_from
 from stream.metrics import ProcessorStats
 
 NS_PER_S = 1_000_000_000
@@ -59,8 +60,7 @@ class RecordingModel:
             self.infer_s += time.perf_counter() - t0
 
 
-def recording_executor(config: Any, model: Any, *, max_batch: int, prepared_ahead: int,
-                       torch_threads: int | None) -> Any:
+class RecordingExecutor(InferenceExecutor):
     """The processor's own inference executor (``stream.inference``) in process mode, which the
     processor is given as it is, so the pipeline variant runs what ``batching.worker: process``
     runs (``model.preprocess_in`` chooses where preprocessing happens), and which records the
@@ -71,32 +71,28 @@ def recording_executor(config: Any, model: Any, *, max_batch: int, prepared_ahea
     A CUDA model is not: its ``preprocess`` pins every batch, which the processor's CPU
     preprocessor does not, so the executor builds its own, as the processor's does.
     """
-    from stream.inference.executor import InferenceExecutor, plan_from
 
-    class RecordingExecutor(InferenceExecutor):
-        def __init__(self) -> None:
-            plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
-            preprocessor = model if str(model.device) == "cpu" and plan.preprocess_at == "processor" else None
-            super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor,
-                             on_batch=self._timed)
-            self._sums = threading.Lock()  # batches finish on several inference threads
-            self.reset()
+    def __init__(self, config: Any, model: Any, *, max_batch: int, prepared_ahead: int,
+                 torch_threads: int | None) -> None:
+        plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
+        preprocessor = model if str(model.device) == "cpu" and plan.preprocess_at == "processor" else None
+        super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor, on_batch=self._timed)
+        self._sums = threading.Lock()  # batches finish on several inference threads
+        self.reset()
 
-        def reset(self) -> None:
-            """Forget what was recorded (a new round)."""
-            self.batches: list[list[Any]] = []
-            self.preprocess_s = self.infer_s = 0.0
+    def reset(self) -> None:
+        """Forget what was recorded (a new round)."""
+        self.batches: list[list[Any]] = []
+        self.preprocess_s = self.infer_s = 0.0
 
-        def _timed(self, timing: Any) -> None:
-            with self._sums:
-                self.preprocess_s += timing.preprocess_s
-                self.infer_s += timing.inference_s
+    def _timed(self, timing: Any) -> None:
+        with self._sums:
+            self.preprocess_s += timing.preprocess_s
+            self.infer_s += timing.inference_s
 
-        def preprocess(self, windows: list[Any]) -> Any:
-            self.batches.append(list(windows))
-            return super().preprocess(windows)
-
-    return RecordingExecutor()
+    def preprocess(self, windows: list[Any]) -> Any:
+        self.batches.append(list(windows))
+        return super().preprocess(windows)
 
 
 class NullModel:

@@ -112,10 +112,10 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
         _log(f"model        {args.preset} on {model.device} loaded in {load_s:.1f} s (not timed)")
         served: Any = model
         if args.worker == "process":  # what the runtime does by default: the model in a child process
-            from bench._variants import recording_executor
+            from bench._variants import RecordingExecutor
 
-            served = recording_executor(base.model, model, max_batch=args.max_batch,
-                                        prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
+            served = RecordingExecutor(base.model, model, max_batch=args.max_batch,
+                                       prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
             await asyncio.to_thread(served.start)
 
         try:

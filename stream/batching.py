@@ -302,45 +302,35 @@ class BatchPipeline(Generic[T, P, R]):
 
     async def _run(self, batch: list[T]) -> None:
         assert self._slots is not None and self._deliveries is not None  # set by start()
-        computing, delivering = True, False
         self._computing += 1
         try:
-            error: BaseException | None = None
-            results: Sequence[R] | None = None
             try:
-                results = await self._on_thread(batch)
+                results: Sequence[R] | None = await self._on_thread(batch)
+                error: BaseException | None = None
             except Exception as exc:  # noqa: BLE001 - handed to deliver, which owns the policy
-                error = exc
+                results, error = None, exc
             await self._deliveries.acquire()  # keeps the inference slot while deliveries are full
-            delivering = True
-            self._delivering += 1
-            computing = False
+        finally:
             self._computing -= 1
             self._slots.release()
+        self._delivering += 1
+        try:
             await self._deliver(batch, results, error)
         finally:
-            if computing:
-                self._computing -= 1
-                self._slots.release()
-            if delivering:
-                self._delivering -= 1
-                self._deliveries.release()
+            self._delivering -= 1
+            self._deliveries.release()
 
     async def _on_thread(self, batch: list[T]) -> Sequence[R]:
         """``infer(preprocess(batch))`` on one of the threads (through ``run_in_executor``: the
         simulator's loop runs it inline); not started at all when cancelled before a thread took it."""
         stamp = self._stamp() if self._stamp is not None else None
-        lock = threading.Lock()
-        abandoned = False
+        abandoned = threading.Event()
 
         def work() -> Sequence[R] | None:
-            with lock:
-                if abandoned:
-                    return None
+            if abandoned.is_set():
+                return None
             prepared = self._preprocess(batch) if stamp is None else self._preprocess(batch, stamp)  # type: ignore[call-arg]
-            with lock:
-                dropped = abandoned
-            if dropped and self._discard is not None:
+            if abandoned.is_set() and self._discard is not None:
                 self._discard(prepared)
                 return None
             return self._infer(prepared)
@@ -348,6 +338,5 @@ class BatchPipeline(Generic[T, P, R]):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, work)  # type: ignore[return-value]
         except asyncio.CancelledError:
-            with lock:
-                abandoned = True
+            abandoned.set()
             raise

@@ -212,24 +212,20 @@ class ModelChild:
             except concurrent.futures.process.BrokenProcessPool as exc:
                 self._replace(pool)
                 raise WorkerDiedError(f"the {self._name} process died during {what}; started a new one") from exc
-            except concurrent.futures.CancelledError:
-                # queued behind a call whose child was killed: the replaced pool cancelled it. Not
-                # an asyncio cancellation (which it would become in the caller's to_thread)
+            except (concurrent.futures.CancelledError, RuntimeError) as exc:
+                # CancelledError: queued behind a call whose child was killed, the replaced pool
+                # cancelled it (not an asyncio cancellation, which it would become in the caller's
+                # to_thread); RuntimeError "after shutdown": it went out as the pool was replaced
+                if isinstance(exc, RuntimeError) and "after shutdown" not in str(exc):
+                    raise
                 with self._lock:  # a restart under way holds it: wait for its end
                     stopped = self._pool is None
                 if self._lost is not None:
                     raise ModelUnavailableError(self._lost) from None
                 if stopped:
                     raise ModelError(f"the {self._name} was stopped") from None
-                raise WorkerDiedError(f"the {self._name} was replaced while {what} waited for it; "
-                                      "the call was not run") from None
-            except RuntimeError as exc:
-                if "after shutdown" not in str(exc):
-                    raise
-                if self._pool is None:  # stopped under the call
-                    raise ModelError(f"the {self._name} was stopped") from None
-                raise WorkerDiedError(f"the {self._name} was replaced as {what} went out; "  # raced a restart
-                                      "the call was not run") from None
+                raise WorkerDiedError(f"the {self._name} was replaced while {what} went out or waited for "
+                                      "it; the call was not run") from None
         finally:
             self.progress.end()
 

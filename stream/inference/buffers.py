@@ -44,17 +44,21 @@ def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
     dataclasses are rebuilt, anything else is shared as is."""
     import torch  # here, not above: a processor whose worker preprocesses never loads torch
 
-    if isinstance(obj, torch.Tensor | TensorRef):
+    return _rebuild(obj, fn, (torch.Tensor, TensorRef))
+
+
+def _rebuild(obj: Any, fn: Callable[[Any], Any], leaves: tuple[type, ...]) -> Any:
+    if isinstance(obj, leaves):
         return fn(obj)
     if isinstance(obj, dict):
-        return {k: _walk(v, fn) for k, v in obj.items()}
+        return {k: _rebuild(v, fn, leaves) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_walk(v, fn) for v in obj]
+        return [_rebuild(v, fn, leaves) for v in obj]
     if isinstance(obj, tuple):
-        items = [_walk(v, fn) for v in obj]
+        items = [_rebuild(v, fn, leaves) for v in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _walk(getattr(obj, f.name), fn)
+        return dataclasses.replace(obj, **{f.name: _rebuild(getattr(obj, f.name), fn, leaves)
                                            for f in dataclasses.fields(obj) if f.init})
     return obj
 

@@ -300,17 +300,7 @@ class InferenceExecutor:
             slot = slots.take()
         except RuntimeError as exc:
             raise ModelError(str(exc)) from None
-        if in_worker:  # the worker preprocesses: hand the windows over, their bytes in the slot
-            t0 = time.perf_counter()
-            try:
-                padded = pad(windows, self.plan.buckets)
-                refs = pack_windows(padded, slot.ensure(packed_window_bytes(padded)).view)
-            except BaseException:
-                slots.give(slot)
-                raise
-            now = time.perf_counter()
-            return PackedBatch(refs, len(windows), len(padded), now - t0, slot, now, raw=True)
-        if pool is None:  # on this thread
+        if pool is None:  # on this thread (always where the worker preprocesses)
             try:
                 return self._prepare(model, windows, slot)
             except BaseException:
@@ -332,11 +322,15 @@ class InferenceExecutor:
     def _prepare(self, model: Any, windows: list[WindowInput], slot: Slot) -> PackedBatch:
         t0 = time.perf_counter()
         padded = pad(windows, self.plan.buckets)
-        batch = model.preprocess(padded)
-        if slot.kind != "none":
-            batch = pack(batch, slot.ensure(packed_nbytes(batch)))
+        raw = slot.kind == "bytes"
+        if raw:  # the worker preprocesses: hand the windows over, their bytes in the slot
+            batch = pack_windows(padded, slot.ensure(packed_window_bytes(padded)).view)
+        else:
+            batch = model.preprocess(padded)
+            if slot.kind != "none":
+                batch = pack(batch, slot.ensure(packed_nbytes(batch)))
         done = time.perf_counter()
-        return PackedBatch(batch, len(windows), len(padded), done - t0, slot, done)
+        return PackedBatch(batch, len(windows), len(padded), done - t0, slot, done, raw=raw)
 
     def infer(self, prepared: PackedBatch) -> list[WindowOutput]:
         """Run a prepared batch on the least busy runner; one output per window, in order.

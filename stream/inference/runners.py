@@ -79,8 +79,7 @@ class LocalRunner:
         feeder = self._feeder
         if feeder is None:
             raise ModelError("the model runner is not started (or stopped)")
-        if raw:  # ExecutorPlan refuses preprocess_at="worker" without a worker process
-            raise ModelError("a runner in this process takes preprocessed batches only")
+        assert not raw, "ExecutorPlan refuses preprocess_at='worker' without a worker process"
         self.progress.begin()
         try:
             result = child.run(self._model, feeder, self._spec.precision, skeleton, slot, self._lock)

@@ -90,9 +90,7 @@ class Infer:
             ``metrics`` get the per-batch timings; ``wall_ns`` stamps batches retried alone.
         model: a ready model (tests, benchmarks, the simulator), run on this process's threads,
             or a started ``InferenceExecutor`` (a benchmark's, which records what it serves), used
-            as it is: its own ``on_batch`` hook then stands in for this stage's (no
-            ``mmstream_preprocess_seconds``/``inference_seconds``, no batch sizer). ``stop``
-            closes neither.
+            as it is. ``stop`` closes neither.
     """
 
     def __init__(self, ctx: Context, model: Any = None) -> None:
@@ -203,17 +201,15 @@ class Infer:
         b = self._ctx.settings.batching
         if isinstance(self._given, InferenceExecutor):  # a started executor, its owner's to stop
             ex = self._given
-            return Serving(ex, ModelInfo(name=str(getattr(ex.info, "name", "model")),
-                                         version=str(getattr(ex.info, "version", ""))))
-        if self._given is not None:  # a ready model lives here: one replica, preprocessed on the stage's threads
-            given = self._given
-            plan = ExecutorPlan(worker="thread", preprocess_workers=0, prepared_ahead=b.max_in_flight)
-            ex = InferenceExecutor(config, plan,
-                                   factory=lambda: _Borrowed(given), on_batch=self.observe)
         else:
-            plan = plan_from(config, worker=b.worker, max_batch=b.max_batch, prepared_ahead=b.max_in_flight)
-            ex = InferenceExecutor(config, plan, torch_threads=b.worker_threads, on_batch=self.observe)
-        ex.start()
+            if self._given is not None:  # a ready model lives here: one replica, preprocessed on the stage's threads
+                given = self._given
+                plan = ExecutorPlan(worker="thread", preprocess_workers=0, prepared_ahead=b.max_in_flight)
+                ex = InferenceExecutor(config, plan, factory=lambda: _Borrowed(given))
+            else:
+                plan = plan_from(config, worker=b.worker, max_batch=b.max_batch, prepared_ahead=b.max_in_flight)
+                ex = InferenceExecutor(config, plan, torch_threads=b.worker_threads)
+            ex.start()
         info = ex.info
         return Serving(ex, ModelInfo(name=str(getattr(info, "name", "model")), version=str(getattr(info, "version", ""))))
 
@@ -302,6 +298,8 @@ class Infer:
         finally:
             self._give(serving)
         timing = prepared.packed.timing
+        if timing is not None:
+            self.observe(timing)
         pre_s, inf_s = (timing.preprocess_s, timing.inference_s) if timing is not None else (0.0, 0.0)
         return [Scored(out, pre_s, inf_s, prepared.batched_ns, serving.info) for out in outputs]
 
