@@ -43,6 +43,7 @@ __all__ = ["Intake"]
 log = logging.getLogger("stream.runtime")
 
 _TICK_MS = 100
+_FETCH_TURNS = 3  # see ``fetch``
 _new_tuple = tuple.__new__
 
 
@@ -113,6 +114,18 @@ class Intake:
         if self._down_since is not None:
             log.warning("broker back after %.1f s", self._ctx.clock_ms() / 1000 - self._down_since)
             self._down_since = None
+        if fetched:
+            # let the consumer ask for the next records before ``take`` holds the loop: draining a
+            # partition wakes aiokafka's fetch routine, which sends its request three turns of the
+            # loop later (its wait's callback, the task's wake-up, the request task's first step).
+            # Without these turns the broker only starts on the next fetch once this one is
+            # processed; with them the two overlap. Measured (``bench.pipeline --scene realistic``,
+            # 3 rounds twice each): null pipeline vs raw consume 0.72-0.80 against 0.62-0.63.
+            generation = self._ctx.assignment.generation
+            for _ in range(_FETCH_TURNS):
+                await asyncio.sleep(0)
+            if self._ctx.assignment.generation != generation:
+                return {}  # a rebalance came in between: the new assignment reads from its committed offsets
         return fetched
 
     # ------------------------------------------------------------------ decode and align

@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
 import stream.stages.commit as commit_stage
+import stream.stages.intake as intake_stage
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
 from stream.errors import ClusterError
@@ -60,6 +61,55 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     assert processor.stats.replayed == 2 * 200  # everything before 20 s, none of it rebuilt
     queued = [job.window for job in processor.stages.batch.queued()]
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
+
+
+class _RebalancedConsumer(FakeConsumer):
+    """A fetch after which the group rebalances: ``rebalance`` starts as the fetch returns."""
+
+    rebalance: Any = None
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        fetched = await super().getmany(timeout_ms, max_records)
+        if self.rebalance is not None:
+            asyncio.get_running_loop().create_task(self.rebalance())
+            self.rebalance = None
+        return fetched
+
+
+async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intake yields between a fetch and its decoding (so the consumer asks for the next
+    records meanwhile). A rebalance in that gap moves the generation: what the old assignment
+    fetched is dropped, and the partition is read again from where the new assignment starts
+    (its committed offset), each record aligned once."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(100)]
+    processor.connection.consumer = consumer = _RebalancedConsumer({video: [consumer_record(video, i, f)
+                                                                             for i, f in enumerate(frames)]})
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {}
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(intake_stage, "_FETCH_TURNS", 50)  # room for the whole rebalance in the gap
+    await processor.on_assigned({video})
+
+    async def rebalance() -> None:
+        await processor.on_revoked({video})
+        consumer.pos[video] = 0  # the new assignment starts at the committed offset: nothing was committed
+        await processor.on_assigned({video})
+
+    consumer.rebalance = rebalance
+    generation = processor.assignment.generation
+    await processor.step()
+    assert processor.assignment.generation == generation + 1
+    assert processor.stats.records == 0  # fetched by the old assignment: dropped
+    await processor.step()
+    assert processor.stats.records == 100
+    queued = sum(job.window.counts.frames for job in processor.stages.batch.queued())
+    assert queued + processor.stages.align.buffered_bytes // len(JPEG) == 100  # closed and open: each frame once
 
 
 class _Producer:
