@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.dataset import Example, Split, fingerprint, split_examples
+from operators.early_stopping import BestEpoch
 from operators.errors import ModelConfigError
 from operators.features import FeatureSet, features_for
 
@@ -215,7 +216,7 @@ def fit_projections(model: nn.Module, features: FeatureSet, split: Split, config
     opt = torch.optim.AdamW(params + list(heads.parameters()), lr=config.lr, weight_decay=config.weight_decay)
     result = ContrastiveResult(train_windows=len(split.train), val_windows=len(split.val),
                                pairs=[f"{a}-{b}" for a, b in pairs.names()])
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best = BestEpoch(config.patience)
     model.train()
     try:
         for epoch in range(1, config.epochs + 1):
@@ -239,13 +240,12 @@ def fit_projections(model: nn.Module, features: FeatureSet, split: Split, config
             if log is not None:
                 log(entry)
             score = entry.val_loss if entry.val_loss is not None else entry.loss
-            if best is None or score < best[0]:
-                best = (score, {k: v.detach().clone() for k, v in model.projectors.state_dict().items()})  # type: ignore[union-attr]
+            if best.better(epoch, score, model.projectors.state_dict):  # type: ignore[union-attr]
                 result.best_epoch = epoch
-            elif config.patience and epoch - result.best_epoch >= config.patience:
+            elif best.exhausted(epoch):
                 break
-        if best is not None:
-            model.projectors.load_state_dict(best[1])  # type: ignore[union-attr]
+        if best.state is not None:
+            model.projectors.load_state_dict(best.state)  # type: ignore[union-attr]
     finally:
         model.eval()
     return result

@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from operators.dataset import Example, fingerprint
-from operators.errors import ModelLoadError
-from operators.features import FeatureSet, Timing, cache_key, encode, replaying
+from operators.features import FeatureSet, Fields, Timing, encode, encode_missing, read_cached, replaying
 from operators.metrics import Metrics, calibration_bins, compute, model_thresholds
 from operators.train import targets_of
 
@@ -153,28 +152,16 @@ def _positions(examples: list[Example], dataset: list[Example]) -> list[int] | N
 
 
 def _cached(model: Any, examples: list[Example], digest: str, dataset: list[Example] | None,
-            cache_dir: Path) -> dict[str, dict[str, torch.Tensor | None]]:
+            cache_dir: Path) -> dict[str, Fields]:
     """The encoders' features for ``examples`` (fingerprint ``digest``) that the cache holds: the
     whole ``dataset``'s file (rows picked), else the file for exactly these examples."""
-    sources: list[tuple[str | None, int, torch.Tensor | None]] = []
+    found: dict[str, Fields] = {}
     if dataset is not None and len(dataset) != len(examples):
         rows = _positions(examples, dataset)
-        if rows is not None:
-            sources.append((fingerprint(dataset), len(dataset), torch.as_tensor(rows, dtype=torch.long)))
-    sources.append((digest, len(examples), None))
-    found: dict[str, dict[str, torch.Tensor | None]] = {}
-    for group, size, idx in sources:
-        if group is None:
-            continue
-        for m in model.encoders:
-            if m in found:
-                continue
-            key = cache_key(model, group, m)
-            hit = FeatureSet.read(cache_dir / f"{key}.safetensors", key)
-            if hit is None or hit.size != size or m not in hit.values:
-                continue
-            found[m] = {k: (v[idx] if idx is not None and v is not None else v) for k, v in hit.values[m].items()}
-    return found
+        whole = fingerprint(dataset) if rows is not None else None
+        if whole is not None:
+            found = read_cached(model, whole, len(dataset), cache_dir, torch.as_tensor(rows, dtype=torch.long))
+    return {**found, **read_cached(model, digest, len(examples), cache_dir, skip=found)}
 
 
 def _features(model: Any, examples: list[Example], dataset: list[Example] | None, cache_dir: Path | None,
@@ -187,24 +174,8 @@ def _features(model: Any, examples: list[Example], dataset: list[Example] | None
     origin = FeatureOrigin(str(folder) if folder is not None else None)
     found = _cached(model, examples, digest, dataset, folder) if folder is not None and digest is not None else {}
     origin.cached = list(found)
-    missing = [m for m in model.encoders if m not in found]
-    if missing:
-        fresh = encode(model, examples, batch_size, timing=timing, only=missing)
-        for m in missing:
-            if m not in fresh.values:
-                continue  # no window has this modality's input
-            found[m] = fresh.values[m]
-            origin.computed.append(m)
-            if folder is not None and digest is not None:
-                key = cache_key(model, digest, m)
-                path = folder / f"{key}.safetensors"
-                try:
-                    FeatureSet(size=len(examples), values={m: found[m]}).save(path, key)
-                except OSError as exc:
-                    raise ModelLoadError(f"cannot write the feature cache {path}: {exc.strerror or exc} "
-                                         "(another cache folder, or none: --cache-dir, --no-cache)") from exc
-    values = {m: found[m] for m in model.encoders if m in found}  # the model's order: drop masks index by it
-    return FeatureSet(size=len(examples), values=values), origin
+    features, origin.computed = encode_missing(model, examples, found, digest, folder, batch_size, timing=timing)
+    return features, origin
 
 
 def _sample_timing(model: Any, examples: list[Example], batch_size: int) -> tuple[Timing, int]:

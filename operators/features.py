@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +36,12 @@ from operators.batch import PreparedBatch
 from operators.dataset import Example
 from operators.errors import ModelLoadError
 
-__all__ = ["FORMAT", "FeatureSet", "Rows", "Timing", "cache_key", "encode", "features_for", "replaying"]
+__all__ = ["FORMAT", "FeatureSet", "Fields", "Rows", "Timing", "cache_key", "encode", "encode_missing", "features_for",
+           "read_cached", "replaying"]
 
 FORMAT = "mmstream-features-2"
 SLOTS = {"video": "vision", "audio": "audio", "text": "text"}  # encoder key -> PreparedBatch field
+Fields = dict[str, torch.Tensor | None]  # one encoder's outputs, each stacked over windows
 
 
 class Rows:
@@ -216,34 +218,65 @@ def encode(model: nn.Module, examples: list[Example], batch_size: int = 32,
     return FeatureSet(size=len(examples), values=values)
 
 
+def read_cached(model: nn.Module, dataset: str, size: int, cache_dir: Path, rows: torch.Tensor | None = None,
+                skip: Collection[str] = ()) -> dict[str, Fields]:
+    """Each encoder's features (but ``skip``'s) that the cache holds for ``dataset`` of ``size``
+    windows; only ``rows`` of them when given, so a selection reuses its whole data's file."""
+    found: dict[str, Fields] = {}
+    for m in model.encoders:  # type: ignore[union-attr]
+        if m in skip:
+            continue
+        key = cache_key(model, dataset, m)
+        hit = FeatureSet.read(cache_dir / f"{key}.safetensors", key)
+        if hit is None or hit.size != size or m not in hit.values:
+            continue
+        found[m] = {k: (v[rows] if rows is not None and v is not None else v) for k, v in hit.values[m].items()}
+    return found
+
+
+def encode_missing(model: nn.Module, examples: list[Example], found: dict[str, Fields], dataset: str | None,
+                   cache_dir: Path | None, batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
+                   timing: Timing | None = None) -> tuple[FeatureSet, list[str]]:
+    """``found`` completed by running the other encoders over ``examples``, their features written
+    to the cache (when ``dataset`` and ``cache_dir`` are given) so the next run reads them.
+    Returns the features and the encoders that ran and had input.
+
+    Raises:
+        ModelLoadError: the cache cannot be written.
+    """
+    keys = list(model.encoders)  # type: ignore[union-attr]
+    found = dict(found)
+    computed: list[str] = []
+    missing = [m for m in keys if m not in found]
+    if missing:
+        fresh = encode(model, examples, batch_size, progress, timing, only=missing)
+        for m in missing:
+            if m not in fresh.values:
+                continue  # no example had this modality's input: nothing to replay or keep
+            found[m] = fresh.values[m]
+            computed.append(m)
+            if dataset is not None and cache_dir is not None:
+                key = cache_key(model, dataset, m)
+                path = cache_dir / f"{key}.safetensors"
+                try:
+                    FeatureSet(size=len(examples), values={m: found[m]}).save(path, key)
+                except OSError as exc:
+                    raise ModelLoadError(f"cannot write the feature cache {path}: {exc.strerror or exc} "
+                                         "(another cache folder, or none: --cache-dir, --no-cache)") from exc
+    values = {m: found[m] for m in keys if m in found}  # the model's order: drop masks index by it
+    return FeatureSet(size=len(examples), values=values), computed
+
+
 def features_for(model: nn.Module, examples: list[Example], dataset: str | None, cache_dir: Path | None,
                  batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
                  ) -> tuple[FeatureSet, bool]:
     """The examples' features, each encoder's from the cache when it holds them, the others
     encoded (and cached when ``dataset`` and ``cache_dir`` are given). Returns (features,
-    whether the cache answered for every encoder)."""
-    keys = list(model.encoders)  # type: ignore[union-attr]
-    found: dict[str, dict[str, torch.Tensor | None]] = {}
-    slots: dict[str, tuple[Path, str]] = {}
-    if dataset is not None and cache_dir is not None:
-        for m in keys:
-            key = cache_key(model, dataset, m)
-            slots[m] = (cache_dir / f"{key}.safetensors", key)
-            cached = FeatureSet.read(slots[m][0], key)
-            if cached is not None and cached.size == len(examples) and m in cached.values:
-                found[m] = cached.values[m]
-    missing = [m for m in keys if m not in found]
-    if missing:
-        fresh = encode(model, examples, batch_size, progress, only=missing)
-        for m in missing:
-            if m not in fresh.values:
-                continue  # no example had this modality's input: nothing to replay or keep
-            found[m] = fresh.values[m]
-            if m in slots:
-                path, key = slots[m]
-                try:
-                    FeatureSet(size=len(examples), values={m: found[m]}).save(path, key)
-                except OSError as exc:
-                    raise ModelLoadError(f"cannot write the feature cache {path}: {exc.strerror or exc}") from exc
-    values = {m: found[m] for m in keys if m in found}  # the model's order: drop masks index by it
-    return FeatureSet(size=len(examples), values=values), not missing
+    whether the cache answered for every encoder).
+
+    Raises:
+        ModelLoadError: the cache cannot be written.
+    """
+    found = read_cached(model, dataset, len(examples), cache_dir) if dataset is not None and cache_dir is not None else {}
+    features, _ = encode_missing(model, examples, found, dataset, cache_dir, batch_size, progress)
+    return features, all(m in found for m in model.encoders)  # type: ignore[union-attr]

@@ -55,6 +55,7 @@ from operators.dataset import (
     seeded_fraction,
     split_examples,
 )
+from operators.early_stopping import BestEpoch
 from operators.errors import ModelConfigError
 from operators.features import FeatureSet, features_for, replaying
 from operators.inputs import WindowInput
@@ -270,8 +271,8 @@ def _optimiser(model: FusedModel, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _state(model: FusedModel, frozen: bool) -> dict[str, torch.Tensor]:
-    state = model.trainable_state() if frozen else model.state_dict()
-    return {k: v.detach().clone() for k, v in state.items()}
+    """The weights training moves: frozen encoders need no copy and are not restored."""
+    return model.trainable_state() if frozen else model.state_dict()
 
 
 def train(
@@ -301,7 +302,7 @@ def train(
         opt = _optimiser(model, config)
         rng = random.Random(config.seed)
         result = TrainResult(cache_hit=loop.cache_hit, train_windows=len(split.train), val_windows=len(split.val))
-        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        best = BestEpoch(config.patience)
         model.train()
         model.encoders.eval()  # BatchNorm statistics and dropout of pretrained encoders stay fixed
         for epoch in range(1, config.epochs + 1):
@@ -326,13 +327,12 @@ def train(
             score = entry.val.loss if entry.val is not None else entry.loss
             if config.keep == "last":  # the weights stay the model's own: nothing to copy or restore
                 result.best_epoch, result.val = epoch, entry.val
-            elif best is None or score < best[0]:  # type: ignore[operator]
-                best = (score, _state(model, frozen))  # type: ignore[assignment]
+            elif best.better(epoch, score, lambda: _state(model, frozen)):
                 result.best_epoch, result.val = epoch, entry.val
-            elif config.patience and epoch - result.best_epoch >= config.patience:
+            elif best.exhausted(epoch):
                 break
-        if best is not None:
-            model.load_state_dict(best[1], strict=False)
+        if best.state is not None:
+            model.load_state_dict(best.state, strict=False)
         if config.fit_thresholds and split.val:
             # the kept weights' validation scores: the last epoch's as computed, or the best's again
             scores = val_scores if config.keep == "last" else loop.validate(split.val, loss_fn)[1]
