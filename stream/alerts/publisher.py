@@ -205,7 +205,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
             for tp in tps:
                 if start[tp] > high[tp]:
                     start[tp] = 0  # the partition is shorter than what was read: a new topic
-                ends[tp.partition] = high[tp]
+            ends = {tp.partition: high[tp] for tp in tps}
             read, pending = await read_range(reader, start, high, deadline)
             values = {tp.partition: read[tp] for tp in tps}
             if pending:

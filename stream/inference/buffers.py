@@ -134,25 +134,30 @@ class Slot:
     def ensure(self, nbytes: int) -> Any:
         """The buffer, at least ``nbytes`` long (grown, with a new generation, when it was not)."""
         old = self.buffer
-        if old is not None and (old.size if self.kind == "bytes" else old.numel()) >= nbytes:
+        if old is not None and old.numel() >= nbytes:
             return old
-        size = max(aligned(int(nbytes * _GROWTH)), _ALIGN)
-        if self.kind == "bytes":  # windows' bytes for a worker that preprocesses (torch-free)
-            from stream.inference.handover import SharedBytes
+        if old is not None and self.kind == "bytes":
+            old.close()  # its descriptor now, not when collected (a tensor has none to close)
+        self.buffer = _allocate(self.kind, max(aligned(int(nbytes * _GROWTH)), _ALIGN))
+        self.generation += 1
+        return self.buffer
 
-            if old is not None:
-                old.close()
-            buf: Any = SharedBytes(size)
-        else:
-            import torch
 
-            buf = torch.empty(size, dtype=torch.uint8)
-            if self.kind == "shared":
-                buf.share_memory_()
-            elif self.kind == "pinned":
-                buf = buf.pin_memory()
-        self.buffer, self.generation = buf, self.generation + 1
-        return buf
+def _allocate(kind: BufferKind, size: int) -> Any:
+    """A flat buffer of ``size`` bytes of the slot's kind: shared bytes for a worker that
+    preprocesses (torch-free, ``handover``), else a uint8 tensor, shared or pinned as the kind says."""
+    if kind == "bytes":
+        from stream.inference.handover import SharedBytes
+
+        return SharedBytes(size)
+    import torch
+
+    buf = torch.empty(size, dtype=torch.uint8)
+    if kind == "shared":
+        buf.share_memory_()
+    elif kind == "pinned":
+        buf = buf.pin_memory()
+    return buf
 
 
 class Slots:

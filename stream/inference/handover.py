@@ -51,6 +51,10 @@ class SharedBytes:
         # elsewhere DupFd hands the descriptor over a socket when the child unpickles (spawn-safe)
         return (_attach, (reduction.DupFd(self._fd), self.size))
 
+    def numel(self) -> int:
+        """Its length, as a flat uint8 tensor answers it (a slot asks either the same question)."""
+        return self.size
+
     def close(self) -> None:
         """Close the descriptor now rather than when collected (the mapping stays until then)."""
         self._closer()
