@@ -119,8 +119,10 @@ class Intake:
             # partition wakes aiokafka's fetch routine, which sends its request three turns of the
             # loop later (its wait's callback, the task's wake-up, the request task's first step).
             # Without these turns the broker only starts on the next fetch once this one is
-            # processed; with them the two overlap. Measured (``bench.pipeline --scene realistic``,
-            # 3 rounds twice each): null pipeline vs raw consume 0.72-0.80 against 0.62-0.63.
+            # processed; with them the two overlap (docs/benchmarks.md, "Fetch overlap"). A
+            # revocation that completes within the turns moves the generation: its fetch is dropped
+            # (the new assignment reads from the committed offsets). One still under way is decoded
+            # and forgotten with its partitions, as held records always were.
             generation = self._ctx.assignment.generation
             for _ in range(_FETCH_TURNS):
                 await asyncio.sleep(0)

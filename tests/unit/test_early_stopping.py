@@ -56,3 +56,12 @@ def test_no_epoch_keeps_nothing_and_an_epoch_no_better_copies_nothing() -> None:
     assert best.better(1, 1.0, weights)
     assert not best.better(2, 1.5, weights)
     assert len(calls) == 1
+
+
+def test_a_nan_first_epoch_is_kept_and_a_later_nan_never_wins() -> None:
+    """The first epoch is kept whatever its score (there is nothing else to keep); a NaN after a
+    real score never counts as better, as ``score < best`` never held for it."""
+    best, last, _ = _run([float("nan"), 1.0], patience=5)
+    assert last == 2 and best.epoch == 1  # NaN < x is false: nothing beats a NaN first epoch, as before
+    best, _, _ = _run([2.0, float("nan"), 1.0], patience=5)
+    assert best.epoch == 3 and best.score == 1.0
