@@ -10,7 +10,9 @@
   a paused partition's go stale, as do all of them during a freeze;
 - a partition paused may still deliver the one fetch that was in flight (``inflight_after_pause``);
 - joining the group and each rebalance call the listener (revoked, then assigned: aiokafka's eager
-  protocol), positions restart from the committed offsets and nothing stays paused;
+  protocol), positions restart from the committed offsets and nothing stays paused; a rebalance
+  (not the first join) runs as a task started just after a fetch returns, as aiokafka's
+  coordinator revokes while the caller is between steps, and the next ``getmany`` waits for it;
 - ``commit`` waits out a freeze, may fail (``failed_commits``), and is shown to the checker first.
 """
 
@@ -50,13 +52,16 @@ class SimConsumer:
         self._topics: list[str] = []
         self._listener: Any = None
         self._joined = False
+        self._rebalancing: asyncio.Task[None] | None = None
         self.rebalances = 0
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        return None
+        if self._rebalancing is not None:  # a rebalance the processor never fetched after: end it
+            rebalancing, self._rebalancing = self._rebalancing, None
+            await rebalancing
 
     def subscribe(self, topics: Iterable[str], listener: Any = None) -> None:
         self._topics = sorted(topics)
@@ -111,14 +116,23 @@ class SimConsumer:
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
                       max_records: int | None = None) -> dict[TopicPartition, list[ConsumerRecord]]:
-        if self._group and (not self._joined or self._broker.rebalance_due()):
+        if self._rebalancing is not None:  # as aiokafka's: no records while the group rebalances
+            rebalancing, self._rebalancing = self._rebalancing, None
+            await rebalancing
+        if self._group and not self._joined:
             await self._rebalance()
         out = self._fetch(partitions, max_records or 1 << 30)
         if out:
             await asyncio.sleep(self._broker.faults.fetch_ms / 1000)
-            return out
-        await asyncio.sleep(timeout_ms / 1000)
-        return self._fetch(partitions, max_records or 1 << 30)
+        else:
+            await asyncio.sleep(timeout_ms / 1000)
+            out = self._fetch(partitions, max_records or 1 << 30)
+        if self._group and self._broker.rebalance_due():
+            # aiokafka's coordinator learns of a rebalance between any two steps of the caller and
+            # revokes in a task of its own: here just after a fetch, so the revocation can land
+            # between the fetch and its decoding (``Intake.fetch`` turns the loop there)
+            self._rebalancing = asyncio.get_running_loop().create_task(self._rebalance())
+        return out
 
     def _fetch(self, partitions: tuple[TopicPartition, ...], max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         broker = self._broker
