@@ -112,6 +112,55 @@ async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkey
     assert queued + processor.stages.align.buffered_bytes // len(JPEG) == 100  # closed and open: each frame once
 
 
+async def test_a_fetch_decoded_while_its_revocation_is_under_way_is_forgotten_with_the_partition(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common case of a rebalance in that gap: the revocation starts, then waits for its
+    commit, so the generation has not moved yet and the fetch is decoded. When the revocation
+    completes it forgets those windows, and the new assignment builds them again from the
+    committed offsets: each frame once, none of the stale decoding left in them."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(100)]
+    processor.connection.consumer = consumer = _RebalancedConsumer({video: [consumer_record(video, i, f)
+                                                                             for i, f in enumerate(frames)]})
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {}
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    await processor.on_assigned({video})
+    committed = asyncio.Event()
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> None:
+        await committed.wait()  # the broker answers the revocation's commit only later
+
+    monkeypatch.setattr(processor.stages.commit, "commit", slow_commit)
+    rebalanced = asyncio.Event()
+
+    async def rebalance() -> None:
+        await processor.on_revoked({video})
+        consumer.pos[video] = 0  # the new assignment starts at the committed offset: nothing was committed
+        await processor.on_assigned({video})
+        rebalanced.set()
+
+    consumer.rebalance = rebalance
+    generation = processor.assignment.generation
+    await processor.step()
+    assert processor.stats.records == 100  # decoded while the revocation waits for its commit
+    assert processor.assignment.generation == generation
+    committed.set()
+    await rebalanced.wait()
+    assert processor.assignment.generation == generation + 1
+    assert processor.stages.align.open_windows == 0  # the stale decoding forgotten with the partition
+    await processor.step()
+    assert processor.stats.records == 200
+    fresh = [job.window for job in processor.stages.batch.queued() if job.generation == generation + 1]
+    in_windows = sum(w.counts.frames for w in fresh) + processor.stages.align.buffered_bytes // len(JPEG)
+    assert in_windows == 100  # each frame once in the new assignment's windows
+
+
 class _Producer:
     """Takes state records and acknowledges them at once."""
 
