@@ -76,16 +76,14 @@ class _RebalancedConsumer(FakeConsumer):
         return fetched
 
 
-async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The intake yields between a fetch and its decoding (so the consumer asks for the next
-    records meanwhile). A rebalance in that gap moves the generation: what the old assignment
-    fetched is dropped, and the partition is read again from where the new assignment starts
-    (its committed offset), each record aligned once."""
+async def _assigned_with_100_frames(monkeypatch: pytest.MonkeyPatch) -> tuple[Processor, TopicPartition, _RebalancedConsumer]:
+    """A processor assigned one video partition of 100 frames (10 s), nothing committed, no
+    published horizons; commits and gauges only when a test asks."""
     processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
     video = TopicPartition(processor.settings.topics.video, 0)
     frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(100)]
-    processor.connection.consumer = consumer = _RebalancedConsumer({video: [consumer_record(video, i, f)
-                                                                             for i, f in enumerate(frames)]})
+    consumer = _RebalancedConsumer({video: [consumer_record(video, i, f) for i, f in enumerate(frames)]})
+    processor.connection.consumer = consumer
     processor.connection.state_reader = object()
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
 
@@ -93,8 +91,17 @@ async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkey
         return {}
 
     monkeypatch.setattr(commit_stage, "read_last", read_last)
-    monkeypatch.setattr(intake_stage, "_FETCH_TURNS", 50)  # room for the whole rebalance in the gap
     await processor.on_assigned({video})
+    return processor, video, consumer
+
+
+async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intake yields between a fetch and its decoding (so the consumer asks for the next
+    records meanwhile). A rebalance in that gap moves the generation: what the old assignment
+    fetched is dropped, and the partition is read again from where the new assignment starts
+    (its committed offset), each record aligned once."""
+    monkeypatch.setattr(intake_stage, "_FETCH_TURNS", 50)  # room for the whole rebalance in the gap
+    processor, video, consumer = await _assigned_with_100_frames(monkeypatch)
 
     async def rebalance() -> None:
         await processor.on_revoked({video})
@@ -118,19 +125,7 @@ async def test_a_fetch_decoded_while_its_revocation_is_under_way_is_forgotten_wi
     commit, so the generation has not moved yet and the fetch is decoded. When the revocation
     completes it forgets those windows, and the new assignment builds them again from the
     committed offsets: each frame once, none of the stale decoding left in them."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(100)]
-    processor.connection.consumer = consumer = _RebalancedConsumer({video: [consumer_record(video, i, f)
-                                                                             for i, f in enumerate(frames)]})
-    processor.connection.state_reader = object()
-    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
-
-    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
-        return {}
-
-    monkeypatch.setattr(commit_stage, "read_last", read_last)
-    await processor.on_assigned({video})
+    processor, video, consumer = await _assigned_with_100_frames(monkeypatch)
     committed = asyncio.Event()
 
     async def slow_commit(*args: Any, **kwargs: Any) -> None:
