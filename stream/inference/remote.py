@@ -47,12 +47,14 @@ class RemoteRunner:
         torch_threads: torch's intra-op threads in the child.
         infer_timeout_s: bound on a call without progress.
         load_timeout_s: bound on the child's start and model load.
+        child: the process to serve from (default: a ``ModelChild`` built from the above); given,
+            a test chooses when it is replaced relative to a call.
     """
 
     def __init__(self, spec: jobs.ModelSpec, *, torch_threads: int, infer_timeout_s: float,
-                 load_timeout_s: float) -> None:
-        self._child = ModelChild(jobs.load, (spec, torch_threads), call_timeout_s=infer_timeout_s,
-                                 load_timeout_s=load_timeout_s)
+                 load_timeout_s: float, child: ModelChild | None = None) -> None:
+        self._child = child or ModelChild(jobs.load, (spec, torch_threads), call_timeout_s=infer_timeout_s,
+                                          load_timeout_s=load_timeout_s)
         self._lock = threading.Lock()
         self._sent: dict[int, tuple[int, int]] = {}  # slot -> (child incarnation, slot generation) it holds
         self.in_flight = 0  # calls the executor gave it and that have not returned
