@@ -61,6 +61,7 @@ from typing import Any
 from bench._variants import (
     NS_PER_S,
     NullModel,
+    RecordingExecutor,
     RecordingModel,
     expected_window_count,
     run_bare,
@@ -112,8 +113,6 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
         _log(f"model        {args.preset} on {model.device} loaded in {load_s:.1f} s (not timed)")
         served: Any = model
         if args.worker == "process":  # what the runtime does by default: the model in a child process
-            from bench._variants import RecordingExecutor
-
             served = RecordingExecutor(base.model, model, max_batch=args.max_batch,
                                        prepared_ahead=base.batching.max_in_flight, torch_threads=args.threads)
             await asyncio.to_thread(served.start)

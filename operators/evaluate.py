@@ -158,8 +158,7 @@ def _cached(model: Any, examples: list[Example], digest: str, dataset: list[Exam
     found: dict[str, Fields] = {}
     if dataset is not None and len(dataset) != len(examples):
         rows = _positions(examples, dataset)
-        whole = fingerprint(dataset) if rows is not None else None
-        if whole is not None:
+        if rows is not None and (whole := fingerprint(dataset)) is not None:
             found = read_cached(model, whole, len(dataset), cache_dir, torch.as_tensor(rows, dtype=torch.long))
     return {**found, **read_cached(model, digest, len(examples), cache_dir, skip=found)}
 

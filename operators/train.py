@@ -334,8 +334,10 @@ def train(
         if best.state is not None:
             model.load_state_dict(best.state, strict=False)
         if config.fit_thresholds and split.val:
-            # the kept weights' validation scores: the last epoch's as computed, or the best's again
-            scores = val_scores if config.keep == "last" else loop.validate(split.val, loss_fn)[1]
+            # the kept weights' validation scores: the last epoch's as computed (when they are the
+            # kept ones), else the best's again
+            kept_last = config.keep == "last" or best.epoch == epoch
+            scores = val_scores if kept_last else loop.validate(split.val, loss_fn)[1]
             # best F1 per label; few validation windows over-fit it: hence opt-in
             result.thresholds = best_f1_thresholds(scores, loop.targets[split.val].numpy(), model.labels)
             head = model.config.head

@@ -59,9 +59,7 @@ class SimConsumer:
         return None
 
     async def stop(self) -> None:
-        if self._rebalancing is not None:  # a rebalance the processor never fetched after: end it
-            rebalancing, self._rebalancing = self._rebalancing, None
-            await rebalancing
+        await self._rebalanced()  # a rebalance the processor never fetched after: end it
 
     def subscribe(self, topics: Iterable[str], listener: Any = None) -> None:
         self._topics = sorted(topics)
@@ -116,9 +114,7 @@ class SimConsumer:
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
                       max_records: int | None = None) -> dict[TopicPartition, list[ConsumerRecord]]:
-        if self._rebalancing is not None:  # as aiokafka's: no records while the group rebalances
-            rebalancing, self._rebalancing = self._rebalancing, None
-            await rebalancing
+        await self._rebalanced()  # as aiokafka's: no records while the group rebalances
         if self._group and not self._joined:
             await self._rebalance()
         out = self._fetch(partitions, max_records or 1 << 30)
@@ -157,6 +153,12 @@ class SimConsumer:
             self._position[tp] = records[-1].offset + 1
             max_records -= len(records)
         return out
+
+    async def _rebalanced(self) -> None:
+        """Until the rebalance started after a fetch (if any) has ended."""
+        if self._rebalancing is not None:
+            rebalancing, self._rebalancing = self._rebalancing, None
+            await rebalancing
 
     async def _rebalance(self) -> None:
         """Join (the first time) or rejoin: revoke everything, take everything back from the commit."""
