@@ -203,7 +203,8 @@ class BatchPipeline(Generic[T, P, R]):
     and while it held the slot the model had no next batch (measured: the worker idled 10-15 ms
     after each batch of 30, ``batching.max_in_flight`` 2). Deliveries have their own bound,
     ``max_in_flight`` more (``delivering``): a batch whose results cannot be delivered yet keeps
-    its inference slot, so a slow broker still stops the batches, then the queue, then the
+    its inference slot (``waiting``, no longer ``in_flight``: the batch sizer reads that as
+    work ahead on the model), so a slow broker still stops the batches, then the queue, then the
     input. Memory stays bounded by twice ``max_in_flight`` batches.
 
     ``deliver(batch, results, error)`` is awaited on the event loop for each batch in completion
@@ -239,12 +240,19 @@ class BatchPipeline(Generic[T, P, R]):
         self._slots: asyncio.Semaphore | None = None  # batches between next_batch and the end of infer
         self._deliveries: asyncio.Semaphore | None = None  # batches inferred and being delivered
         self._computing = 0
+        self._waiting = 0
         self._delivering = 0
 
     @property
     def in_flight(self) -> int:
         """Batches taken from the queue whose inference has not ended (at most ``max_in_flight``)."""
         return self._computing
+
+    @property
+    def waiting(self) -> int:
+        """Batches inferred and waiting for a delivery place, each still holding its inference
+        slot (at most ``max_in_flight``): the broker is behind, not the model."""
+        return self._waiting
 
     @property
     def delivering(self) -> int:
@@ -302,16 +310,21 @@ class BatchPipeline(Generic[T, P, R]):
 
     async def _run(self, batch: list[T]) -> None:
         assert self._slots is not None and self._deliveries is not None  # set by start()
-        self._computing += 1
         try:
+            self._computing += 1
             try:
                 results: Sequence[R] | None = await self._on_thread(batch)
                 error: BaseException | None = None
             except Exception as exc:  # noqa: BLE001 - handed to deliver, which owns the policy
                 results, error = None, exc
-            await self._deliveries.acquire()  # keeps the inference slot while deliveries are full
+            finally:
+                self._computing -= 1
+            self._waiting += 1
+            try:
+                await self._deliveries.acquire()  # keeps the inference slot while deliveries are full
+            finally:
+                self._waiting -= 1
         finally:
-            self._computing -= 1
             self._slots.release()
         self._delivering += 1
         try:

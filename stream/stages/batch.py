@@ -58,8 +58,10 @@ class Batch:
 
     @property
     def delivering(self) -> int:
-        """Batches inferred whose results ``Publish`` has not finished delivering."""
-        return self._pipeline.delivering if self._pipeline is not None and self._started else 0
+        """Batches inferred whose results ``Publish`` has not finished delivering, those waiting
+        for a delivery place included."""
+        pipeline = self._pipeline
+        return pipeline.waiting + pipeline.delivering if pipeline is not None and self._started else 0
 
     def queued(self) -> list[Job]:
         """The jobs waiting in the queue, oldest first (a copy: tests and diagnostics)."""
