@@ -34,6 +34,7 @@ __all__ = [
     "fetched_high_watermarks",
     "max_request_bytes",
     "read_last",
+    "rest",
     "check_copartitioned",
     "check_created",
     "client_options",
@@ -362,11 +363,22 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
         return {}
     consumer.assign(tps)
     deadline = asyncio.get_running_loop().time() + timeout_s
-    high = await fetched_high_watermarks(consumer, tps, dict.fromkeys(tps, 0), deadline)
-    values, pending = await read_range(consumer, {tp: max(high[tp] - count, 0) for tp in tps}, high, deadline)
+    try:
+        high = await fetched_high_watermarks(consumer, tps, dict.fromkeys(tps, 0), deadline)
+        values, pending = await read_range(consumer, {tp: max(high[tp] - count, 0) for tp in tps}, high, deadline)
+    finally:
+        rest(consumer, tps)
     if pending:
         raise ClusterError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
     return {tp.partition: values[tp] for tp in tps}
+
+
+def rest(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
+    """Stop a reader's fetches of partitions it has read back: left assigned, aiokafka would keep
+    a fetch of each in flight and buffer one response per partition that nobody reads until the
+    next read-back (the state topic grows with every commit). The next read-back's ``assign``
+    starts them afresh."""
+    consumer.pause(*tps)
 
 
 async def read_range(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int],

@@ -179,6 +179,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
         fetched_high_watermarks,
         make_consumer,
         read_range,
+        rest,
         stop_bounded,
         topic_partitions,
     )
@@ -201,12 +202,15 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
             reader.assign(tps)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READ_BACK_TIMEOUT_S
-            high = await fetched_high_watermarks(reader, tps, start, deadline)
-            for tp in tps:
-                if start[tp] > high[tp]:
-                    start[tp] = 0  # the partition is shorter than what was read: a new topic
-            ends = {tp.partition: high[tp] for tp in tps}
-            read, pending = await read_range(reader, start, high, deadline)
+            try:
+                high = await fetched_high_watermarks(reader, tps, start, deadline)
+                for tp in tps:
+                    if start[tp] > high[tp]:
+                        start[tp] = 0  # the partition is shorter than what was read: a new topic
+                ends = {tp.partition: high[tp] for tp in tps}
+                read, pending = await read_range(reader, start, high, deadline)
+            finally:
+                rest(reader, tps)
             values = {tp.partition: read[tp] for tp in tps}
             if pending:
                 raise ClusterError(f"could not read {topic} partitions {sorted(tp.partition for tp in pending)} "

@@ -30,6 +30,7 @@ from stream.kafka import (
     make_producer,
     max_request_bytes,
     producer_options,
+    read_last,
     stop_bounded,
 )
 from tests.integration._helpers import create_topics
@@ -355,3 +356,23 @@ async def test_consumer_lag_keeps_growing_while_a_partition_is_paused(settings_f
         if processor.gauges.highwater is not None:
             await processor.gauges.highwater.close()
         await stop_bounded(consumer, s.kafka.stop_timeout_ms, "consumer")
+
+
+async def test_a_reader_rests_between_read_backs_and_the_next_one_sees_what_came_since(
+        settings_for: Any, unique: str) -> None:
+    """The state reader is long-lived: between read-backs it must not keep fetching the partitions
+    it read (the state topic grows with every commit), yet the next read-back reads the newest."""
+    s = settings_for()
+    topic = f"state-{unique}"
+    await create_topics(s.kafka.bootstrap_servers, {topic: 1})
+    reader = make_consumer(s.kafka, s.limits, group=False)
+    await reader.start()
+    try:
+        await produce_one_by_one(s, topic, [b"a", b"b"])
+        assert await read_last(reader, topic, [0], count=1) == {0: [b"b"]}
+        assert reader.paused() == {TopicPartition(topic, 0)}
+        await produce_one_by_one(s, topic, [b"c"])
+        assert await read_last(reader, topic, [0], count=2) == {0: [b"b", b"c"]}
+        assert reader.paused() == {TopicPartition(topic, 0)}
+    finally:
+        await stop_bounded(reader, s.kafka.stop_timeout_ms, "reader")
