@@ -23,18 +23,32 @@ NS_PER_S = 1_000_000_000
 # --------------------------------------------------------------------------- stand-in models
 
 
-class RecordingModel:
-    """The real model, plus a list of the batches the runtime preprocessed (for the bare run)."""
+class Recorded:
+    """What the pipeline's model served in a round: the batches it preprocessed (the bare run
+    replays them) and the seconds of preprocessing and inference, summed under a lock because
+    batches finish on several inference threads."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self) -> None:
+        self._sums = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         """Forget what was recorded (a new round)."""
         self.batches: list[list[Any]] = []
-        self.preprocess_s = 0.0
-        self.infer_s = 0.0
+        self.preprocess_s = self.infer_s = 0.0
+
+    def add(self, preprocess_s: float = 0.0, infer_s: float = 0.0) -> None:
+        with self._sums:
+            self.preprocess_s += preprocess_s
+            self.infer_s += infer_s
+
+
+class RecordingModel:
+    """The real model, served on the processor's threads, with what it served ``recorded``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.recorded = Recorded()
 
     @property
     def info(self) -> Any:
@@ -45,19 +59,19 @@ class RecordingModel:
         return self.model.device
 
     def preprocess(self, windows: list[Any]) -> Any:
-        self.batches.append(list(windows))
+        self.recorded.batches.append(list(windows))
         t0 = time.perf_counter()
         try:
             return self.model.preprocess(windows)
         finally:
-            self.preprocess_s += time.perf_counter() - t0
+            self.recorded.add(preprocess_s=time.perf_counter() - t0)
 
     def infer(self, batch: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return self.model.infer(batch)
         finally:
-            self.infer_s += time.perf_counter() - t0
+            self.recorded.add(infer_s=time.perf_counter() - t0)
 
 
 class RecordingExecutor(InferenceExecutor):
@@ -76,22 +90,12 @@ class RecordingExecutor(InferenceExecutor):
                  torch_threads: int | None) -> None:
         plan = plan_from(config, worker="process", max_batch=max_batch, prepared_ahead=prepared_ahead)
         preprocessor = model if str(model.device) == "cpu" and plan.preprocess_at == "processor" else None
-        super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor, on_batch=self._timed)
-        self._sums = threading.Lock()  # batches finish on several inference threads
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget what was recorded (a new round)."""
-        self.batches: list[list[Any]] = []
-        self.preprocess_s = self.infer_s = 0.0
-
-    def _timed(self, timing: Any) -> None:
-        with self._sums:
-            self.preprocess_s += timing.preprocess_s
-            self.infer_s += timing.inference_s
+        self.recorded = Recorded()
+        super().__init__(config, plan, torch_threads=torch_threads, preprocessor=preprocessor,
+                         on_batch=lambda timing: self.recorded.add(timing.preprocess_s, timing.inference_s))
 
     def preprocess(self, windows: list[Any]) -> Any:
-        self.batches.append(list(windows))
+        self.recorded.batches.append(list(windows))
         return super().preprocess(windows)
 
 

@@ -134,14 +134,14 @@ async def _amain(args: argparse.Namespace) -> dict[str, Any]:
                 res["null_pipeline"].append(null)
                 _log(f"[{r + 1}] null pipeline  {null['records_per_s']:10,.0f} records/s  ({null['seconds']:.2f} s, "
                      f"cpu {null['cpu_s']:.2f} s, join {null['join_s']:.1f} s)")
-                rec.reset()
+                rec.recorded.reset()
                 pipe = await run_processor(_settings(broker.bootstrap, run, f"pipe{r}", args), rec, windows, 0, timeout,
                                            profile=args.profile and f"{args.profile}.pipe{r}")
-                pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.preprocess_s, rec.infer_s
+                pipe["model_preprocess_s"], pipe["model_infer_s"] = rec.recorded.preprocess_s, rec.recorded.infer_s
                 res["pipeline"].append(pipe)
                 _log(f"[{r + 1}] pipeline       {pipe['windows_per_s']:10,.1f} windows/s  ({pipe['seconds']:.2f} s, "
-                     f"cpu {pipe['cpu_s']:.2f} s; in it preprocess {rec.preprocess_s:.2f} s, infer {rec.infer_s:.2f} s)")
-                bare = await asyncio.to_thread(run_bare, model, rec.batches)
+                     f"cpu {pipe['cpu_s']:.2f} s; in it preprocess {rec.recorded.preprocess_s:.2f} s, infer {rec.recorded.infer_s:.2f} s)")
+                bare = await asyncio.to_thread(run_bare, model, rec.recorded.batches)
                 res["bare_model"].append(bare)
                 _log(f"[{r + 1}] bare model     {bare['windows_per_s']:10,.1f} windows/s  ({bare['seconds']:.2f} s, "
                      f"{bare['batches']} batches, mean {bare['mean_batch']:.1f}; preprocess {bare['preprocess_s']:.2f} s, "
