@@ -298,10 +298,13 @@ class Infer:
         finally:
             self._give(serving)
         timing = prepared.packed.timing
-        if timing is not None:
+        assert timing is not None  # the executor's ``infer`` sets it before it returns
+        try:
             self.observe(timing)
-        pre_s, inf_s = (timing.preprocess_s, timing.inference_s) if timing is not None else (0.0, 0.0)
-        return [Scored(out, pre_s, inf_s, prepared.batched_ns, serving.info) for out in outputs]
+        except Exception:  # noqa: BLE001 - a batch inferred is not failed by its bookkeeping
+            log.exception("could not record a batch's timing")
+        return [Scored(out, timing.preprocess_s, timing.inference_s, prepared.batched_ns, serving.info)
+                for out in outputs]
 
     def discard(self, prepared: Prepared) -> None:
         """Give back a prepared batch that will never be inferred (its stop was cut short while it

@@ -157,6 +157,26 @@ async def test_with_a_latency_target_the_measured_batches_feed_the_sizer() -> No
     assert infer.sizer.cost is not None and infer.sizer.size(0.0) > 1
 
 
+async def test_a_batch_whose_timing_cannot_be_recorded_still_returns_its_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metrics and the sizer are bookkeeping: their failure must not fail an inferred batch
+    (it would be retried window by window, or dead-lettered)."""
+    processor = _processor(models.EchoModel(), batching={"target_latency_ms": 500, "max_batch": 8})
+    infer = processor.stages.infer
+    assert infer.sizer is not None
+
+    def broken(size: int, seconds: float) -> None:
+        raise ValueError("the fit failed")
+
+    monkeypatch.setattr(infer.sizer, "observe", broken)
+    await infer.start()
+    try:
+        scored = await asyncio.to_thread(lambda: infer.infer(infer.preprocess(_jobs(processor, 2), WALL_NS)))
+    finally:
+        await infer.stop()
+    assert len(scored) == 2 and all(s.inference_s >= 0 and s.preprocess_s > 0 for s in scored)
+
+
 def test_a_stop_under_a_waiting_preprocess_raises_a_model_error() -> None:
     """A batch queued for the preprocessing pool when the executor stops fails with ModelError
     (it was a CancelledError, which is no Exception: the batch stage could not hand it on)."""
