@@ -81,7 +81,7 @@ class Metrics:
         self.paused = Gauge("mmstream_paused", "1 while input partitions are paused (backpressure or alignment)",
                             registry=r)
         self.pauses = Counter("mmstream_pauses", "Times input partitions were paused, by reason "
-                              "(alignment|aligner_full|batcher_full|memory)", ["reason"], registry=r)
+                              "(alignment|aligner_full|batcher_full|memory|loading)", ["reason"], registry=r)
         self.partition_stalled = Gauge("mmstream_partition_stalled", "1 while an input partition has records "
                                        "waiting and its position has not moved for a minute",
                                        ["topic", "partition"], registry=r)

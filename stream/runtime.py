@@ -348,6 +348,7 @@ class Processor:
         generation moves so late work of the old assignment releases nothing of a new one."""
         assignment, stages = self.assignment, self.stages
         assignment.loading -= revoked
+        assignment.paused -= revoked  # a partition still loading is paused too (``Intake.flow``)
         mine = revoked & assignment.assigned
         if not mine:
             return
@@ -359,7 +360,6 @@ class Processor:
         stages.commit.revoke(partitions, gone, mine)
         stages.intake.revoke(mine)
         assignment.assigned -= mine
-        assignment.paused -= mine
         log.info("partitions revoked: %s", sorted(str(tp) for tp in mine))
         self.metrics.ready.set(1 if self.ready else 0)
 

@@ -360,11 +360,15 @@ class Intake:
             self._patience.restart(now)
             self._park.restart_patience(now)
         want = {TopicPartition(topic_of[m], p) for m, p in decision.paused}
+        # a partition whose published horizons are still being read keeps what it fetched until
+        # then (``take``): it fetches no more meanwhile, or a slow state read would let a backlog
+        # pile up in memory past every bound
+        want |= assignment.loading
         if want != assignment.paused:
             resume, pause = assignment.paused - want, want - assignment.paused
             if pause:
                 consumer.pause(*pause)
-                ctx.metrics.pauses.labels(decision.reason).inc()
+                ctx.metrics.pauses.labels(decision.reason or "loading").inc()
                 log.debug("paused %s (%s)", sorted(pause), decision.reason)
             if resume:
                 consumer.resume(*resume)

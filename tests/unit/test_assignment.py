@@ -63,6 +63,89 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
 
 
+class _PausingConsumer(FakeConsumer):
+    """Honours pause and resume, as aiokafka does: a paused partition is not fetched."""
+
+    def __init__(self, records: dict[TopicPartition, list[Any]]) -> None:
+        super().__init__(records)
+        self.paused: set[TopicPartition] = set()
+        self.resumed: set[TopicPartition] = set()
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0)
+        out = {}
+        for tp, recs in self.records.items():
+            if tp not in self.paused and self.pos[tp] < len(recs):
+                out[tp] = recs[self.pos[tp]:self.pos[tp] + 100]
+                self.pos[tp] += len(out[tp])
+        return out
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+        self.resumed |= set(tps)
+
+
+async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow read of the state topic must not let a backlog pile up in the intake: what was
+    fetched waits, the partition is paused until its horizons are known, then it is read on."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(1000)]
+    consumer = _PausingConsumer({video: [consumer_record(video, i, f) for i, f in enumerate(frames)]})
+    processor.connection.consumer = consumer
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    reading, read = asyncio.Event(), asyncio.Event()
+
+    async def slow_read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        reading.set()
+        await read.wait()
+        return {}
+
+    monkeypatch.setattr(commit_stage, "read_last", slow_read_last)
+    assigning = asyncio.create_task(processor.on_assigned({video}))
+    await reading.wait()
+    for _ in range(10):
+        await processor.step()
+    assert consumer.pos[video] == 100  # one fetch, held; then paused, not the whole backlog
+    assert consumer.paused == {video} and processor.stats.records == 0
+    read.set()
+    await assigning
+    for _ in range(30):
+        await processor.step()
+    assert video in consumer.resumed and processor.stats.records == 1000
+
+
+async def test_a_partition_revoked_while_loading_is_not_resumed_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka refuses to resume a partition it no longer has (IllegalStateError in the loop)."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    consumer = _PausingConsumer({video: [consumer_record(video, 0, VideoFrame(source_id="cam", ts_ns=T0,
+                                                                               encoding="jpeg", data=JPEG))]})
+    processor.connection.consumer = consumer
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    reading = asyncio.Event()
+
+    async def never_read(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        reading.set()
+        await asyncio.Event().wait()
+        return {}
+
+    monkeypatch.setattr(commit_stage, "read_last", never_read)
+    assigning = asyncio.create_task(processor.on_assigned({video}))
+    await reading.wait()
+    await processor.step()
+    assert processor.assignment.paused == {video}
+    await processor.on_revoked({video})
+    assigning.cancel()
+    await processor.step()
+    assert processor.assignment.paused == set() and consumer.resumed == set()
+
+
 class _RebalancedConsumer(FakeConsumer):
     """A fetch after which the group rebalances: ``rebalance`` starts as the fetch returns."""
 
