@@ -7,8 +7,6 @@ position (asked of the consumer, so lag is known before the first record of a pa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 
 from aiokafka import TopicPartition
@@ -67,11 +65,8 @@ class Gauges:
         # brokers in the background, at a bounded rate (stream/lag.py)
         refresh.retain(assignment.assigned)
         refresh.request(tp for tp in assignment.assigned if tp in assignment.paused)
-        position = assignment.position
+        position = assignment.position  # learned by the intake (``Intake.learn_positions``)
         for tp in list(assignment.assigned):
-            if tp not in position:
-                with contextlib.suppress(Exception):
-                    position[tp] = await asyncio.wait_for(consumer.position(tp), 0.5)
             high = refresh.highwater(tp)
             if high is not None and tp in position:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - position[tp], 0))

@@ -274,6 +274,7 @@ class Processor:
         if now - commit.last_commit_s >= _COMMIT_INTERVAL_S:
             await commit.commit()
         if now - self.gauges.last_update_s >= _GAUGE_INTERVAL_S:
+            await intake.learn_positions()  # once a second, before the gauges that read them
             await self.gauges.update()
         # a turn for the other tasks: ``getmany`` answers from the records it has prefetched
         # without suspending, and so does everything above while nothing is full, so a backlog

@@ -1,9 +1,14 @@
 """Whether an input partition has no unread data, as the broker shows it now: what lets a silent
 modality count as idle (``EndWatch.caught_up``, asked by the aligner) and what keeps a caught-up
-topic from holding the others back in watermark alignment (``EndWatch.at_end``).
+topic from holding the others back in watermark alignment (``EndWatch.at_end``). Both need each
+partition's position, which a partition with nothing to read never shows through a record:
+``EndWatch.learn_positions`` asks the consumer for those.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from aiokafka import TopicPartition
 
@@ -59,6 +64,19 @@ class EndWatch:
             del since[tp]
         for tp in [tp for tp in polls if tp not in assigned]:
             del polls[tp]
+
+    async def learn_positions(self) -> None:
+        """Ask the consumer where each assigned partition stands when no record has shown it yet.
+
+        A partition read to its end before this assignment (a quiet transcript topic, a
+        deployment without transcription) delivers no record, so the intake never learns its
+        position from one; without a position it never counts as at its end, its modality never
+        as idle, and its sources' windows would wait for it until the aligner's bounds shed them."""
+        ctx = self._ctx
+        consumer, position = ctx.connection.consumer, ctx.assignment.position
+        for tp in [tp for tp in ctx.assignment.assigned if tp not in position]:
+            with contextlib.suppress(Exception):  # not known yet (its offset is being looked up): next time
+                position[tp] = await asyncio.wait_for(consumer.position(tp), 0.5)
 
     def at_end(self, tp: TopicPartition) -> bool:
         """No unread data in this partition now, as a fresh fetch response shows it."""

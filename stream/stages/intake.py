@@ -330,6 +330,10 @@ class Intake:
             floor = t if floor is None else min(floor, t)
         return None if floor is None else floor + ctx.settings.window.max_ahead_ms * 1_000_000
 
+    async def learn_positions(self) -> None:
+        """Positions no record has shown yet, from the consumer (``EndWatch.learn_positions``)."""
+        await self._ends.learn_positions()
+
     # ------------------------------------------------------------------ pause and resume
 
     def flow(self) -> None:

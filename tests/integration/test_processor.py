@@ -42,6 +42,20 @@ async def test_clean_run_publishes_every_window_once_with_exact_counts(settings_
         assert rec.key == r["source_id"].encode()
 
 
+async def test_without_transcription_every_window_is_published_with_what_it_has(settings_for, unique) -> None:
+    """The transcript topic exists but nothing was ever written to it: no record shows where it
+    stands, yet it must count as caught up, so text goes idle and every window closes."""
+    settings = settings_for(window={"idle_timeout_ms": 1000, "allowed_lateness_ms": 100},
+                            batching={"max_delay_ms": 20})
+    scene = SyntheticScene(SyntheticConfig(sources=2, fps=5, seed=1), start_ns=time.time_ns() - 10 * 10**9)
+    await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=3.5, realtime=False)
+    silent = settings.model_copy(update={"topics": settings.topics.model_copy(update={"text": f"no-text-{unique}"})})
+    expected = expected_windows(scene, silent.window.window_ms * 1_000_000)
+    results = results_of(await run_until(Processor(silent), silent, len(expected), timeout_s=40))
+    assert sorted(r["id"] for r in results) == sorted(expected)
+    assert all(r["counts"]["segments"] == 0 and r["counts"]["frames"] == expected[r["id"]]["frames"] for r in results)
+
+
 async def test_bad_records_are_dead_lettered_and_valid_stream_continues(settings_for) -> None:
     import numpy as np
 

@@ -71,19 +71,29 @@ def _processor(clock: _Clock, wall: _Wall | None = None, **window: Any) -> Proce
     return Processor(settings, model=object(), clock_ms=clock, wall_ns=wall or _Wall())
 
 
+class _PositionedConsumer(FakeConsumer):
+    """Also answers ``position``, as aiokafka does once it knows where a partition starts."""
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos[tp]
+
+
 async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
                per_fetch: int = 50) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
     """The consume loop without a broker: every step each partition not paused delivers its next
-    records, then intake, window closing and flow control run; 100 ms pass per step. The closed
-    windows are those queued for inference (the batch stage is not started)."""
+    records, then intake, window closing and flow control run, and once a second the positions no
+    record showed are learned; 100 ms pass per step. The closed windows are those queued for
+    inference (the batch stage is not started)."""
     fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
         consumer_record(TopicPartition(processor.settings.topics.input(m), 0), i, item) for i, item in enumerate(records)]
         for m, records in items.items()}
-    consumer = FakeConsumer(fetched)
+    consumer = _PositionedConsumer(fetched)
     processor.connection.consumer = consumer
     processor.assignment.assigned = set(fetched)
     intake, align = processor.stages.intake, processor.stages.align
-    for _ in range(steps):
+    for step in range(steps):
+        if step % 10 == 0:
+            await intake.learn_positions()
         clock.ms += 100
         batch = {}
         for tp, recs in fetched.items():
@@ -94,6 +104,20 @@ async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[A
         await align.close_ready()
         intake.flow()
     return fetched, [job.window for job in processor.stages.batch.queued()]
+
+
+async def test_a_topic_with_nothing_to_read_lets_its_modality_go_idle() -> None:
+    """A transcript topic with no record at all (no transcription deployed, or read to its end
+    before this assignment) never showed its position: it never counted as caught up, so its
+    modality never went idle and no window closed until the aligner's bounds shed them."""
+    clock = _Clock()
+    processor = _processor(clock)
+    items = _stream(20, [])
+    items[Modality.TEXT] = []
+    _, closed = await _run(processor, clock, items, steps=300)
+    assert len(closed) == 3 * 20 and processor.stages.align.open_windows == 0
+    assert {w.closed_by for w in closed} <= {"idle", "watermark"}
+    assert all(w.frames and w.audio_samples for w in closed)
 
 
 def _by_source(closed: list[ClosedWindow]) -> dict[str, list[ClosedWindow]]:
