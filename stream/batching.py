@@ -280,8 +280,10 @@ class BatchPipeline(Generic[T, P, R]):
         if task is not None and not task.done():
             try:
                 await asyncio.wait([task])  # its own end, cancelled or not, is no error here
-            except asyncio.CancelledError:  # this stop was cut short: so is the dispatch
-                task.cancel()
+            except asyncio.CancelledError:  # this stop was cut short: so is the dispatch, and so is
+                task.cancel()               # every batch in flight, as when it is cut short below
+                for batch in self._in_flight:
+                    batch.cancel()
                 raise
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -138,6 +138,41 @@ async def test_a_batch_cut_off_by_a_stop_leaves_no_prepared_batch_behind_and_is_
     assert (inferred, discarded, delivered) == (["prepared a"], ["prepared b"], [])
 
 
+async def test_a_stop_cut_short_while_windows_are_still_queued_delivers_nothing_after() -> None:
+    """Cut short while the dispatch still waits for a slot (windows queued behind a slow batch),
+    the stop left the batch in flight running: it delivered after the stop had returned, into
+    a processor whose producer was stopping. Now it is cut off as when the dispatch is done."""
+    release_infer = threading.Event()
+    delivered: list[str] = []
+
+    def infer(prepared: str) -> list[str]:
+        release_infer.wait(10)
+        return [prepared]
+
+    async def deliver(batch: list[str], *_: Any) -> None:
+        delivered.extend(batch)
+
+    batcher: Batcher[str] = Batcher(BatchConfig(max_batch=1, max_delay_ms=0, max_in_flight=1))
+    pipeline: BatchPipeline[str, str, str] = BatchPipeline(batcher, lambda batch: batch[0], infer, deliver)
+    await pipeline.start()
+    try:
+        batcher.put_nowait("a")  # blocked in infer
+        batcher.put_nowait("b")  # queued: no slot
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if pipeline.in_flight == 1:
+                break
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pipeline.stop(), 0.2)
+        release_infer.set()
+        await asyncio.sleep(0.2)
+        assert delivered == [] and pipeline.in_flight == 0
+    finally:
+        release_infer.set()
+        await pipeline.stop()
+    assert delivered == []
+
+
 async def test_a_size_limit_closes_a_forming_batch_before_its_delay() -> None:
     batcher: Batcher[int] = Batcher(BatchConfig(max_batch=8, max_delay_ms=60_000), limit=lambda oldest: 3)
     for i in range(5):
