@@ -231,15 +231,17 @@ class ModelChild:
 
     def _wait(self, future: concurrent.futures.Future[Any]) -> Any:
         """The call's result, or ``_Stalled`` once the child has made no progress for the call
-        timeout: a call queued behind a slow one is not blamed for the wait."""
+        timeout: a call queued behind a slow one is not blamed for the wait. It waits for the
+        future to be done before asking its result: ``result(timeout)`` raises the same
+        ``TimeoutError`` class (Python 3.11) for a wait that ran out and for a model that raised
+        one, and the second was taken for the first (a spin, then a healthy worker killed)."""
         while True:
             left = self._call_timeout_s - self.progress.stalled_s()
             if left <= 0:
                 raise _Stalled
-            try:
-                return future.result(left)
-            except concurrent.futures.TimeoutError:
-                continue
+            done, _ = concurrent.futures.wait([future], timeout=left)
+            if done:
+                return future.result()
 
     def _replace(self, dead: concurrent.futures.ProcessPoolExecutor) -> None:
         """Start a new child in place of ``dead`` (once, whichever call saw it die first)."""

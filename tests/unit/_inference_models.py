@@ -20,6 +20,7 @@ INFER_FAILS = -2  # ... makes infer raise
 KILLS_WORKER = -3  # ... makes the process exit (a crash in native code)
 HANGS = -4  # ... makes infer sleep far beyond any timeout
 RAISES_ODD = -5  # ... makes infer raise an exception whose class does not unpickle
+RAISES_TIMEOUT = -6  # ... makes infer raise TimeoutError (a model calling a service with a read timeout)
 
 
 class OddError(Exception):
@@ -68,6 +69,8 @@ class EchoModel:
             raise RuntimeError("infer refused the batch")
         if RAISES_ODD in got:
             raise OddError(7, "the model's own error")
+        if RAISES_TIMEOUT in got:
+            raise TimeoutError("the model's service did not answer")
         if KILLS_WORKER in got:
             os._exit(3)
         if HANGS in got:

@@ -26,6 +26,7 @@ from tests.unit._inference_models import (
     KILLS_WORKER,
     PREPROCESS_FAILS,
     RAISES_ODD,
+    RAISES_TIMEOUT,
     EchoModel,
     echo_model,
     ids,
@@ -156,6 +157,17 @@ def test_a_model_error_that_does_not_unpickle_fails_its_batch_only(executor: Inf
             executor.infer(executor.preprocess([window(1), window(RAISES_ODD)]))
     assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
     assert executor.restarts == 0
+
+
+def test_a_timeout_the_model_raises_fails_its_batch_at_once_and_spares_the_worker(executor: InferenceExecutor) -> None:
+    """A TimeoutError raised by the model came back as the wait's own timeout (one class since
+    Python 3.11): the parent spun until the call timeout, then killed a healthy worker."""
+    pid, t0 = executor.pid, time.monotonic()
+    with pytest.raises(TimeoutError, match="did not answer"):
+        executor.infer(executor.preprocess([window(1), window(RAISES_TIMEOUT)]))
+    assert time.monotonic() - t0 < CONFIG.infer_timeout_ms / 1000
+    assert executor.restarts == 0 and executor.pid == pid
+    assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
 
 
 def test_a_load_error_that_does_not_unpickle_is_reported_as_raised() -> None:
