@@ -27,6 +27,7 @@ imports torch (the model is passed in as plain callables).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from stream.config import BatchConfig
-from stream.errors import MmstreamError
+from stream.errors import MmstreamError, ModelError
 
 __all__ = ["BatchPipeline", "Batcher", "BatcherClosedError", "BatcherFullError"]
 
@@ -344,11 +345,17 @@ class BatchPipeline(Generic[T, P, R]):
         def work() -> Sequence[R] | None:
             if abandoned.is_set():
                 return None
-            prepared = self._preprocess(batch) if stamp is None else self._preprocess(batch, stamp)  # type: ignore[call-arg]
-            if abandoned.is_set() and self._discard is not None:
-                self._discard(prepared)
-                return None
-            return self._infer(prepared)
+            try:
+                prepared = self._preprocess(batch) if stamp is None else self._preprocess(batch, stamp)  # type: ignore[call-arg]
+                if abandoned.is_set() and self._discard is not None:
+                    self._discard(prepared)
+                    return None
+                return self._infer(prepared)
+            except (concurrent.futures.CancelledError, asyncio.CancelledError) as exc:
+                # raised by the model itself: out of the thread either becomes the caller's
+                # asyncio cancellation, which no ``except Exception`` sees, and the batch would
+                # be neither delivered nor failed (its offsets held for good)
+                raise ModelError(f"the model raised {type(exc).__name__}: {exc}") from exc
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, work)  # type: ignore[return-value]

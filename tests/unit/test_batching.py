@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from stream.batching import Batcher, BatcherClosedError, BatcherFullError, BatchPipeline
 from stream.config import BatchConfig
+from stream.errors import ModelError
 
 
 def _cfg(**kw) -> BatchConfig:
@@ -175,6 +177,32 @@ async def test_pipeline_reports_errors_to_deliver() -> None:
         b.put_nowait(1)
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
+
+
+@pytest.mark.parametrize("cancelled", [concurrent.futures.CancelledError, asyncio.CancelledError])
+async def test_a_cancellation_the_model_raises_fails_its_batch(cancelled: type[BaseException]) -> None:
+    """Out of the thread it became this loop's cancellation: the batch was neither delivered nor
+    failed, so its offsets were held for good and the partition stalled."""
+    b: Batcher[int] = Batcher(_cfg(max_batch=2, max_delay_ms=0))
+    delivered: list[tuple[list[int], BaseException | None]] = []
+
+    def infer(prepared: list[int]) -> list[int]:
+        if 1 in prepared:
+            raise cancelled("the model's own")
+        return prepared
+
+    async def deliver(batch: list[int], results, error) -> None:
+        delivered.append((batch, error))
+
+    async with BatchPipeline(b, lambda batch: batch, infer, deliver):
+        b.put_nowait(1)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if delivered:
+                break
+        b.put_nowait(2)
+    assert [batch for batch, _ in delivered] == [[1], [2]]
+    assert isinstance(delivered[0][1], ModelError) and delivered[1][1] is None
 
 
 async def test_a_delivery_frees_the_inference_slot_but_deliveries_are_bounded_too() -> None:
