@@ -138,7 +138,9 @@ def _assemble_audio(
                 gaps.append((_ceil_div(cursor, rate), first_ns))
         parts.append(memoryview(chunk.data)[lo * width : hi * width])
         real += hi - lo
-        cursor = first_ns * rate + (hi - lo) * NS_PER_S
+        # a piece inside an earlier one (kept whole) must not move the cursor back, or the next
+        # piece would be "after a gap" the earlier piece covers, zero-filled over real samples
+        cursor = max(cursor, first_ns * rate + (hi - lo) * NS_PER_S)
     tail = _ceil_div((end - 3) * rate - cursor, NS_PER_S)
     if tail > 0:
         parts.append(bytes(tail * width))

@@ -335,6 +335,18 @@ def test_audio_gaps_are_zero_filled_and_reported(make) -> None:
     assert np.all(w.audio[:1600] == 0) and np.all(w.audio[1600:3200] == np.float32(1000 / 32768))
 
 
+def test_a_chunk_inside_an_earlier_one_fills_no_gap_after_it(make) -> None:
+    """Overlapping chunks are kept whole; one inside another used to move the fill cursor back,
+    so the chunk after both was zero-filled behind as if the first had not covered it."""
+    al = make()
+    al.add(chunk(T0, n=1600), origin("mm.audio"))  # 0-100 ms
+    al.add(chunk(T0 + 10 * MS, n=160), origin("mm.audio"))  # 10-20 ms: inside the first
+    al.add(chunk(T0 + 100 * MS, n=1600), origin("mm.audio"))  # 100-200 ms: right after the first
+    (w,) = al.flush()
+    assert w.audio_samples == 3360 and w.missing_samples == 16_000 - 3200
+    assert w.gaps == ((T0 + 200 * MS, T0 + S),)
+
+
 def test_chunk_straddling_a_boundary_is_cut_at_sample_precision(make) -> None:
     al = make()
     res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))  # 990-1010 ms
