@@ -129,6 +129,8 @@ KINDS: tuple[Kind, ...] = (
          lambda k, t: (k, b"\x00" * 640, _h(t, b"audio/pcm;format=s16le;rate=10;channels=1"))),
     Kind("ct_pcm_no_channels", "audio", "bad_content_type",
          lambda k, t: (k, b"\x00" * 640, _h(t, b"audio/pcm;format=s16le;rate=16000"))),
+    Kind("ct_pcm_audio_bomb", "audio", "bad_content_type",  # one sample: a 47 MiB window once assembled
+         lambda k, t: (k, b"\x00" * 64, _h(t, b"audio/pcm;format=s16le;rate=384000;channels=32"))),
     Kind("ct_not_ascii", "text", "bad_content_type",
          lambda k, t: (k, _seg(t), _h(t, "application/jsön".encode()))),
     # sizes

@@ -11,7 +11,7 @@ Scenarios (each on a fresh broker, with its own topics and group):
   orphaned processes and their RSS, crash loops (bench/_faults_kills.py);
 - ``broker``: the broker SIGSTOPped for 10 s and for 30 s mid-stream: recovery time, partial
   windows, /healthz and /readyz transitions polled every 200 ms (bench/_faults_broker.py);
-- ``malformed``: 10,000 malformed records of 43 kinds mixed into a valid stream: dead letters by
+- ``malformed``: 10,000 malformed records of 44 kinds mixed into a valid stream: dead letters by
   reason against what was sent by kind, valid windows exact, peak RSS (bench/_faults_input.py);
 - ``edge``: one 9 MiB record on the video topic and one transcript segment stamped 30 s ahead in
   a pre-produced stream: no crash loop, no stall (bench/_faults_input.py);

@@ -368,6 +368,9 @@ def _decode_audio(
     source_id: str, ts_ns: int, spec: tuple[Any, ...], value: bytes, limits: ContractLimits
 ) -> AudioChunk:
     _, fmt, rate, channels, _text = spec
+    if rate * channels > limits.max_audio_samples_per_s:  # a content-type parameter: before the value
+        raise ContractError(Reason.BAD_CONTENT_TYPE, f"rate {rate} x {channels} channels is over "
+                                                     f"max_audio_samples_per_s={limits.max_audio_samples_per_s}")
     if not value or len(value) > limits.max_audio_bytes:  # _check_size's test, inline: once per record
         _check_size(value, limits.max_audio_bytes, "audio chunk")
     frame_bytes = _SAMPLE_BYTES[fmt] * channels

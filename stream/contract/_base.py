@@ -57,3 +57,9 @@ class ContractLimits(BaseModel):
         MAX_FRAME_SIDE, gt=0, le=MAX_FRAME_SIDE,
         description="largest frame width or height, pixels (JPEG/PNG: as declared in their header); "
                     f"at most {MAX_FRAME_SIDE}, the most the model decodes whatever a header says")
+    max_audio_samples_per_s: int = Field(
+        768_000, gt=0,
+        description="largest sample rate x channels of an audio record (48 kHz x 16 channels, 384 kHz "
+                    "stereo): a window's audio is assembled at that rate for the whole window, "
+                    "zero-filled where nothing arrived, so one 64-byte chunk declaring 384 kHz x 32 "
+                    "channels made a 47 MiB window")

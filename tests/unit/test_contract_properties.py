@@ -76,9 +76,10 @@ def audio_chunks(draw: st.DrawFn) -> AudioChunk:
     channels = draw(st.integers(1, 8))
     n = draw(st.integers(1, 64))
     width = (2 if fmt == "s16le" else 4) * channels
-    return AudioChunk(
+    return AudioChunk(  # within the default limits, as the data's size is
         source_id=draw(source_ids), ts_ns=draw(times_ns), sample_format=fmt,
-        sample_rate=draw(st.integers(1000, 384_000)), channels=channels,
+        sample_rate=draw(st.integers(1000, min(384_000, ContractLimits().max_audio_samples_per_s // channels))),
+        channels=channels,
         data=draw(st.binary(min_size=n * width, max_size=n * width)),
     )
 
@@ -228,6 +229,22 @@ def test_pcm_must_be_whole_frames(fmt: str, channels: int, size: int) -> None:
         assert isinstance(out, AudioChunk) and out.n_samples == size // frame
     else:
         assert isinstance(out, ContractError) and out.reason is Reason.PAYLOAD_SIZE
+
+
+@FAST
+@given(rate=st.integers(1000, 384_000), channels=st.integers(1, 32), limit=st.integers(1000, 384_000 * 32))
+def test_audio_over_the_samples_per_second_limit_is_refused_by_its_content_type(rate: int, channels: int,
+                                                                               limit: int) -> None:
+    """A window's audio is assembled at rate x channels for the whole window: a tiny chunk
+    declaring a huge product is an audio bomb, refused as max_frame_side refuses image bombs."""
+    ct = f"audio/pcm;format=s16le;rate={rate};channels={channels}".encode()
+    out = decode_or_contract_error(Rec(b"mic", bytes(2 * channels), [("mm-ts", b"1"), ("content-type", ct)]),
+                                   limits=ContractLimits(max_audio_samples_per_s=limit))
+    if rate * channels > limit:
+        assert isinstance(out, ContractError) and out.reason is Reason.BAD_CONTENT_TYPE
+        assert "max_audio_samples_per_s" in str(out)
+    else:
+        assert isinstance(out, AudioChunk) and (out.sample_rate, out.channels) == (rate, channels)
 
 
 json_values = st.recursive(
