@@ -354,9 +354,10 @@ class Aligner:
         key: Hashable = origin if sid is None else sid
         if sid is not None:
             prev = src.revisions.get(sid)
+            if (prev[0] if prev is not None else sid in src.finals) and not final:
+                # stale whether the final's windows are open or gone (which is processing time)
+                return AddResult(AddStatus.ACCEPTED, src.id, (), None, f"partial after final of segment {sid!r}")
             if prev is not None:
-                if prev[0] and not final:
-                    return AddResult(AddStatus.ACCEPTED, src.id, (), None, f"partial after final of segment {sid!r}")
                 for s in prev[1]:
                     w = src.windows.get(s)
                     old = w.segments.pop(sid, None) if w is not None else None

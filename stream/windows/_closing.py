@@ -136,6 +136,8 @@ class Closer:
                 rev = src.revisions.get(key)
                 if rev is not None and (not rev[1] or rev[1][-1] <= s):
                     del src.revisions[key]
+                    if rev[0]:
+                        src.finished(key)
         return w.close(src.id, cause, src.expected_modalities, waited_for)
 
     def _shed(self, out: list[ClosedWindow]) -> None:

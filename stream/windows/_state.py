@@ -59,12 +59,16 @@ class AddResult(NamedTuple):
         return tuple([(sid, s) for s in self.windows])
 
 
+FINALS_KEPT = 1024
+"""Finished transcript segments remembered per source (``SourceState.finished``)."""
+
+
 class SourceState:
     """State of one source id. Modality-indexed lists: 0 video, 1 audio, 2 text."""
 
     __slots__ = (
         "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon",
-        "revisions", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
+        "revisions", "finals", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
         "held_by",
     )
 
@@ -81,6 +85,9 @@ class SourceState:
         self.horizon = NEVER
         # segment_id -> (final, starts placed in): what a revision must remove
         self.revisions: dict[str, tuple[bool, tuple[int, ...]]] = {}
+        # segment ids whose final revision has left with its windows, oldest first (a partial of
+        # one of them arriving later is stale whatever window it falls in); bounded
+        self.finals: dict[str, None] = {}
         self.dirty = False  # vouched time moved since the last evaluation
         self.check_at_ms = now_ms
         self.min_start = ALWAYS
@@ -88,6 +95,14 @@ class SourceState:
         # the slowest modality at the last evaluation that left windows open: what held them until
         # the next one closes them (several modalities often pass the bound in the same fetch)
         self.held_by: Modality | None = None
+
+    def finished(self, segment_id: str) -> None:
+        """The final revision of ``segment_id`` left with the last of its windows: remember it
+        (the ``FINALS_KEPT`` latest), so a partial of it arriving after is still ignored."""
+        finals = self.finals
+        finals[segment_id] = None
+        if len(finals) > FINALS_KEPT:
+            del finals[next(iter(finals))]
 
 
 class Book:

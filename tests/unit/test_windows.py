@@ -238,6 +238,21 @@ def test_asr_revision_replaces_partial_with_final(make) -> None:
     assert len(w0.origins) == 2  # the partial's record fed it too: the ledger must wait for it
 
 
+def test_a_partial_after_its_final_is_ignored_after_the_finals_window_closed_too(make) -> None:
+    """Once the final's window had closed its revision was forgotten, and a stale partial of the
+    same segment reaching into the next window was published there: whether it was depended on
+    when the window closed (processing time), not on the records."""
+    al = make(allowed_lateness_ms=0, modalities=["text"])
+    al.add(segment(T0 + 200 * MS, T0 + 900 * MS, text="hello", segment_id="u1"), origin("mm.text"))
+    al.add(segment(T0 + S + 10 * MS, T0 + S + 100 * MS, text="next", segment_id="u2"), origin("mm.text"))
+    assert [w.start_ns for w in al.poll()] == [T0]  # the final's window is gone
+    stale = al.add(segment(T0 + 200 * MS, T0 + 1600 * MS, text="hel", final=False, segment_id="u1"),
+                   origin("mm.text"))
+    assert stale.status is AddStatus.ACCEPTED and stale.windows == ()
+    (w1,) = al.flush()
+    assert [s.text for s, _ in w1.segments] == ["next"]
+
+
 def test_partial_segments_vouch_for_nothing(make) -> None:
     al = make(idle_timeout_ms=10_000)
     feed_video_audio = [(frame(T0 + i * S // 30), origin("mm.video")) for i in range(90)]
