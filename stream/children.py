@@ -142,6 +142,7 @@ class ModelChild:
         self._launcher: concurrent.futures.ThreadPoolExecutor | None = None  # creates every child
         self._lock = threading.RLock()  # calls in flight meet the same dead child; start() may stop()
         self._lost: str | None = None  # why the model became unavailable
+        self._stopping = False  # set by stop() before it waits for the lock: no restart after it
         self.restarts = 0
         self.incarnation = 0  # bumped by every start: what a child was sent before is gone
         self.progress = ModelProgress()  # calls in flight and when one last moved: what health reads
@@ -162,6 +163,10 @@ class ModelChild:
         Raises:
             ModelError: the load failed or timed out, or the child died.
         """
+        self._stopping = False
+        return self._start()
+
+    def _start(self) -> Any:
         with self._lock:
             if self._pool is not None:
                 raise ModelError(f"{self._name} already started")
@@ -177,7 +182,7 @@ class ModelChild:
             loading = launcher.submit(pool.submit, self._load, *self._load_args).result()
             self.loaded = loading.result(self._load_timeout_s)
         except Exception as exc:
-            self.stop(timeout_s=0)  # a load that timed out may never return: do not wait for it
+            self._end(timeout_s=0)  # a load that timed out may never return: do not wait for it
             raise ModelError(f"the {self._name} could not load the model: {exc!r}") from exc
         return self.loaded
 
@@ -248,11 +253,13 @@ class ModelChild:
         with self._lock:
             if self._pool is not dead:
                 return  # another call replaced it already, or stop() ran
+            if self._stopping:
+                return  # stop() is waiting for the lock: it ends this child, and starts none
             self._pool = None
             dead.shutdown(wait=False, cancel_futures=True)
             log.error("the %s process died; starting a new one", self._name)
             try:
-                self.start()
+                self._start()
             except ModelError as exc:
                 self._lost = f"the {self._name} died and could not start again: {exc}"
                 raise ModelUnavailableError(self._lost) from exc
@@ -261,11 +268,21 @@ class ModelChild:
     def stop(self, timeout_s: float = 10, close: Callable[[], Any] | None = None) -> None:
         """Stop the child: it may finish its call and run ``close`` (a module-level function) for
         up to ``timeout_s``, then it is killed (a load or a device that hangs must not hang the
-        processor's shutdown). Idempotent; waits for a restart under way, so no new child
-        outlives it."""
-        with self._lock:
+        processor's shutdown). Idempotent. A restart under way holds the lock for as long as its
+        load takes (minutes for a large model, for ever on a hung device): the child it is loading
+        is killed first, so its load fails at once and no new child outlives this stop."""
+        self._stopping = True
+        self._end(timeout_s, close)
+
+    def _end(self, timeout_s: float, close: Callable[[], Any] | None = None) -> None:
+        while not self._lock.acquire(timeout=0.1):
+            for proc in list(self._processes().values()):  # the child a restart is loading
+                proc.kill()
+        try:
             pool, self._pool = self._pool, None
             launcher, self._launcher = self._launcher, None
+        finally:
+            self._lock.release()
         if pool is not None:
             deadline = time.monotonic() + timeout_s
             children = list(_pool_processes(pool).values())  # before shutdown forgets them
