@@ -288,9 +288,12 @@ class ModelChild:
             children = list(_pool_processes(pool).values())  # before shutdown forgets them
             if close is not None and timeout_s > 0 and self.loaded is not None:
                 try:
-                    pool.submit(close).result(timeout_s)
-                except concurrent.futures.TimeoutError:
-                    log.warning("the model's close() did not return within %.1f s; stopping its worker", timeout_s)
+                    closing = pool.submit(close)
+                    # waited for, not ``result(timeout)``: a TimeoutError close() raised is no timeout (_wait)
+                    if not concurrent.futures.wait([closing], timeout=timeout_s).done:
+                        log.warning("the model's close() did not return within %.1f s; stopping its worker", timeout_s)
+                    else:
+                        closing.result()
                 except Exception as exc:  # noqa: BLE001 - a dead child, or the model's close raised
                     log.warning("could not run the model's close() in its worker: %r", exc)
             pool.shutdown(wait=False, cancel_futures=True)
