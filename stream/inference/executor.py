@@ -174,6 +174,7 @@ class InferenceExecutor:
         self._on_batch = on_batch
         self._runners: list[Runner] = []
         self._pre_model: Any = None
+        self._pre_served = False  # a thread-mode runner serves the preprocessing model: it closes it
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: Slots | None = None
@@ -210,7 +211,9 @@ class InferenceExecutor:
                     else:  # the first replica on the model's own device is the preprocessing model
                         from stream.inference.runners import LocalRunner
 
-                        runner = LocalRunner(spec_of[d], self._pre_model if not self._runners and d is None else None)
+                        shared = not self._runners and d is None
+                        runner = LocalRunner(spec_of[d], self._pre_model if shared else None)
+                        self._pre_served = self._pre_served or (shared and self._pre_model is not None)
                     self._runners.append(runner)
                     runner.start()
         except Exception as exc:
@@ -261,8 +264,8 @@ class InferenceExecutor:
             runner.stop(max(deadline - time.monotonic(), 0))
         pre, self._pre_model = self._pre_model, None
         closer = getattr(pre, "close", None)
-        # in thread mode the first runner closed it; a given preprocessor is its owner's to close
-        if self.plan.worker == "process" and pre is not self._preprocessor and callable(closer):
+        # a runner that served it closed it; a given preprocessor is its owner's to close
+        if not self._pre_served and pre is not self._preprocessor and callable(closer):
             try:
                 closer()
             except Exception as exc:  # noqa: BLE001 - stopping goes on

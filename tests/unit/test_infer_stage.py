@@ -59,6 +59,17 @@ async def test_thread_mode_closes_the_users_model_when_the_stage_stops() -> None
     assert models.CLOSED == ["1"]
 
 
+def test_thread_mode_on_named_devices_closes_its_preprocessing_model_too() -> None:
+    """With ``model.devices`` the preprocessing model is a build of its own, which no replica
+    serves: it was never closed (its close() releases what the user's model holds)."""
+    models.CLOSED.clear()
+    ex = InferenceExecutor(ModelConfig(factory="tests.unit._inference_models:closing_model", devices=["cpu"]),
+                           ExecutorPlan(worker="thread", devices=("cpu",), preprocess_at="processor"))
+    ex.start()
+    ex.stop()
+    assert models.CLOSED == ["1", "1"]  # the replica's and the preprocessing model's
+
+
 async def test_a_batch_carries_when_it_left_the_batcher_and_the_step_times_measured_where_they_ran() -> None:
     processor = _processor(models.EchoModel(infer_s=0.02), batching={"max_batch": 4, "max_delay_ms": 0})
     infer, metrics = processor.stages.infer, processor.metrics.registry
