@@ -306,9 +306,9 @@ class Aligner:
                 return self._late(src, ts, end)
             src.partitions.add(origin[1])
             w = src.windows.get(s) or self._open_window(src, s)
+            b = n * width if w.audio else n * width + self._assembled_bytes(rate, item.channels)
             w.audio.append((ts, origin, item, 0, n))
             w.origins.append(origin)
-            b = n * width
             w.nbytes += b
             self._book.bytes += b
             if end > src.vouched[M_AUDIO]:  # _vouch, inline: the per-record path
@@ -330,9 +330,9 @@ class Aligner:
             if hi <= lo:
                 continue
             w = src.windows.get(s) or self._open_window(src, s)
+            b = (hi - lo) * width if w.audio else (hi - lo) * width + self._assembled_bytes(rate, item.channels)
             w.audio.append((ts + (lo * 1_000_000_000) // rate, origin, item, lo, hi))
             w.origins.append(origin)
-            b = (hi - lo) * width
             w.nbytes += b
             self._book.bytes += b
             placed.append(s)
@@ -340,6 +340,13 @@ class Aligner:
             return self._late(src, ts, end)
         self._vouch(src, M_AUDIO, end)
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
+
+    def _assembled_bytes(self, rate: int, channels: int) -> int:
+        """What a window's audio becomes at close, counted when its first chunk arrives: float32
+        at the first chunk's rate and channels over the whole window, zero-filled where nothing
+        came, beside the chunks until they are freed. A one-sample chunk makes the whole array,
+        so counting the chunks' bytes alone let a few bytes hide megabytes from the bounds."""
+        return (self._window_ns * rate // 1_000_000_000 + 1) * channels * 4
 
     def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
         start, end, final, sid = item.start_ns, item.end_ns, item.final, item.segment_id

@@ -362,6 +362,19 @@ def test_a_chunk_inside_an_earlier_one_fills_no_gap_after_it(make) -> None:
     assert w.gaps == ((T0 + 200 * MS, T0 + S),)
 
 
+def test_a_window_counts_the_audio_array_it_will_build_from_its_first_chunk(make) -> None:
+    """One sample at 384 kHz x 2 channels becomes a 3 MB zero-filled array at close: the bounds
+    must see that, not the 4 bytes that arrived."""
+    al = make(max_buffered_bytes=2 * 2**20)
+    al.add(chunk(T0, n=1, rate=384_000, channels=2), origin("mm.audio"))
+    assert al.buffered_bytes >= 384_000 * 2 * 4 and al.full
+    al.add(chunk(T0 + 100 * MS, n=1600, rate=384_000, channels=2), origin("mm.audio"))  # the same window
+    counted = al.buffered_bytes
+    assert counted < 2 * 384_000 * 2 * 4  # its array counted once
+    (w,) = al.flush()
+    assert w.audio.nbytes <= counted and al.buffered_bytes == 0
+
+
 def test_chunk_straddling_a_boundary_is_cut_at_sample_precision(make) -> None:
     al = make()
     res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))  # 990-1010 ms
