@@ -99,12 +99,19 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
         _say(args, f"broker {bootstrap}, model {processor.model_info.name} loaded in {time.monotonic() - t0:.1f} s, "
              f"metrics on http://127.0.0.1:{processor.metrics_port or '-'}/metrics")
         run_task = asyncio.create_task(processor.run(stop), name="processor")
-        await _until_ready(processor, run_task, stop)
-        inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
-        web = None if args.no_view else await _start_web_view(args, settings, stop)
-        view = asyncio.create_task(live_view(processor, stop, args), name="view") if not args.json else None
+        web: Any = None
+        inputs: asyncio.Task[None] | None = None
+        view: asyncio.Task[None] | None = None
         t_start = time.monotonic()
         try:
+            await _until_ready(processor, run_task, stop)
+            inputs = asyncio.create_task(_inputs(args, settings, stop), name="inputs")
+            web = None if args.no_view else await _start_web_view(args, settings, stop)
+            view = asyncio.create_task(live_view(processor, stop, args), name="view") if not args.json else None
+            t_start = time.monotonic()
+            await asyncio.wait({inputs, run_task}, return_when=asyncio.FIRST_COMPLETED)
+            if run_task.done():  # the processor stopped on its own (its fatal error): so do the sources
+                stop.set()
             await inputs
             if args.duration is not None and not stop.is_set():
                 # input ended: sources fall silent, the processor closes their last windows after the idle timeout
@@ -113,8 +120,9 @@ async def _demo_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await run_task
         finally:
             stop.set()
-            if view is not None:
-                view.cancel()
+            for task in (view, inputs):
+                if task is not None and not task.done():
+                    task.cancel()
             if web is not None:
                 await _stop_web_view(*web)
             await processor.stop()
