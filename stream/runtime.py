@@ -357,6 +357,7 @@ class Processor:
             await asyncio.wait_for(stages.commit.commit(only=mine, force=True), 5)
         partitions = {tp.partition for tp in mine}
         gone = stages.align.revoke(partitions)  # releases with the current generation
+        stages.rules.revoke(gone)
         assignment.generation += 1
         stages.commit.revoke(partitions, gone, mine)
         stages.intake.revoke(mine)
@@ -376,6 +377,10 @@ class Processor:
             await self.stages.commit.load(sorted({tp.partition for tp in new}))
             if new:
                 await self.stages.rules.load()  # open episodes of sources that moved here
+        except ClusterError as exc:
+            # judged without the episodes they brought, those sources would fire them again (new
+            # ids) and never resolve the old; aiokafka would only log it. A restart reads it whole
+            self.fatal.set(ClusterError(f"the alerts topic could not be read back at an assignment: {exc}"))
         finally:
             assignment.loading -= new
             assignment.assigned |= assigned

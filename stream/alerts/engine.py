@@ -1,10 +1,14 @@
 """The rules engine: window results in, alert state changes out. Pure: no Kafka, no clock.
 
-Feed it each source's results in order (``observe``); it returns the ``Alert`` records to
-publish. Its state per (rule, source) is a ``_Track``: the pending run of windows, or the open
-episode. Replays are harmless: a result no newer than the last one judged for its source is
-ignored, and an (id, state) already emitted (or restored from the alerts topic with
-``restore``) is never emitted again, so a restart never fires an episode twice.
+Feed it each source's results (``observe``); it returns the ``Alert`` records to publish. Its
+state per (rule, source) is a ``_Track``: the pending run of windows, or the open episode.
+Results may come out of window order (batches finish in any order with several model
+replicas): each window is judged once when it comes. Replays are harmless: a window judged
+already (or older than what the alerts topic says was judged, ``restore``) is ignored, and an
+(id, state) already emitted is never emitted again, so a restart never fires an episode twice.
+
+A source that moves to another processor (``leave``) is judged there: here its absence is no
+longer watched, until a result of it is seen here again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = ["Engine", "Verdict", "judge"]
 
 NS_PER_S = 1_000_000_000
 MAX_EVIDENCE = 16
+JUDGED_KEPT = 64  # windows judged per (rule, source) remembered beyond the contiguous floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +62,28 @@ class _Track:
     open_id: str | None = None
     open_start_ns: int = 0
     clear_run: int = 0
-    judged_until_ns: int = -1  # window end of the newest result judged (or restored)
+    judged_until_ns: int = -1  # every window ending at or before it is judged (or restored)
+    judged: set[int] = field(default_factory=set)  # ends of windows judged beyond it (out of order)
     last_present_end_ns: int | None = None  # absence rules: end of the newest window with the modality
     evidence: list[AlertEvidence] = field(default_factory=list)
+
+    def first_time(self, end_ns: int) -> bool:
+        """Whether the window ending at ``end_ns`` is judged now for the first time (and mark it).
+        The ends judged out of order are kept, the oldest folded into the floor past
+        ``JUDGED_KEPT``: a window that late (64 windows) counts as judged."""
+        if end_ns <= self.judged_until_ns or end_ns in self.judged:
+            return False
+        judged = self.judged
+        judged.add(end_ns)
+        if len(judged) > JUDGED_KEPT:
+            oldest = min(judged)
+            judged.discard(oldest)
+            self.judged_until_ns = oldest
+        return True
+
+    def newest_ns(self) -> int:
+        """The end of the newest window judged."""
+        return max(self.judged, default=self.judged_until_ns)
 
 
 class Engine:
@@ -70,6 +94,7 @@ class Engine:
         self._tracks: dict[tuple[str, str], _Track] = {}
         self._emitted: dict[str, str] = {}  # alert id -> newest state published
         self._clock_ns = 0  # newest window end of any result: event time for absence rules
+        self._here: set[str] = set()  # sources whose results this engine judges (not moved away)
 
     # ------------------------------------------------------------------ state
 
@@ -90,13 +115,14 @@ class Engine:
             if alert.rule not in known:
                 continue
             track = self._track(alert.rule, alert.source_id)
-            if alert.window_end_ns < track.judged_until_ns:
+            if alert.window_end_ns < track.newest_ns():
                 if alert.state == "resolved" and track.open_id == alert.id:
                     # its own episode's end, read after its firing (an absence fires at the newest
                     # event time of any source, later than the window of the source that ends it)
                     track.open_id, track.evidence = None, []
                 continue  # an older episode of this (rule, source)
             track.judged_until_ns = alert.window_end_ns
+            track.judged = {end for end in track.judged if end > alert.window_end_ns}
             # (the event-time clock is not restored: it runs with the results replayed, which may
             # start before these alerts; a clock ahead of them would find every source silent)
             track.run, track.run_start_ns, track.clear_run = [], None, 0
@@ -113,6 +139,12 @@ class Engine:
                 counts[rule] += 1
         return counts
 
+    def leave(self, sources: Iterable[str]) -> None:
+        """These sources moved to another processor (a rebalance): it judges them now. Their
+        tracks stay (should they come back, the alerts read then brings only what was published
+        meanwhile), but their silence here is no absence."""
+        self._here.difference_update(sources)
+
     def _track(self, rule: str, source: str) -> _Track:
         return self._tracks.setdefault((rule, source), _Track())
 
@@ -122,15 +154,15 @@ class Engine:
         """The alerts one result causes (new firings and resolutions), in rule order."""
         out: list[Alert] = []
         self._clock_ns = max(self._clock_ns, result.window_end_ns)
+        self._here.add(result.source_id)
         for rule in self.rules:
             if isinstance(rule, AbsenceRule):
                 continue
             if not fnmatch.fnmatchcase(result.source_id, rule.sources):
                 continue
             track = self._track(rule.id, result.source_id)
-            if result.window_end_ns <= track.judged_until_ns:
-                continue  # a replayed or out-of-order result: already judged
-            track.judged_until_ns = result.window_end_ns
+            if not track.first_time(result.window_end_ns):
+                continue  # a replayed result: already judged
             out.extend(self._streak(rule, track, result))
         out.extend(self._absences(result))
         return [a for a in out if self._new(a)]
@@ -177,11 +209,12 @@ class Engine:
                 continue
             if fnmatch.fnmatchcase(result.source_id, rule.sources):
                 track = self._track(rule.id, result.source_id)
-                if result.window_end_ns > track.judged_until_ns:
-                    track.judged_until_ns = result.window_end_ns
+                if track.first_time(result.window_end_ns):
                     present = (result.counts.frames + result.counts.audio_samples + result.counts.segments > 0
                                if rule.modality == "any" else getattr(result.presence, rule.modality))
-                    if present:
+                    if present and result.window_end_ns < (track.last_present_end_ns or -1):
+                        pass  # an older window, judged out of order: the newer one with it stands
+                    elif present:
                         if track.open_id is not None:
                             track.evidence = [*track.evidence, AlertEvidence(result_id=result.id)][-MAX_EVIDENCE:]
                             out.append(self._alert(rule, track, "resolved", result, f"{rule.modality} is back"))
@@ -195,6 +228,8 @@ class Engine:
             for (rule_id, source), track in self._tracks.items():
                 if rule_id != rule.id or track.open_id is not None or track.last_present_end_ns is None:
                     continue
+                if source not in self._here:
+                    continue  # moved to another processor, which watches it now
                 if self._clock_ns - track.last_present_end_ns >= rule.seconds * NS_PER_S:
                     start = track.last_present_end_ns
                     track.open_id, track.open_start_ns = Alert.make_id(rule.id, source, start), start

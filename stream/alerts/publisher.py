@@ -55,6 +55,10 @@ class AlertPublisher:
         self._engine.restore(alerts)
         self._set_firing()
 
+    def leave(self, sources: Iterable[str]) -> None:
+        """Sources moved to another processor (``Engine.leave``)."""
+        self._engine.leave(sources)
+
     @property
     def open_count(self) -> int:
         return sum(self._engine.firing().values())

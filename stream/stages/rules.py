@@ -25,7 +25,7 @@ drains and stops, the window's offsets stay uncommitted, and the restart replays
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from stream.alerts import Engine, RulesFile
 from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_alerts
@@ -79,6 +79,12 @@ class Rules:
         self._read_to.update(read.next_offsets)
         log.info("rules: %d alert records read back, %d open", read.records, self._publisher.open_count)
         return read.records
+
+    def revoke(self, sources: Iterable[str]) -> None:
+        """Sources whose partitions moved to another processor: judged there from now on, so
+        their silence here is no absence."""
+        if self._publisher is not None:
+            self._publisher.leave(sources)
 
     async def judge(self, results: Sequence[WindowResult]) -> None:
         """Judge acknowledged results and wait until the alerts they raise are acknowledged

@@ -136,6 +136,27 @@ def test_restored_open_episode_resolves_with_its_own_id() -> None:
     assert [(a.id, a.state) for a in resolved] == [(fight.id, "resolved")]
 
 
+def test_a_result_published_before_an_older_one_of_its_source_leaves_the_older_judged() -> None:
+    """Batches finish in any order with several model replicas: window 4 of cam1 (the call for
+    help) acknowledged after window 5 was taken for a replay, and the alert never fired."""
+    e = engine()
+    out = [a for r in [*scene(0, 3), result("cam1", 5), result("cam1", 4, transcript="please call for help")]
+           for a in e.observe(r)]
+    assert [(a.rule, a.state) for a in out] == [("help", "firing")]
+    assert [a for r in scene(4, 5) for a in e.observe(r) if a.rule == "help"] == []  # replays: judged
+
+
+def test_a_source_moved_to_another_processor_is_not_found_silent_here() -> None:
+    """After a rebalance its results go to the new owner: the old one saw cam2 fall silent and
+    fired an absence nobody would resolve."""
+    e = engine()
+    assert [a for r in scene(0, 4) for a in e.observe(r) if a.rule == "silent"] == []
+    e.leave(["cam2"])
+    assert [a for i in range(5, 15) for a in e.observe(result("cam1", i)) if a.rule == "silent"] == []
+    e.observe(result("cam2", 15))  # it came back here: watched again
+    assert [a.state for i in range(16, 25) for a in e.observe(result("cam1", i)) if a.rule == "silent"] == ["firing"]
+
+
 def test_rules_file_errors_name_the_rule(tmp_path: Path) -> None:
     bad = tmp_path / "r.yaml"
     bad.write_text("rules:\n  - {id: a, kind: score, label: x, threshold: 0.5, resolve_below: 0.7}\n")

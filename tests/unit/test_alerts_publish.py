@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from stream.alerts.publisher import AlertsRead
@@ -131,3 +132,33 @@ async def test_stopping_gives_up_an_alert_waiting_for_its_retry(processor: Proce
     await asyncio.sleep(0.15)
     assert producer.alerts() == [] and not producer.alert_failures
     assert _committable(processor) == 0 and processor.fatal.error is None
+
+
+async def test_an_assignment_whose_alerts_cannot_be_read_back_stops_the_processor(
+        processor: Processor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judged without the open episodes they brought, the moved sources would fire them again
+    under new ids and never resolve the old; aiokafka only logs what its listener raises."""
+    await _started(processor, Producer([]))
+
+    async def unreadable(settings: Any, since: Any = None, *, reader: Any = None) -> AlertsRead:
+        raise ClusterError("the alerts topic has no leader")
+
+    monkeypatch.setattr("stream.stages.rules.read_alerts", unreadable)
+    video = TopicPartition(processor.settings.topics.video, 0)
+    await processor.on_assigned({video})
+    assert isinstance(processor.fatal.error, ClusterError) and "alerts topic" in str(processor.fatal.error)
+    assert video in processor.assignment.assigned and not processor.assignment.loading
+
+
+async def test_a_revocation_tells_the_rules_which_sources_left(processor: Processor,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their results go to the new owner now: here their silence is no absence."""
+    await _started(processor, Producer([]))
+    left: list[list[str]] = []
+    monkeypatch.setattr(processor.stages.rules, "revoke", lambda sources: left.append(sorted(sources)))
+    topics = processor.settings.topics
+    processor.assignment.assigned = {TopicPartition(topics.video, p) for p in (0, 1)}
+    processor.stages.align.keys("cam-a", T0, 0)  # where each source's records were read
+    processor.stages.align.keys("cam-b", T0, 1)
+    await processor.on_revoked({TopicPartition(topics.video, 1)})
+    assert left == [["cam-b"]]
