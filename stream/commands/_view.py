@@ -294,7 +294,7 @@ def score_text(score: float) -> Text:
 # --------------------------------------------------------------------------- tail's lines
 
 
-_STYLES = {"result": "bold green", "video": "cyan", "audio": "magenta", "text": "blue",
+_STYLES = {"result": "bold green", "alert": "bold yellow", "video": "cyan", "audio": "magenta", "text": "blue",
            "dead_letter": "bold red", "undecodable": "red"}
 
 
@@ -362,6 +362,9 @@ def _parts(s: dict[str, Any], date: bool) -> list[_Part]:
         text = s["text"] if len(s["text"]) <= 80 else s["text"][:79] + "…"
         out += [_Part("final  " if s["final"] else "partial"), _Part(f" {json.dumps(text, ensure_ascii=False)}"),
                 _Part(f" ({(s['end_ns'] - s['start_ns']) / 1e6:.0f} ms)")]
+    elif kind == "alert":
+        out += [_Part(f"{s['state']:<8} {s['rule']}", "bold red" if s["state"] == "firing" else "green"),
+                _Part(f"  {s['message']}")]
     elif kind == "dead_letter":
         out += [_Part(f"{s['reason']}: {s['error']}", "red"), _Part(f"  from {s.get('origin') or '?'}"),
                 _Part(f"  ({s.get('content_type') or 'no content-type'}, {size_text(s['bytes'])})", "dim", "detail")]

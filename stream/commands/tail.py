@@ -207,7 +207,7 @@ async def _until_marks(consumer: Any, marks: dict[Any, int]) -> AsyncIterator[An
 
 
 def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[str, Any]:
-    """What one record is, as a flat JSON-able dict; ``kind`` is result, video, audio, text,
+    """What one record is, as a flat JSON-able dict; ``kind`` is result, alert, video, audio, text,
     dead_letter or undecodable. A result keeps its published JSON under ``result``."""
     from pydantic import ValidationError
 
@@ -216,6 +216,7 @@ def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[st
         H_ERROR,
         H_ORIGIN,
         H_TS,
+        Alert,
         AudioChunk,
         TranscriptSegment,
         WindowResult,
@@ -235,7 +236,7 @@ def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[st
         ts = headers.get(H_TS, b"")
         return {**out, "kind": "dead_letter", "reason": reason, "error": message,
                 "origin": headers.get(H_ORIGIN, b"").decode("utf-8", "replace") or None,
-                "ts_ns": int(ts) if ts.isdigit() else None,
+                "ts_ns": int(ts) if ts.isdigit() and len(ts) < 20 else None,  # bytes: ASCII digits only
                 "content_type": headers.get(H_CONTENT_TYPE, b"").decode("ascii", "replace") or None}
     if record.topic == results_topic or b"window_start_ns" in (record.value or b"")[:4096]:
         try:
@@ -243,6 +244,10 @@ def summarize(record: Any, *, results_topic: str, limits: Any = None) -> dict[st
             # Validated, not just parsed: JSON of the wrong shape (a string window_start_ns, null
             # counts) crashed the line renderer with a traceback. The value printed is still the one
             # published, not the model's re-serialisation.
+            if record.topic != results_topic and isinstance(result, dict) and "rule" in result:
+                alert = Alert.model_validate(result)  # the alerts topic (docs/alerts.md tails it)
+                return {**out, "kind": "alert", "ts_ns": alert.window_start_ns, "state": alert.state,
+                        "rule": alert.rule, "message": alert.message}
             WindowResult.model_validate(result)
             return {**out, "kind": "result", "ts_ns": result["window_start_ns"], "result": result}
         except ValidationError as exc:

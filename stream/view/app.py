@@ -120,7 +120,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     wanted, first, count = request.query.get("thumbs"), request.query.get("first"), request.query.get("count")
     thumbs = frozenset(s for s in wanted.split(",") if s) if wanted is not None else None
-    page = (int(first), int(count)) if first and count and first.isdigit() and count.isdigit() else None
+    page = ((int(first), int(count)) if first and count and first.isascii() and count.isascii()
+            and first.isdigit() and count.isdigit() else None)  # "²".isdigit(), and int() refuses it
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)

@@ -153,7 +153,7 @@ class Feed:
     def _offer_video(self, tp: TopicPartition, record: Any) -> None:
         source_id = _key(record.key)
         ts = _header(record.headers, H_TS)
-        if source_id is None or ts is None or not ts.isdigit():
+        if source_id is None or ts is None or not ts.isdigit() or len(ts) > 19:  # int() of 5,000 digits raises
             self.hub.stats["bad_records"] += 1
             return
         self.gate.offer(Offer(source_id, int(ts), record))

@@ -24,7 +24,7 @@ from stream.commands._view import DemoView, Labels, Snapshot, record_line, score
 from stream.commands.demo import DEMO_LABELS
 from stream.commands.tail import render, summarize
 from stream.config import load_settings
-from stream.contract import AudioChunk, TranscriptSegment, VideoFrame, WindowResult
+from stream.contract import Alert, AudioChunk, TranscriptSegment, VideoFrame, WindowResult
 from tests.unit._fakes import JPEG, consumer_record
 from tests.unit.test_cli_schema import RESULT
 
@@ -190,7 +190,19 @@ def _summaries() -> list[dict[str, Any]]:
         ("mm-error", b"bad_image: not a JPEG, PNG or raw frame"), ("mm-origin", tp.topic.encode() + b"/3/17"),
         ("mm-ts", b"1700000000000000000"), ("content-type", b"image/jpeg")])
     out.append(summarize(dead, results_topic="mm.results"))
-    assert [s["kind"] for s in out] == ["video", "audio", "text", "result", "dead_letter"]
+    # a dead letter for a timestamp of 5,000 digits (int() refuses more than 4,300) kept it
+    huge_ts = ConsumerRecord("mm.dlq", 2, 6, 0, 0, b"camera-front-door", b"", None, 1, 0, [
+        ("mm-error", b"bad_ts: mm-ts is out of range"), ("mm-ts", b"9" * 5000)])
+    out.append(summarize(huge_ts, results_topic="mm.results"))
+    start = 1_700_000_000_000_000_000
+    alert = Alert(id=Alert.make_id("help", "camera-front-door", start), state="firing", rule="help",
+                  source_id="camera-front-door", window_start_ns=start, window_end_ns=start + 10**9, evidence=[],
+                  message="'help me' said")
+    value = alert.model_dump_json().encode()  # docs/alerts.md has users tail the alerts topic
+    out.append(summarize(ConsumerRecord("mm.alerts", 0, 7, 0, 0, b"camera-front-door", value, None, 1, len(value), []),
+                         results_topic="mm.results"))
+    assert [s["kind"] for s in out] == ["video", "audio", "text", "result", "dead_letter", "dead_letter", "alert"]
+    assert out[5]["ts_ns"] is None and (out[6]["state"], out[6]["rule"]) == ("firing", "help")
     return out
 
 
@@ -200,7 +212,7 @@ def test_every_tail_line_fits_the_terminal(width: int) -> None:
         line = record_line(s, width)
         assert line.cell_len <= width, line.plain
         assert all(cells(ln) <= width for ln in screen(line, width)), line.plain
-        assert line.plain.split()[1] in ("video", "audio", "text", "result", "dead-letter")  # kind is kept
+        assert line.plain.split()[1] in ("video", "audio", "text", "result", "dead-letter", "alert")  # kind is kept
 
 
 def test_a_result_line_at_80_keeps_label_score_and_completeness() -> None:

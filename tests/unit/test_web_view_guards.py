@@ -167,6 +167,20 @@ async def test_the_event_stream_is_refused_to_a_rebound_name_and_served_to_local
         h.close()
 
 
+async def test_a_page_query_of_other_digits_serves_every_thumbnail_not_an_error() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: the stream answered 500."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from stream.view.app import make_app
+
+    h = hub(Clock())
+    async with TestClient(TestServer(make_app(h))) as http:
+        events = await http.get("/events?first=%C2%B2&count=1")
+        assert events.status == 200
+        assert (await asyncio.wait_for(_next_event(events), 5))[0] == "snapshot"
+        h.close()
+
+
 async def test_a_view_that_cannot_listen_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     from aiohttp import web
 
