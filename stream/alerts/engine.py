@@ -25,6 +25,7 @@ __all__ = ["Engine", "Verdict", "judge"]
 
 NS_PER_S = 1_000_000_000
 MAX_EVIDENCE = 16
+_NEVER = 1 << 64  # later than any event time
 JUDGED_KEPT = 64  # windows judged per (rule, source) remembered beyond the contiguous floor
 
 
@@ -95,6 +96,10 @@ class Engine:
         self._emitted: dict[str, str] = {}  # alert id -> newest state published
         self._clock_ns = 0  # newest window end of any result: event time for absence rules
         self._here: set[str] = set()  # sources whose results this engine judges (not moved away)
+        # absence rules: per rule, the tracks that had the modality (the ones that can go silent),
+        # and the earliest event time one of them can be due: no scan of them before it
+        self._watched: dict[str, dict[str, _Track]] = {}
+        self._due: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -123,6 +128,7 @@ class Engine:
                 continue  # an older episode of this (rule, source)
             track.judged_until_ns = alert.window_end_ns
             track.judged = {end for end in track.judged if end > alert.window_end_ns}
+            self._due.clear()  # an episode closed here makes its source one to watch again
             # (the event-time clock is not restored: it runs with the results replayed, which may
             # start before these alerts; a clock ahead of them would find every source silent)
             track.run, track.run_start_ns, track.clear_run = [], None, 0
@@ -154,7 +160,8 @@ class Engine:
         """The alerts one result causes (new firings and resolutions), in rule order."""
         out: list[Alert] = []
         self._clock_ns = max(self._clock_ns, result.window_end_ns)
-        self._here.add(result.source_id)
+        if result.source_id not in self._here:
+            self._back(result.source_id)
         for rule in self.rules:
             if isinstance(rule, AbsenceRule):
                 continue
@@ -166,6 +173,15 @@ class Engine:
             out.extend(self._streak(rule, track, result))
         out.extend(self._absences(result))
         return [a for a in out if self._new(a)]
+
+    def _back(self, source: str) -> None:
+        """A source judged here (first seen, or back from another processor): its silence counts
+        again, maybe at once, so the absence rules that watched it may be due now."""
+        self._here.add(source)
+        for rule_id, watched in self._watched.items():
+            track = watched.get(source)
+            if track is not None and track.last_present_end_ns is not None:
+                self._due[rule_id] = min(self._due.get(rule_id, 0), track.last_present_end_ns)
 
     def _new(self, alert: Alert) -> bool:
         if self._emitted.get(alert.id) == alert.state or (alert.state == "firing" and alert.id in self._emitted):
@@ -222,21 +238,32 @@ class Engine:
                         # the last window that had it leads the evidence of the next episode
                         track.last_present_end_ns, track.evidence = result.window_end_ns, [AlertEvidence(
                             result_id=result.id)]
+                        self._watched.setdefault(rule.id, {})[result.source_id] = track
+                        due = result.window_end_ns + rule.seconds * NS_PER_S
+                        if due < self._due.get(rule.id, due + 1):
+                            self._due[rule.id] = due
                     elif track.open_id is not None or track.last_present_end_ns is not None:
                         track.evidence = [*track.evidence, AlertEvidence(result_id=result.id)][-MAX_EVIDENCE:]
-            # every source this rule has seen, judged against the newest event time of any source
-            for (rule_id, source), track in self._tracks.items():
-                if rule_id != rule.id or track.open_id is not None or track.last_present_end_ns is None:
+            # every source this rule has seen, judged against the newest event time of any source;
+            # scanned only once one may be due (every result scanning every source was quadratic)
+            if self._clock_ns < self._due.get(rule.id, 0):
+                continue
+            span, next_due = rule.seconds * NS_PER_S, _NEVER
+            for source, track in self._watched.get(rule.id, {}).items():
+                if track.open_id is not None or track.last_present_end_ns is None:
                     continue
                 if source not in self._here:
                     continue  # moved to another processor, which watches it now
-                if self._clock_ns - track.last_present_end_ns >= rule.seconds * NS_PER_S:
+                if self._clock_ns - track.last_present_end_ns < span:
+                    next_due = min(next_due, track.last_present_end_ns + span)
+                else:
                     start = track.last_present_end_ns
                     track.open_id, track.open_start_ns = Alert.make_id(rule.id, source, start), start
                     out.append(Alert(
                         id=track.open_id, state="firing", rule=rule.id, source_id=source, window_start_ns=start,
                         window_end_ns=self._clock_ns, evidence=track.evidence[-MAX_EVIDENCE:],
                         message=f"no {rule.modality if rule.modality != 'any' else 'input'} for {rule.seconds:g} s"))
+            self._due[rule.id] = next_due
         return out
 
     @staticmethod

@@ -157,6 +157,21 @@ def test_a_source_moved_to_another_processor_is_not_found_silent_here() -> None:
     assert [a.state for i in range(16, 25) for a in e.observe(result("cam1", i)) if a.rule == "silent"] == ["firing"]
 
 
+def test_among_many_sources_each_silence_fires_when_it_is_due_and_once() -> None:
+    """Absences are found without scanning every source on every result (it was quadratic in
+    sources): each silent source still fires at the first result that makes it due."""
+    e = Engine(RulesFile.model_validate({"rules": [{"id": "down", "kind": "absent", "seconds": 3}]}))
+    stops = {f"cam{j}": 5 + j % 7 for j in range(40)}  # the window from which each falls silent
+    fired: list[tuple[str, int]] = []
+    for i in range(20):
+        for source, stop in stops.items():
+            if i < stop or source == "cam0":  # cam0 never stops: the event time goes on
+                fired += [(a.source_id, i) for a in e.observe(result(source, i)) if a.state == "firing"]
+    # silent from window `stop`: its last window with input ends at stop, due 3 s later, seen at
+    # the first result of a window ending at or after that (window stop + 2)
+    assert sorted(fired) == sorted((s, stop + 2) for s, stop in stops.items() if s != "cam0")
+
+
 def test_rules_file_errors_name_the_rule(tmp_path: Path) -> None:
     bad = tmp_path / "r.yaml"
     bad.write_text("rules:\n  - {id: a, kind: score, label: x, threshold: 0.5, resolve_below: 0.7}\n")
