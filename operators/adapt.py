@@ -67,4 +67,5 @@ def relabel(model: FusedModel, labels: list[str]) -> FusedModel:
             if not k.startswith("head.") and k in fresh.state_dict() and fresh.state_dict()[k].shape == v.shape
             and k not in ("bridge_labels", "bridge_label_prompts")}
     fresh.load_state_dict(keep, strict=False)
+    fresh.encoders_tuned = model.encoders_tuned  # the encoder weights were copied, not rebuilt
     return fresh.place(model.device)

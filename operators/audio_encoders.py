@@ -5,7 +5,8 @@
 - ``transformer`` (``TransformerAudioEncoder``): a random-init BERT over (pooled) mel frames
   (the tiny preset).
 - ``hf`` (``HfAudioEncoder``): a wav2vec2-like or Whisper encoder through transformers, fed by
-  the model's own feature extractor.
+  the model's own feature extractor; a model whose feature extractor normalises over time
+  (``feat_extract_norm == "group"``) encodes one window at a time, so padding never leaks in.
 
 A new family is a subclass of ``AudioEncoder`` decorated with ``@AUDIO_ENCODERS.register(kind)``
 (and the kind added to ``AudioEncoderConfig.kind``).
@@ -86,7 +87,18 @@ class HfAudioEncoder(AudioEncoder):
         from operators._hf import load_hf_model, load_hf_processor
 
         model = load_hf_model(config.model, "audio")
-        self.backbone = model.get_encoder() if hasattr(model, "get_encoder") else model
+        # Only an encoder-decoder (Whisper) is split: transformers 5 gives every model a
+        # get_encoder(), and wav2vec2's returns the inner transformer stack, which takes hidden
+        # states, not waveforms.
+        split = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.backbone = model.get_encoder() if split else model
+        # Whisper's encoder takes exactly 30 s of features: its extractor pads to that length
+        # (its default), never to the batch's longest window.
+        self._padding: bool | str = "max_length" if split else True
+        # A feature extractor with GroupNorm over time (wav2vec2-base and its like) normalises
+        # over the padded length, so padding would change a window's features with the rest of
+        # its batch: such a model encodes one window at a time, unpadded.
+        self.one_by_one = getattr(model.config, "feat_extract_norm", None) == "group"
         self._hf_extractor: Any = load_hf_processor(config.model, "audio")
         hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
         if hidden is None:
@@ -98,7 +110,7 @@ class HfAudioEncoder(AudioEncoder):
         filled = [w if w.size else np.zeros(self.config.sample_rate // 10, np.float32) for w in waves]
         if self._hf_extractor is not None:
             feats = self._hf_extractor(filled, sampling_rate=self.config.sample_rate, return_tensors="pt",
-                                       padding=True, return_attention_mask=True)
+                                       padding=self._padding, return_attention_mask=True)
             return {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
         n = max(w.size for w in filled)
         values = torch.zeros(len(filled), n)
@@ -115,10 +127,20 @@ class HfAudioEncoder(AudioEncoder):
         if "input_features" in inputs:  # Whisper-style: fixed 30 s of features, mean over frames
             h = self.backbone(input_features=inputs["input_features"]).last_hidden_state
             return h.float().mean(1)
+        if self.one_by_one and att is not None and "input_values" in inputs:
+            values = inputs["input_values"]
+            rows = [self.backbone(input_values=values[i:i + 1, : max(int(n), 1)]).last_hidden_state.float().mean(1)
+                    for i, n in enumerate(att.sum(1).tolist())]
+            return torch.cat(rows, dim=0)
         h = self.backbone(**inputs).last_hidden_state.float()
         if att is None or att.shape[1] == h.shape[1]:
             return h.mean(1) if att is None else _masked_mean(h, att)
-        # wav2vec2 downsamples: mask the output frames in proportion to each row's length.
-        frac = att.float().sum(1) / att.shape[1]
-        keep = torch.arange(h.shape[1], device=h.device)[None, :] < (frac[:, None] * h.shape[1]).ceil()
+        # wav2vec2 downsamples: mask the output frames past each row's length, counted through
+        # the model's own conv arithmetic when it exposes it (a proportion can take in a padded one).
+        frames = getattr(self.backbone, "_get_feat_extract_output_lengths", None)
+        if callable(frames):
+            lengths = torch.as_tensor(frames(att.sum(1)), device=h.device)
+        else:
+            lengths = (att.float().sum(1) / att.shape[1] * h.shape[1]).ceil()
+        keep = torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]
         return _masked_mean(h, keep)

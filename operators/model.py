@@ -67,6 +67,10 @@ class FusedModel(nn.Module):
         self.labels = list(config.head.labels)
         self._lock = threading.Lock()
         self.freeze_encoders = True
+        # True once the encoders' weights may differ from their sources' (fine-tuned, or read
+        # from a checkpoint that holds them): ``save`` must then write them, as a rebuild from
+        # the sources would give the head other features than it was trained on.
+        self.encoders_tuned = False
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.encoders = nn.ModuleDict()
@@ -335,14 +339,21 @@ class FusedModel(nn.Module):
 
         ``weights="trainable"`` leaves out the encoders, which are then rebuilt from their
         sources (packages or model ids named in the config) on load: small checkpoints for
-        frozen-encoder training. Returns the folder.
+        frozen-encoder training. Not when ``encoders_tuned``: encoders trained here or read from
+        a checkpoint that holds them cannot be rebuilt from their sources, so every weight is
+        written (as ``"all"``), whatever the caller asked. Returns the folder.
         """
+        if self.encoders_tuned:
+            weights = "all"
         state = self.state_dict() if weights == "all" else self.trainable_state()
         return write_checkpoint(path, self.config, state, weights)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> FusedModel:
         """A model from a folder written by ``save``; outputs equal the saved model's exactly.
+
+        A checkpoint holding encoder weights sets ``encoders_tuned``, so saving the model again
+        (after frozen-encoder training, say) keeps those weights instead of the sources'.
 
         The bridge tables are read from the file, not recomputed: outputs match bit for bit and
         loading skips embedding a prompt per ImageNet class. A checkpoint written before the
@@ -364,4 +375,5 @@ class FusedModel(nn.Module):
         if missing or unexpected:
             raise ModelLoadError(f"checkpoint {ckpt.folder} does not match its config: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
+        model.encoders_tuned = ckpt.has_encoders and any(k.startswith("encoders.") for k in ckpt.tensors)
         return model.place(device or ckpt.config.device)

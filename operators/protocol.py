@@ -138,6 +138,35 @@ def _floats(values: object, what: str, where: str) -> dict[str, float]:
     return out
 
 
+def _by_modality(values: object, where: str) -> dict[str, dict[str, float]]:
+    """``scores_by_modality`` as modality name -> label -> float (None: none), numbers as
+    ``scores`` takes them (the result contract carries NaN and infinities)."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ModelOutputError(f"{where}: scores_by_modality must be a dict of modality -> (label -> number), "
+                               f"got {type(values).__name__}")
+    out: dict[str, dict[str, float]] = {}
+    for modality, scores in values.items():
+        if not isinstance(modality, str):
+            raise ModelOutputError(f"{where}: scores_by_modality must be keyed by modality names, got {modality!r}")
+        out[modality] = _floats(scores, f"scores_by_modality[{modality!r}]", where)
+    return out
+
+
+def _labels(values: object, where: str) -> list[str]:
+    """``present`` as a list of label strings (None: none)."""
+    if values is None:
+        return []
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ModelOutputError(f"{where}: present must be a list of labels, got {type(values).__name__}")
+    labels = list(values)
+    bad = [x for x in labels if not isinstance(x, str)]
+    if bad:
+        raise ModelOutputError(f"{where}: present must be a list of label strings, got {bad[0]!r}")
+    return labels
+
+
 def _number(value: object) -> float | None:
     """``value`` as a float when it is a number (a numpy or 0-d torch one too); None otherwise."""
     if isinstance(value, (str, bytes, bool)):
@@ -150,7 +179,8 @@ def _number(value: object) -> float | None:
 
 def _checked(out: object, where: str, frames: int) -> WindowOutput:
     """``out`` as a ``WindowOutput`` of plain values (numpy and torch scalars become floats), its
-    ``dropped_frames`` indexing into the window's ``frames`` and ``used`` keyed by ``Modality``."""
+    ``dropped_frames`` indexing into the window's ``frames`` and ``used`` keyed by ``Modality``.
+    Every field is carried over: one left out here would be published empty, silently."""
     if not isinstance(out, WindowOutput):
         raise ModelOutputError(f"{where} is a {type(out).__name__}, not an operators.WindowOutput")
     scores = _floats(out.scores, "scores", where)
@@ -177,4 +207,6 @@ def _checked(out: object, where: str, frames: int) -> WindowOutput:
         raise ModelOutputError(f"{where}: used must map modalities to booleans ({exc})") from None
     return WindowOutput(scores=scores, label=out.label, embedding=embedding,
                         outputs=_floats(out.outputs, "outputs", where), dropped_frames=dropped,
-                        used=used, image_class=out.image_class)
+                        used=used, image_class=out.image_class,
+                        scores_by_modality=_by_modality(out.scores_by_modality, where),
+                        present=_labels(out.present, where))

@@ -28,7 +28,8 @@ trained on mixed windows and the fused score pools every modality's evidence. Se
 AMP (bf16 autocast) runs on CUDA only.
 
 The checkpoint stores only fusion and heads (``weights="trainable"``) when the encoders stayed
-frozen, rebuilding them from their packages on load.
+frozen, rebuilding them from their packages on load; a model whose encoders were trained, here
+or before it was loaded, always saves them (``FusedModel.encoders_tuned``).
 """
 
 from __future__ import annotations
@@ -282,19 +283,24 @@ def train(
     """Fit ``model`` in place on ``examples`` (module docstring); returns the curves.
 
     Raises:
-        ModelConfigError: an example names a label the model does not score, or a file cannot
-            be read.
+        ModelConfigError: an example names a label the model does not score, a file cannot be
+            read, or no window is left to train on (the split or ``shots`` took them all).
     """
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    frozen = config.freeze_encoders
-    model.freeze_encoders = frozen
-    for p in model.encoders.parameters():
-        p.requires_grad_(not frozen)
     split = split_examples(examples, config.val_fraction, config.seed)
+    picked = len(split.train)
     if config.shots is not None:
         split.train = few_shot(examples, split.train, config.shots, config.seed)
+    if not split.train:
+        raise ModelConfigError(_no_training_windows(len(examples), picked, config.shots))
+    frozen = config.freeze_encoders
+    model.freeze_encoders = frozen
+    if not frozen:  # the encoders move: a checkpoint must carry them (FusedModel.save)
+        model.encoders_tuned = True
+    for p in model.encoders.parameters():
+        p.requires_grad_(not frozen)
     try:
         loop = _Loop(model, examples, config)
         weight = _pos_weight(loop.targets[split.train], config.class_weights).to(model.device)
@@ -349,3 +355,13 @@ def train(
         model.freeze_encoders = True
     return result
 
+
+def _no_training_windows(windows: int, in_split: int, shots: int | None) -> str:
+    """Why the training set is empty, for the error that replaces a division by zero."""
+    if not windows:
+        return "no windows to train on: the dataset is empty"
+    if not in_split:
+        return (f"no windows to train on: all {windows} windows are in the validation or test split "
+                "(their split field); mark some as train")
+    return (f"no windows to train on: shots={shots} picks labelled windows only, and none of the "
+            f"{in_split} training windows has a label")

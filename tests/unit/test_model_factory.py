@@ -228,6 +228,12 @@ def _window(frames: int = 0) -> WindowInput:
     ([_out(embedding=["x"])], "embedding must be a list of numbers"),
     ([_out(dropped_frames=[(1, "bad")])], "dropped_frames must hold \\(frame index below 1, reason\\)"),
     ([_out(used={"smell": True})], "used must map modalities to booleans"),
+    ([_out(present="a")], "present must be a list of labels"),
+    ([_out(present=["a", 1])], "present must be a list of label strings, got 1"),
+    ([_out(scores_by_modality=[0.5])], "scores_by_modality must be a dict of modality"),
+    ([_out(scores_by_modality={1: {"a": 0.5}})], "scores_by_modality must be keyed by modality names"),
+    ([_out(scores_by_modality={"video": {"a": "high"}})], "must map strings to numbers"),
+    ([_out(scores_by_modality={"audio": 0.5})], "scores_by_modality\\['audio'\\] must be a dict"),
 ])
 def test_a_malformed_answer_is_a_model_output_error(outputs: Any, says: str) -> None:
     model = GuardedModel(_Fixed(outputs), "test:fixed")
@@ -246,6 +252,18 @@ def test_numpy_and_torch_numbers_become_plain_floats() -> None:
     assert out.embedding == [1.0, 2.0] and type(out.embedding[0]) is float
     assert out.outputs == {"n": 3.0} and out.dropped_frames == [(1, "bad")] and out.used == {Modality.VIDEO: True}
     assert out.to_dict()["scores"] == {"a": 0.25, "b": 0.5}
+
+
+def test_present_and_scores_by_modality_are_published_as_the_model_answered() -> None:
+    """A user model's labels present and per-modality scores reach the results, as plain floats."""
+    answer = _out(scores={"a": 0.9, "b": 0.1}, present=["a"],
+                  scores_by_modality={"video": {"a": np.float32(0.75)}, "text": {"a": 0.5, "b": 0.25}})
+    model = GuardedModel(_Fixed([answer]), "test:fixed")
+    (out,) = model.infer(model.preprocess([_window()]))
+    assert out.present == ["a"]
+    assert out.scores_by_modality == {"video": {"a": 0.75}, "text": {"a": 0.5, "b": 0.25}}
+    assert type(out.scores_by_modality["video"]["a"]) is float
+    assert out.to_dict()["present"] == ["a"] and out.to_dict()["scores_by_modality"]["text"] == {"a": 0.5, "b": 0.25}
 
 
 def test_a_thread_served_model_is_closed_once_when_stopped(module: str) -> None:

@@ -257,3 +257,21 @@ def test_keep_last_runs_every_epoch_and_keeps_the_final_weights(tmp_path) -> Non
                  "--no-cache"]) == 0
     saved = build_model(ModelConfig(path=str(ckpt), device="cpu")).trainable_state()
     assert all(torch.allclose(saved[k], kept[k]) for k in kept)  # the same seeded run, written as kept
+
+
+@pytest.mark.parametrize(("split", "labels", "shots", "says"), [
+    ("val", ["a"], None, "all 4 windows are in the validation or test split"),
+    (None, [], 2, "shots=2 picks labelled windows only, and none of the"),
+])
+def test_an_empty_training_set_is_a_config_error(split: str | None, labels: list[str], shots: int | None,
+                                                 says: str) -> None:
+    """Every window validating (or none labelled for few-shot) names the cause, instead of a
+    division by zero after the encoders ran."""
+    from operators.inputs import WindowInput
+
+    model = build_model(ModelConfig(preset="tiny", device="cpu", labels=["a", "b"]))
+    examples = [Example(labels=labels, window=WindowInput(texts=[("x y", 1.0)]), id=str(i), split=split)
+                for i in range(4)]
+    with pytest.raises(ModelConfigError, match=says):
+        train(model, examples, TrainConfig(epochs=1, shots=shots))
+    assert model.freeze_encoders and all(p.requires_grad for p in model.parameters())
