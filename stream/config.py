@@ -200,6 +200,8 @@ class ViewConfig(_Section):
 class LimitsConfig(ContractLimits):
     """Contract size bounds plus the process memory budget."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a mistyped max_rss_bytes must not pass
+
     max_rss_bytes: int = Field(
         4 * 2**30, gt=0,
         description="resident memory of the processor and its model worker; above it all input pauses until it falls",

@@ -7,6 +7,7 @@ position (asked of the consumer, so lag is known before the first record of a pa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from aiokafka import TopicPartition
@@ -38,6 +39,7 @@ class Gauges:
         self._stalls = StallWatch(_STALL_AFTER_MS)
         self.highwater: HighwaterRefresh | None = None  # set by the processor with the consumer
         self.last_update_s = 0.0  # processing time of the last update (seconds)
+        self._lagged: set[TopicPartition] = set()  # partitions whose consumer_lag series this process exports
 
     def lag(self) -> int:
         """Records behind the high watermark over the assigned input partitions (0 when unknown)."""
@@ -70,10 +72,17 @@ class Gauges:
             high = refresh.highwater(tp)
             if high is not None and tp in position:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - position[tp], 0))
+                self._lagged.add(tp)
             why = "paused" if tp in assignment.paused else ""
             stalls = self._stalls.observe(tp, position.get(tp), high, ctx.clock_ms(), why)
             if stalls.started or stalls.ended:
                 metrics.partition_stalled.labels(tp.topic, str(tp.partition)).set(1 if stalls.started else 0)
+        for tp in self._lagged - assignment.assigned:
+            # another processor owns it now and exports its lag: a last value left here would be
+            # summed with that one (lag alerts and the dashboard count it twice) for ever
+            self._lagged.discard(tp)
+            with contextlib.suppress(KeyError):
+                metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for gone in self._stalls.forget([tp for tp in self._stalls.stalled if tp not in assignment.assigned]).ended:
             assert isinstance(gone, TopicPartition)
             metrics.partition_stalled.labels(gone.topic, str(gone.partition)).set(0)

@@ -78,6 +78,10 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
         await consumer.start()
         consumer.subscribe([settings.topics.results])
         ready = True
+        # the processor's gauges, which this process registers too: left at 0 they would fire
+        # the deployment's MmstreamNotReady and MmstreamUnhealthy for it for ever
+        metrics.ready.set(1)
+        metrics.healthy.set(1)
         with stop_on_signals(stop, "stopping alerts after the current batch"):
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -85,6 +89,7 @@ async def _serve(settings: Any, engine: Any, group: str, metrics_port: int) -> N
                     await _drained(_handle(batch, publisher, consumer), stop, settings.drain_timeout_ms / 1000)
     finally:
         ready = False
+        metrics.ready.set(0)
         await publisher.stop()
         await stop_bounded(consumer, settings.kafka.request_timeout_ms, "alerts consumer")
         await stop_bounded(producer, settings.kafka.request_timeout_ms, "alerts producer")

@@ -69,7 +69,7 @@ class AlertsProcess:
     def metric(self, name: str, **labels: str) -> float:
         wanted = [f'{k}="{v}"' for k, v in labels.items()]
         return sum(float(line.rsplit(" ", 1)[1]) for line in self.get("/metrics")[1].splitlines()
-                   if line.startswith(name + "{") and all(w in line for w in wanted))
+                   if (line.startswith(name + "{") or line.startswith(name + " ")) and all(w in line for w in wanted))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -120,6 +120,8 @@ async def test_each_rule_fires_and_resolves_once_across_a_sigkill(settings_for, 
     try:
         await second.wait_ready()
         assert second.metric("mmstream_alerts_firing", rule="fight") == 1  # the open episode, read back
+        # the processor's gauges it registers too: at 0 they fired MmstreamNotReady/Unhealthy for it
+        assert second.metric("mmstream_ready") == second.metric("mmstream_healthy") == 1
         await produce(settings, 8, 19)
         alerts = await alerts_until(settings, 2 * len(EXPECTED))
         assert second.metric("mmstream_alerts_total", rule="fight", state="resolved") == 1

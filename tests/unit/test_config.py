@@ -112,6 +112,7 @@ def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         ("batching:\n  max_batch: 0\n", "batching.max_batch"),
         ("metrics:\n  port: 70000\n", "metrics.port"),
         ("limits:\n  max_frame_bytes: -1\n", "limits.max_frame_bytes"),
+        ("limits:\n  max_rss_byte: 100\n", "limits.max_rss_byte"),  # silently ignored before
         ("model:\n  preset: huge\n", "model.preset"),
         ("topic:\n  video: x\n", "topic"),
         ("kafka:\n  security_protocol: SASL_SSL\n", "sasl_mechanism"),

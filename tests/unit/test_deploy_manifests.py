@@ -233,8 +233,10 @@ def test_deployment_probes_ports_and_grace(clean_env) -> None:
     assert ports["metrics"] == s.metrics.port
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    # Graceful termination longer than the drain bound plus the client stop bound.
-    assert spec["terminationGracePeriodSeconds"] * 1000 > s.drain_timeout_ms + s.kafka.stop_timeout_ms
+    # Graceful termination longer than the drain bound plus the stop's bounded steps, one after
+    # another in the worst case: the batches in flight, the consumer, the state reader, the producer.
+    worst_ms = s.drain_timeout_ms + 4 * s.kafka.stop_timeout_ms
+    assert spec["terminationGracePeriodSeconds"] * 1000 > worst_ms
     assert spec["securityContext"]["runAsNonRoot"] is True
     # The config volume is the generated ConfigMap, mounted where the args point.
     kust = load_yaml(K8S / "base" / "kustomization.yaml")
@@ -246,7 +248,7 @@ def test_deployment_probes_ports_and_grace(clean_env) -> None:
     assert c["args"][c["args"].index("--config") + 1] == f"{mount['mountPath']}/mmstream.yaml"
     # Compose gives the same drain room.
     grace = COMPOSE["services"]["processor"]["stop_grace_period"]
-    assert int(grace.rstrip("s")) * 1000 > s.drain_timeout_ms + s.kafka.stop_timeout_ms
+    assert int(grace.rstrip("s")) * 1000 > worst_ms
 
 
 def test_selectors_match_the_pods() -> None:
@@ -277,6 +279,13 @@ def test_kustomizations_are_complete() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert env_of(c["env"])["MMSTREAM_MODEL__DEVICE"] == "cuda"
     assert any(i["newTag"].endswith("-cuda") for i in gpu["images"])
+    # the memory guard sits under the overlay's own limit (the base's 4 GiB would pause input for
+    # good beside a CUDA worker), and prepared batches have shared memory beyond a container's 64 MiB
+    limit = c["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and int(env_of(c["env"])["MMSTREAM_LIMITS__MAX_RSS_BYTES"]) < int(limit[:-2]) * 2**30
+    (shm,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    (volume,) = [v for v in GPU_PATCH["spec"]["template"]["spec"]["volumes"] if v["name"] == shm["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory"
 
 
 def _kustomize() -> list[str] | None:
