@@ -12,6 +12,8 @@ carries the mark, and the timeline is re-anchored forward to its clock reading (
 zero-fills the gap) but never back over audio already sent. A timeline that falls more than
 ``resync_ms`` behind the clock (a slow device clock) is re-anchored the same way; one more than
 ``max_ahead_ms`` ahead of it (a fast device clock) has chunks left out until it is back within.
+A device that stops calling back (unplugged: PortAudio then never calls again, and says nothing)
+ends the capture with a ``CaptureError`` after ``max(1 s, 10 * chunk_ms)`` without audio.
 
 Example::
 
@@ -70,6 +72,12 @@ class MicConfig(BaseModel):
     @property
     def chunk_samples(self) -> int:
         return self.sample_rate * self.chunk_ms // 1000
+
+    @property
+    def stall_s(self) -> float:
+        """No audio for this long means the device is gone: a live input stream calls back every
+        ``chunk_ms``, so ten missed chunks (at least a second, for scheduling hiccups) is no jitter."""
+        return max(1.0, 10 * self.chunk_ms / 1000)
 
 
 @dataclass
@@ -192,7 +200,8 @@ class MicSource:
         """Capture and publish; returns the counts.
 
         Raises:
-            CaptureError: no PyAudio, no such device, or the stream cannot be opened.
+            CaptureError: no PyAudio, no such device, the stream cannot be opened, or the device
+                stopped delivering audio (unplugged) for ``config.stall_s``.
             ClusterError: publishing failed.
         """
         cfg = self.config
@@ -239,7 +248,7 @@ class MicSource:
             log.info("mic %s: recording from %s at %d Hz x %d, %d ms chunks, input latency %.1f ms",
                      cfg.source_id, cfg.device or "default", cfg.sample_rate, cfg.channels, cfg.chunk_ms,
                      1000 * self.stats.input_latency_s)
-            await self._pump(chunks, stop, lost, frame_bytes)
+            await self._pump(chunks, stop, lost, frame_bytes, stream)
         finally:
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -249,7 +258,8 @@ class MicSource:
         await self._pub.flush()
         return self.stats
 
-    async def _pump(self, chunks: asyncio.Queue, stop: asyncio.Event, lost: list[int], frame_bytes: int) -> None:
+    async def _pump(self, chunks: asyncio.Queue, stop: asyncio.Event, lost: list[int], frame_bytes: int,
+                    stream: Any) -> None:
         cfg = self.config
         limit = None if cfg.duration_ms is None else cfg.duration_ms * cfg.sample_rate // 1000
         anchor_ns: int | None = None  # event time of sample 0 of the current timeline
@@ -259,10 +269,13 @@ class MicSource:
         try:
             while (limit is None or self.stats.samples < limit) and not stop.is_set():
                 get = asyncio.ensure_future(chunks.get())
-                done, _ = await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({get, stop_wait}, timeout=cfg.stall_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
-                    break
+                    if stop_wait in done:
+                        break
+                    raise self._stalled(stream)
                 data, overflow, after_loss, read_ns = get.result()
                 n_read = len(data) // frame_bytes
                 n = n_read
@@ -313,3 +326,15 @@ class MicSource:
                     self.stats.first_ts_ns = ts
         finally:
             stop_wait.cancel()
+
+    def _stalled(self, stream: Any) -> CaptureError:
+        """The error for a device that stopped calling back, logged once: the command exits with it."""
+        cfg = self.config
+        try:
+            active = bool(stream.is_active())
+        except OSError:  # PortAudio may refuse to answer about a device that went away
+            active = False
+        why = "the input stream is no longer active" if not active else "the device stopped delivering audio"
+        log.warning("mic %s: no audio for %.1f s: %s (unplugged?)", cfg.source_id, cfg.stall_s, why)
+        return CaptureError(f"microphone {cfg.device or 'default'} ({cfg.source_id}): no audio for {cfg.stall_s:.1f} s, "
+                            f"{why}; is it still connected? `mmstream capture mic --list-devices` lists the devices")

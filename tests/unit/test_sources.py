@@ -58,6 +58,9 @@ class FakeStream:
                 self._callback(np.full(CHUNK, j, "<i2").tobytes(), CHUNK, {}, 0)
                 j += 1
 
+    def is_active(self) -> bool:
+        return self._thread.is_alive()
+
     def get_input_latency(self) -> float:
         return LATENCY_S
 
@@ -115,7 +118,7 @@ async def _run_mic(monkeypatch: pytest.MonkeyPatch, script: Callable[[SlowKafka,
     task = asyncio.create_task(src.run(stop))
     await asyncio.wait_for(finished.wait(), 20)
     for _ in range(200):  # let the pump drain what was handed over
-        if len(kafka.items) + src.stats.overruns >= total or task.done():
+        if len(kafka.items) + src.stats.overruns + src.stats.drift_drops >= total or task.done():
             break
         await asyncio.sleep(0.01)
     stop.set()
@@ -123,15 +126,22 @@ async def _run_mic(monkeypatch: pytest.MonkeyPatch, script: Callable[[SlowKafka,
 
 
 def _hold(kafka: SlowKafka, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """A step: Kafka stops taking records, and the device goes on once the pump is stuck in a publish."""
+    """A step: Kafka stops taking records; the device goes on once it has (the next chunk gets the
+    pump stuck in a publish; waiting for that here could wait on a pump that is waiting for audio,
+    which the mic's stall bound rightly calls an unplugged device)."""
     def step() -> None:
-        loop.call_soon_threadsafe(kafka.open.clear)
-        kafka.held.wait(10)
+        closed = threading.Event()
+        loop.call_soon_threadsafe(lambda: (kafka.open.clear(), closed.set()))
+        closed.wait(10)
     return step
 
 
 def _release(kafka: SlowKafka, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    return lambda: loop.call_soon_threadsafe(kafka.open.set)
+    """A step: once the pump is stuck in a publish, Kafka takes records again."""
+    def step() -> None:
+        kafka.held.wait(10)
+        loop.call_soon_threadsafe(kafka.open.set)
+    return step
 
 
 async def test_mic_stamps_at_capture_not_when_a_slow_kafka_lets_the_chunk_out(monkeypatch) -> None:
