@@ -362,6 +362,7 @@ class Processor:
         stages.commit.revoke(partitions, gone, mine)
         stages.intake.revoke(mine)
         assignment.assigned -= mine
+        assignment.paused -= mine  # again: a flow() during the commit's await may have paused them
         log.info("partitions revoked: %s", sorted(str(tp) for tp in mine))
         self.metrics.ready.set(1 if self.ready else 0)
 
@@ -384,6 +385,7 @@ class Processor:
         finally:
             assignment.loading -= new
             assignment.assigned |= assigned
+        self.stages.rules.assigned({tp.partition for tp in assigned})
         log.info("partitions assigned: %s (published horizons of %d sources loaded)",
                  sorted(str(tp) for tp in assigned), len(self.stages.commit.horizons.snapshot(self.stages.align.sources())))
         self.metrics.ready.set(1 if self.ready else 0)

@@ -162,15 +162,15 @@ class Align:
             del self._source_partition[s]
         return gone
 
-    def revoke(self, partitions: set[int]) -> list[str]:
+    def revoke(self, partitions: set[int]) -> dict[str, int]:
         """Drop every window and source of these partitions; their records are released (whoever
         owns them next rebuilds the windows). Call before the generation is bumped. Returns the
-        sources forgotten."""
+        sources forgotten, with their partition."""
         generation = self._ctx.assignment.generation
         for key in self._aligner.forget_partitions(partitions):
             self._ledger.release(LedgerKey(generation, key))
         self._window_keys.clear()
-        gone = [s for s, p in self._source_partition.items() if p in partitions]
+        gone = {s: p for s, p in self._source_partition.items() if p in partitions}
         for s in gone:
             del self._source_partition[s]
         return gone

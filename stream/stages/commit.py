@@ -133,7 +133,7 @@ class Commit:
         self._forget_sources(gone)
         return [s for s in sources if s not in gone]
 
-    def revoke(self, partitions: set[int], sources: list[str], tps: set[TopicPartition]) -> None:
+    def revoke(self, partitions: set[int], sources: Collection[str], tps: set[TopicPartition]) -> None:
         """Forget what is kept of revoked partitions and their sources (their next owner reads
         the commit and the state topic)."""
         self.ledger.forget(partitions)

@@ -25,7 +25,7 @@ drains and stops, the window's offsets stay uncommitted, and the restart replays
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from stream.alerts import Engine, RulesFile
 from stream.alerts.publisher import AlertPublisher, ensure_alerts_topic, read_alerts
@@ -46,6 +46,7 @@ class Rules:
         self._engine = Engine(rules) if rules is not None else None
         self._publisher: AlertPublisher | None = None
         self._read_to: dict[int, int] = {}  # alerts partition -> the offset the next read starts at
+        self._moving: dict[str, int] = {}  # sources revoked, not yet known to have moved (``assigned``)
 
     @property
     def active(self) -> bool:
@@ -80,11 +81,19 @@ class Rules:
         log.info("rules: %d alert records read back, %d open", read.records, self._publisher.open_count)
         return read.records
 
-    def revoke(self, sources: Iterable[str]) -> None:
-        """Sources whose partitions moved to another processor: judged there from now on, so
-        their silence here is no absence."""
-        if self._publisher is not None:
-            self._publisher.leave(sources)
+    def revoke(self, sources: Mapping[str, int]) -> None:
+        """The sources of revoked partitions (source -> partition). aiokafka revokes every
+        partition at every rebalance, and most come straight back: only those the next
+        assignment does not give back have moved (``assigned``)."""
+        self._moving.update(sources)
+
+    def assigned(self, partitions: Collection[int]) -> None:
+        """The partitions held after a rebalance: the sources revoked before whose partition is
+        not among them are judged by another processor now, so their silence here is no absence."""
+        moved = [source for source, partition in self._moving.items() if partition not in partitions]
+        self._moving.clear()
+        if self._publisher is not None and moved:
+            self._publisher.leave(moved)
 
     async def judge(self, results: Sequence[WindowResult]) -> None:
         """Judge acknowledged results and wait until the alerts they raise are acknowledged

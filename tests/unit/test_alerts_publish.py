@@ -150,15 +150,27 @@ async def test_an_assignment_whose_alerts_cannot_be_read_back_stops_the_processo
     assert video in processor.assignment.assigned and not processor.assignment.loading
 
 
-async def test_a_revocation_tells_the_rules_which_sources_left(processor: Processor,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Their results go to the new owner now: here their silence is no absence."""
+async def test_the_rules_stop_watching_only_the_sources_whose_partitions_moved_away(
+        processor: Processor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka revokes every partition at every rebalance and most come straight back: a source
+    still here must stay watched (a silent camera would never raise its absence alert), one whose
+    partition went to another processor must not (it would fire 'silent' for it for ever)."""
+    from stream.alerts.publisher import AlertPublisher
+
     await _started(processor, Producer([]))
     left: list[list[str]] = []
-    monkeypatch.setattr(processor.stages.rules, "revoke", lambda sources: left.append(sorted(sources)))
-    topics = processor.settings.topics
-    processor.assignment.assigned = {TopicPartition(topics.video, p) for p in (0, 1)}
-    processor.stages.align.keys("cam-a", T0, 0)  # where each source's records were read
-    processor.stages.align.keys("cam-b", T0, 1)
-    await processor.on_revoked({TopicPartition(topics.video, 1)})
-    assert left == [["cam-b"]]
+    monkeypatch.setattr(AlertPublisher, "leave", lambda self, sources: left.append(sorted(sources)))
+    video = processor.settings.topics.video
+    both = {TopicPartition(video, 0), TopicPartition(video, 1)}
+    processor.assignment.assigned = set(both)
+
+    async def rebalance(kept: set[TopicPartition]) -> None:
+        processor.stages.align.keys("cam-a", T0, 0)  # where each source's records were read
+        processor.stages.align.keys("cam-b", T0, 1)
+        await processor.on_revoked(set(processor.assignment.assigned))  # eager: everything
+        await processor.on_assigned(kept)
+
+    await rebalance(both)
+    assert left == []  # both came straight back
+    await rebalance({TopicPartition(video, 0)})
+    assert left == [["cam-b"]]  # partition 1 went to another processor

@@ -317,3 +317,20 @@ async def test_a_state_topic_refusing_for_good_stops_the_processor(error: Except
     processor.stages.align.keys("cam", T0, 0)  # a source on partition 0: its horizons are saved
     assert not await processor.stages.commit.save_state({0})
     assert isinstance(processor.fatal.error, ClusterError) is fatal
+
+
+async def test_a_partition_paused_while_its_revocation_commits_is_not_left_paused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revocation awaits its commit; meanwhile the loop's flow control may pause the partition
+    again (the batcher full). Left in the paused set, it was resumed after the next assignment:
+    aiokafka raises for a partition it no longer has."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    processor.connection.consumer = _PausingConsumer({video: []})
+    processor.assignment.assigned = {video}
+
+    async def commit_while_flow_pauses(*args: Any, **kwargs: Any) -> None:
+        processor.assignment.paused |= {video}  # what flow() decides during this await
+
+    monkeypatch.setattr(processor.stages.commit, "commit", commit_while_flow_pauses)
+    await processor.on_revoked({video})
+    assert processor.assignment.paused == set() and processor.assignment.assigned == set()
