@@ -246,6 +246,9 @@ class ModelChild:
                 raise _Stalled
             done, _ = concurrent.futures.wait([future], timeout=left)
             if done:
+                raised = None if future.cancelled() else future.exception()
+                if isinstance(raised, concurrent.futures.CancelledError):  # the model's, not a replaced pool's
+                    raise ModelError(f"the {self._name}'s model raised {raised!r}") from raised
                 return future.result()
 
     def _replace(self, dead: concurrent.futures.ProcessPoolExecutor) -> None:

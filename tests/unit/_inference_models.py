@@ -4,6 +4,7 @@ as the score "id", so a test sees which output belongs to which window."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ KILLS_WORKER = -3  # ... makes the process exit (a crash in native code)
 HANGS = -4  # ... makes infer sleep far beyond any timeout
 RAISES_ODD = -5  # ... makes infer raise an exception whose class does not unpickle
 RAISES_TIMEOUT = -6  # ... makes infer raise TimeoutError (a model calling a service with a read timeout)
+RAISES_CANCELLED = -7  # ... makes infer raise concurrent.futures.CancelledError (a future of its own)
 
 
 class OddError(Exception):
@@ -71,6 +73,8 @@ class EchoModel:
             raise OddError(7, "the model's own error")
         if RAISES_TIMEOUT in got:
             raise TimeoutError("the model's service did not answer")
+        if RAISES_CANCELLED in got:
+            raise concurrent.futures.CancelledError("the model's own future was cancelled")
         if KILLS_WORKER in got:
             os._exit(3)
         if HANGS in got:

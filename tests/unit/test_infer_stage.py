@@ -5,6 +5,7 @@ and batch sizing under ``target_latency_ms``."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -221,6 +222,24 @@ async def test_a_batch_whose_timing_cannot_be_recorded_still_returns_its_results
     finally:
         await infer.stop()
     assert len(scored) == 2 and all(s.inference_s >= 0 and s.preprocess_s > 0 for s in scored)
+
+
+async def test_a_window_retried_alone_whose_model_raises_a_cancellation_fails_with_a_model_error() -> None:
+    """On the thread it ran on, the model's own CancelledError became the retry's cancellation:
+    the window was neither published nor failed, its offsets held for good."""
+
+    class Cancelling(models.EchoModel):
+        def infer(self, batch: Any) -> Any:
+            raise concurrent.futures.CancelledError("the model's own future")
+
+    processor = _processor(Cancelling(), batching={"worker": "thread"})
+    infer = processor.stages.infer
+    await infer.start()
+    try:
+        alone = await infer.infer_alone(_jobs(processor, 1)[0])
+    finally:
+        await infer.stop()
+    assert alone.scored is None and isinstance(alone.error, ModelError)
 
 
 def test_a_stop_under_a_waiting_preprocess_raises_a_model_error() -> None:

@@ -25,6 +25,7 @@ from tests.unit._inference_models import (
     INFER_FAILS,
     KILLS_WORKER,
     PREPROCESS_FAILS,
+    RAISES_CANCELLED,
     RAISES_ODD,
     RAISES_TIMEOUT,
     EchoModel,
@@ -166,6 +167,18 @@ def test_a_timeout_the_model_raises_fails_its_batch_at_once_and_spares_the_worke
     with pytest.raises(TimeoutError, match="did not answer"):
         executor.infer(executor.preprocess([window(1), window(RAISES_TIMEOUT)]))
     assert time.monotonic() - t0 < CONFIG.infer_timeout_ms / 1000
+    assert executor.restarts == 0 and executor.pid == pid
+    assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
+
+
+def test_a_cancellation_the_model_raises_fails_its_batch_as_the_models_error(executor: InferenceExecutor) -> None:
+    """Not a replaced worker's (a process executor retried it on a new worker, and a thread's
+    became the caller's own cancellation): the model's error, the worker spared."""
+    pid = executor.pid
+    with pytest.raises((ModelError, concurrent.futures.CancelledError)) as info:
+        executor.infer(executor.preprocess([window(1), window(RAISES_CANCELLED)]))
+    if executor.plan.worker == "process":
+        assert isinstance(info.value, ModelError) and not isinstance(info.value, WorkerDiedError)
     assert executor.restarts == 0 and executor.pid == pid
     assert ids(executor.infer(executor.preprocess(_batch(7, 2)))) == [7, 8]
 
