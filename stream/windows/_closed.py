@@ -38,7 +38,7 @@ AudioPiece = tuple[int, Origin, AudioChunk, int, int]
 class OpenWindow:
     """Mutable buffers of one open window. Internal: the aligner fills it, ``close`` freezes it."""
 
-    __slots__ = ("start", "end", "frames", "audio", "segments", "origins", "nbytes")
+    __slots__ = ("start", "end", "frames", "audio", "segments", "origins", "nbytes", "reserved")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -49,6 +49,7 @@ class OpenWindow:
         self.segments: dict[Hashable, tuple[TranscriptSegment, Origin, float]] = {}
         self.origins: list[Origin] = []
         self.nbytes = 0
+        self.reserved = 0  # of nbytes, what the audio array built at close may take (Aligner)
 
     def close(self, source_id: str, cause: CloseCause, expected: frozenset[Modality] = ALL_MODALITIES,
               waited_for: Modality | None = None) -> ClosedWindow:

@@ -375,6 +375,18 @@ def test_a_window_counts_the_audio_array_it_will_build_from_its_first_chunk(make
     assert w.audio.nbytes <= counted and al.buffered_bytes == 0
 
 
+def test_the_earliest_chunks_audio_array_is_counted_even_when_it_arrives_last(make) -> None:
+    """The array takes the earliest chunk's format: a small format first, then an earlier chunk
+    of a large one, counted only the small array while building the large one."""
+    al = make(max_buffered_bytes=2 * 2**20)
+    al.add(chunk(T0 + 500 * MS, n=1, rate=8_000), origin("mm.audio"))
+    al.add(chunk(T0, n=1, rate=384_000, channels=2), origin("mm.audio"))
+    counted = al.buffered_bytes
+    assert al.full and counted >= 384_000 * 2 * 4
+    (w,) = al.flush()
+    assert w.audio.nbytes <= counted
+
+
 def test_chunk_straddling_a_boundary_is_cut_at_sample_precision(make) -> None:
     al = make()
     res = al.add(chunk(T0 + 990 * MS, n=320), origin("mm.audio"))  # 990-1010 ms
