@@ -264,6 +264,8 @@ class ModelChild:
             try:
                 self._start()
             except ModelError as exc:
+                if self._stopping:  # stop() ended the load on purpose: stopped, not lost
+                    raise ModelError(f"the {self._name} was stopped while it started again") from exc
                 self._lost = f"the {self._name} died and could not start again: {exc}"
                 raise ModelUnavailableError(self._lost) from exc
             self.restarts += 1

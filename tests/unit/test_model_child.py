@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream.children import ModelChild
-from stream.errors import ModelError
+from stream.errors import ModelError, ModelUnavailableError
 from tests._orphans import alive_after
 from tests.unit import _child_work
 
@@ -43,6 +43,7 @@ def test_a_stop_during_a_restart_is_bounded_and_leaves_no_child(tmp_path: Path) 
         assert time.monotonic() - t0 < 5
         caller.join(10)
         assert not caller.is_alive() and len(raised) == 1 and isinstance(raised[0], ModelError)
+        assert not isinstance(raised[0], ModelUnavailableError)  # stopped, not lost (no fatal error)
         assert alive_after([first, loading], 5) == []
         with pytest.raises(ModelError):
             child.call(_child_work.answer, 1)
