@@ -14,6 +14,7 @@ longer watched, until a result of it is seen here again.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,8 +64,9 @@ class _Track:
     open_id: str | None = None
     open_start_ns: int = 0
     clear_run: int = 0
-    judged_until_ns: int = -1  # every window ending at or before it is judged (or restored)
-    judged: set[int] = field(default_factory=set)  # ends of windows judged beyond it (out of order)
+    judged_until_ns: int = -1  # every window ending at or before it counts as judged (or restored)
+    judged: set[int] = field(default_factory=set)  # ends of the windows judged beyond it
+    oldest: list[int] = field(default_factory=list)  # the same ends, a heap: the next folded first
     last_present_end_ns: int | None = None  # absence rules: end of the newest window with the modality
     evidence: list[AlertEvidence] = field(default_factory=list)
 
@@ -74,13 +76,18 @@ class _Track:
         ``JUDGED_KEPT``: a window that late (64 windows) counts as judged."""
         if end_ns <= self.judged_until_ns or end_ns in self.judged:
             return False
-        judged = self.judged
-        judged.add(end_ns)
-        if len(judged) > JUDGED_KEPT:
-            oldest = min(judged)
-            judged.discard(oldest)
-            self.judged_until_ns = oldest
+        self.judged.add(end_ns)
+        heapq.heappush(self.oldest, end_ns)
+        if len(self.oldest) > JUDGED_KEPT:
+            self.judged_until_ns = heapq.heappop(self.oldest)
+            self.judged.discard(self.judged_until_ns)
         return True
+
+    def judged_through(self, end_ns: int) -> None:
+        """What the alerts topic says: every window ending at or before ``end_ns`` was judged."""
+        self.judged_until_ns = max(self.judged_until_ns, end_ns)
+        self.judged = {end for end in self.judged if end > end_ns}
+        self.oldest = sorted(self.judged)  # a sorted list is a heap
 
     def newest_ns(self) -> int:
         """The end of the newest window judged."""
@@ -125,9 +132,9 @@ class Engine:
                     # its own episode's end, read after its firing (an absence fires at the newest
                     # event time of any source, later than the window of the source that ends it)
                     track.open_id, track.evidence = None, []
+                    self._due.clear()  # its source is one to watch again
                 continue  # an older episode of this (rule, source)
-            track.judged_until_ns = alert.window_end_ns
-            track.judged = {end for end in track.judged if end > alert.window_end_ns}
+            track.judged_through(alert.window_end_ns)
             self._due.clear()  # an episode closed here makes its source one to watch again
             # (the event-time clock is not restored: it runs with the results replayed, which may
             # start before these alerts; a clock ahead of them would find every source silent)
