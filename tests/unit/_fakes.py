@@ -79,3 +79,16 @@ def outgoing(processor: Any, n: int, *, transcript: str | None = None) -> list[A
             result = result.model_copy(update={"transcript": transcript})
         out.append(Outgoing(Job(window, token, 0), result))
     return out
+
+
+class Sink:
+    """A ``Publisher`` stand-in for sources: keeps every item published, in order."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    async def publish(self, item: Any) -> None:
+        self.items.append(item)
+
+    async def flush(self) -> None:
+        pass

@@ -10,6 +10,7 @@ stand-in here: the point is the interleaving, which a real broker does not let a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -88,16 +89,24 @@ class _PausingConsumer(FakeConsumer):
         self.resumed |= set(tps)
 
 
+def _reading(consumer: Callable[[dict[TopicPartition, list[Any]]], Any], frames: int) -> tuple[Processor, TopicPartition, Any]:
+    """A processor whose ``consumer`` holds ``frames`` frames, 100 ms apart, of one video partition;
+    no state records to read; commits and gauges only when a test asks."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    client = consumer({video: [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS,
+                                                                    encoding="jpeg", data=JPEG))
+                               for i in range(frames)]})
+    processor.connection.consumer = client
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    return processor, video, client
+
+
 async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow read of the state topic must not let a backlog pile up in the intake: what was
     fetched waits, the partition is paused until its horizons are known, then it is read on."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(1000)]
-    consumer = _PausingConsumer({video: [consumer_record(video, i, f) for i, f in enumerate(frames)]})
-    processor.connection.consumer = consumer
-    processor.connection.state_reader = object()
-    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    processor, video, consumer = _reading(_PausingConsumer, 1000)
     reading, read = asyncio.Event(), asyncio.Event()
 
     async def slow_read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -121,13 +130,7 @@ async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(
 
 async def test_a_partition_revoked_while_loading_is_not_resumed_after(monkeypatch: pytest.MonkeyPatch) -> None:
     """aiokafka refuses to resume a partition it no longer has (IllegalStateError in the loop)."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    consumer = _PausingConsumer({video: [consumer_record(video, 0, VideoFrame(source_id="cam", ts_ns=T0,
-                                                                               encoding="jpeg", data=JPEG))]})
-    processor.connection.consumer = consumer
-    processor.connection.state_reader = object()
-    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    processor, video, consumer = _reading(_PausingConsumer, 1)
     reading = asyncio.Event()
 
     async def never_read(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -162,13 +165,7 @@ class _RebalancedConsumer(FakeConsumer):
 async def _assigned_with_100_frames(monkeypatch: pytest.MonkeyPatch) -> tuple[Processor, TopicPartition, _RebalancedConsumer]:
     """A processor assigned one video partition of 100 frames (10 s), nothing committed, no
     published horizons; commits and gauges only when a test asks."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    frames = [VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG) for i in range(100)]
-    consumer = _RebalancedConsumer({video: [consumer_record(video, i, f) for i, f in enumerate(frames)]})
-    processor.connection.consumer = consumer
-    processor.connection.state_reader = object()
-    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    processor, video, consumer = _reading(_RebalancedConsumer, 100)
 
     async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
         return {}
@@ -323,9 +320,7 @@ async def test_a_partition_paused_while_its_revocation_commits_is_not_left_pause
     """The revocation awaits its commit; meanwhile the loop's flow control may pause the partition
     again (the batcher full). Left in the paused set, it was resumed after the next assignment:
     aiokafka raises for a partition it no longer has."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    processor.connection.consumer = _PausingConsumer({video: []})
+    processor, video, _ = _reading(_PausingConsumer, 0)
     processor.assignment.assigned = {video}
 
     async def commit_while_flow_pauses(*args: Any, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ import pytest
 from stream.contract import AudioChunk, VideoFrame
 from stream.errors import CaptureError
 from tests._media import RATE, write_audio, write_media
+from tests.unit._fakes import Sink
 
 av = pytest.importorskip("av")
 
@@ -158,17 +159,6 @@ def test_a_file_that_is_not_audio_is_one_clear_error(tmp_path: Path, make: Any, 
 
 
 # --------------------------------------------------------------------------- media: picture and sound
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    async def publish(self, item: Any) -> None:
-        self.items.append(item)
-
-    async def flush(self) -> None:
-        pass
 
 
 async def _replay(path: Path, **kw: Any) -> tuple[Any, list[VideoFrame], list[AudioChunk]]:

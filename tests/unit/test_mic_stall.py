@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.contract import AudioChunk
 from stream.errors import CaptureError
 from stream.sources import mic
+from tests.unit._fakes import Sink
 
 CHUNK = 320  # 20 ms at 16 kHz
 
@@ -57,21 +57,10 @@ class FakePyAudio:
         pass
 
 
-class Kafka:
-    def __init__(self) -> None:
-        self.items: list[AudioChunk] = []
-
-    async def publish(self, item: AudioChunk) -> None:
-        self.items.append(item)
-
-    async def flush(self) -> None:
-        pass
-
-
 async def test_an_unplugged_microphone_is_a_capture_error_not_a_hang(monkeypatch, caplog) -> None:
     pytest.importorskip("pyaudio")
     monkeypatch.setattr(mic, "_pyaudio", FakePyAudio)
-    kafka = Kafka()
+    kafka = Sink()
     src = mic.MicSource(mic.MicConfig(source_id="mic-t"), kafka)  # type: ignore[arg-type]
     t = time.monotonic()
     with pytest.raises(CaptureError, match="no audio for 1.0 s.*no longer active"):
