@@ -10,8 +10,7 @@ broker at each acknowledgement and each commit, and from the runner after each p
 - ``lost``: at the end, a window holding required records was never published;
 - ``dead_letter`` / ``late``: a valid, on-time record was dead-lettered or routed late;
 - ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
-  window it belongs to; one of them for a record the scenario made late, which may be partly
-  late), dead letter or late copy;
+  window it belongs to), dead letter or late copy;
 - ``uncommitted``: at the end, input records were never committed;
 - ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
   the broker was answering;
@@ -208,12 +207,7 @@ class Checker:
             return True
         if source.fate is Fate.BAD:
             return False
-        published = [bool(self.windows[(source.source_id, s.start_ns)].copies) for s in source.shares]
-        if source.fate is Fate.MAY_BE_LATE:
-            # partly late: placed in the windows still open, its head dropped from those closed
-            # before it came, with no late copy (time.md): reflected once one of them is published
-            return any(published)
-        return all(published)
+        return all(self.windows[(source.source_id, s.start_ns)].copies for s in source.shares)
 
     # ------------------------------------------------------------------ the runner's reports
 
