@@ -306,7 +306,9 @@ class Aligner:
                 return self._late(src, ts, end)
             src.partitions.add(origin[1])
             w = src.windows.get(s) or self._open_window(src, s)
-            b = n * width + self._reserve(w, rate, item.channels)
+            b = n * width
+            if rate * item.channels > w.reserved:  # its array is counted already, unless a larger format came
+                b += self._reserve(w, rate * item.channels)
             w.audio.append((ts, origin, item, 0, n))
             w.origins.append(origin)
             w.nbytes += b
@@ -330,7 +332,9 @@ class Aligner:
             if hi <= lo:
                 continue
             w = src.windows.get(s) or self._open_window(src, s)
-            b = (hi - lo) * width + self._reserve(w, rate, item.channels)
+            b = (hi - lo) * width
+            if rate * item.channels > w.reserved:
+                b += self._reserve(w, rate * item.channels)
             w.audio.append((ts + (lo * 1_000_000_000) // rate, origin, item, lo, hi))
             w.origins.append(origin)
             w.nbytes += b
@@ -341,17 +345,13 @@ class Aligner:
         self._vouch(src, M_AUDIO, end)
         return AddResult(AddStatus.ACCEPTED, src.id, tuple(placed), None, "", skipped)
 
-    def _reserve(self, w: OpenWindow, rate: int, channels: int) -> int:
-        """The bytes to count for the audio array ``w`` builds at close, beyond what it counts
-        already: float32 over the whole window at the rate and channels of its earliest chunk,
-        zero-filled where nothing came, beside the chunks until they are freed. A one-sample
-        chunk makes the whole array, so counting chunk bytes alone let a few bytes hide megabytes
-        from the bounds; and the earliest chunk may arrive last, so the largest format counts."""
-        need = (self._window_ns * rate // 1_000_000_000 + 1) * channels * 4
-        if need <= w.reserved:
-            return 0
-        more, w.reserved = need - w.reserved, need
-        return more
+    def _reserve(self, w: OpenWindow, values_per_s: int) -> int:
+        """More bytes to count for the float32 array ``w`` builds at close (the whole window at its
+        earliest chunk's rate x channels, zero-filled), now that a chunk of a larger format came:
+        one sample makes the whole array, and the earliest chunk may arrive last."""
+        before = (self._window_ns * w.reserved // 1_000_000_000 + 32) * 4 if w.reserved else 0
+        w.reserved = values_per_s
+        return (self._window_ns * values_per_s // 1_000_000_000 + 32) * 4 - before  # + a sample of 32 channels
 
     def _add_segment(self, src: SourceState, item: TranscriptSegment, origin: Origin, now: int) -> AddResult:
         start, end, final, sid = item.start_ns, item.end_ns, item.final, item.segment_id

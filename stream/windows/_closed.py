@@ -49,7 +49,7 @@ class OpenWindow:
         self.segments: dict[Hashable, tuple[TranscriptSegment, Origin, float]] = {}
         self.origins: list[Origin] = []
         self.nbytes = 0
-        self.reserved = 0  # of nbytes, what the audio array built at close may take (Aligner)
+        self.reserved = 0  # the largest rate x channels of its audio, whose array nbytes counts (Aligner)
 
     def close(self, source_id: str, cause: CloseCause, expected: frozenset[Modality] = ALL_MODALITIES,
               waited_for: Modality | None = None) -> ClosedWindow:
@@ -141,7 +141,9 @@ def _assemble_audio(
         real += hi - lo
         # a piece inside an earlier one (kept whole) must not move the cursor back, or the next
         # piece would be "after a gap" the earlier piece covers, zero-filled over real samples
-        cursor = max(cursor, first_ns * rate + (hi - lo) * NS_PER_S)
+        after = first_ns * rate + (hi - lo) * NS_PER_S
+        if after > cursor:  # not max(): once per record of the window
+            cursor = after
     tail = _ceil_div((end - 3) * rate - cursor, NS_PER_S)
     if tail > 0:
         parts.append(bytes(tail * width))
