@@ -107,7 +107,10 @@ def test_capture_mic_through_a_fake_alsa_device_is_bit_exact(settings_for, tmp_p
     env = fake_mic_env(tmp_path, wav)
     summary, _ = capture(["mic", "--device", "fakemic", "--source-id", "mic-7", "--duration", "1.5",
                           "--config", config_file(tmp_path, s)], env=env)
-    assert summary["samples"] == 24_000 and summary["chunks"] == 75 and summary["overruns"] == 0
+    # no overrun count asserted: PortAudio flags an overflow whenever its callback runs late, as
+    # on a machine busy with the rest of the suite, and a file-backed device loses nothing then;
+    # a sample lost or repeated anywhere fails the comparison below
+    assert summary["samples"] == 24_000 and summary["chunks"] == 75
     chunks = decoded(s, Modality.AUDIO, 75)
     assert all(isinstance(c, AudioChunk) and c.source_id == "mic-7" and c.sample_rate == 16000 for c in chunks)
     got = np.frombuffer(b"".join(c.data for c in chunks), dtype="<i2")
