@@ -27,7 +27,6 @@ imports torch (the model is passed in as plain callables).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from stream.config import BatchConfig
-from stream.errors import MmstreamError, ModelError
+from stream.errors import MODEL_CANCELLATIONS, MmstreamError, model_raised
 
 __all__ = ["BatchPipeline", "Batcher", "BatcherClosedError", "BatcherFullError"]
 
@@ -351,11 +350,8 @@ class BatchPipeline(Generic[T, P, R]):
                     self._discard(prepared)
                     return None
                 return self._infer(prepared)
-            except (concurrent.futures.CancelledError, asyncio.CancelledError) as exc:
-                # raised by the model itself: out of the thread either becomes the caller's
-                # asyncio cancellation, which no ``except Exception`` sees, and the batch would
-                # be neither delivered nor failed (its offsets held for good)
-                raise ModelError(f"the model raised {type(exc).__name__}: {exc}") from exc
+            except MODEL_CANCELLATIONS as exc:  # raised by the model itself (stream.errors says why)
+                raise model_raised(exc) from exc
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, work)  # type: ignore[return-value]

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream.errors import ModelError, ModelUnavailableError, WorkerDiedError
+from stream.errors import ModelError, ModelUnavailableError, WorkerDiedError, model_raised
 from stream.health import ModelProgress
 
 __all__ = ["WATCH_INTERVAL_S", "ModelChild", "die_with_parent", "parent_death_signal", "set_parent_death_signal"]
@@ -248,7 +248,7 @@ class ModelChild:
             if done:
                 raised = None if future.cancelled() else future.exception()
                 if isinstance(raised, concurrent.futures.CancelledError):  # the model's, not a replaced pool's
-                    raise ModelError(f"the {self._name}'s model raised {raised!r}") from raised
+                    raise model_raised(raised) from raised
                 return future.result()
 
     def _replace(self, dead: concurrent.futures.ProcessPoolExecutor) -> None:

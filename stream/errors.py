@@ -19,9 +19,13 @@ Lower-level errors (aiokafka, pydantic, OpenCV) are translated into these at the
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from enum import StrEnum
 
 __all__ = [
+    "MODEL_CANCELLATIONS",
+    "model_raised",
     "BrokerError",
     "CaptureError",
     "ClusterError",
@@ -89,6 +93,18 @@ class TopicLayoutError(ClusterError):
 
 class ModelError(MmstreamError):
     """A model could not be built, loaded or run (missing weights, bad config, bad input)."""
+
+
+# A cancellation a model raises on the thread that runs it (its own future cancelled): out of
+# the thread it becomes the awaiting task's own cancellation, which no ``except Exception`` sees,
+# and the batch or window would be neither published nor failed, its offsets held for good.
+# Whoever runs a model on a thread turns it into the model's error (``model_raised``).
+MODEL_CANCELLATIONS = (concurrent.futures.CancelledError, asyncio.CancelledError)
+
+
+def model_raised(exc: BaseException) -> ModelError:
+    """The model's error for a cancellation it raised (``MODEL_CANCELLATIONS``)."""
+    return ModelError(f"the model raised {type(exc).__name__}: {exc}")
 
 
 class WorkerDiedError(ModelError):

@@ -21,7 +21,6 @@ the end of their inference; the executor holds as many prepared buffers.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass
@@ -29,7 +28,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from operators import WindowInput
 from stream.contract import ModelInfo
-from stream.errors import ModelError, ModelUnavailableError, WorkerDiedError
+from stream.errors import (
+    MODEL_CANCELLATIONS,
+    ModelError,
+    ModelUnavailableError,
+    WorkerDiedError,
+    model_raised,
+)
 from stream.jobs import Job
 from stream.results import to_input
 from stream.stages.shared import Context
@@ -287,9 +292,9 @@ class Infer:
         serving = self._take()
         try:
             packed = serving.executor.preprocess(windows)
-        except _CANCELLATIONS as exc:
+        except MODEL_CANCELLATIONS as exc:
             self._give(serving)
-            raise _models(exc) from exc
+            raise model_raised(exc) from exc
         except BaseException:
             self._give(serving)
             raise
@@ -299,8 +304,8 @@ class Infer:
         serving = prepared.serving
         try:
             outputs = serving.executor.infer(prepared.packed)
-        except _CANCELLATIONS as exc:
-            raise _models(exc) from exc
+        except MODEL_CANCELLATIONS as exc:
+            raise model_raised(exc) from exc
         finally:
             self._give(serving)
         timing = prepared.packed.timing
@@ -353,16 +358,6 @@ class Infer:
             return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an "
                                          f"empty one ({type(exc).__name__}: {exc}): the model cannot serve")
         return error
-
-
-# A cancellation the model raises on the thread that runs it (batches, windows retried alone,
-# the probe): out of ``asyncio.to_thread`` it becomes the awaiting task's own cancellation, which
-# no ``except Exception`` sees, and the window would be neither published nor failed.
-_CANCELLATIONS = (concurrent.futures.CancelledError, asyncio.CancelledError)
-
-
-def _models(exc: BaseException) -> ModelError:
-    return ModelError(f"the model raised {type(exc).__name__}: {exc}")
 
 
 class _Borrowed:
