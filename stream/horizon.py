@@ -16,16 +16,26 @@ maximum. Kafka's commit metadata
 would be the natural home, but the embedded broker (tansu) drops it; the state topic behaves the
 same everywhere. A horizon is a fact ("published up to here"), so a state record newer than the
 committed offsets is still right.
+
+A horizon alone cannot tell a replay from a record that is late: both fall in windows published
+before. So each state record also carries, per input topic of the partition, its ``ReadMark``:
+how far the owner had read (every record before it was judged) and which of those records still
+waited for their dead-letter or late copy to be acknowledged. The next owner counts a record in a
+published window as replayed only if an earlier owner judged it and nothing of it is outstanding;
+any other is judged as a live processor would judge it, late, and copied to the late topic
+(``ReadMarks``). Without marks (a state record of an older version) every such record is taken for
+a replay, as before.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["HorizonToken", "HorizonTracker", "decode_state", "encode_state"]
+__all__ = ["HorizonToken", "HorizonTracker", "ReadMark", "ReadMarks", "SavedState", "decode_state", "encode_state"]
 
 STATE_VERSION = 1
 
@@ -96,21 +106,116 @@ The processor forgets such sources in memory too (those with nothing open or in 
 it keeps per partition is bounded the same way."""
 
 
-def encode_state(horizons: dict[str, int], limit: int = MAX_STATE_SOURCES) -> bytes:
-    """The state record of one input partition: the sources' horizons, the newest ``limit``."""
+MAX_UNDECIDED = 1_000
+"""Undecided offsets one ``ReadMark`` lists at most. Past it, the mark's position is lowered to the
+first offset left out: everything from there on is judged afresh by the next owner, which can
+only copy a replayed record to the late topic once more, never lose one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMark:
+    """How far an owner had judged one input topic-partition when it saved its state: every
+    record before ``position`` was judged, and those at ``undecided`` (ascending) still waited
+    for their dead-letter or late copy to be acknowledged (or sat in the park)."""
+
+    position: int
+    undecided: tuple[int, ...] = ()
+    _waiting: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_waiting", frozenset(self.undecided))
+
+    def judged(self, offset: int) -> bool:
+        """Whether this record was judged and nothing of it is outstanding."""
+        return offset < self.position and offset not in self._waiting
+
+    def bounded(self) -> ReadMark:
+        """At most ``MAX_UNDECIDED`` offsets: past them, the position moves back (see there)."""
+        if len(self.undecided) <= MAX_UNDECIDED:
+            return self
+        return ReadMark(self.undecided[MAX_UNDECIDED], self.undecided[:MAX_UNDECIDED])
+
+    def carried(self, position: int | None, undecided: Iterable[int]) -> ReadMark:
+        """This (inherited) mark joined with what the current owner judged since: it read up to
+        ``position`` (None: nothing yet), and ``undecided`` of its own records wait. An inherited
+        undecided offset the owner has read again was judged again (its own list says the rest)."""
+        own = position if position is not None else -1
+        waiting = set(undecided) | {o for o in self.undecided if o >= own}
+        return ReadMark(max(own, self.position), tuple(sorted(waiting)))
+
+
+class SavedState(NamedTuple):
+    """One state record read back: the sources' horizons and the topics' read marks (``marks`` is
+    None for a record of an older version, which carried none)."""
+
+    horizons: dict[str, int]
+    marks: dict[str, ReadMark] | None
+
+
+def encode_state(horizons: dict[str, int], marks: Mapping[str, ReadMark] | None = None,
+                 limit: int = MAX_STATE_SOURCES) -> bytes:
+    """The state record of one input partition: the sources' horizons (the newest ``limit``) and
+    each input topic's read mark."""
     if len(horizons) > limit:
         horizons = dict(sorted(horizons.items(), key=lambda kv: kv[1])[-limit:])
-    return json.dumps({"v": STATE_VERSION, "h": horizons}, separators=(",", ":")).encode()
+    doc: dict[str, object] = {"v": STATE_VERSION, "h": horizons}
+    if marks is not None:
+        doc["r"] = {topic: [m.position, list(m.undecided)] for topic, m in marks.items()}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode_state(value: bytes | None) -> dict[str, int]:
-    """Horizons from a state record; anything unreadable is empty (a replay may then repeat windows)."""
+def decode_state(value: bytes | None) -> SavedState:
+    """A state record; anything unreadable is empty (a replay may then repeat windows)."""
+    empty = SavedState({}, None)
     if not value:
-        return {}
+        return empty
     try:
         doc = json.loads(value)
         if doc.get("v") != STATE_VERSION:
-            return {}
-        return {str(k): int(v) for k, v in doc.get("h", {}).items()}
+            return empty
+        horizons = {str(k): int(v) for k, v in doc.get("h", {}).items()}
+        raw = doc.get("r")
+        marks = None if raw is None else {
+            str(topic): ReadMark(int(pos), tuple(sorted(int(o) for o in waiting)))
+            for topic, (pos, waiting) in raw.items()
+        }
+        return SavedState(horizons, marks)
     except (ValueError, TypeError, AttributeError):
-        return {}
+        return empty
+
+
+class ReadMarks:
+    """The read marks earlier owners left for the input partitions this member owns: what tells
+    a replayed record (judged before, nothing outstanding) from a record that falls in windows
+    published before it was ever judged (a new late record, or one whose late copy was never
+    acknowledged), which is judged as live would judge it. Loaded by ``Commit`` at assignment,
+    asked by ``Intake`` for each record the aligner finds replayed, carried into every save."""
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[str, int], ReadMark] = {}
+        self._known: set[int] = set()  # partitions whose state carried marks
+
+    def load(self, partition: int, topics: Iterable[str], marks: dict[str, ReadMark]) -> None:
+        """Marks read back for one partition (the newest state record that carried any). A topic
+        without a mark there was not read by that owner: none of its records was judged."""
+        self._known.add(partition)
+        for topic in topics:
+            self._marks[(topic, partition)] = marks.get(topic, ReadMark(0))
+
+    def replayed(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether a record in published windows is a replay (else it is judged late). Without
+        marks for its partition (none saved yet, or an older state record) it is a replay."""
+        mark = self._marks.get((topic, partition))
+        if mark is None:
+            return partition not in self._known
+        return mark.judged(offset)
+
+    def get(self, topic: str, partition: int) -> ReadMark | None:
+        return self._marks.get((topic, partition))
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: their next owner reads the marks this member saved."""
+        gone = set(partitions)
+        self._known -= gone
+        for key in [k for k in self._marks if k[1] in gone]:
+            del self._marks[key]

@@ -37,7 +37,7 @@ from stream.errors import ClusterError, MmstreamError
 from stream.gauges import Gauges
 from stream.gctune import tune_gc
 from stream.health import Health, HealthStatus, heartbeat
-from stream.horizon import HorizonTracker
+from stream.horizon import HorizonTracker, ReadMarks
 from stream.kafka import stop_bounded
 from stream.lag import HighwaterRefresh
 from stream.memory import MemoryGuard, rss_bytes
@@ -133,21 +133,22 @@ class Processor:
                    |   acknowledged before the offsets are released
               -> Commit   ledger + horizons -> state topic -> offset commits
 
-        The ledger and the horizons are the one piece of state several stages touch, each in its
-        own way (Intake decides records, Align holds them in windows, Publish releases them,
-        Commit reads the safe offsets), so they are made here and handed to those stages. Built
+        The ledger, the horizons and the read marks are the one piece of state several stages
+        touch, each in its own way (Intake decides records and asks the marks about replays, Align
+        holds records in windows, Publish releases them, Commit reads the safe offsets and saves
+        and loads horizons and marks), so they are made here and handed to those stages. Built
         from the sink up: each stage is given the input of the next."""
         ctx = self.context
-        ledger, horizons = OffsetLedger(), HorizonTracker()
+        ledger, horizons, marks = OffsetLedger(), HorizonTracker(), ReadMarks()
         ends = EndWatch(ctx)
         infer = Infer(ctx, model)
         rules = Rules(ctx, ctx.settings.rules_file)
         publish = Publish(ctx, infer, ledger, horizons, rules)
         batch = Batch(ctx, infer, deliver=publish.deliver)
         align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put)
-        intake = Intake(ctx, align, ledger, ends, self._memory,
+        intake = Intake(ctx, align, ledger, marks, ends, self._memory,
                         downstream_full=lambda: batch.full or publish.aside_full)
-        commit = Commit(ctx, ledger, horizons, align)
+        commit = Commit(ctx, ledger, horizons, marks, align)
         return Stages(intake, align, batch, infer, publish, rules, commit)
 
     # ------------------------------------------------------------------ views

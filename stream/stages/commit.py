@@ -3,7 +3,9 @@
 In: the ledger's decisions (``Intake`` tracks records, ``Align`` holds them in windows, ``Publish``
 releases them when results are acknowledged) and the horizon tokens ``Publish`` acknowledges.
 Out: offset commits, each preceded by saving the sources' horizons to the state topic, so a
-replay never rebuilds a published window. At assignment it reads the horizons back (``load``).
+replay never rebuilds a published window, with each input topic's read mark, so the next owner
+tells a replayed record from a late one (``stream.horizon``). At assignment it reads both back
+(``load``).
 
 The rules (docs/processor.md): an input offset is committed only when every window that used it
 is published and acknowledged; horizons are safe before the offsets that depend on them are
@@ -20,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 
 from stream.errors import ClusterError
-from stream.horizon import MAX_STATE_SOURCES, HorizonTracker, decode_state, encode_state
+from stream.horizon import MAX_STATE_SOURCES, HorizonTracker, ReadMark, ReadMarks, decode_state, encode_state
 from stream.kafka import read_last
 from stream.offsets import OffsetLedger
 from stream.sender import transient
@@ -40,10 +42,12 @@ class Commit:
     ``stop()`` is a no-op kept for the stage protocol: the final commit is ``commit(force=True)``
     in the processor's drain."""
 
-    def __init__(self, ctx: Context, ledger: OffsetLedger, horizons: HorizonTracker, align: Align) -> None:
+    def __init__(self, ctx: Context, ledger: OffsetLedger, horizons: HorizonTracker, marks: ReadMarks,
+                 align: Align) -> None:
         self._ctx = ctx
         self.ledger = ledger
         self.horizons = horizons
+        self.marks = marks
         self._align = align
         self._state_topic = ctx.settings.topics.state_topic(ctx.settings.kafka.group_id)
         self._saved_state: dict[int, bytes] = {}
@@ -86,8 +90,8 @@ class Commit:
         ctx.metrics.commits.labels("ok").inc()
 
     async def save_state(self, partitions: set[int]) -> bool:
-        """Write each partition's horizons to the state topic (when changed) and await the acks:
-        they must be safe before offsets that depend on them are committed."""
+        """Write each partition's horizons and read marks to the state topic (when changed) and
+        await the acks: they must be safe before offsets that depend on them are committed."""
         producer = self._ctx.connection.producer
         assert producer is not None
         futures = []
@@ -96,7 +100,7 @@ class Commit:
                 sources = self._align.sources_in(partition)
                 if len(sources) > MAX_STATE_SOURCES:
                     sources = self._forget_oldest(sources)
-                value = encode_state(self.horizons.snapshot(sources))
+                value = encode_state(self.horizons.snapshot(sources), self._marks_of(partition))
                 if self._saved_state.get(partition) != value:
                     fut = await producer.send(self._state_topic, value=value, key=str(partition).encode(),
                                               partition=partition)
@@ -122,6 +126,17 @@ class Commit:
             return False
         return True
 
+    def _marks_of(self, partition: int) -> dict[str, ReadMark]:
+        """Each input topic's read mark for this partition number: what this member judged,
+        joined with what it inherited and has not read again (``ReadMark.carried``)."""
+        marks: dict[str, ReadMark] = {}
+        position = self._ctx.assignment.position
+        for topic in self._ctx.topic_of.values():
+            inherited = self.marks.get(topic, partition) or ReadMark(0)
+            own = position.get(TopicPartition(topic, partition))
+            marks[topic] = inherited.carried(own, self.ledger.undecided(topic, partition)).bounded()
+        return marks
+
     def _forget_oldest(self, sources: list[str]) -> list[str]:
         """Keep what is remembered of one partition's sources bounded as ids come and go: beyond
         the newest ``MAX_STATE_SOURCES`` (by horizon), retired sources with nothing in flight are
@@ -137,6 +152,7 @@ class Commit:
         """Forget what is kept of revoked partitions and their sources (their next owner reads
         the commit and the state topic)."""
         self.ledger.forget(partitions)
+        self.marks.forget(partitions)
         self._forget_sources(sources)
         for partition in partitions:
             self._saved_state.pop(partition, None)
@@ -150,7 +166,7 @@ class Commit:
             self._ctx.stats.last_results.pop(s, None)
 
     async def load(self, partitions: list[int]) -> None:
-        """Read the newest state records of these partitions and apply their horizons."""
+        """Read the newest state records of these partitions and apply their horizons and marks."""
         reader = self._ctx.connection.state_reader
         if not partitions or reader is None:
             return
@@ -162,10 +178,18 @@ class Commit:
         for partition, values in states.items():
             # a horizon is a fact ("published up to here"), so the newest few records merge by
             # maximum: no reliance on which save landed last
+            # the marks are the newest record's that has any: each owner carries forward what it
+            # inherited (``_marks_of``), so the newest is the furthest
             horizons: dict[str, int] = {}
+            marks: dict[str, ReadMark] | None = None
             for value in values:
-                for source, end_ns in decode_state(value).items():
+                saved = decode_state(value)
+                for source, end_ns in saved.horizons.items():
                     horizons[source] = max(end_ns, horizons.get(source, end_ns))
+                if saved.marks is not None:
+                    marks = saved.marks
+            if marks is not None:
+                self.marks.load(partition, self._ctx.topic_of.values(), marks)
             self.horizons.load(horizons)
             for source, end_ns in horizons.items():
                 self._align.set_horizon(source, end_ns, partition)

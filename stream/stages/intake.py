@@ -30,6 +30,7 @@ from stream.contract import Modality, Origin
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason
 from stream.flow import decide_pauses, stands_at
+from stream.horizon import ReadMarks
 from stream.memory import MemoryGuard
 from stream.offsets import OffsetLedger
 from stream.stages.align import Align
@@ -53,11 +54,12 @@ class Intake:
 
     ``stop()`` is a no-op kept for the stage protocol: the consumer is the processor's to close."""
 
-    def __init__(self, ctx: Context, align: Align, ledger: OffsetLedger, ends: EndWatch, memory: MemoryGuard,
-                 downstream_full: Callable[[], bool]) -> None:
+    def __init__(self, ctx: Context, align: Align, ledger: OffsetLedger, marks: ReadMarks, ends: EndWatch,
+                 memory: MemoryGuard, downstream_full: Callable[[], bool]) -> None:
         self._ctx = ctx
         self._align = align
         self._ledger = ledger
+        self._marks = marks
         self._ends = ends
         self._memory = memory
         self._downstream_full = downstream_full
@@ -248,11 +250,16 @@ class Intake:
             elif status is AddStatus.REJECTED:
                 ledger.track(origin)  # finished when the dead-letter topic acknowledges it
                 aside.append(AsideRecord.of(record, origin, result.reason or Reason.TS_OUT_OF_RANGE, result.detail))
-            else:  # REPLAYED: its window was published before a restart
-                replayed += 1
-                decide(origin)
+            else:  # REPLAYED: its windows were published before a restart
                 if end_ns > newest:  # read progress: a replay must not hold the other topics back
                     newest = end_ns
+                if self._marks.replayed(topic, partition, origin[2]):
+                    replayed += 1
+                    decide(origin)
+                else:  # never judged before (or its late copy unacknowledged): late, as live
+                    ledger.track(origin)
+                    late += 1
+                    aside.append(AsideRecord.of(record, origin, None, result.detail))
         self._event_ns[slot] = newest
         stats = ctx.stats
         if not parked:

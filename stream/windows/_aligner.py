@@ -266,7 +266,11 @@ class Aligner:
         """Every window of [lo, hi] ends at or before the frontier: replayed or late."""
         last_end = interval_windows(hi, hi, self._window_ns, self._hop_ns)[-1] + self._window_ns
         if last_end <= src.horizon:
-            return AddResult(AddStatus.REPLAYED, src.id, (), None, f"window ends {last_end} <= horizon")
+            return AddResult(
+                AddStatus.REPLAYED, src.id, (), None,
+                f"event time {lo} ns: its windows of source {src.id} were published before a restart "
+                f"(up to {src.horizon} ns)",
+            )
         return AddResult(
             AddStatus.LATE, src.id, (), None,
             f"event time {lo} ns: its windows of source {src.id} closed (up to {src.frontier} ns)",

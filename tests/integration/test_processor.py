@@ -118,3 +118,37 @@ async def test_late_record_is_counted_and_routed_not_merged(settings_for, unique
     assert len(routed) == 1 and routed[0].value == late.value
     after = await read_topic(settings, settings.topics.results, timeout_s=5, idle_s=1.0)
     assert sorted(r.offset for r in after) == sorted(r.offset for r in first), "the late frame made a new result"
+
+
+async def test_a_late_record_that_arrives_across_a_restart_is_routed_late_not_taken_for_a_replay(
+        settings_for, unique) -> None:
+    """The first processor publishes every window and stops; a frame for its long-published first
+    window arrives while none runs. The next one reads the published horizons back, which cover
+    that window, and the read marks, which say nobody read the frame: late, as live, not replayed."""
+    import numpy as np
+
+    settings = settings_for(window={"idle_timeout_ms": 800, "allowed_lateness_ms": 100},
+                            topics={"late": f"late-{unique}"})
+    scene = SyntheticScene(SyntheticConfig(sources=1, fps=5, seed=8), start_ns=time.time_ns() - 10 * 10**9)
+    await produce(scene, settings.kafka, settings.topics, settings.limits, duration_s=2.0, realtime=False)
+    expected = expected_windows(scene, 1_000_000_000)
+    # run_until drains and stops: results acknowledged, horizons and read marks saved, offsets committed
+    published = await run_until(Processor(settings), settings, len(expected))
+    assert len(published) == len(expected)
+    late = encode(frame_from_image("src-0", scene.start_ns + 1, np.zeros((8, 8, 3), np.uint8)))
+    producer = make_producer(settings.kafka, settings.limits)
+    await producer.start()
+    await producer.send_and_wait(settings.topics.video, value=late.value, key=late.key, headers=late.headers)
+    await producer.stop()
+    second = Processor(settings)
+    stop = asyncio.Event()
+    await second.start()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        routed = await read_topic(settings, f"late-{unique}", expect=1, timeout_s=30)
+    finally:
+        stop.set()
+        await task
+        await second.stop()
+    assert len(routed) == 1 and routed[0].value == late.value
+    assert (second.stats.late, second.stats.replayed) == (1, 0)

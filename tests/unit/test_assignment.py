@@ -22,7 +22,7 @@ import stream.stages.intake as intake_stage
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
 from stream.errors import ClusterError
-from stream.horizon import decode_state, encode_state
+from stream.horizon import ReadMark, decode_state, encode_state
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
@@ -62,6 +62,57 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     assert processor.stats.replayed == 2 * 200  # everything before 20 s, none of it rebuilt
     queued = [job.window for job in processor.stages.batch.queued()]
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
+
+
+async def test_after_a_restart_only_records_judged_before_count_as_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The horizon says windows through 20 s were published; the read marks say the previous
+    owner had read 150 records of each topic (0-15 s) and still waited for the late copies of
+    two of them. Those two and every record it never read (15-20 s) are late, as a live processor
+    would judge them, and are copied to the late topic; only the rest are replays."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    audio = TopicPartition(processor.settings.topics.audio, 0)
+    records = {
+        video: [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
+                for i in range(300)],
+        audio: [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
+                                             sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)],
+    }
+    processor.connection.consumer = FakeConsumer(records)
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    marks = {video.topic: ReadMark(150, (40, 70)), audio.topic: ReadMark(150)}
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state({"cam": T0 + 10 * S}, {video.topic: ReadMark(90)}),
+                    encode_state({"cam": T0 + 20 * S}, marks)]}  # the newest carries the marks
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    await processor.on_assigned({video, audio})
+    aside: list[Any] = []
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        aside.extend(records)
+
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    for _ in range(20):
+        await processor.step()
+    assert processor.stats.records == 600
+    assert processor.stats.replayed == 2 * 150 - 2
+    assert processor.stats.late == 2 * 50 + 2
+    late = sorted((a.origin.topic, a.origin.offset) for a in aside if a.reason is None)
+    assert late == sorted([(video.topic, 40), (video.topic, 70)]
+                          + [(tp.topic, i) for tp in (video, audio) for i in range(150, 200)])
+    assert all("published before a restart" in a.message for a in aside)
+    # what this owner saves for the next: it read all 300 of each topic; the late copies it made
+    # are not acknowledged (the writer was replaced), so the next owner would judge them again
+    processor.connection.producer = producer = _Producer()
+    assert await processor.stages.commit.save_state({0})
+    saved = decode_state(producer.sent[-1])
+    assert saved.horizons == {"cam": T0 + 20 * S}
+    assert saved.marks == {video.topic: ReadMark(300, (40, 70, *range(150, 200))),
+                           audio.topic: ReadMark(300, tuple(range(150, 200))),
+                           processor.settings.topics.text: ReadMark(0)}
 
 
 class _PausingConsumer(FakeConsumer):
@@ -286,7 +337,7 @@ async def test_sources_that_come_and_go_are_forgotten_past_the_cap(monkeypatch: 
     assert set(align.sources()) == kept
     assert align.retired_sources() == {"gone-0", "gone-3", "gone-4", "gone-5"}
     assert align.unseen_horizons() == {"unseen"}
-    assert set(decode_state(producer.sent[-1])) == kept
+    assert set(decode_state(producer.sent[-1]).horizons) == kept
     commit.horizons.acked("gone-0", in_flight)
     assert commit.horizons.horizon("gone-0") == T0 + 7 * S  # not lost while in flight
 

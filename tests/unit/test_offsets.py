@@ -34,6 +34,21 @@ def test_commit_stops_at_the_oldest_unfinished_offset() -> None:
     assert led.safe_offsets() == {(V, 0): 5}
 
 
+def test_undecided_lists_records_read_and_neither_held_nor_done() -> None:
+    """What a state record names so the next owner judges them again (a late copy in flight)."""
+    led = OffsetLedger()
+    for off in range(4):
+        led.track(Origin(V, 0, off))
+    led.read(Origin(V, 0, 4), (("cam", 0),))  # decided when read: never undecided
+    assert led.undecided(V, 0) == [0, 1, 2, 3]
+    led.done(Origin(V, 0, 2))
+    led.hold(Origin(V, 0, 0), [("cam", 0)])
+    assert led.undecided(V, 0) == [1, 3]
+    assert led.undecided(V, 1) == []
+    led.forget([0])
+    assert led.undecided(V, 0) == []
+
+
 def test_hold_with_no_window_is_done_and_offsets_may_skip() -> None:
     led = OffsetLedger()
     for off in (10, 13, 20):  # compaction / transaction markers leave holes
