@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -33,6 +33,7 @@ from stream.oauth import TokenProvider
 __all__ = [
     "fetched_high_watermarks",
     "max_request_bytes",
+    "read_back",
     "read_last",
     "rest",
     "check_copartitioned",
@@ -359,18 +360,36 @@ async def read_last(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable
         ClusterError: no answer within ``timeout_s``.
     """
     tps = [TopicPartition(topic, p) for p in partitions]
+    values, _ = await read_back(consumer, dict.fromkeys(tps, 0), lambda tp, first, high: max(high - count, 0),
+                                timeout_s)
+    return {tp.partition: values[tp] for tp in tps}
+
+
+async def read_back(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int],
+                    first: Callable[[TopicPartition, int, int], int], timeout_s: float,
+                    ) -> tuple[dict[TopicPartition, list[bytes]], dict[TopicPartition, int]]:
+    """Read partitions back with a non-group consumer: assign them, learn each high watermark
+    from a fetch at ``start``, read the values from ``first(tp, start, high)`` up to it, and
+    leave the partitions resting (``rest``). Returns the values and the high watermarks.
+
+    Raises:
+        ClusterError: not every partition read up to its high watermark within ``timeout_s``.
+    """
+    tps = list(start)
     if not tps:
-        return {}
+        return {}, {}
     consumer.assign(tps)
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        high = await fetched_high_watermarks(consumer, tps, dict.fromkeys(tps, 0), deadline)
-        values, pending = await read_range(consumer, {tp: max(high[tp] - count, 0) for tp in tps}, high, deadline)
+        high = await fetched_high_watermarks(consumer, tps, start, deadline)
+        values, pending = await read_range(consumer, {tp: first(tp, start[tp], high[tp]) for tp in tps}, high,
+                                           deadline)
     finally:
         rest(consumer, tps)
     if pending:
-        raise ClusterError(f"could not read the last records of {sorted(tp.partition for tp in pending)} in {topic}")
-    return {tp.partition: values[tp] for tp in tps}
+        raise ClusterError(f"could not read {tps[0].topic} partitions {sorted(tp.partition for tp in pending)} "
+                           f"up to their high watermark within {timeout_s:.0f} s")
+    return values, high
 
 
 def rest(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:

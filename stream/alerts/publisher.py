@@ -179,14 +179,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
     """
     from aiokafka import TopicPartition
 
-    from stream.kafka import (
-        fetched_high_watermarks,
-        make_consumer,
-        read_range,
-        rest,
-        stop_bounded,
-        topic_partitions,
-    )
+    from stream.kafka import make_consumer, read_back, stop_bounded, topic_partitions
 
     since = since or {}
     topic = settings.topics.alerts
@@ -194,31 +187,16 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
     if own:
         reader = make_consumer(settings.kafka, settings.limits, group=False)
         await reader.start()
-    values: dict[int, list[bytes]] = {}
-    ends: dict[int, int] = {}
     try:
         parts = reader.partitions_for_topic(topic) or set()
         if not parts:
             parts = set((await topic_partitions(reader, [topic]))[topic])
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        start = {tp: max(since.get(tp.partition, 0), 0) for tp in tps}
-        if tps:
-            reader.assign(tps)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + READ_BACK_TIMEOUT_S
-            try:
-                high = await fetched_high_watermarks(reader, tps, start, deadline)
-                for tp in tps:
-                    if start[tp] > high[tp]:
-                        start[tp] = 0  # the partition is shorter than what was read: a new topic
-                ends = {tp.partition: high[tp] for tp in tps}
-                read, pending = await read_range(reader, start, high, deadline)
-            finally:
-                rest(reader, tps)
-            values = {tp.partition: read[tp] for tp in tps}
-            if pending:
-                raise ClusterError(f"could not read {topic} partitions {sorted(tp.partition for tp in pending)} "
-                                   f"up to their high watermark within {READ_BACK_TIMEOUT_S:.0f} s")
+        start = {TopicPartition(topic, p): max(since.get(p, 0), 0) for p in sorted(parts)}
+        # a partition shorter than what was read before is a new topic: from its start
+        read, high = await read_back(reader, start, lambda tp, first, high: first if first <= high else 0,
+                                     READ_BACK_TIMEOUT_S)
+        values = {tp.partition: records for tp, records in read.items()}
+        ends = {tp.partition: offset for tp, offset in high.items()}
     finally:
         if own:
             await stop_bounded(reader, settings.kafka.request_timeout_ms, "alerts reader")
