@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream.contract import WindowResult
+from stream.contract import WindowResult, s16_from_float
 from stream.errors import ConfigError
 from stream.windows import ClosedWindow
 
@@ -213,9 +213,8 @@ def _fsync_folder(path: Path) -> None:
 
 
 def _wav_bytes(audio: np.ndarray, rate: int) -> bytes:
-    """s16 PCM from floats in [-1, 1]: the inverse of the decoder's ``x / 32768``, so an s16 chunk
-    recorded is bit-exact; +1.0 (only a float source reaches it) clips to 32767."""
-    pcm = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    """A WAV of the window's audio (floats in [-1, 1]): an s16 chunk recorded is bit-exact."""
+    pcm = s16_from_float(audio)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(pcm.shape[1] if pcm.ndim == 2 else 1)

@@ -90,6 +90,7 @@ __all__ = [
     "WindowResult",
     "audio_chunk_from_samples",
     "dead_letter_headers",
+    "s16_from_float",
     "declared_size",
     "encode",
     "frame_from_image",
@@ -148,6 +149,13 @@ def frame_from_image(
     return VideoFrame(source_id=source_id, ts_ns=ts_ns, encoding=encoding, data=buf.tobytes())
 
 
+def s16_from_float(samples: np.ndarray) -> np.ndarray:
+    """s16 PCM from floats in [-1, 1]: the inverse of how an s16 chunk is read (``x / 32768``), so
+    s16 audio read and written again is bit-exact; +1.0 (only a float source reaches it) clips
+    to 32767."""
+    return np.clip(np.round(samples.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
+
+
 def audio_chunk_from_samples(
     source_id: str, ts_ns: int, samples: np.ndarray, sample_rate: int,
     *, sample_format: Literal["s16le", "f32le"] = "s16le",
@@ -155,9 +163,7 @@ def audio_chunk_from_samples(
     """An audio item from samples shaped (n,) or (n, channels): float in [-1, 1] or int16."""
     arr = samples if samples.ndim == 2 else samples.reshape(-1, 1)
     if sample_format == "s16le":
-        if arr.dtype != np.int16:
-            arr = np.clip(np.round(arr.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
-        data = arr.astype("<i2").tobytes()
+        data = (arr.astype("<i2") if arr.dtype == np.int16 else s16_from_float(arr)).tobytes()
     else:
         data = arr.astype("<f4").tobytes()
     return AudioChunk(source_id=source_id, ts_ns=ts_ns, sample_format=sample_format,

@@ -74,6 +74,15 @@ def test_audio_chunk_from_samples_round_trips(fmt: str) -> None:
     assert item.sample_ns(16_000) == TS + 1_000_000_000
 
 
+def test_s16_audio_read_and_written_again_is_bit_exact() -> None:
+    """What a chunk's samples() gives back makes the same chunk (a recorder, a resampler that
+    passes audio through): the write is the inverse of the read (x / 32768)."""
+    pcm = np.arange(-32768, 32768, 7, dtype=np.int16)
+    item = audio_chunk_from_samples("mic", TS, pcm, 16_000)
+    again = audio_chunk_from_samples("mic", TS, item.samples(), 16_000)
+    assert again.data == item.data
+
+
 def test_audio_chunk_from_int16_mono_keeps_samples() -> None:
     pcm = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
     item = audio_chunk_from_samples("mic", TS, pcm, 8000)
