@@ -43,6 +43,8 @@ FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 # (Phrases such as "I see a {}" pull it the other way: "I see a seven" -> "I see you soon.")
 CARRIERS = ("number {}", "the number is {}", "number {}", "{}")  # drawn uniformly: "number {}" half the time
 MANIFEST = "avdigits.json"
+INDEX = "windows.jsonl"
+BUILDING = ".avdigits-building"  # present while a build runs (``_prepare``)
 
 
 class AvdigitsConfig(BaseModel):
@@ -176,11 +178,19 @@ def _render_clip(spec: ClipSpec) -> np.ndarray:
 
 
 def _prepare(out: Path) -> None:
-    """An empty folder, or a previous avdigits build whose outputs (not its cache) are replaced."""
+    """An empty folder, or a previous avdigits build (or one cut short) whose outputs, not its
+    cache, are replaced. The manifest and the index go first and come back last, with the marker
+    ``BUILDING`` between: a build cut short (a crash, Ctrl-C) never looks complete, with an index
+    naming files that are gone, and may be built again in place."""
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    ours = (out / MANIFEST).is_file() or (out / BUILDING).is_file()
+    if out.is_dir() and any(out.iterdir()) and not ours:
         raise DatasetError(f"{out} is not empty and holds no avdigits build ({MANIFEST}); choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BUILDING).touch()
+    for name in (MANIFEST, INDEX):
+        (out / name).unlink(missing_ok=True)
     for sub in ("images", "audio"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
@@ -242,7 +252,7 @@ def build(out: Path, config: AvdigitsConfig, progress: Callable[[str], None] | N
             "speed": c.prosody.speed, "said": c.words, "noise": c.noise, "snr_db": c.snr_db,
             "babble": DIGIT_WORDS[c.babble] if c.babble is not None else None, "corruption": config.corruption,
         }))
-    (out / "windows.jsonl").write_text("\n".join(lines) + "\n")
+    (out / INDEX).write_text("\n".join(lines) + "\n")
     per_split = {s: sum(w.split == s for w in windows) for s in SPLITS}
     report = BuildReport(out, len(windows), len(clips), transcribed, round(time.monotonic() - started, 1), per_split)
     blocks = image_splits(len(targets))
@@ -253,4 +263,5 @@ def build(out: Path, config: AvdigitsConfig, progress: Callable[[str], None] | N
         "voices": {s: [v.key for v in voices_of(s)] for s in SPLITS},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / BUILDING).unlink()
     return report

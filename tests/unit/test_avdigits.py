@@ -24,6 +24,7 @@ if shutil.which("flite") is None or shutil.which("espeak-ng") is None:
 
 from sklearn.datasets import load_digits  # noqa: E402
 
+from stream.datasets import avdigits  # noqa: E402
 from stream.datasets.avdigits import SPLITS, AvdigitsConfig, build, image_splits, plan  # noqa: E402
 from stream.datasets.baselines import baselines, digit_in  # noqa: E402
 from stream.datasets.errors import DatasetError  # noqa: E402
@@ -150,6 +151,23 @@ def test_a_folder_that_is_not_a_build_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not empty"):
         build(tmp_path, AvdigitsConfig(**TINY))
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_build_cut_short_never_looks_complete_and_is_built_again_in_place(
+        built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "c"
+    shutil.copytree(built[0], folder)
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(avdigits, "_render_clip", crash)
+        with pytest.raises(KeyboardInterrupt):
+            build(folder, AvdigitsConfig(**TINY, cache=built[1]))
+    assert not (folder / avdigits.MANIFEST).exists() and not (folder / avdigits.INDEX).exists()
+    build(folder, AvdigitsConfig(**TINY, cache=built[1]))  # the same folder, again
+    assert _digest(folder) == _digest(built[0])
 
 
 def test_baselines_run_on_the_build(built: tuple[Path, Path]) -> None:
