@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stream.contract import VideoFrame, frame_from_image
 from stream.errors import CaptureError
+from stream.sources._device import SerialCapture
 from stream.sources._publish import Publisher
 from stream.sources.clock import CaptureClock, default_clock
 
@@ -167,7 +168,7 @@ class CameraSource:
         """
         cfg = self.config
         stop = stop or asyncio.Event()
-        cap = await asyncio.to_thread(open_capture, cfg.device, cfg.open_timeout_ms)
+        cap: SerialCapture | None = await self._open()
         attempt = 0
         try:
             while not stop.is_set():
@@ -175,7 +176,7 @@ class CameraSource:
                 reason = await self._stream(cap, stop)
                 if (time.monotonic() - began) * 1000 >= cfg.healthy_ms:
                     attempt = 0  # it ran well: the next failure starts a fresh backoff
-                await asyncio.to_thread(cap.release)
+                await cap.release()
                 cap = None
                 if stop.is_set():
                     self.stats.ended = "stopped"
@@ -201,7 +202,7 @@ class CameraSource:
                     except TimeoutError:
                         pass
                     try:
-                        cap = await asyncio.to_thread(open_capture, cfg.device, cfg.open_timeout_ms)
+                        cap = await self._open()
                         self.stats.reconnects += 1
                         log.warning("camera %s: reconnected to %s after %d attempts", cfg.source_id, cfg.device,
                                     attempt)
@@ -211,16 +212,20 @@ class CameraSource:
                 self.stats.ended = "stopped"
         finally:
             if cap is not None:
-                await asyncio.to_thread(cap.release)
+                await cap.release()  # behind a read in flight if the task was cancelled in one
         return self.stats
 
-    async def _stream(self, cap: Any, stop: asyncio.Event) -> str:
+    async def _open(self) -> SerialCapture:
+        cfg = self.config
+        return await SerialCapture.open(lambda: open_capture(cfg.device, cfg.open_timeout_ms), f"camera-{cfg.source_id}")
+
+    async def _stream(self, cap: SerialCapture, stop: asyncio.Event) -> str:
         """Read frames until the capture fails; returns why it ended."""
         import cv2
 
         cfg = self.config
         cap_fps = FpsCap(cfg.fps_cap)
-        file_fps = cap.get(cv2.CAP_PROP_FPS) if self._is_file else 0.0
+        file_fps = await cap.get(cv2.CAP_PROP_FPS) if self._is_file else 0.0
         period_s = 1.0 / file_fps if self._is_file and cfg.file_realtime and file_fps > 0 else 0.0
         next_read = time.monotonic()
         while not stop.is_set():
@@ -230,7 +235,7 @@ class CameraSource:
                     await asyncio.sleep(delay)
                 next_read += period_s
             try:
-                ok, image = await asyncio.to_thread(cap.read)
+                ok, image = await cap.read()
             except cv2.error as exc:
                 return f"read failed: {exc}"
             if not ok or image is None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.contract import TranscriptSegment, audio_chunk_from_samples
 from stream.errors import CaptureError
+from stream.sources._device import SerialCapture
 from stream.sources._publish import Publisher
 from stream.sources.audiofile import WavReader
 from stream.sources.camera import FpsCap, FrameOptions, open_capture
@@ -121,19 +122,19 @@ async def replay_video(
     frames = frames or FrameOptions()
     if not Path(path).exists():
         raise CaptureError(f"video file {path} does not exist")
-    cap = open_capture(str(path))
+    cap = await SerialCapture.open(lambda: open_capture(str(path)), f"video-{opts.source_id}")
     pacer = Pacer(opts, clock or default_clock())
     stats = ReplayStats(start_ns=pacer.start_ns)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    fps = await cap.get(cv2.CAP_PROP_FPS) or 0.0
     cap_fps = FpsCap(frames.fps_cap)
     last_media = -1
     index = 0
     try:
         while stop is None or not stop.is_set():
-            ok, image = await asyncio.to_thread(cap.read)
+            ok, image = await cap.read()
             if not ok or image is None:
                 break
-            pos_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+            pos_ms = await cap.get(cv2.CAP_PROP_POS_MSEC)
             media_ns = round(pos_ms * 1_000_000)
             if media_ns <= last_media:
                 if media_ns == 0:  # no container timestamp: fall back to the frame rate
@@ -152,7 +153,7 @@ async def replay_video(
             cap_fps.sent(media_ns)
             _seen(stats, ts)
     finally:
-        cap.release()
+        await cap.release()  # behind a read in flight if the task was cancelled in one
     await publisher.flush()
     log.info("video %s: %d frames as %s from %d", path, stats.records, opts.source_id, stats.start_ns)
     return stats

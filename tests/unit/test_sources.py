@@ -311,6 +311,51 @@ async def test_camera_that_returns_an_empty_image_ends_the_stream_instead_of_cra
     assert stats.frames == 2 and len(sink.items) == 2 and stats.ended == "device delivered an empty frame"
 
 
+class BlockingCapture(FakeCapture):
+    """A device whose second read blocks until ``go``; notes any call made while a read runs."""
+
+    def __init__(self) -> None:
+        super().__init__([_image(0), _image(1)])
+        self.reading, self.go = threading.Event(), threading.Event()
+        self.busy = False
+        self.overlapped: list[str] = []
+        self.released = threading.Event()
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.busy = True
+        if self._i == 0:
+            self.reading.set()
+            self.go.wait(10)
+        out = super().read()
+        self.busy = False
+        return out
+
+    def release(self) -> None:
+        if self.busy:
+            self.overlapped.append("release")
+        self.released.set()
+
+
+async def test_a_camera_cancelled_in_a_blocked_read_releases_the_device_only_after_it(monkeypatch) -> None:
+    """OpenCV's captures are not thread-safe: a release beside the read crashes the backend."""
+    from stream.sources import _device, camera
+    from stream.sources.clock import ManualClock
+
+    device = BlockingCapture()
+    monkeypatch.setattr(camera, "open_capture", lambda device_, timeout_ms=0: device)
+    monkeypatch.setattr(_device, "RELEASE_WAIT_S", 0.2)
+    cfg = camera.CameraConfig(device="0", source_id="cam-b", on_end="exit")
+    task = asyncio.create_task(camera.CameraSource(cfg, Sink(), clock=ManualClock(T0)).run())  # type: ignore[arg-type]
+    assert await asyncio.to_thread(device.reading.wait, 10)
+    task.cancel()  # as the demo does to a source past its stop grace
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not device.released.is_set()  # still blocked: the release waits behind the read
+    device.go.set()
+    assert await asyncio.to_thread(device.released.wait, 10)
+    assert device.overlapped == []
+
+
 def test_a_bgra_image_becomes_a_raw_frame_the_contract_accepts() -> None:
     from stream.contract import encode
     from stream.decode import decode
