@@ -35,6 +35,7 @@ import numpy as np
 
 from stream.contract import AudioChunk, VideoFrame, audio_chunk_from_samples
 from stream.errors import CaptureError
+from stream.sources._device import SerialThread
 from stream.sources._publish import Publisher
 from stream.sources.audiofile import require_av, stream_end_s
 from stream.sources.camera import FpsCap, FrameOptions
@@ -271,14 +272,19 @@ async def replay_media(
     if chunk_ms <= 0:
         raise CaptureError(f"chunk_ms must be more than 0, got {chunk_ms}")
     frames = frames or FrameOptions()
-    container = await asyncio.to_thread(_open, str(path))
+    decoder = SerialThread(f"media-{opts.source_id}")  # the container and its reader on one thread
+    try:
+        container = await decoder.call(_open, str(path))
+    except BaseException:
+        await decoder.last()
+        raise
     pacer = Pacer(opts, clock or default_clock())
     stats = MediaStats(start_ns=pacer.start_ns)
     cap = FpsCap(frames.fps_cap)
     items = _items(container, chunk_ms, stats)
     try:
         while stop is None or not stop.is_set():
-            batch = await asyncio.to_thread(_pull, items)
+            batch = await decoder.call(_pull, items)
             if not batch:
                 break
             for item in batch:
@@ -301,8 +307,7 @@ async def replay_media(
                 stats.first_ts_ns = ts if stats.first_ts_ns is None else min(stats.first_ts_ns, ts)
                 stats.last_ts_ns = ts if stats.last_ts_ns is None else max(stats.last_ts_ns, ts)
     finally:
-        items.close()
-        container.close()
+        await decoder.last(items.close, container.close)  # behind a decode in flight if cancelled in one
     await publisher.flush()
     log.info("media %s: %d frames and %d audio chunks (%d samples) as %s from %d", path, stats.frames,
              stats.chunks, stats.audio_samples, opts.source_id, stats.start_ns)

@@ -292,3 +292,56 @@ def test_stems_with_nothing_a_key_may_hold_never_share_a_source() -> None:
     assert source_id_for("録画.mp4") != source_id_for("音声.wav")
     assert source_id_for("録画.mp4") == source_id_for("/elsewhere/録画.mkv")  # the stem decides
 
+
+
+async def test_a_replay_cancelled_in_a_decode_closes_the_file_only_after_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """PyAV's containers and the generator reading them are not thread-safe: closed beside a
+    decode in flight they crashed, or raised "generator already executing" instead of stopping."""
+    import asyncio
+    import threading
+
+    from stream.sources import _device, media
+    from stream.sources.files import ReplayOptions
+
+    write_media(tmp_path / "clip.mkv", seconds=1.0)
+    decoding, go, closed = threading.Event(), threading.Event(), threading.Event()
+    calls: list[str] = []
+    pull = media._pull
+
+    def slow_pull(items: Any) -> list[Any]:
+        calls.append("pull")
+        decoding.set()
+        go.wait(10)
+        out = pull(items)
+        calls.append("pulled")
+        return out
+
+    opened = media._open
+
+    def open_noting_close(path: str) -> Any:
+        container = opened(path)
+
+        class Noting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(container, name)
+
+            def close(self) -> None:
+                calls.append("close")
+                container.close()
+                closed.set()
+
+        return Noting()
+
+    monkeypatch.setattr(media, "_pull", slow_pull)
+    monkeypatch.setattr(media, "_open", open_noting_close)
+    monkeypatch.setattr(_device, "LAST_WAIT_S", 0.2)
+    options = ReplayOptions(source_id="clip", start_ns=T0, realtime=False)
+    task = asyncio.create_task(media.replay_media(tmp_path / "clip.mkv", Sink(), options))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(decoding.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):  # cancelled, not "generator already executing"
+        await task
+    assert not closed.is_set()
+    go.set()
+    assert await asyncio.to_thread(closed.wait, 10)
+    assert calls == ["pull", "pulled", "close"]

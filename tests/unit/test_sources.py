@@ -343,7 +343,7 @@ async def test_a_camera_cancelled_in_a_blocked_read_releases_the_device_only_aft
 
     device = BlockingCapture()
     monkeypatch.setattr(camera, "open_capture", lambda device_, timeout_ms=0: device)
-    monkeypatch.setattr(_device, "RELEASE_WAIT_S", 0.2)
+    monkeypatch.setattr(_device, "LAST_WAIT_S", 0.2)
     cfg = camera.CameraConfig(device="0", source_id="cam-b", on_end="exit")
     task = asyncio.create_task(camera.CameraSource(cfg, Sink(), clock=ManualClock(T0)).run())  # type: ignore[arg-type]
     assert await asyncio.to_thread(device.reading.wait, 10)
