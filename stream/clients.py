@@ -11,7 +11,7 @@ What the processor calls on them (a replacement implements exactly this):
 - consumer: ``start``, ``stop``, ``subscribe(topics, listener=)``, ``getmany(timeout_ms=,
   max_records=)``, ``highwater``, ``last_poll_timestamp``, ``position``, ``end_offsets``,
   ``pause``, ``resume``, ``commit(offsets)``;
-- state reader (``stream.kafka.read_last``, and ``stream.alerts.read_alerts`` for the rules'
+- state reader (``stream.kafka_read.read_last``, and ``stream.alerts.read_alerts`` for the rules'
   open episodes): ``start``, ``stop``, ``assign``, ``seek``, ``getmany(*partitions,
   timeout_ms=, max_records=)``, ``highwater``, and ``partitions_for_topic`` for the alerts;
 - producer: ``start``, ``stop``, ``send(topic, value=, key=, headers=, partition=)`` returning

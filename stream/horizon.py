@@ -17,14 +17,8 @@ would be the natural home, but the embedded broker (tansu) drops it; the state t
 same everywhere. A horizon is a fact ("published up to here"), so a state record newer than the
 committed offsets is still right.
 
-A horizon alone cannot tell a replay from a record that is late: both fall in windows published
-before. So each state record also carries, per input topic of the partition, its ``ReadMark``:
-how far the owner had read (every record before it was judged) and which of those records still
-waited for their dead-letter or late copy to be acknowledged. The next owner counts a record in a
-published window as replayed only if an earlier owner judged it and nothing of it is outstanding;
-any other is judged as a live processor would judge it, late, and copied to the late topic
-(``ReadMarks``). Without marks (a state record of an older version) every such record is taken for
-a replay, as before.
+Each state record also carries the read marks of the partition's input topics
+(``stream.marks``), which tell a replayed record from a late one.
 """
 
 from __future__ import annotations
@@ -32,10 +26,12 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["HorizonToken", "HorizonTracker", "ReadMark", "ReadMarks", "SavedState", "decode_state", "encode_state"]
+from stream.marks import ReadMark
+
+__all__ = ["HorizonToken", "HorizonTracker", "SavedState", "decode_state", "encode_state"]
 
 STATE_VERSION = 1
 
@@ -106,61 +102,26 @@ The processor forgets such sources in memory too (those with nothing open or in 
 it keeps per partition is bounded the same way."""
 
 
-MAX_UNDECIDED = 1_000
-"""Undecided offsets one ``ReadMark`` lists at most. Past it, the mark's position is lowered to the
-first offset left out: everything from there on is judged afresh by the next owner, which can
-only copy a replayed record to the late topic once more, never lose one."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReadMark:
-    """How far an owner had judged one input topic-partition when it saved its state: every
-    record before ``position`` was judged, and those at ``undecided`` (ascending) still waited
-    for their dead-letter or late copy to be acknowledged (or sat in the park)."""
-
-    position: int
-    undecided: tuple[int, ...] = ()
-    _waiting: frozenset[int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_waiting", frozenset(self.undecided))
-
-    def judged(self, offset: int) -> bool:
-        """Whether this record was judged and nothing of it is outstanding."""
-        return offset < self.position and offset not in self._waiting
-
-    def bounded(self) -> ReadMark:
-        """At most ``MAX_UNDECIDED`` offsets: past them, the position moves back (see there)."""
-        if len(self.undecided) <= MAX_UNDECIDED:
-            return self
-        return ReadMark(self.undecided[MAX_UNDECIDED], self.undecided[:MAX_UNDECIDED])
-
-    def carried(self, position: int | None, undecided: Iterable[int]) -> ReadMark:
-        """This (inherited) mark joined with what the current owner judged since: it read up to
-        ``position`` (None: nothing yet), and ``undecided`` of its own records wait. An inherited
-        undecided offset the owner has read again was judged again (its own list says the rest)."""
-        own = position if position is not None else -1
-        waiting = set(undecided) | {o for o in self.undecided if o >= own}
-        return ReadMark(max(own, self.position), tuple(sorted(waiting)))
-
-
 class SavedState(NamedTuple):
-    """One state record read back: the sources' horizons and the topics' read marks (``marks`` is
-    None for a record of an older version, which carried none)."""
+    """One state record read back: the sources' horizons, the topics' read marks (None for a record
+    of an older version, which carried none) and the horizons their inherited ranges trust."""
 
     horizons: dict[str, int]
     marks: dict[str, ReadMark] | None
+    trusted: dict[str, int] = {}
 
 
 def encode_state(horizons: dict[str, int], marks: Mapping[str, ReadMark] | None = None,
-                 limit: int = MAX_STATE_SOURCES) -> bytes:
-    """The state record of one input partition: the sources' horizons (the newest ``limit``) and
-    each input topic's read mark."""
+                 trusted: Mapping[str, int] | None = None, limit: int = MAX_STATE_SOURCES) -> bytes:
+    """The state record of one input partition: the sources' horizons (the newest ``limit``), each
+    input topic's read mark and the trusted horizons (``stream.marks``)."""
     if len(horizons) > limit:
         horizons = dict(sorted(horizons.items(), key=lambda kv: kv[1])[-limit:])
     doc: dict[str, object] = {"v": STATE_VERSION, "h": horizons}
     if marks is not None:
-        doc["r"] = {topic: [m.position, list(m.undecided)] for topic, m in marks.items()}
+        doc["r"] = {topic: [m.position, list(m.undecided), m.trusted_to] for topic, m in marks.items()}
+        if trusted:
+            doc["t"] = dict(trusted)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -175,47 +136,16 @@ def decode_state(value: bytes | None) -> SavedState:
             return empty
         horizons = {str(k): int(v) for k, v in doc.get("h", {}).items()}
         raw = doc.get("r")
-        marks = None if raw is None else {
-            str(topic): ReadMark(int(pos), tuple(sorted(int(o) for o in waiting)))
-            for topic, (pos, waiting) in raw.items()
-        }
-        return SavedState(horizons, marks)
+        if raw is None:
+            return SavedState(horizons, None)
+        marks = {str(topic): _mark(fields) for topic, fields in raw.items()}
+        trusted = {str(k): int(v) for k, v in doc.get("t", {}).items()}
+        return SavedState(horizons, marks, trusted)
     except (ValueError, TypeError, AttributeError):
         return empty
 
 
-class ReadMarks:
-    """The read marks earlier owners left for the input partitions this member owns: what tells
-    a replayed record (judged before, nothing outstanding) from a record that falls in windows
-    published before it was ever judged (a new late record, or one whose late copy was never
-    acknowledged), which is judged as live would judge it. Loaded by ``Commit`` at assignment,
-    asked by ``Intake`` for each record the aligner finds replayed, carried into every save."""
-
-    def __init__(self) -> None:
-        self._marks: dict[tuple[str, int], ReadMark] = {}
-        self._known: set[int] = set()  # partitions whose state carried marks
-
-    def load(self, partition: int, topics: Iterable[str], marks: dict[str, ReadMark]) -> None:
-        """Marks read back for one partition (the newest state record that carried any). A topic
-        without a mark there was not read by that owner: none of its records was judged."""
-        self._known.add(partition)
-        for topic in topics:
-            self._marks[(topic, partition)] = marks.get(topic, ReadMark(0))
-
-    def replayed(self, topic: str, partition: int, offset: int) -> bool:
-        """Whether a record in published windows is a replay (else it is judged late). Without
-        marks for its partition (none saved yet, or an older state record) it is a replay."""
-        mark = self._marks.get((topic, partition))
-        if mark is None:
-            return partition not in self._known
-        return mark.judged(offset)
-
-    def get(self, topic: str, partition: int) -> ReadMark | None:
-        return self._marks.get((topic, partition))
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Revoked partitions: their next owner reads the marks this member saved."""
-        gone = set(partitions)
-        self._known -= gone
-        for key in [k for k in self._marks if k[1] in gone]:
-            del self._marks[key]
+def _mark(fields: list[object]) -> ReadMark:
+    position, waiting, *rest = fields
+    trusted_to = int(rest[0]) if rest else 0  # type: ignore[call-overload]
+    return ReadMark(int(position), tuple(sorted(int(o) for o in waiting)), trusted_to)  # type: ignore[call-overload, union-attr]

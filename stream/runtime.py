@@ -37,9 +37,10 @@ from stream.errors import ClusterError, MmstreamError
 from stream.gauges import Gauges
 from stream.gctune import tune_gc
 from stream.health import Health, HealthStatus, heartbeat
-from stream.horizon import HorizonTracker, ReadMarks
+from stream.horizon import HorizonTracker
 from stream.kafka import stop_bounded
 from stream.lag import HighwaterRefresh
+from stream.marks import ReadMarks
 from stream.memory import MemoryGuard, rss_bytes
 from stream.metrics import Metrics, MetricsServer, ProcessorStats
 from stream.offsets import OffsetLedger

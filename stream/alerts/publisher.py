@@ -179,7 +179,8 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
     """
     from aiokafka import TopicPartition
 
-    from stream.kafka import make_consumer, read_back, stop_bounded, topic_partitions
+    from stream.kafka import make_consumer, stop_bounded, topic_partitions
+    from stream.kafka_read import read_to_end
 
     since = since or {}
     topic = settings.topics.alerts
@@ -193,7 +194,7 @@ async def read_alerts(settings: Any, since: Mapping[int, int] | None = None, *, 
             parts = set((await topic_partitions(reader, [topic]))[topic])
         start = {TopicPartition(topic, p): max(since.get(p, 0), 0) for p in sorted(parts)}
         # a partition shorter than what was read before is a new topic: from its start
-        read, high = await read_back(reader, start, lambda tp, first, high: first if first <= high else 0,
+        read, high = await read_to_end(reader, start, lambda tp, first, high: first if first <= high else 0,
                                      READ_BACK_TIMEOUT_S)
         values = {tp.partition: records for tp, records in read.items()}
         ends = {tp.partition: offset for tp, offset in high.items()}

@@ -90,12 +90,12 @@ __all__ = [
     "WindowResult",
     "audio_chunk_from_samples",
     "dead_letter_headers",
-    "s16_from_float",
     "declared_size",
     "encode",
     "frame_from_image",
     "json_headers",
     "record_schemas",
+    "s16_from_float",
 ]
 
 

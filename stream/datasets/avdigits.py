@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -196,6 +197,14 @@ def _prepare(out: Path) -> None:
         (out / sub).mkdir(parents=True)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Written whole or not at all (a temporary file renamed): the readers of the index take
+    every line, and a crash in the middle of a write must not leave them a torn last one."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 def _load_scans() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
@@ -252,7 +261,7 @@ def build(out: Path, config: AvdigitsConfig, progress: Callable[[str], None] | N
             "speed": c.prosody.speed, "said": c.words, "noise": c.noise, "snr_db": c.snr_db,
             "babble": DIGIT_WORDS[c.babble] if c.babble is not None else None, "corruption": config.corruption,
         }))
-    (out / INDEX).write_text("\n".join(lines) + "\n")
+    _write_whole(out / INDEX, "\n".join(lines) + "\n")
     per_split = {s: sum(w.split == s for w in windows) for s in SPLITS}
     report = BuildReport(out, len(windows), len(clips), transcribed, round(time.monotonic() - started, 1), per_split)
     blocks = image_splits(len(targets))
@@ -262,6 +271,6 @@ def build(out: Path, config: AvdigitsConfig, progress: Callable[[str], None] | N
         "image_indices": {s: [int(b[0]), int(b[-1]) + 1] for s, b in blocks.items()},
         "voices": {s: [v.key for v in voices_of(s)] for s in SPLITS},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_whole(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     (out / BUILDING).unlink()
     return report

@@ -13,7 +13,8 @@ broker at each acknowledgement and each commit, and from the runner after each p
   window it belongs to), dead letter or late copy. A record the scenario made late may be partly
   late (time.md: placed in the windows still open, its head dropped from those closed before it
   came, with no late copy): it is reflected once an acknowledged result of one of its windows
-  names its offset among those it holds, or by its late copy;
+  names its offset among those it holds and every later window of it is published, or by its
+  late copy;
 - ``uncommitted``: at the end, input records were never committed;
 - ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
   the broker was answering;
@@ -218,9 +219,11 @@ class Checker:
             return True
         if source.fate is Fate.BAD:
             return False
-        windows = [self.windows[(source.source_id, s.start_ns)] for s in source.shares]
-        if source.fate is Fate.MAY_BE_LATE:  # wholly or partly late (see the module docstring)
-            return any(w.holds(tp.topic, tp.partition, offset) for w in windows)
+        windows = [self.windows[(source.source_id, s.start_ns)] for s in sorted(source.shares, key=lambda s: s.start_ns)]
+        if source.fate is Fate.MAY_BE_LATE and windows:  # wholly or partly late (see the module docstring)
+            # only a head may be dropped: from the first window holding the record, all are published
+            held = next((i for i, w in enumerate(windows) if w.holds(tp.topic, tp.partition, offset)), None)
+            return held is not None and all(w.copies for w in windows[held:])
         return all(w.copies for w in windows)
 
     # ------------------------------------------------------------------ the runner's reports

@@ -22,8 +22,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 
 from stream.errors import ClusterError
-from stream.horizon import MAX_STATE_SOURCES, HorizonTracker, ReadMark, ReadMarks, decode_state, encode_state
-from stream.kafka import read_last
+from stream.horizon import MAX_STATE_SOURCES, HorizonTracker, SavedState, decode_state, encode_state
+from stream.kafka_read import read_last
+from stream.marks import ReadMarks
 from stream.offsets import OffsetLedger
 from stream.sender import transient
 from stream.stages.align import Align
@@ -100,7 +101,11 @@ class Commit:
                 sources = self._align.sources_in(partition)
                 if len(sources) > MAX_STATE_SOURCES:
                     sources = self._forget_oldest(sources)
-                value = encode_state(self.horizons.snapshot(sources), self._marks_of(partition))
+                horizons = self.horizons.snapshot(sources)
+                marks = {topic: self.marks.mark(topic, partition, self.ledger.undecided(topic, partition))
+                         for topic in self._ctx.topic_of.values()}
+                ranges = any(m.trusted_to for m in marks.values())
+                value = encode_state(horizons, marks, self.marks.trusted(partition, horizons) if ranges else None)
                 if self._saved_state.get(partition) != value:
                     fut = await producer.send(self._state_topic, value=value, key=str(partition).encode(),
                                               partition=partition)
@@ -125,17 +130,6 @@ class Commit:
                     f"state topic {self._state_topic} refused a record: {type(failed).__name__}: {failed}"))
             return False
         return True
-
-    def _marks_of(self, partition: int) -> dict[str, ReadMark]:
-        """Each input topic's read mark for this partition number: what this member judged,
-        joined with what it inherited and has not read again (``ReadMark.carried``)."""
-        marks: dict[str, ReadMark] = {}
-        position = self._ctx.assignment.position
-        for topic in self._ctx.topic_of.values():
-            inherited = self.marks.get(topic, partition) or ReadMark(0)
-            own = position.get(TopicPartition(topic, partition))
-            marks[topic] = inherited.carried(own, self.ledger.undecided(topic, partition)).bounded()
-        return marks
 
     def _forget_oldest(self, sources: list[str]) -> list[str]:
         """Keep what is remembered of one partition's sources bounded as ids come and go: beyond
@@ -178,18 +172,14 @@ class Commit:
         for partition, values in states.items():
             # a horizon is a fact ("published up to here"), so the newest few records merge by
             # maximum: no reliance on which save landed last
-            # the marks are the newest record's that has any: each owner carries forward what it
-            # inherited (``_marks_of``), so the newest is the furthest
+            saved = [decode_state(value) for value in values]
             horizons: dict[str, int] = {}
-            marks: dict[str, ReadMark] | None = None
-            for value in values:
-                saved = decode_state(value)
-                for source, end_ns in saved.horizons.items():
+            for state in saved:
+                for source, end_ns in state.horizons.items():
                     horizons[source] = max(end_ns, horizons.get(source, end_ns))
-                if saved.marks is not None:
-                    marks = saved.marks
-            if marks is not None:
-                self.marks.load(partition, self._ctx.topic_of.values(), marks)
+            valid = _valid_marks(saved, horizons)
+            if valid is not None:
+                self.marks.load(partition, self._ctx.topic_of.values(), valid.marks or {}, valid.trusted, horizons)
             self.horizons.load(horizons)
             for source, end_ns in horizons.items():
                 self._align.set_horizon(source, end_ns, partition)
@@ -198,3 +188,18 @@ class Commit:
 
     async def stop(self) -> None:
         """Nothing to release (see the class docstring); idempotent."""
+
+
+def _valid_marks(saved: list[SavedState], horizons: dict[str, int]) -> SavedState | None:
+    """The state record whose read marks hold against the merged ``horizons``: the newest whose own
+    horizons reach them all (a mark is exact only against the horizons it was saved with, and
+    another record may be ahead: a revocation's save landing late, an older version's record
+    without marks). None when no record carries marks; if none holds, one with no marks at all:
+    every topic is judged afresh."""
+    with_marks = [state for state in saved if state.marks is not None]
+    if not with_marks:
+        return None
+    for state in reversed(with_marks):
+        if all(state.horizons.get(source, -1) >= end for source, end in horizons.items()):
+            return state
+    return SavedState(horizons, {})

@@ -30,7 +30,7 @@ from stream.contract import Modality, Origin
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason
 from stream.flow import decide_pauses, stands_at
-from stream.horizon import ReadMarks
+from stream.marks import ReadMarks
 from stream.memory import MemoryGuard
 from stream.offsets import OffsetLedger
 from stream.stages.align import Align
@@ -253,7 +253,7 @@ class Intake:
             else:  # REPLAYED: its windows were published before a restart
                 if end_ns > newest:  # read progress: a replay must not hold the other topics back
                     newest = end_ns
-                if self._marks.replayed(topic, partition, origin[2]):
+                if self._marks.replayed(topic, partition, origin[2], result.source_id, align.last_window_end(end_ns)):
                     replayed += 1
                     decide(origin)
                 else:  # never judged before (or its late copy unacknowledged): late, as live
@@ -264,7 +264,8 @@ class Intake:
         stats = ctx.stats
         if not parked:
             if handled:
-                ctx.assignment.position[tp] = records[handled - 1].offset + 1
+                ctx.assignment.position[tp] = position = records[handled - 1].offset + 1
+                self._marks.judged(topic, partition, position)
             if blocked_ns is not None:
                 self._blocked[tp] = blocked_ns
                 self._patience.held(tp, now_ms)

@@ -30,9 +30,9 @@ from stream.kafka import (
     make_producer,
     max_request_bytes,
     producer_options,
-    read_last,
     stop_bounded,
 )
+from stream.kafka_read import read_last
 from tests.integration._helpers import create_topics
 
 pytestmark = pytest.mark.integration

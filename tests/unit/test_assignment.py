@@ -22,7 +22,8 @@ import stream.stages.intake as intake_stage
 from stream.config import load_settings
 from stream.contract import AudioChunk, VideoFrame
 from stream.errors import ClusterError
-from stream.horizon import ReadMark, decode_state, encode_state
+from stream.horizon import SavedState, decode_state, encode_state
+from stream.marks import ReadMark
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
@@ -113,6 +114,71 @@ async def test_after_a_restart_only_records_judged_before_count_as_replayed(monk
     assert saved.marks == {video.topic: ReadMark(300, (40, 70, *range(150, 200))),
                            audio.topic: ReadMark(300, tuple(range(150, 200))),
                            processor.settings.topics.text: ReadMark(0)}
+
+
+def test_read_marks_are_taken_only_from_a_state_record_whose_horizons_reach_the_merged_ones() -> None:
+    """A mark holds against the horizons it was saved with. The newest record with marks may be
+    behind another (a revocation's save landing late): an older one that reaches every merged
+    horizon is used, or, with none, every topic is judged afresh ({}); no marks at all: None."""
+    ahead = SavedState({"a": 5, "b": 7}, {"v": ReadMark(10)})
+    late_save = SavedState({"a": 4, "b": 7}, {"v": ReadMark(12)})
+    old_version = SavedState({"a": 6}, None)
+    merge = {"a": 5, "b": 7}
+    assert commit_stage._valid_marks([ahead, late_save], merge) == ahead
+    assert commit_stage._valid_marks([ahead, late_save, old_version], {"a": 6, "b": 7}) == SavedState({"a": 6, "b": 7}, {})
+    assert commit_stage._valid_marks([old_version], {"a": 6}) is None
+
+
+class _PositionConsumer(FakeConsumer):
+    """Answers ``position`` as aiokafka does: the offset after the records ``getmany`` returned."""
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos[tp]
+
+
+async def test_a_read_mark_counts_only_records_judged_not_those_fetched_and_held_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first audio record runs 30 s ahead, so audio is held back at it (watermark alignment)
+    with the record behind it, a late one of cam that the previous owner had copied late without
+    an acknowledgement. Learning the consumer's position (records fetched, not judged) must not
+    make the mark this member saves at a rebalance call them judged: the next owner would drop
+    the late record as a replay."""
+    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
+    video = TopicPartition(processor.settings.topics.video, 0)
+    audio = TopicPartition(processor.settings.topics.audio, 0)
+
+    def chunk(source: str, ts_ns: int) -> AudioChunk:
+        return AudioChunk(source_id=source, ts_ns=ts_ns, sample_format="s16le", sample_rate=16_000, channels=1,
+                          data=bytes(3200))
+
+    records = {
+        video: [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
+                for i in range(300)],
+        audio: [consumer_record(audio, 0, chunk("far", T0 + 30 * S)), consumer_record(audio, 1, chunk("cam", T0 + 100 * MS))],
+    }
+    processor.connection.consumer = _PositionConsumer(records)
+    processor.connection.state_reader = object()
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state({"cam": T0 + S}, {audio.topic: ReadMark(2, (1,))})]}
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        pass  # the first video second is late here (video has no mark): copies never acknowledged
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    await processor.on_assigned({video, audio})
+    await processor.step()
+    assert processor.stages.intake.held(audio) == 2
+    await processor.stages.intake.learn_positions()
+    assert processor.assignment.position[audio] == 2  # fetched, not judged
+    processor.connection.producer = producer = _Producer()
+    await processor.on_revoked({video, audio})  # commits: the state is saved first
+    saved = decode_state(producer.sent[-1])
+    # none of audio judged here: the inherited range [0, 2) stays, its record 1 still waiting
+    assert saved.marks is not None and saved.marks[audio.topic] == ReadMark(0, (1,), trusted_to=2)
+    assert saved.marks[video.topic].position == processor.stats.records > 0
 
 
 class _PausingConsumer(FakeConsumer):

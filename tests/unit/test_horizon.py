@@ -1,20 +1,12 @@
-"""Published horizons (stream/horizon.py): in-order advancement, the state record, and the read
-marks that tell a replayed record from a late one."""
+"""Published horizons (stream/horizon.py): in-order advancement and the state record."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.horizon import (
-    MAX_UNDECIDED,
-    HorizonTracker,
-    ReadMark,
-    ReadMarks,
-    SavedState,
-    decode_state,
-    encode_state,
-)
+from stream.horizon import HorizonTracker, SavedState, decode_state, encode_state
+from stream.marks import ReadMark
 
 
 def test_a_horizon_advances_only_over_acknowledged_prefixes() -> None:
@@ -37,53 +29,23 @@ def test_loaded_horizons_never_move_back_and_forget_drops_them() -> None:
     assert tracker.snapshot(["a", "b"]) == {"b": 1000}
 
 
-_marks = st.builds(lambda position, waiting: ReadMark(position, tuple(sorted(o for o in waiting if o < position))),
-                   st.integers(0, 2**40), st.sets(st.integers(0, 2**40), max_size=20))
+_marks = st.builds(lambda position, waiting, to: ReadMark(position, tuple(sorted(waiting)), to),
+                   st.integers(0, 2**40), st.sets(st.integers(0, 2**40), max_size=20), st.integers(0, 2**40))
+_ids = st.text(min_size=1, max_size=20)
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=20), st.integers(0, 2**63 - 1), max_size=50),
-       st.none() | st.dictionaries(st.text(min_size=1, max_size=20), _marks, max_size=3))
-def test_state_records_round_trip(horizons: dict[str, int], marks: dict[str, ReadMark] | None) -> None:
-    assert decode_state(encode_state(horizons, marks)) == SavedState(horizons, marks)
+@given(st.dictionaries(_ids, st.integers(0, 2**63 - 1), max_size=50),
+       st.none() | st.dictionaries(_ids, _marks, max_size=3), st.dictionaries(_ids, st.integers(-1, 2**62), max_size=5))
+def test_state_records_round_trip(horizons: dict[str, int], marks: dict[str, ReadMark] | None,
+                                  trusted: dict[str, int]) -> None:
+    saved = decode_state(encode_state(horizons, marks, trusted))
+    assert saved == SavedState(horizons, marks, trusted if marks is not None else {})
 
 
 def test_a_state_record_of_an_older_version_carries_no_marks() -> None:
     """Records saved before read marks existed: every record in published windows stays a replay."""
     saved = decode_state(b'{"v":1,"h":{"cam":5}}')
     assert saved == SavedState({"cam": 5}, None)
-    marks = ReadMarks()
-    assert marks.replayed("video", 0, 10**9)  # nothing loaded: a replay, as before
-
-
-def test_a_record_is_replayed_only_if_an_earlier_owner_judged_it_and_nothing_of_it_waits() -> None:
-    marks = ReadMarks()
-    marks.load(0, ["video", "audio"], {"video": ReadMark(100, (40, 70))})
-    assert marks.replayed("video", 0, 39) and marks.replayed("video", 0, 99)
-    assert not marks.replayed("video", 0, 40)  # its late copy was never acknowledged
-    assert not marks.replayed("video", 0, 100)  # never read: a new late record
-    assert not marks.replayed("audio", 0, 0)  # that owner read none of this topic
-    assert marks.replayed("video", 1, 500)  # a partition without marks: as before
-    marks.forget([0])
-    assert marks.replayed("video", 0, 40)
-
-
-def test_a_mark_carries_what_the_next_owner_has_not_read_again() -> None:
-    inherited = ReadMark(100, (40, 70))
-    # the new owner read up to 60 (so judged 40 again: its own list says whether it still waits)
-    assert inherited.carried(60, [55]) == ReadMark(100, (55, 70))
-    assert inherited.carried(None, []) == inherited  # read nothing yet
-    assert inherited.carried(150, [120]) == ReadMark(150, (120,))
-    assert ReadMark(0).carried(None, []) == ReadMark(0)
-
-
-@given(st.sets(st.integers(0, 10**6), max_size=3 * MAX_UNDECIDED))
-def test_a_bounded_mark_never_counts_an_unlisted_waiting_record_as_judged(waiting: set[int]) -> None:
-    """Past MAX_UNDECIDED listed offsets the position moves back: the rest is judged afresh."""
-    mark = ReadMark(10**6 + 1, tuple(sorted(waiting)))
-    bounded = mark.bounded()
-    assert len(bounded.undecided) <= MAX_UNDECIDED
-    assert not any(bounded.judged(o) for o in waiting)
-    assert len(encode_state({}, {"video": bounded})) < 20_000
 
 
 def test_a_state_record_keeps_the_newest_horizons_when_sources_churn() -> None:
