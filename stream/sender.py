@@ -137,12 +137,12 @@ class Sender:
 
     def _answered(self, fut: asyncio.Future[Any], message: Message, smaller: Message | None,
                   acked: asyncio.Future[Refused | None], attempt: int) -> None:
+        exc = None if fut.cancelled() else fut.exception()  # retrieved even when nobody waits any more
         if acked.done():
-            return  # cancelled by stop() meanwhile
+            return  # given up or cancelled by stop() meanwhile
         if fut.cancelled():
             acked.cancel()  # the producer stopped: the offsets stay uncommitted
             return
-        exc = fut.exception()
         if exc is None:
             acked.set_result(None)
         else:

@@ -8,6 +8,7 @@ away."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -146,3 +147,18 @@ async def test_stop_cancels_the_retries_and_no_later_failure_is_retried(monkeypa
     await asyncio.sleep(0)
     assert unanswered.cancelled() and len(producer.sends) == 2
     await sender.stop()  # idempotent
+
+
+async def test_a_failure_answered_after_the_record_was_given_up_is_still_observed() -> None:
+    """Nobody waits for it any more, but the producer's failed future is read: left unread,
+    asyncio reports "Future exception was never retrieved" (the simulator's seed 2010)."""
+    reported: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    producer = Producer(hold=True)
+    sender = Sender(lambda: producer, what="records")
+    acked = await sender.send(_message())
+    acked.cancel()  # a drain cut short gives the batch up
+    producer.pending.pop().set_exception(KafkaTimeoutError())
+    await asyncio.sleep(0)
+    gc.collect()  # an unread failed future reports itself when it is collected
+    assert reported == []
