@@ -17,7 +17,8 @@ broker at each acknowledgement and each commit, and from the runner after each p
   late copy;
 - ``uncommitted``: at the end, input records were never committed;
 - ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
-  the broker was answering;
+  the broker was answering (not while every partition is held back by backpressure and results
+  are still being acknowledged: draining);
 - ``memory``: open windows, buffered bytes, held records or queued windows beyond their bounds;
 - ``fatal`` / ``crash`` / ``unobserved`` / ``hang`` (the runner): the processor gave up, raised
   (a task's exception included), left a failed future nobody awaited, or waited on something that
@@ -79,6 +80,7 @@ class _Window:
 
 
 Content = tuple[Any, ...]
+_DRAINING_NS = 5 * NS_PER_S  # a result acknowledged this recently: the pipeline is moving
 
 
 class Checker:
@@ -108,6 +110,7 @@ class Checker:
         self._checked: dict[TopicPartition, int] = {}
         self._progress: dict[TopicPartition, tuple[int | None, int]] = {}
         self._stalled: set[TopicPartition] = set()
+        self._last_result_ns = 0  # when a result was last acknowledged
         self.contents: dict[str, Content] = {}  # result id -> content of its first copy
         self.violations: list[Violation] = []
         self.step = 0
@@ -160,6 +163,7 @@ class Checker:
         doc.pop("latency", None)  # wall-clock readings: not part of what a replay must repeat
         self._trace("result", record.offset, json.dumps(doc, sort_keys=True))
         self.counts["results"] += 1
+        self._last_result_ns = self._clock.now_ns
         key = (doc["source_id"], doc["window_start_ns"])
         c = doc["counts"]
         got = [c["frames"], c["audio_samples"], c["segments"]]
@@ -260,10 +264,14 @@ class Checker:
         frozen = self.broker.frozen_until() is not None
         positions = processor.assignment.position
         paused = processor.assignment.paused
+        # every partition held back while results keep being acknowledged: the processor is
+        # draining what it closed at the pace its settings allow (max_batch, max_in_flight and
+        # the acknowledgements' latency), which is backpressure, not a stall
+        draining = paused >= processor.assignment.assigned and now - self._last_result_ns <= _DRAINING_NS
         for tp in self._input_partitions():
             position, end = positions.get(tp), self.broker.log_end(tp)
             last = self._progress.get(tp)
-            if frozen or (position or 0) >= end or last is None or last[0] != position:
+            if frozen or draining or (position or 0) >= end or last is None or last[0] != position:
                 self._progress[tp] = (position, now)
                 self._stalled.discard(tp)
                 continue

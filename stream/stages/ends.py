@@ -36,9 +36,15 @@ class EndWatch:
         Without a break: silence is counted in processing time, so a broker that answered nothing
         for a while (frozen, partitioned away) makes every topic look silent for that long. When
         it answers again, a partition caught up at once would be idle at once, while the records
-        its producers buffered meanwhile are still on their way."""
-        since = self._since.get(TopicPartition(self._ctx.topic_of[modality], partition))
-        return since is not None and self._ctx.clock_ms() - since >= self._idle_ms
+        its producers buffered meanwhile are still on their way.
+
+        And still caught up now: the stretch is noted once per step, but closing windows can wait
+        (a full batch queue holds ``Align.close_ready`` while slow acknowledgements drain it) for
+        longer than the idle timeout, without a fetch meanwhile; the next window closed after such
+        a wait would take that wait for silence, with the records sent meanwhile unread."""
+        tp = TopicPartition(self._ctx.topic_of[modality], partition)
+        since = self._since.get(tp)
+        return since is not None and self._ctx.clock_ms() - since >= self._idle_ms and self.at_end(tp)
 
     def note(self) -> None:
         """Once per step: when each assigned partition's current caught-up stretch began."""

@@ -177,6 +177,30 @@ async def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> N
     assert intake.caught_up(modality, 0)
 
 
+async def test_a_long_wait_between_steps_is_not_taken_for_silence() -> None:
+    """Closing windows may wait (a full batch queue drained by slow acknowledgements: the
+    simulator's seed 1264) longer than the idle timeout, with no fetch and no step meanwhile.
+    Caught up before the wait, a partition must not count as caught up after it: the records sent
+    meanwhile are unread, and windows closed as idle lacked them."""
+    clock = _Clock()
+    wall = _Wall()
+    processor = _processor(clock, wall, idle_timeout_ms=1000)
+    fetched, _ = await _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
+    tp = next(iter(fetched))
+    processor.assignment.position[tp] = len(fetched[tp])
+    consumer: FakeConsumer = processor.connection.consumer
+    modality = processor.context.modality_of[tp.topic]
+    intake = processor.stages.intake
+    intake.take({})
+    clock.ms += 1000
+    assert intake.caught_up(modality, 0)
+    polled = consumer.last_poll_timestamp(tp)
+    consumer.last_poll_timestamp = lambda _tp: polled  # type: ignore[method-assign]
+    clock.ms += 30_000  # 30 s inside one step: no take, so no note, in between
+    wall.now = lambda: (polled + 30_000) * MS
+    assert not intake.caught_up(modality, 0)
+
+
 async def test_partly_late_segments_are_counted() -> None:
     """Finding 6: a segment reaching both a closed and an open window is placed in the open one;
     the part that fell in the closed one used to vanish with the late counter at 0."""
