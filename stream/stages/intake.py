@@ -241,23 +241,18 @@ class Intake:
                     decide(origin, align.keys_of(result, partition))
                 else:
                     decide(origin)  # a stale revision of a transcript segment
-            elif status is AddStatus.LATE:
-                ledger.track(origin)  # finished when the late topic acknowledges it
-                late += 1
-                if end_ns > newest:  # read progress all the same (a far-future REJECTED one is not)
-                    newest = end_ns
-                aside.append(AsideRecord.of(record, origin, None, result.detail))
             elif status is AddStatus.REJECTED:
                 ledger.track(origin)  # finished when the dead-letter topic acknowledges it
                 aside.append(AsideRecord.of(record, origin, result.reason or Reason.TS_OUT_OF_RANGE, result.detail))
-            else:  # REPLAYED: its windows were published before a restart
-                if end_ns > newest:  # read progress: a replay must not hold the other topics back
+            else:  # LATE; or REPLAYED: its windows were published before a restart or a move
+                if end_ns > newest:  # read progress all the same (a far-future REJECTED one is not)
                     newest = end_ns
-                if self._marks.replayed(topic, partition, origin[2], result.source_id, align.last_window_end(end_ns)):
+                if status is AddStatus.REPLAYED and self._marks.replayed(
+                        topic, partition, origin[2], result.source_id, align.last_window_end(end_ns)):
                     replayed += 1
                     decide(origin)
-                else:  # never judged before (or its late copy unacknowledged): late, as live
-                    ledger.track(origin)
+                else:  # late, or replayed but never judged before (its late copy unacknowledged): as live
+                    ledger.track(origin)  # finished when the late topic acknowledges it
                     late += 1
                     aside.append(AsideRecord.of(record, origin, None, result.detail))
         self._event_ns[slot] = newest
