@@ -41,6 +41,18 @@ async def read_topic(settings: Settings, topic: str, *, expect: int | None = Non
         await consumer.stop()
 
 
+async def send_record(settings: Settings, topic: str, record: Any) -> None:
+    """Send one encoded record (``stream.contract.encode``'s) and wait for its acknowledgement."""
+    from stream.kafka import make_producer
+
+    producer = make_producer(settings.kafka, settings.limits)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=record.value, key=record.key, headers=record.headers)
+    finally:
+        await producer.stop()
+
+
 async def run_until(processor: Any, settings: Settings, n_results: int, timeout_s: float = 60.0) -> list[Any]:
     """Start ``processor``, run it until ``n_results`` results are on the results topic (or the
     timeout), then drain and stop it; returns the result records."""

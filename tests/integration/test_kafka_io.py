@@ -33,7 +33,7 @@ from stream.kafka import (
     stop_bounded,
 )
 from stream.kafka_read import read_last
-from tests.integration._helpers import create_topics
+from tests.integration._helpers import create_topics, send_record
 
 pytestmark = pytest.mark.integration
 
@@ -241,12 +241,7 @@ async def test_frame_larger_than_the_partition_fetch_arrives_whole(settings_for)
     side = 1100  # 1100 x 1100 x 3 raw bytes: 3.6 MiB, over the 1 MiB per-partition fetch
     frame = frame_from_image("big", 1, np.full((side, side, 3), 7, np.uint8), encoding="raw")
     record = encode(frame)
-    producer = make_producer(settings.kafka, settings.limits)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topics.video, value=record.value, key=record.key, headers=record.headers)
-    finally:
-        await producer.stop()
+    await send_record(settings, settings.topics.video, record)
     consumer = make_consumer(settings.kafka, settings.limits, group=False)
     await consumer.start()
     try:

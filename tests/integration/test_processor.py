@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from stream.contract import encode, frame_from_image
 from stream.kafka import make_producer
 from stream.runtime import Processor
 from stream.sources.synthetic import SyntheticConfig, SyntheticScene, produce
-from tests.integration._helpers import expected_windows, read_topic, results_of, run_until
+from tests.integration._helpers import expected_windows, read_topic, results_of, run_until, send_record
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +89,16 @@ async def test_bad_records_are_dead_lettered_and_valid_stream_continues(settings
     assert processor.stats.dead_letters == len(bad)
 
 
-async def test_late_record_is_counted_and_routed_not_merged(settings_for, unique) -> None:
+async def _send_late_frame(settings, ts_ns: int) -> Any:
+    """A frame of src-0 at ``ts_ns``, sent to the video topic; returns the encoded record."""
     import numpy as np
+
+    late = encode(frame_from_image("src-0", ts_ns, np.zeros((8, 8, 3), np.uint8)))
+    await send_record(settings, settings.topics.video, late)
+    return late
+
+
+async def test_late_record_is_counted_and_routed_not_merged(settings_for, unique) -> None:
 
     settings = settings_for(window={"idle_timeout_ms": 800, "allowed_lateness_ms": 100},
                             topics={"late": f"late-{unique}"})
@@ -104,11 +113,7 @@ async def test_late_record_is_counted_and_routed_not_merged(settings_for, unique
         first = await read_topic(settings, settings.topics.results, expect=len(expected), timeout_s=60)
         assert len(first) == len(expected)
         # a frame inside the first, long closed window of src-0
-        late = encode(frame_from_image("src-0", scene.start_ns + 1, np.zeros((8, 8, 3), np.uint8)))
-        producer = make_producer(settings.kafka, settings.limits)
-        await producer.start()
-        await producer.send_and_wait(settings.topics.video, value=late.value, key=late.key, headers=late.headers)
-        await producer.stop()
+        late = await _send_late_frame(settings, scene.start_ns + 1)
         routed = await read_topic(settings, f"late-{unique}", expect=1, timeout_s=15)
     finally:
         stop.set()
@@ -125,7 +130,6 @@ async def test_a_late_record_that_arrives_across_a_restart_is_routed_late_not_ta
     """The first processor publishes every window and stops; a frame for its long-published first
     window arrives while none runs. The next one reads the published horizons back, which cover
     that window, and the read marks, which say nobody read the frame: late, as live, not replayed."""
-    import numpy as np
 
     settings = settings_for(window={"idle_timeout_ms": 800, "allowed_lateness_ms": 100},
                             topics={"late": f"late-{unique}"})
@@ -135,11 +139,7 @@ async def test_a_late_record_that_arrives_across_a_restart_is_routed_late_not_ta
     # run_until drains and stops: results acknowledged, horizons and read marks saved, offsets committed
     published = await run_until(Processor(settings), settings, len(expected))
     assert len(published) == len(expected)
-    late = encode(frame_from_image("src-0", scene.start_ns + 1, np.zeros((8, 8, 3), np.uint8)))
-    producer = make_producer(settings.kafka, settings.limits)
-    await producer.start()
-    await producer.send_and_wait(settings.topics.video, value=late.value, key=late.key, headers=late.headers)
-    await producer.stop()
+    late = await _send_late_frame(settings, scene.start_ns + 1)  # in the first, long published window
     second = Processor(settings)
     stop = asyncio.Event()
     await second.start()

@@ -30,7 +30,10 @@ from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_700_000_000 * S
-async def test_records_fetched_during_assignment_wait_for_the_published_horizons(monkeypatch: pytest.MonkeyPatch) -> None:
+
+
+def _cam_processor() -> tuple[Processor, TopicPartition, TopicPartition]:
+    """A processor whose consumer holds 30 s of cam: a frame and a chunk every 100 ms, of partition 0."""
     processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
     video = TopicPartition(processor.settings.topics.video, 0)
     audio = TopicPartition(processor.settings.topics.audio, 0)
@@ -42,6 +45,11 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     }
     processor.connection.consumer = FakeConsumer(records)
     processor.connection.state_reader = object()
+    return processor, video, audio
+
+
+async def test_records_fetched_during_assignment_wait_for_the_published_horizons(monkeypatch: pytest.MonkeyPatch) -> None:
+    processor, video, audio = _cam_processor()
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")  # no commits or gauges here
     reading = asyncio.Event()
 
@@ -70,17 +78,7 @@ async def test_after_a_restart_only_records_judged_before_count_as_replayed(monk
     owner had read 150 records of each topic (0-15 s) and still waited for the late copies of
     two of them. Those two and every record it never read (15-20 s) are late, as a live processor
     would judge them, and are copied to the late topic; only the rest are replays."""
-    processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
-    video = TopicPartition(processor.settings.topics.video, 0)
-    audio = TopicPartition(processor.settings.topics.audio, 0)
-    records = {
-        video: [consumer_record(video, i, VideoFrame(source_id="cam", ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
-                for i in range(300)],
-        audio: [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
-                                             sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)],
-    }
-    processor.connection.consumer = FakeConsumer(records)
-    processor.connection.state_reader = object()
+    processor, video, audio = _cam_processor()
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
     marks = {video.topic: ReadMark(150, (40, 70)), audio.topic: ReadMark(150)}
 

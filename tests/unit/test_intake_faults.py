@@ -147,21 +147,26 @@ async def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
     assert processor.stats.late == 0
 
 
-async def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
-    """Finding 4: while the broker is frozen, the high watermark of the last fetch response stays
-    where it was and every partition read that far looked caught up, so silent topics were
-    judged idle and windows closed with their data still in Kafka."""
-    clock = _Clock()
-    wall = _Wall()
+async def _read_to_the_end(clock: _Clock, wall: _Wall) -> tuple[Processor, TopicPartition]:
+    """A processor (idle timeout 1 s) that read a partition to its end a second ago."""
     processor = _processor(clock, wall, idle_timeout_ms=1000)
     fetched, _ = await _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
     tp = next(iter(fetched))
     processor.assignment.position[tp] = len(fetched[tp])
+    processor.stages.intake.take({})
+    clock.ms += 1000
+    return processor, tp
+
+
+async def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
+    """Finding 4: while the broker is frozen, the high watermark of the last fetch response stays
+    where it was and every partition read that far looked caught up, so silent topics were
+    judged idle and windows closed with their data still in Kafka."""
+    clock, wall = _Clock(), _Wall()
+    processor, tp = await _read_to_the_end(clock, wall)
     consumer: FakeConsumer = processor.connection.consumer
     modality = processor.context.modality_of[tp.topic]
     intake = processor.stages.intake
-    intake.take({})
-    clock.ms += 1000
     assert intake.caught_up(modality, 0)  # caught up for idle_timeout_ms: silence may count
     frozen_at = consumer.last_poll_timestamp(tp)
     consumer.last_poll_timestamp = lambda _tp: frozen_at  # type: ignore[method-assign]
@@ -182,17 +187,11 @@ async def test_a_long_wait_between_steps_is_not_taken_for_silence() -> None:
     simulator's seed 1264) longer than the idle timeout, with no fetch and no step meanwhile.
     Caught up before the wait, a partition must not count as caught up after it: the records sent
     meanwhile are unread, and windows closed as idle lacked them."""
-    clock = _Clock()
-    wall = _Wall()
-    processor = _processor(clock, wall, idle_timeout_ms=1000)
-    fetched, _ = await _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
-    tp = next(iter(fetched))
-    processor.assignment.position[tp] = len(fetched[tp])
+    clock, wall = _Clock(), _Wall()
+    processor, tp = await _read_to_the_end(clock, wall)
     consumer: FakeConsumer = processor.connection.consumer
     modality = processor.context.modality_of[tp.topic]
     intake = processor.stages.intake
-    intake.take({})
-    clock.ms += 1000
     assert intake.caught_up(modality, 0)
     polled = consumer.last_poll_timestamp(tp)
     consumer.last_poll_timestamp = lambda _tp: polled  # type: ignore[method-assign]
