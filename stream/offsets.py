@@ -169,7 +169,7 @@ class OffsetLedger:
     def undecided(self, topic: str, partition: int) -> list[int]:
         """Offsets read and not decided yet, ascending: records whose dead-letter or late copy
         is not acknowledged, or that wait in the park. What a state record names so the next
-        owner judges them again (``stream.horizon.ReadMark``)."""
+        owner judges them again (``stream.marks.ReadMark``)."""
         part = self._parts.get((topic, partition))
         return sorted(part.undecided) if part is not None else []
 

@@ -111,6 +111,7 @@ class Checker:
         self._progress: dict[TopicPartition, tuple[int | None, int]] = {}
         self._stalled: set[TopicPartition] = set()
         self._last_result_ns = 0  # when a result was last acknowledged
+        self._checked_ns = 0  # when the stall check last ran
         self.contents: dict[str, Content] = {}  # result id -> content of its first copy
         self.violations: list[Violation] = []
         self.step = 0
@@ -227,7 +228,7 @@ class Checker:
         if source.fate is Fate.MAY_BE_LATE and windows:  # wholly or partly late (see the module docstring)
             # only a head may be dropped: from the first window holding the record, all are published
             held = next((i for i, w in enumerate(windows) if w.holds(tp.topic, tp.partition, offset)), None)
-            return held is not None and all(w.copies for w in windows[held:])
+            return held is not None and all(w.holds(tp.topic, tp.partition, offset) for w in windows[held:])
         return all(w.copies for w in windows)
 
     # ------------------------------------------------------------------ the runner's reports
@@ -267,11 +268,16 @@ class Checker:
         # every partition held back while results keep being acknowledged: the processor is
         # draining what it closed at the pace its settings allow (max_batch, max_in_flight and
         # the acknowledgements' latency), which is backpressure, not a stall
-        draining = paused >= processor.assignment.assigned and now - self._last_result_ns <= _DRAINING_NS
+        assigned = processor.assignment.assigned
+        draining = bool(assigned) and paused >= assigned and now - self._last_result_ns <= _DRAINING_NS
+        elapsed, self._checked_ns = now - self._checked_ns, now
         for tp in self._input_partitions():
             position, end = positions.get(tp), self.broker.log_end(tp)
             last = self._progress.get(tp)
-            if frozen or draining or (position or 0) >= end or last is None or last[0] != position:
+            if draining and last is not None:  # the clock pauses (a partition stuck before still counts)
+                self._progress[tp] = (last[0], last[1] + elapsed)
+                continue
+            if frozen or (position or 0) >= end or last is None or last[0] != position:
                 self._progress[tp] = (position, now)
                 self._stalled.discard(tp)
                 continue

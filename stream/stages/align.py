@@ -21,7 +21,7 @@ from stream.jobs import Job
 from stream.memory import MemoryGuard
 from stream.offsets import OffsetLedger
 from stream.stages.shared import Context
-from stream.windows import AddResult, Aligner, CaughtUp, WindowKey, interval_windows
+from stream.windows import AddResult, Aligner, CaughtUp, WindowKey
 
 __all__ = ["Align", "LedgerKey"]
 
@@ -102,12 +102,6 @@ class Align:
         """``add`` itself, without this stage's frame around it: what ``Intake`` calls once per
         record (the aligner is made once, so the bound method stays valid)."""
         return self._aligner.add
-
-    def last_window_end(self, t_ns: int) -> int:
-        """Where the last window holding the instant ``t_ns`` ends (``ReadMarks.replayed`` asks)."""
-        window = self._ctx.settings.window
-        window_ns, hop_ns = window.window_ms * 1_000_000, (window.hop_ms or window.window_ms) * 1_000_000
-        return interval_windows(t_ns, t_ns, window_ns, hop_ns)[-1] + window_ns
 
     def keys(self, source_id: str, start_ns: int, partition: int) -> tuple[LedgerKey, ...]:
         """The ledger keys of one window (the common case: a record in a single window), made

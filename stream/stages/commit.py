@@ -4,7 +4,7 @@ In: the ledger's decisions (``Intake`` tracks records, ``Align`` holds them in w
 releases them when results are acknowledged) and the horizon tokens ``Publish`` acknowledges.
 Out: offset commits, each preceded by saving the sources' horizons to the state topic, so a
 replay never rebuilds a published window, with each input topic's read mark, so the next owner
-tells a replayed record from a late one (``stream.horizon``). At assignment it reads both back
+tells a replayed record from a late one (``stream.marks``). At assignment it reads both back
 (``load``).
 
 The rules (docs/processor.md): an input offset is committed only when every window that used it

@@ -38,10 +38,11 @@ class EndWatch:
         it answers again, a partition caught up at once would be idle at once, while the records
         its producers buffered meanwhile are still on their way.
 
-        And still caught up now: the stretch is noted once per step, but closing windows can wait
-        (a full batch queue holds ``Align.close_ready`` while slow acknowledgements drain it) for
-        longer than the idle timeout, without a fetch meanwhile; the next window closed after such
-        a wait would take that wait for silence, with the records sent meanwhile unread."""
+        And still caught up now: the stretch is noted once per step (``note``, after a fetch), but
+        windows can be closed after a wait longer than the idle timeout without a fetch between:
+        the drain at shutdown after a step that waited on a full batch queue (slow acknowledgements
+        draining it), or a step whose copies aside waited for room. Such a wait is no silence:
+        the records sent meanwhile are unread, and windows closed as idle would lack them."""
         tp = TopicPartition(self._ctx.topic_of[modality], partition)
         since = self._since.get(tp)
         return since is not None and self._ctx.clock_ms() - since >= self._idle_ms and self.at_end(tp)

@@ -248,7 +248,7 @@ class Intake:
                 if end_ns > newest:  # read progress all the same (a far-future REJECTED one is not)
                     newest = end_ns
                 if status is AddStatus.REPLAYED and self._marks.replayed(
-                        topic, partition, origin[2], result.source_id, align.last_window_end(end_ns)):
+                        topic, partition, origin[2], result.source_id, result.published_to):
                     replayed += 1
                     decide(origin)
                 else:  # late, or replayed but never judged before (its late copy unacknowledged): as live

@@ -269,7 +269,7 @@ class Aligner:
             return AddResult(
                 AddStatus.REPLAYED, src.id, (), None,
                 f"event time {lo} ns: its windows of source {src.id} were published before a restart "
-                f"(up to {src.horizon} ns)",
+                f"(up to {src.horizon} ns)", False, last_end,
             )
         return AddResult(
             AddStatus.LATE, src.id, (), None,

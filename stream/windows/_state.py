@@ -49,6 +49,8 @@ class AddResult(NamedTuple):
     detail: str = ""
     partly_late: bool = False
     """Accepted, but part of it (an interval's head, or a sliding window) fell in closed windows."""
+    published_to: int = 0
+    """REPLAYED: where the record's last window ends (all of them published before a restart)."""
 
     @property
     def keys(self) -> tuple[WindowKey, ...]:

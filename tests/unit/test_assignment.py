@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 import stream.stages.commit as commit_stage
 import stream.stages.intake as intake_stage
 from stream.config import load_settings
-from stream.contract import AudioChunk, VideoFrame
+from stream.contract import AudioChunk, TranscriptSegment, VideoFrame
 from stream.errors import ClusterError
 from stream.horizon import SavedState, decode_state, encode_state
 from stream.marks import ReadMark
@@ -32,8 +32,9 @@ MS = 1_000_000
 T0 = 1_700_000_000 * S
 
 
-def _cam_processor() -> tuple[Processor, TopicPartition, TopicPartition]:
-    """A processor whose consumer holds 30 s of cam: a frame and a chunk every 100 ms, of partition 0."""
+def _cam_processor(extra: dict[TopicPartition, list[Any]] | None = None) -> tuple[Processor, TopicPartition, TopicPartition]:
+    """A processor whose consumer holds 30 s of cam: a frame and a chunk every 100 ms, of partition 0
+    (and the ``extra`` records)."""
     processor = Processor(load_settings(overrides={"metrics": {"port": None}}), model=object())
     video = TopicPartition(processor.settings.topics.video, 0)
     audio = TopicPartition(processor.settings.topics.audio, 0)
@@ -43,7 +44,7 @@ def _cam_processor() -> tuple[Processor, TopicPartition, TopicPartition]:
         audio: [consumer_record(audio, i, AudioChunk(source_id="cam", ts_ns=T0 + i * 100 * MS, sample_format="s16le",
                                              sample_rate=16_000, channels=1, data=bytes(3200))) for i in range(300)],
     }
-    processor.connection.consumer = FakeConsumer(records)
+    processor.connection.consumer = FakeConsumer({**records, **(extra or {})})
     processor.connection.state_reader = object()
     return processor, video, audio
 
@@ -112,6 +113,35 @@ async def test_after_a_restart_only_records_judged_before_count_as_replayed(monk
     assert saved.marks == {video.topic: ReadMark(300, (40, 70, *range(150, 200))),
                            audio.topic: ReadMark(300, tuple(range(150, 200))),
                            processor.settings.topics.text: ReadMark(0)}
+
+
+async def test_an_inherited_range_is_replayed_only_in_windows_published_before_its_owner_moved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saver inherited the whole of 0-30 s of cam unread (its trusted_to) from an owner that
+    had published cam through 10 s, and published through 20 s itself. Records in windows
+    through 10 s are replays; those in 10-20 s were not in the windows it published: late. A
+    transcript segment ending exactly at 10 s lies in the window ending at 10 s (its end is
+    exclusive), so it is a replay too."""
+    text = TopicPartition(load_settings(overrides={"metrics": {"port": None}}).topics.text, 0)
+    segment = TranscriptSegment(source_id="cam", ts_ns=T0 + 9_500 * MS, start_ns=T0 + 9_500 * MS, end_ns=T0 + 10 * S,
+                                text="on the boundary", final=True)
+    processor, video, audio = _cam_processor({text: [consumer_record(text, 0, segment)]})
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    inherited = {tp.topic: ReadMark(0, (), trusted_to=300) for tp in (video, audio, text)}
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state({"cam": T0 + 20 * S}, inherited, {"cam": T0 + 10 * S})]}
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        pass
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    await processor.on_assigned({video, audio, text})
+    for _ in range(20):
+        await processor.step()
+    assert processor.stats.records == 601
+    assert (processor.stats.replayed, processor.stats.late) == (2 * 100 + 1, 2 * 100)
 
 
 def test_read_marks_are_taken_only_from_a_state_record_whose_horizons_reach_the_merged_ones() -> None:

@@ -135,6 +135,15 @@ def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() ->
     assert not failed, failed
 
 
+def test_windows_closed_after_a_long_wait_are_not_taken_for_idle() -> None:
+    """Large seed 1264: max_batch 1 and max_in_flight 1 under acknowledgements of up to 2 s hold
+    the batch queue full for half a minute (backpressure: the processor drains, which the stall
+    check allows); the windows then closed must not count that wait as silence of partitions
+    nobody fetched meanwhile (they were closed as idle without their records: partial)."""
+    report = simulate(1264, "large")
+    assert report.ok, report.violations[:2]
+
+
 def test_a_partition_that_stays_paused_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     def pause_all(slots: object, *args: object, **kwargs: object) -> FlowDecision:
         return FlowDecision(frozenset(slots), "alignment")  # type: ignore[arg-type]
