@@ -46,6 +46,7 @@ from stream.metrics import Metrics, MetricsServer, ProcessorStats
 from stream.offsets import OffsetLedger
 from stream.stages import Align, Batch, Commit, Infer, Intake, Publish
 from stream.stages.ends import EndWatch
+from stream.stages.park import Park
 from stream.stages.rules import Rules
 from stream.stages.shared import Assignment, Connection, Context, Fatal
 
@@ -141,14 +142,15 @@ class Processor:
         from the sink up: each stage is given the input of the next."""
         ctx = self.context
         ledger, horizons, marks = OffsetLedger(), HorizonTracker(), ReadMarks()
-        ends = EndWatch(ctx)
+        park = Park()
+        ends = EndWatch(ctx, parked=park.holds)
         infer = Infer(ctx, model)
         rules = Rules(ctx, ctx.settings.rules_file)
         publish = Publish(ctx, infer, ledger, horizons, rules)
         batch = Batch(ctx, infer, deliver=publish.deliver)
         align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put)
         intake = Intake(ctx, align, ledger, marks, ends, self._memory,
-                        downstream_full=lambda: batch.full or publish.aside_full)
+                        downstream_full=lambda: batch.full or publish.aside_full, park=park)
         commit = Commit(ctx, ledger, horizons, marks, align)
         return Stages(intake, align, batch, infer, publish, rules, commit)
 

@@ -252,7 +252,10 @@ def make_records(rng: random.Random, plans: list[SourcePlan], wall0_ns: int, win
     newest: dict[tuple[str, Modality], int] = {}  # newest vouched time per (source, modality)
     newest_any: dict[str, int] = {}  # ... per source, any modality
     idle_floor: dict[tuple[str, Modality], int] = {}  # windows below may have closed while it was idle
+    stop_floor: dict[str, int] = {}  # windows below may have closed while the whole source was silent
+    reach: dict[str, int] = {}  # the end of the last window a source's records opened so far
     last_ms: dict[tuple[str, Modality], int] = {}
+    last_any_ms: dict[str, int] = {}
     first_ms: dict[str, int] = {}
     inputs = []
     for n, d in enumerate(drafts, start=1):
@@ -272,17 +275,24 @@ def make_records(rng: random.Random, plans: list[SourcePlan], wall0_ns: int, win
         if silent_ms >= idle_ms and sid in newest_any:
             # idle meanwhile: the other modalities' watermarks closed windows without it
             idle_floor[slot] = max(idle_floor.get(slot, 0), newest_any[sid] - lateness_ns)
+        if d.produce_ms - last_any_ms.get(sid, d.produce_ms) >= idle_ms and sid in reach:
+            # every modality silent: the source stopped and all its open windows may have closed
+            # (time.md), the newest included, not only those the other watermarks passed
+            stop_floor[sid] = max(stop_floor.get(sid, 0), reach[sid])
         if d.end_ns > wall_ns + (window["max_future_ms"] - 5000) * MS or any(
                 s.start_ns + window_ns > MAX_TS_NS for s in shares):
             fate = Fate.MAY_BE_REJECTED
         elif slot in newest and d.start_ns < newest[slot] - lateness_ns:
             fate = Fate.MAY_BE_LATE
             tag = tag or "behind"
-        elif silent_ms >= idle_ms or d.start_ns < idle_floor.get(slot, -1):
+        elif silent_ms >= idle_ms or d.start_ns < max(idle_floor.get(slot, -1), stop_floor.get(sid, -1)):
             fate = Fate.MAY_BE_LATE
             tag = tag or "after-idle"
         first_ms.setdefault(sid, d.produce_ms)
         last_ms[slot] = d.produce_ms
+        last_any_ms[sid] = d.produce_ms
+        if shares and fate is not Fate.MAY_BE_REJECTED:
+            reach[sid] = max(reach.get(sid, 0), max(s.start_ns for s in shares) + window_ns)
         if d.vouch_ns is not None and fate is not Fate.MAY_BE_REJECTED:
             newest[slot] = max(newest.get(slot, d.vouch_ns), d.vouch_ns)
             newest_any[sid] = max(newest_any.get(sid, d.vouch_ns), d.vouch_ns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from aiokafka import TopicPartition
 
@@ -22,8 +23,9 @@ __all__ = ["EndWatch"]
 class EndWatch:
     """Caught-up stretches per assigned partition (see the module docstring)."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, parked: Callable[[TopicPartition], bool] = lambda tp: False) -> None:
         self._ctx = ctx
+        self._parked = parked  # whether a partition has records parked by alignment (``Park.holds``)
         self._fresh_ms = fresh_poll_ms(ctx.settings.window, ctx.settings.kafka)  # a fetch response this young shows the end
         self._idle_ms = ctx.settings.window.idle_timeout_ms
         self._since: dict[TopicPartition, int] = {}  # processing ms; absent = unread data
@@ -42,10 +44,14 @@ class EndWatch:
         windows can be closed after a wait longer than the idle timeout without a fetch between:
         the drain at shutdown after a step that waited on a full batch queue (slow acknowledgements
         draining it), or a step whose copies aside waited for room. Such a wait is no silence:
-        the records sent meanwhile are unread, and windows closed as idle would lack them."""
+        the records sent meanwhile are unread, and windows closed as idle would lack them.
+
+        And nothing of it parked: a parked record was read but is in no window yet, so its
+        modality is behind, not silent (its windows would close without it)."""
         tp = TopicPartition(self._ctx.topic_of[modality], partition)
         since = self._since.get(tp)
-        return since is not None and self._ctx.clock_ms() - since >= self._idle_ms and self.at_end(tp)
+        return (since is not None and self._ctx.clock_ms() - since >= self._idle_ms and self.at_end(tp)
+                and not self._parked(tp))
 
     def note(self) -> None:
         """Once per step: when each assigned partition's current caught-up stretch began."""

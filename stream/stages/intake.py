@@ -55,7 +55,7 @@ class Intake:
     ``stop()`` is a no-op kept for the stage protocol: the consumer is the processor's to close."""
 
     def __init__(self, ctx: Context, align: Align, ledger: OffsetLedger, marks: ReadMarks, ends: EndWatch,
-                 memory: MemoryGuard, downstream_full: Callable[[], bool]) -> None:
+                 memory: MemoryGuard, downstream_full: Callable[[], bool], park: Park | None = None) -> None:
         self._ctx = ctx
         self._align = align
         self._ledger = ledger
@@ -63,7 +63,7 @@ class Intake:
         self._ends = ends
         self._memory = memory
         self._downstream_full = downstream_full
-        self._park = Park()
+        self._park = park if park is not None else Park()  # shared with ``ends`` (a parked partition is not idle)
         self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
         self._first_ns: dict[tuple[Modality, int], int] = {}  # first, since the assignment
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
@@ -311,7 +311,7 @@ class Intake:
 
     def _ahead_limit(self, modality: Modality, partition: int, first_ns: int | None, own_ns: int | None) -> int | None:
         """The newest event time this modality may reach in this partition now: the slowest other
-        modality with unread data, plus ``max_ahead_ms``. None = no bound.
+        modality with unread or parked data, plus ``max_ahead_ms``. None = no bound.
 
         Another modality not read at all yet counts as being where this one started (``first_ns``,
         its first record since the assignment): at most ``max_ahead_ms`` ahead until the others
@@ -325,10 +325,15 @@ class Intake:
             other_tp = TopicPartition(ctx.topic_of[other], partition)
             if other is modality or other_tp not in ctx.assignment.assigned:
                 continue
+            blocked_ns = self._blocked.get(other_tp)
             if self._ends.at_end(other_tp):
-                continue  # nothing waiting there: it cannot be the one holding windows back
-            t = stands_at(self._event_ns.get((other, partition)), self._blocked.get(other_tp),
-                          first_ns=first_ns, own_ns=own_ns)
+                # read to its end, but what it parked is in no window yet: it stands at the first
+                # record its park can let go (as a partition blocked at one), or a modality's whole
+                # parked backlog would go in at once, and shed windows the other still owes
+                blocked_ns = self._park.next_ns(other_tp)
+                if blocked_ns is None:
+                    continue  # nothing waiting there: it cannot be the one holding windows back
+            t = stands_at(self._event_ns.get((other, partition)), blocked_ns, first_ns=first_ns, own_ns=own_ns)
             if t is None:
                 return None
             floor = t if floor is None else min(floor, t)

@@ -50,6 +50,18 @@ class Park:
         """The partition's park, created empty if need be (``Intake`` appends to it)."""
         return self._parked.setdefault(tp, [])
 
+    def holds(self, tp: TopicPartition) -> bool:
+        """Records of this partition wait here (read, but in no window yet)."""
+        return bool(self._parked.get(tp))
+
+    def next_ns(self, tp: TopicPartition) -> int | None:
+        """The earliest event time this partition's park can let go next (None: nothing parked
+        there): the first parked record of each source, since the later ones wait behind it."""
+        heads: dict[str, int] = {}
+        for p in self._parked.get(tp, ()):
+            heads.setdefault(p.source_id, p.end_ns)
+        return min(heads.values()) if heads else None
+
     def has_room(self) -> bool:
         """One budget for the whole process."""
         parks = self._parked.values()

@@ -229,3 +229,48 @@ async def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
     texts = {w.start_ns: [seg.text for seg, *_ in w.segments] for w in _by_source(closed)["a"]}
     assert "second take" in texts[T0 + 6 * S]  # the revision, applied last, moved the segment
     assert "first take" not in texts[T0 + 35 * S]
+
+
+def _source(src: str, seconds: range) -> dict[Modality, list[Any]]:
+    """Frames and 100 ms chunks of one source over these seconds (no transcript)."""
+    out: dict[Modality, list[Any]] = {Modality.VIDEO: [], Modality.AUDIO: [], Modality.TEXT: []}
+    for i in range(seconds.start * 10, seconds.stop * 10):
+        out[Modality.VIDEO].append(VideoFrame(source_id=src, ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
+        out[Modality.AUDIO].append(AudioChunk(source_id=src, ts_ns=T0 + i * 100 * MS, sample_format="s16le",
+                                              sample_rate=16_000, channels=1, data=bytes(3200)))
+    return out
+
+
+async def test_a_source_back_after_a_gap_enters_its_windows_aligned() -> None:
+    """The simulator's seed 1783: in a backfill, a source back after a long gap jumps ahead of
+    both its topics, so its records after the gap are parked in both. Once the rest of the
+    partition was read, each topic counted as read to its end, alignment was lifted and the whole
+    parked video went in at once: more open windows than the bound, the oldest shed ("pressure")
+    before the parked audio of the same seconds came, which was then late."""
+    clock = _Clock()
+    processor = _processor(clock, modalities=["video", "audio"], max_open_windows_per_source=16)
+    b, before, after = _source("b", range(0, 20)), _source("a", range(0, 2)), _source("a", range(100, 130))
+    items = {m: before[m] + b[m] + after[m] for m in Modality}
+    _, closed = await _run(processor, clock, items, steps=400, per_fetch=100)
+    assert processor.stats.late == 0
+    a = _by_source(closed)["a"]
+    assert [w.start_ns for w in a] == [T0 + i * S for i in [*range(0, 2), *range(100, 130)]]
+    assert all(len(w.frames) == 10 and w.audio_samples == 16_000 for w in a)
+
+
+async def test_a_partition_with_records_parked_is_not_caught_up() -> None:
+    """Seed 1783 again: a modality whose records wait in the park was read to its end, so it
+    counted as caught up and, silent meanwhile, as idle: its windows closed without the parked
+    records, which were late when they came out. Parked records are behind, not silence."""
+    clock = _Clock()
+    processor = _processor(clock, idle_timeout_ms=1000)
+    ahead = _segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
+    items = _stream(40, [])
+    items[Modality.TEXT] = [*items[Modality.TEXT][:6], ahead]  # two seconds of transcript, then the jump
+    fetched, _ = await _run(processor, clock, items, steps=2, per_fetch=200)  # video and audio: 40 s to read
+    text = TopicPartition(processor.settings.topics.text, 0)
+    intake = processor.stages.intake
+    assert intake.parked and processor.assignment.position[text] == len(fetched[text])
+    clock.ms += 2000  # the idle timeout twice over, the parked segment's patience not spent
+    intake.take({})
+    assert not intake.caught_up(Modality.TEXT, 0)

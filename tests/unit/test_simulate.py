@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,8 +159,8 @@ def test_closing_windows_on_a_frozen_broker_is_caught(monkeypatch: pytest.Monkey
     contexts: dict[EndWatch, Context] = {}
     init = EndWatch.__init__
 
-    def keeping_context(self: EndWatch, ctx: Context) -> None:
-        init(self, ctx)
+    def keeping_context(self: EndWatch, ctx: Context, **kwargs: Any) -> None:
+        init(self, ctx, **kwargs)
         contexts[self] = ctx
 
     def stale(self: EndWatch, modality: object, partition: int) -> bool:
@@ -191,3 +192,15 @@ def test_the_stall_of_finding_2_is_found_when_its_fix_is_reverted(monkeypatch: p
     assert "future:text" in report.features
     assert [v.invariant for v in report.violations][:1] == ["stall"]
     assert "mm.text/0" in str(report.violations[0])
+
+
+def test_a_record_after_its_whole_source_fell_silent_may_be_late() -> None:
+    """The checker's model of seed 1937: every modality of mic-0.21 silent past the idle timeout
+    (the source stopped: all its open windows close, time.md), then two records produced 5-6 s
+    late. The second came within the idle timeout of the first, so it counted as on time, though
+    its window had closed with the rest of the source's."""
+    from stream.sim.scenario import Fate
+
+    records = {r.rid: r for r in generate(1937, "large").inputs}
+    assert records[5204].fate is Fate.MAY_BE_LATE and records[5205].fate is Fate.MAY_BE_LATE
+    assert records[5203].fate is Fate.REQUIRED
