@@ -200,6 +200,36 @@ async def test_a_long_wait_between_steps_is_not_taken_for_silence() -> None:
     assert not intake.caught_up(modality, 0)
 
 
+async def test_the_drain_after_a_long_wait_closes_no_window_as_idle() -> None:
+    """Every partition read to its end and silent past the idle timeout, then a wait of 30 s
+    with no fetch (a step held by a full batch queue): the shutdown's drain must not close the
+    sources' last windows as idle (their records sent meanwhile are unread: they are replayed
+    whole instead); once a fresh fetch shows the partitions still at their end, silence counts."""
+    clock, wall = _Clock(), _Wall()
+    processor = _processor(clock, wall, idle_timeout_ms=1000)
+    fetched, _ = await _run(processor, clock, _stream(3, []), steps=10, per_fetch=1000)
+    for tp, records in fetched.items():
+        processor.assignment.position[tp] = len(records)
+    consumer: FakeConsumer = processor.connection.consumer
+    intake, align, batch = processor.stages.intake, processor.stages.align, processor.stages.batch
+    intake.take({})
+    polled = consumer.last_poll_timestamp(next(iter(fetched)))
+    consumer.last_poll_timestamp = lambda _tp: polled  # type: ignore[method-assign]
+    clock.ms += 30_000
+    wall.now = lambda: (polled + 30_000) * MS
+    queued = len(batch.queued())
+    await align.close_ready()  # what Processor.drain does first
+    assert len(batch.queued()) == queued and align.open_windows > 0
+    del consumer.last_poll_timestamp  # a fetch answers: still at the end, and silent from now on
+    wall.now = time.time_ns
+    intake.take({})
+    clock.ms += 1000
+    intake.take({})
+    await align.close_ready()
+    closed = [job.window for job in batch.queued()[queued:]]
+    assert closed and {w.closed_by for w in closed} == {"idle"}
+
+
 async def test_partly_late_segments_are_counted() -> None:
     """Finding 6: a segment reaching both a closed and an open window is placed in the open one;
     the part that fell in the closed one used to vanish with the late counter at 0."""
