@@ -65,8 +65,7 @@ class _Track:
     open_start_ns: int = 0
     clear_run: int = 0
     judged_until_ns: int = -1  # every window ending at or before it counts as judged (or restored)
-    judged: set[int] = field(default_factory=set)  # ends of the windows judged beyond it
-    oldest: list[int] = field(default_factory=list)  # the same ends, a heap: the next folded first
+    judged: list[int] = field(default_factory=list)  # ends of the windows judged beyond it, a heap (at most 64)
     last_present_end_ns: int | None = None  # absence rules: end of the newest window with the modality
     evidence: list[AlertEvidence] = field(default_factory=list)
 
@@ -76,18 +75,15 @@ class _Track:
         ``JUDGED_KEPT``: a window that late (64 windows) counts as judged."""
         if end_ns <= self.judged_until_ns or end_ns in self.judged:
             return False
-        self.judged.add(end_ns)
-        heapq.heappush(self.oldest, end_ns)
-        if len(self.oldest) > JUDGED_KEPT:
-            self.judged_until_ns = heapq.heappop(self.oldest)
-            self.judged.discard(self.judged_until_ns)
+        heapq.heappush(self.judged, end_ns)
+        if len(self.judged) > JUDGED_KEPT:
+            self.judged_until_ns = heapq.heappop(self.judged)
         return True
 
     def judged_through(self, end_ns: int) -> None:
         """What the alerts topic says: every window ending at or before ``end_ns`` was judged."""
         self.judged_until_ns = max(self.judged_until_ns, end_ns)
-        self.judged = {end for end in self.judged if end > end_ns}
-        self.oldest = sorted(self.judged)  # a sorted list is a heap
+        self.judged = sorted(end for end in self.judged if end > end_ns)  # a sorted list is a heap
 
     def newest_ns(self) -> int:
         """The end of the newest window judged."""

@@ -33,6 +33,16 @@ class SerialThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._ended = False
 
+    @classmethod
+    async def opening(cls, name: str, opener: Callable[[], T]) -> tuple[SerialThread, T]:
+        """A thread of its own and what ``opener`` opens on it (the thread ends if that raises)."""
+        thread = cls(name)
+        try:
+            return thread, await thread.call(opener)
+        except BaseException:
+            await thread.last()
+            raise
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
@@ -71,13 +81,7 @@ class SerialCapture:
     @classmethod
     async def open(cls, opener: Callable[[], Any], name: str) -> SerialCapture:
         """Open on the capture's own thread (``opener`` raises ``CaptureError`` as it would)."""
-        thread = SerialThread(name)
-        try:
-            cap = await thread.call(opener)
-        except BaseException:
-            await thread.last()
-            raise
-        return cls(thread, cap)
+        return cls(*await SerialThread.opening(name, opener))
 
     async def read(self) -> tuple[bool, Any]:
         return await self._thread.call(self._cap.read)

@@ -272,12 +272,8 @@ async def replay_media(
     if chunk_ms <= 0:
         raise CaptureError(f"chunk_ms must be more than 0, got {chunk_ms}")
     frames = frames or FrameOptions()
-    decoder = SerialThread(f"media-{opts.source_id}")  # the container and its reader on one thread
-    try:
-        container = await decoder.call(_open, str(path))
-    except BaseException:
-        await decoder.last()
-        raise
+    # the container and the generator reading it on one thread of their own
+    decoder, container = await SerialThread.opening(f"media-{opts.source_id}", lambda: _open(str(path)))
     pacer = Pacer(opts, clock or default_clock())
     stats = MediaStats(start_ns=pacer.start_ns)
     cap = FpsCap(frames.fps_cap)

@@ -23,7 +23,7 @@ __all__ = ["EndWatch"]
 class EndWatch:
     """Caught-up stretches per assigned partition (see the module docstring)."""
 
-    def __init__(self, ctx: Context, parked: Callable[[TopicPartition], bool] = lambda tp: False) -> None:
+    def __init__(self, ctx: Context, parked: Callable[[TopicPartition], bool]) -> None:
         self._ctx = ctx
         self._parked = parked  # whether a partition has records parked by alignment (``Park.holds``)
         self._fresh_ms = fresh_poll_ms(ctx.settings.window, ctx.settings.kafka)  # a fetch response this young shows the end

@@ -55,7 +55,7 @@ class Intake:
     ``stop()`` is a no-op kept for the stage protocol: the consumer is the processor's to close."""
 
     def __init__(self, ctx: Context, align: Align, ledger: OffsetLedger, marks: ReadMarks, ends: EndWatch,
-                 memory: MemoryGuard, downstream_full: Callable[[], bool], park: Park | None = None) -> None:
+                 memory: MemoryGuard, downstream_full: Callable[[], bool], park: Park) -> None:
         self._ctx = ctx
         self._align = align
         self._ledger = ledger
@@ -63,7 +63,7 @@ class Intake:
         self._ends = ends
         self._memory = memory
         self._downstream_full = downstream_full
-        self._park = park if park is not None else Park()  # shared with ``ends`` (a parked partition is not idle)
+        self._park = park  # shared with ``ends`` (a parked partition is not idle)
         self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
         self._first_ns: dict[tuple[Modality, int], int] = {}  # first, since the assignment
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
