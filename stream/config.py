@@ -135,8 +135,10 @@ class WindowConfig(_Section):
     hop_ms: int | None = Field(None, gt=0, description="slide; None = tumbling (hop = window)")
     allowed_lateness_ms: int = Field(200, ge=0, description="how far behind the max a record may arrive")
     idle_timeout_ms: int = Field(3000, gt=0, description="processing time after which a silent modality stops holding windows")
-    max_open_windows_per_source: int = Field(64, gt=0)
-    max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="all window payloads together (with the audio arrays they become at close)")
+    max_open_windows_per_source: int = Field(64, gt=0, description="a source's share: past it, its oldest windows are the first shed "
+                                                                    "when memory is short (soft); and the most windows one record may span")
+    max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="what all open windows hold: payloads (with the audio arrays "
+                                                                   "they become at close) and 1 KiB of bookkeeping per window")
     max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of the processor's wall clock is rejected")
     max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
     source_ttl_ms: int = Field(

@@ -92,8 +92,8 @@ class _WindowSink:
                 self.stats.empty += 1
             elif w.closed_by == "pressure":
                 self.stats.pressure_dropped += 1  # partial: see the module docstring
-                log.warning("window %s closed under memory pressure: not recorded (raise window.max_open_windows "
-                            "or window.max_buffered_bytes, or lower window.max_ahead_ms)", wid)
+                log.warning("window %s closed under memory pressure: not recorded (raise "
+                            "window.max_buffered_bytes, or lower window.max_ahead_ms)", wid)
             elif self.writer.has(wid):
                 self.stats.skipped += 1
             elif self.max_windows is None or self.stats.written < self.max_windows:

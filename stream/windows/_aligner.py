@@ -78,7 +78,7 @@ class Aligner:
         self._lateness_ns = config.allowed_lateness_ms * NS_PER_MS
         self._future_ns = config.max_future_ms * NS_PER_MS
         self._future_limit_ns = wall() + self._future_ns
-        self._max_open = config.max_open_windows_per_source
+        self._max_open = config.max_open_windows_per_source  # here: the longest span a record may have
         self._max_bytes = config.max_buffered_bytes
         self._modalities = config.modalities
         book = self._book = Book()  # the state, shared with the closing side
@@ -86,7 +86,6 @@ class Aligner:
         # the book's tables (the same dicts, never rebound)
         self._sources = book.sources
         self._open = book.open
-        self._over = book.over
         self._horizons = book.horizons
         self._retired = book.retired
 
@@ -94,9 +93,11 @@ class Aligner:
 
     @property
     def full(self) -> bool:
-        """A bound is exceeded: pause consumption. The next ``poll`` sheds the oldest windows
-        (``closed_by="pressure"``) until back within bounds, so this never stays true."""
-        return bool(self._over) or self._book.bytes > self._max_bytes
+        """The open windows hold more than ``max_buffered_bytes`` (``Book.held``): pause
+        consumption. The next ``poll`` sheds windows (``closed_by="pressure"``) until back within
+        the bound, so this never stays true. A source past its share of windows
+        (``max_open_windows_per_source``) does not make it full on its own: see ``Closer.shed``."""
+        return self._book.held() > self._max_bytes
 
     @property
     def open_windows(self) -> int:
@@ -226,8 +227,6 @@ class Aligner:
             self._open[src.id] = src
         if s < src.min_start:
             src.min_start = s
-        if len(src.windows) > self._max_open:
-            self._over[src.id] = src
         return w
 
     @staticmethod

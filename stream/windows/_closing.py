@@ -29,14 +29,13 @@ class Closer:
         self._hop_ns = (config.hop_ms or config.window_ms) * NS_PER_MS
         self._lateness_ns = config.allowed_lateness_ms * NS_PER_MS
         self._idle_ms = config.idle_timeout_ms
-        self._max_open = config.max_open_windows_per_source
+        self._max_open = config.max_open_windows_per_source  # a source's share (``_shed``)
         self._max_bytes = config.max_buffered_bytes
         self._ttl_ms = config.source_ttl_ms
         self._next_sweep_ms = 0
         # the book's tables (the same dicts, never rebound)
         self._sources = book.sources
         self._open = book.open
-        self._over = book.over
         self._horizons = book.horizons
         self._retired = book.retired
 
@@ -61,7 +60,7 @@ class Closer:
         for src in list(self._open.values()):
             if src.dirty or now >= src.check_at_ms:
                 self._evaluate(src, now, caught_up, out)
-        if self._over or self._book.bytes > self._max_bytes:
+        if self._book.held() > self._max_bytes:
             self._shed(out)
         if shed:
             oldest = sorted((s, src.id) for src in self._open.values() for s in src.windows)[:shed]
@@ -125,12 +124,9 @@ class Closer:
         if src.windows:
             if s == src.min_start:
                 src.min_start = min(src.windows)
-            if len(src.windows) <= self._max_open:
-                self._over.pop(src.id, None)
         else:
             src.min_start = ALWAYS
             self._open.pop(src.id, None)
-            self._over.pop(src.id, None)
         for key in w.segments:
             if isinstance(key, str):
                 rev = src.revisions.get(key)
@@ -141,17 +137,31 @@ class Closer:
         return w.close(src.id, cause, src.expected_modalities, waited_for)
 
     def _shed(self, out: list[ClosedWindow]) -> None:
-        """Close the oldest windows until within bounds (backpressure could not prevent it)."""
-        for src in list(self._over.values()):
-            while len(src.windows) > self._max_open:
-                out.append(self._close(src, src.min_start, "pressure"))
-        if self._book.bytes > self._max_bytes:
-            # oldest start first across sources; per source that is also its oldest window, so
-            # each source's frontier invariant holds
-            for s, sid in sorted((s, src.id) for src in self._open.values() for s in src.windows):
-                if self._book.bytes <= self._max_bytes:
-                    break
-                out.append(self._close(self._sources[sid], s, "pressure"))
+        """Close windows until the book is within ``max_buffered_bytes`` (backpressure could not
+        prevent it): first those of sources past their share (``max_open_windows_per_source``),
+        then any, oldest start first each time.
+
+        The share is soft, as a cgroup's memory.low: while memory has room a source may hold
+        more, and it must. Watermark alignment paces the modalities of a partition, not of each
+        source, so a backfilled source whose modalities are skewed (a clock off, an upload late)
+        runs one of them far ahead of the others, and its windows wait for them. Forcing those
+        out at a fixed count closed them partial and made the rest of the source late, which
+        live reading would not have done. When memory is short, the source holding more than its
+        share pays first; a source within it keeps its windows.
+        """
+        book, max_bytes, share = self._book, self._max_bytes, self._max_open
+        # per source its oldest windows past the share; across sources oldest first, so each
+        # source still closes oldest first and its frontier invariant holds
+        past_share = sorted((s, src.id) for src in self._open.values() if len(src.windows) > share
+                            for s in sorted(src.windows)[:len(src.windows) - share])
+        for s, sid in past_share:
+            if book.held() <= max_bytes:
+                return
+            out.append(self._close(self._sources[sid], s, "pressure"))
+        for s, sid in sorted((s, src.id) for src in self._open.values() for s in src.windows):
+            if book.held() <= max_bytes:
+                break
+            out.append(self._close(self._sources[sid], s, "pressure"))
 
     def flush(self) -> list[ClosedWindow]:
         """Close every open window now (shutdown drain), oldest first per source."""
@@ -199,7 +209,6 @@ class Closer:
                 dropped.append((sid, s))
             del self._sources[sid]
             self._open.pop(sid, None)
-            self._over.pop(sid, None)
         for sid, (_, _, parts) in list(self._retired.items()):
             if parts & partitions:
                 del self._retired[sid]
@@ -226,6 +235,4 @@ class Closer:
         src.min_start = min(src.windows) if src.windows else ALWAYS
         if not src.windows:
             self._open.pop(source_id, None)
-        if len(src.windows) <= self._max_open:
-            self._over.pop(source_id, None)
         return dropped

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from stream.contract import Modality
 from stream.windows import (
+    WINDOW_BYTES,
     AddStatus,
 )
 from tests.unit._windows_items import MS, T0, S, chunk, feed_all, frame, origin, segment
@@ -66,25 +67,62 @@ def test_forget_partitions_drops_their_sources(make) -> None:
 # --------------------------------------------------------------------------- bounds
 
 
-def test_full_on_too_many_open_windows_then_shed_oldest(make) -> None:
+def test_a_source_past_its_share_of_windows_keeps_them_while_memory_has_room(make) -> None:
+    """Seeds 10, 95, 143, 444, 920, 5321: a backfilled source whose modalities are skewed runs
+    one far ahead and waits for the others; a fixed count forced its windows out partial."""
     al = make(max_open_windows_per_source=3)
-    for k in range(4):
+    for k in range(6):
         al.add(frame(T0 + k * S), origin())
-    assert al.full and al.open_windows == 4
-    out = al.poll()
-    assert [(w.start_ns, w.closed_by) for w in out] == [(T0, "pressure")]
-    assert not al.full and al.open_windows == 3
-    assert al.add(frame(T0 + 10 * MS), origin()).status is AddStatus.LATE
+    assert not al.full and al.open_windows == 6
+    assert al.poll(lambda m, p: False) == [] and al.open_windows == 6
+
+
+def test_when_memory_is_short_the_sources_past_their_share_are_shed_first(make) -> None:
+    jpeg = b"\xff\xd8" + bytes(1000) + b"\xff\xd9"
+    per_window = len(jpeg) + WINDOW_BYTES
+    al = make(max_open_windows_per_source=2, max_buffered_bytes=5 * per_window)
+    al.add(frame(T0, sid="calm", data=jpeg), origin(partition=1))  # the oldest window of all
+    for k in range(1, 6):
+        al.add(frame(T0 + k * S, sid="hog", data=jpeg), origin())
+    assert al.full and al.open_windows == 6
+    out = al.poll(lambda m, p: False)
+    # one window over the bound: the hog's oldest goes, not the calm source's older one
+    assert [(w.source_id, w.start_ns, w.closed_by) for w in out] == [("hog", T0 + S, "pressure")]
+    assert not al.full and al.buffered_bytes == 5 * len(jpeg)
+    al.add(frame(T0 + 10 * S, sid="calm", data=jpeg), origin(partition=1))  # calm at its share
+    assert [(w.source_id, w.start_ns) for w in al.poll(lambda m, p: False)] == [("hog", T0 + 2 * S)]
+
+
+def test_when_the_sources_past_their_share_are_down_to_it_the_oldest_of_any_go(make) -> None:
+    jpeg = b"\xff\xd8" + bytes(1000) + b"\xff\xd9"
+    al = make(max_open_windows_per_source=2, max_buffered_bytes=2 * (len(jpeg) + WINDOW_BYTES))
+    for k in range(2):
+        al.add(frame(T0 + k * S, sid="calm", data=jpeg), origin(partition=1))
+    for k in range(2, 5):
+        al.add(frame(T0 + k * S, sid="hog", data=jpeg), origin())
+    out = al.poll(lambda m, p: False)
+    assert [(w.source_id, w.start_ns) for w in out] == [("hog", T0 + 2 * S), ("calm", T0), ("calm", T0 + S)]
+    assert not al.full and al.open_windows == 2
 
 
 def test_full_on_buffered_bytes(make) -> None:
-    al = make(max_buffered_bytes=10_000)
+    jpeg = b"\xff\xd8" + bytes(4000) + b"\xff\xd9"
+    al = make(max_buffered_bytes=2 * (len(jpeg) + WINDOW_BYTES))
     for k in range(3):
-        al.add(frame(T0 + k * S, sid=f"s{k}", data=b"\xff\xd8" + bytes(4000) + b"\xff\xd9"), origin())
-    assert al.full and al.buffered_bytes == 3 * 4004
+        al.add(frame(T0 + k * S, sid=f"s{k}", data=jpeg), origin())
+    assert al.full and al.buffered_bytes == 3 * len(jpeg)
     out = al.poll()
     assert [w.source_id for w in out] == ["s0"]
-    assert not al.full and al.buffered_bytes == 2 * 4004
+    assert not al.full and al.buffered_bytes == 2 * len(jpeg)
+
+
+def test_many_windows_of_tiny_records_are_bounded_by_their_bookkeeping(make) -> None:
+    al = make(window_ms=100, max_buffered_bytes=100 * WINDOW_BYTES)
+    for k in range(200):
+        al.add(frame(T0 + k * 100 * MS, sid=f"s{k % 7}"), origin())  # 4-byte frames, a window each
+    assert al.full and al.buffered_bytes == 800
+    al.poll(lambda m, p: False)
+    assert not al.full and al.open_windows * WINDOW_BYTES + al.buffered_bytes <= 100 * WINDOW_BYTES
 
 
 def test_watermarks(make) -> None:
