@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Iterable
+from heapq import heappush
 
 from stream.config import WindowConfig
 from stream.contract import AudioChunk, Item, Modality, Origin, TranscriptSegment, VideoFrame
@@ -225,8 +226,7 @@ class Aligner:
         self._book.n_open += 1
         if len(src.windows) == 1:
             self._open[src.id] = src
-        if s < src.min_start:
-            src.min_start = s
+        heappush(src.starts, s)
         return w
 
     @staticmethod

@@ -9,6 +9,7 @@ records into windows, this file takes windows out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from heapq import heapify, heappop, heappush
 
 from stream.config import WindowConfig
 from stream.contract import Modality
@@ -60,12 +61,12 @@ class Closer:
         for src in list(self._open.values()):
             if src.dirty or now >= src.check_at_ms:
                 self._evaluate(src, now, caught_up, out)
-        if self._book.held() > self._max_bytes:
-            self._shed(out)
+        book, max_bytes = self._book, self._max_bytes
+        if book.held() > max_bytes:
+            self._shed(lambda: book.held() <= max_bytes, out)
         if shed:
-            oldest = sorted((s, src.id) for src in self._open.values() for s in src.windows)[:shed]
-            for s, sid in oldest:  # oldest first per source too: each frontier invariant holds
-                out.append(self._close(self._sources[sid], s, "pressure"))
+            target = len(out) + shed
+            self._shed(lambda: len(out) >= target, out)
         if now >= self._next_sweep_ms:
             self._retire_silent(now)
         return out
@@ -108,24 +109,19 @@ class Closer:
     def _close_through(self, src: SourceState, bound: int, cause: CloseCause, out: list[ClosedWindow],
                        waited_for: Modality | None = None) -> None:
         """Close the source's windows ending at or before ``bound`` (ns), oldest first."""
-        if src.min_start + self._window_ns > bound:
-            return
-        for s in sorted(src.windows):
-            if s + self._window_ns > bound:
-                break
-            out.append(self._close(src, s, cause, waited_for))
+        starts, window_ns = src.starts, self._window_ns
+        while starts and starts[0] + window_ns <= bound:
+            out.append(self._close_oldest(src, cause, waited_for))
 
-    def _close(self, src: SourceState, s: int, cause: CloseCause, waited_for: Modality | None = None) -> ClosedWindow:
+    def _close_oldest(self, src: SourceState, cause: CloseCause, waited_for: Modality | None = None) -> ClosedWindow:
+        """Close the source's oldest window: windows of a source leave oldest first (its frontier)."""
+        s = heappop(src.starts)
         w = src.windows.pop(s)
         self._book.n_open -= 1
         self._book.bytes -= w.nbytes
         if w.end > src.frontier:
             src.frontier = w.end
-        if src.windows:
-            if s == src.min_start:
-                src.min_start = min(src.windows)
-        else:
-            src.min_start = ALWAYS
+        if not src.windows:
             self._open.pop(src.id, None)
         for key in w.segments:
             if isinstance(key, str):
@@ -136,10 +132,10 @@ class Closer:
                         src.finished(key)
         return w.close(src.id, cause, src.expected_modalities, waited_for)
 
-    def _shed(self, out: list[ClosedWindow]) -> None:
-        """Close windows until the book is within ``max_buffered_bytes`` (backpressure could not
-        prevent it): first those of sources past their share (``max_open_windows_per_source``),
-        then any, oldest start first each time.
+    def _shed(self, done: Callable[[], bool], out: list[ClosedWindow]) -> None:
+        """Close windows until ``done()``: the book within ``max_buffered_bytes`` (backpressure
+        could not prevent it), or as many as the memory guard asks. First those of sources past
+        their share (``max_open_windows_per_source``), then any, oldest start first each time.
 
         The share is soft, as a cgroup's memory.low: while memory has room a source may hold
         more, and it must. Watermark alignment paces the modalities of a partition, not of each
@@ -149,19 +145,27 @@ class Closer:
         live reading would not have done. When memory is short, the source holding more than its
         share pays first; a source within it keeps its windows.
         """
-        book, max_bytes, share = self._book, self._max_bytes, self._max_open
-        # per source its oldest windows past the share; across sources oldest first, so each
-        # source still closes oldest first and its frontier invariant holds
-        past_share = sorted((s, src.id) for src in self._open.values() if len(src.windows) > share
-                            for s in sorted(src.windows)[:len(src.windows) - share])
-        for s, sid in past_share:
-            if book.held() <= max_bytes:
-                return
-            out.append(self._close(self._sources[sid], s, "pressure"))
-        for s, sid in sorted((s, src.id) for src in self._open.values() for s in src.windows):
-            if book.held() <= max_bytes:
-                break
-            out.append(self._close(self._sources[sid], s, "pressure"))
+        share = self._max_open
+        over_share = [src for src in self._open.values() if len(src.windows) > share]
+        if not self._close_oldest_across(over_share, share, done, out):
+            self._close_oldest_across(list(self._open.values()), 0, done, out)
+
+    def _close_oldest_across(self, sources: list[SourceState], keep: int, done: Callable[[], bool],
+                             out: list[ClosedWindow]) -> bool:
+        """Close the oldest window of these sources, oldest start first across them, until
+        ``done()`` or each holds only ``keep``; per source that is its oldest, so each source's
+        frontier invariant holds. O(k log n) for k windows closed. Returns whether ``done()``."""
+        queue = [(src.starts[0], src.id) for src in sources if len(src.starts) > keep]
+        heapify(queue)
+        while queue:
+            if done():
+                return True
+            _, sid = heappop(queue)
+            src = self._sources[sid]
+            out.append(self._close_oldest(src, "pressure"))
+            if len(src.starts) > keep:
+                heappush(queue, (src.starts[0], sid))
+        return done()
 
     def flush(self) -> list[ClosedWindow]:
         """Close every open window now (shutdown drain), oldest first per source."""
@@ -225,14 +229,13 @@ class Closer:
         src.horizon = max(src.horizon, published_end_ns)
         src.frontier = max(src.frontier, published_end_ns)
         dropped: list[WindowKey] = []
-        for s in sorted(src.windows):
-            if s + self._window_ns > published_end_ns:
-                break
+        starts = src.starts
+        while starts and starts[0] + self._window_ns <= published_end_ns:
+            s = heappop(starts)
             w = src.windows.pop(s)
             self._book.bytes -= w.nbytes
             self._book.n_open -= 1
             dropped.append((source_id, s))
-        src.min_start = min(src.windows) if src.windows else ALWAYS
         if not src.windows:
             self._open.pop(source_id, None)
         return dropped

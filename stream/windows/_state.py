@@ -74,7 +74,7 @@ class SourceState:
 
     __slots__ = (
         "id", "windows", "vouched", "seen_ms", "partitions", "frontier", "horizon",
-        "revisions", "finals", "dirty", "check_at_ms", "min_start", "accepted", "expected", "expected_modalities",
+        "revisions", "finals", "dirty", "check_at_ms", "starts", "accepted", "expected", "expected_modalities",
         "held_by",
     )
 
@@ -96,7 +96,10 @@ class SourceState:
         self.finals: dict[str, None] = {}
         self.dirty = False  # vouched time moved since the last evaluation
         self.check_at_ms = now_ms
-        self.min_start = ALWAYS
+        # the starts of ``windows``, a heap: windows leave oldest first (closing, shedding,
+        # horizons), so the oldest is ``starts[0]`` and each leaves in O(log n), however many a
+        # source holds (a skewed backfill may hold thousands)
+        self.starts: list[int] = []
         self.accepted: AddResult | None = None  # the last one-window result, shared (see Aligner._accepted)
         # the slowest modality at the last evaluation that left windows open: what held them until
         # the next one closes them (several modalities often pass the bound in the same fetch)
