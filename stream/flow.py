@@ -103,3 +103,27 @@ def decide_pauses(
                 paused.add((m, partition))
                 reason = reason or "alignment"
     return FlowDecision(frozenset(paused), reason)
+
+
+def running_ahead(event_ns: dict[Slot, int], max_ahead_ms: int) -> set[Slot]:
+    """The slots more than ``max_ahead_ms`` past the slowest other modality of their partition
+    that has read anything, unread data or not: where alignment would hold them back.
+
+    ``decide_pauses`` pauses such a slot only while a slower one has unread data. In a live
+    stream the others have a few records unread whenever new ones land, so a topic pushed ahead
+    by one far-future record (let in while the others were caught up) was resumed only while
+    they were, and paused again as soon as they were not; where clocks never meet it was paused
+    until the others had read their whole backlog. ``Intake`` counts how long a slot stays in
+    this set, paused or not, against alignment's patience (the simulator's seed 4388).
+    """
+    bound_ns = max_ahead_ms * 1_000_000
+    by_partition: dict[int, list[tuple[Modality, int]]] = {}
+    for (m, p), t in event_ns.items():
+        by_partition.setdefault(p, []).append((m, t))
+    out: set[Slot] = set()
+    for p, read in by_partition.items():
+        for m, t in read:
+            others = [t2 for m2, t2 in read if m2 is not m]
+            if others and t - min(others) > bound_ns:
+                out.add((m, p))
+    return out

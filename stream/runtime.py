@@ -148,9 +148,10 @@ class Processor:
         rules = Rules(ctx, ctx.settings.rules_file)
         publish = Publish(ctx, infer, ledger, horizons, rules)
         batch = Batch(ctx, infer, deliver=publish.deliver)
-        align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put)
+        align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put,
+                      room=lambda: not batch.full)
         intake = Intake(ctx, align, ledger, marks, ends, self._memory,
-                        downstream_full=lambda: batch.full or publish.aside_full, park=park)
+                        downstream_full=lambda: batch.full or align.waiting > 0 or publish.aside_full, park=park)
         commit = Commit(ctx, ledger, horizons, marks, align)
         return Stages(intake, align, batch, infer, publish, rules, commit)
 
@@ -300,7 +301,7 @@ class Processor:
             log.warning("drain did not finish within %.1f s; in-flight windows will be replayed", bound)
 
     async def _drain(self) -> None:
-        await self.stages.align.close_ready()
+        await self.stages.align.close_ready(wait=True)
         await self.stages.batch.stop()
         await self.stages.commit.commit(force=True)
 

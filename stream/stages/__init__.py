@@ -1,7 +1,7 @@
 """The processor's stages, each a class in its own module with typed inputs and outputs, explicit
 backpressure and a bounded, idempotent ``stop()``; ``stream.runtime.Processor.compose`` wires them.
 
-    Intake   consume, decode, watermark alignment, pause/resume, park    (stages/intake.py)
+    Intake   consume, decode, watermark alignment, pause/resume, park    (stages/intake.py, pacing.py)
     Align    the pure aligner: items into windows, closed windows out     (stages/align.py)
     Batch    bounded queue of jobs -> batches for inference              (stages/batch.py)
     Infer    preprocess and run the model (the inference executor)       (stages/infer.py)

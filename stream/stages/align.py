@@ -1,8 +1,10 @@
 """Align: drives the pure aligner (``stream.windows``) for the processor.
 
 In: decoded items with their origin (``add``, from ``Intake``). Out: ``Job``s, closed windows with
-their horizon token, handed to ``Batch.put`` by ``close_ready`` (which waits for room: that wait
-is the backpressure, and while the batcher is full ``Intake`` pauses the input).
+their horizon token, handed to ``Batch.put`` by ``close_ready`` while the batch stage has room.
+Those it has no room for wait here (``waiting``), and no more windows close until they are in:
+that is the backpressure, and meanwhile ``Intake`` pauses the input while the processor's loop
+goes on turning (commits, gauges, health).
 
 Besides the aligner it keeps what ties windows to Kafka: the ledger keys of open windows (made
 once per window, not once per record; they carry the assignment generation) and which input
@@ -12,6 +14,7 @@ partition each source's records come from (for the horizons saved per partition)
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
@@ -47,7 +50,7 @@ class Align:
     windows that cannot close at shutdown are abandoned uncommitted (replayed whole)."""
 
     def __init__(self, ctx: Context, ledger: OffsetLedger, horizons: HorizonTracker, memory: MemoryGuard,
-                 caught_up: CaughtUp, put: Callable[[Job], Awaitable[None]]) -> None:
+                 caught_up: CaughtUp, put: Callable[[Job], Awaitable[None]], room: Callable[[], bool]) -> None:
         self._ctx = ctx
         self._aligner = Aligner(ctx.settings.window, ctx.clock_ms, ctx.wall_ns)
         self._ledger = ledger
@@ -55,6 +58,8 @@ class Align:
         self._memory = memory
         self._caught_up = caught_up
         self._put = put
+        self._room = room  # whether ``put`` would take a job now, without waiting
+        self._waiting: deque[Job] = deque()  # closed, waiting for room in the batch stage
         self._window_keys: dict[WindowKey, tuple[LedgerKey, ...]] = {}
         self._source_partition: dict[str, int] = {}
 
@@ -72,6 +77,11 @@ class Align:
     def full(self) -> bool:
         """Past its bounds: ``Intake`` pauses all but the slowest modality of each partition."""
         return self._aligner.full
+
+    @property
+    def waiting(self) -> int:
+        """Closed windows waiting for room in the batch stage (``close_ready``)."""
+        return len(self._waiting)
 
     def watermarks(self) -> dict[tuple[str, Modality], int]:
         return self._aligner.watermarks()
@@ -129,28 +139,46 @@ class Align:
 
     # ------------------------------------------------------------------ out
 
-    async def close_ready(self) -> None:
-        """Hand every window that can close to the batch stage.
+    async def close_ready(self, *, wait: bool = False) -> None:
+        """Hand every window that can close to the batch stage, while it has room.
 
-        ``put`` may wait for room, and a rebalance may run meanwhile. aiokafka's protocol is eager
-        (every rebalance revokes every partition), so after one the rest of these windows belong
-        to forgotten state: drop them unpublished; their records were not committed and whoever
+        Windows it has no room for wait here, and the aligner is not polled again until they
+        are all in (so no more close meanwhile). ``wait``: wait for room instead (the drain at
+        shutdown). A step used to wait here, and a backlog behind slow acknowledgements held the
+        loop for most of a minute: no commit, no gauge, no pause of the input (the simulator's
+        seed 4388).
+
+        A rebalance may run between steps (or during a wait). aiokafka's protocol is eager (every
+        rebalance revokes every partition), so after one the windows still waiting belong to
+        forgotten state: drop them unpublished; their records were not committed and whoever
         owns their partition now rebuilds them whole.
         """
-        assignment = self._ctx.assignment
-        generation = assignment.generation
+        waiting = self._waiting
+        await self._hand_over(wait)
+        if waiting:
+            return
+        generation = self._ctx.assignment.generation
         # over the memory bound the input is paused, so no watermark moves and no partition is
         # caught up: the oldest windows go out early, a few per step, until memory falls
         shed = _MEMORY_SHED if self._memory.over() else 0
         for window in self._aligner.poll(self._caught_up, shed=shed):
-            if generation != assignment.generation:
-                break
             self._window_keys.pop(window.key, None)
             if window.empty:
                 self._ledger.release(LedgerKey(generation, window.key))  # a revision moved everything out
                 continue
             token = self._horizons.closed(window.source_id, window.end_ns)
-            await self._put(Job(window, token, generation, self._ctx.clock_ms(), self._ctx.wall_ns()))
+            waiting.append(Job(window, token, generation, self._ctx.clock_ms(), self._ctx.wall_ns()))
+        await self._hand_over(wait)
+
+    async def _hand_over(self, wait: bool) -> None:
+        """The waiting jobs into the batch stage, oldest first, while it has room (or waiting
+        for it); those of an older assignment are dropped (see ``close_ready``)."""
+        waiting, assignment = self._waiting, self._ctx.assignment
+        while waiting and (wait or self._room()):
+            if waiting[0].generation != assignment.generation:
+                waiting.clear()
+                return
+            await self._put(waiting.popleft())
 
     # ------------------------------------------------------------------ sources and revocation
 

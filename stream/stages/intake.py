@@ -4,12 +4,12 @@ In: fetched records (``fetch`` asks the consumer; ``take`` decodes and aligns wh
 Out: decoded items into ``Align.add``, each record's offset decided in the ledger, and the
 ``AsideRecord``s (dead letters, late copies) ``take`` returns for ``Publish.write_aside``.
 
-Pacing (``flow``, rules in ``stream.flow``): a topic running more than ``max_ahead_ms`` ahead of
-the slowest modality of its partition pauses (watermark alignment, as Flink's FLIP-182); every
-partition pauses while the batch stage or the aside writer is full (``downstream_full``, the
-documented backpressure signal), the aligner is full, or memory is over its bound. Records held
-back by alignment are kept (``held``), not re-fetched; a record far ahead of its own topic waits
-in the park (``stream.stages.park``).
+Pacing (``flow``; ``stream.stages.pacing``, rules in ``stream.flow``): a topic running more than
+``max_ahead_ms`` ahead of the slowest modality of its partition pauses (watermark alignment, as
+Flink's FLIP-182); every partition pauses while the batch stage, the windows waiting for it or
+the aside writer are full (``downstream_full``, the documented backpressure signal), the aligner
+is full, or memory is over its bound. Records held back by alignment are kept (``held``), not
+re-fetched; a record far ahead of its own topic waits in the park (``stream.stages.park``).
 
 ``take`` is the hot path: one call per fetched partition batch, no awaits inside (so no rebalance
 can interleave), every per-record cost counted (docs/benchmarks.md).
@@ -29,13 +29,13 @@ from stream.aside import AsideRecord
 from stream.contract import Modality, Origin
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason
-from stream.flow import decide_pauses, stands_at
 from stream.marks import ReadMarks
 from stream.memory import MemoryGuard
 from stream.offsets import OffsetLedger
 from stream.stages.align import Align
 from stream.stages.ends import EndWatch
-from stream.stages.park import Park, Parked, Patience
+from stream.stages.pacing import Pacing
+from stream.stages.park import Park, Parked
 from stream.stages.shared import Context
 from stream.windows import AddStatus
 
@@ -61,16 +61,11 @@ class Intake:
         self._ledger = ledger
         self._marks = marks
         self._ends = ends
-        self._memory = memory
-        self._downstream_full = downstream_full
         self._park = park  # shared with ``ends`` (a parked partition is not idle)
-        self._event_ns: dict[tuple[Modality, int], int] = {}  # newest event time read per slot
-        self._first_ns: dict[tuple[Modality, int], int] = {}  # first, since the assignment
         # held back by watermark alignment: the records not processed yet (kept, not re-fetched)
-        # and the event time of the first of them
         self._held: dict[TopicPartition, list[Any]] = {}
-        self._blocked: dict[TopicPartition, int] = {}
-        self._patience = Patience(on_suspend=lambda: ctx.metrics.pauses.labels("alignment_suspended").inc())
+        self._pacing = Pacing(ctx, ends, park, memory, aligner_full=lambda: align.full,
+                              downstream_full=downstream_full, hold_back=self._loading_with_a_step_held)
         self._counters: dict[str, dict[str, Any]] = {}
         self._down_since: float | None = None
 
@@ -89,7 +84,7 @@ class Intake:
     @property
     def blocked(self) -> frozenset[TopicPartition]:
         """Partitions held back by alignment at a record (they stay paused until it may go)."""
-        return frozenset(self._blocked)
+        return self._pacing.blocked
 
     def caught_up(self, modality: Modality, partition: int) -> bool:
         """See ``EndWatch.caught_up``: what the aligner asks before counting silence as idle."""
@@ -149,7 +144,7 @@ class Intake:
                 self._held[tp] = records
             elif tp in assignment.assigned and records:
                 aside += self._handle_batch(tp, records)
-        for tp, records in self._park.due(assignment.assigned, self._limit_of, self._ctx.clock_ms()):
+        for tp, records in self._park.due(assignment.assigned, self._pacing.limit_of, self._ctx.clock_ms()):
             aside += self._handle_batch(tp, records, parked=True)
         self._ends.note()
         return aside
@@ -175,10 +170,11 @@ class Intake:
         slot = (modality, partition)
         ahead_ns = settings.window.max_ahead_ms * 1_000_000
         wall_limit_ns = ctx.wall_ns() + settings.window.max_future_ms * 1_000_000
-        newest = self._event_ns.get(slot, -1)
-        first_ns = self._first_ns.get(slot)
-        unaligned = not parked and self._patience.given_up(tp, now_ms)
-        limit_ns = None if unaligned else self._ahead_limit(modality, partition, first_ns, newest if newest >= 0 else first_ns)
+        pacing = self._pacing
+        newest = pacing.newest(slot)
+        first_ns = pacing.first(slot)
+        unaligned = not parked and pacing.unaligned(tp, now_ms)
+        limit_ns = None if unaligned else pacing.limit(modality, partition, first_ns, newest if newest >= 0 else first_ns)
         settle = first_ns is None  # the bound may depend on this topic's first time: wait for a record
         park = self._park.of(tp) if not parked else None
         parked_sources = {p.source_id for p in park} if park else set()
@@ -196,8 +192,8 @@ class Intake:
                 continue
             end_ns = item.end_ns
             if settle:
-                self._first_ns[slot] = end_ns
-                limit_ns = None if unaligned else self._ahead_limit(modality, partition, end_ns, end_ns)
+                pacing.started(slot, end_ns)
+                limit_ns = None if unaligned else pacing.limit(modality, partition, end_ns, end_ns)
                 settle = False
             if parked_sources and item.source_id in parked_sources:
                 # first in, first out per source: a later record of a source with one parked waits
@@ -255,18 +251,16 @@ class Intake:
                     ledger.track(origin)  # finished when the late topic acknowledges it
                     late += 1
                     aside.append(AsideRecord.of(record, origin, None, result.detail))
-        self._event_ns[slot] = newest
+        pacing.read(slot, newest)
         stats = ctx.stats
         if not parked:
             if handled:
                 ctx.assignment.position[tp] = position = records[handled - 1].offset + 1
                 self._marks.judged(topic, partition, position)
             if blocked_ns is not None:
-                self._blocked[tp] = blocked_ns
-                self._patience.held(tp, now_ms)
+                pacing.blocked_at(tp, blocked_ns, now_ms)
             else:
-                self._blocked.pop(tp, None)
-                self._patience.moving(tp)
+                pacing.moving(tp)
             stats.records += handled  # parked records were counted when read
         stats.late += late
         stats.partly_late += partly
@@ -300,45 +294,6 @@ class Intake:
             }
         return found
 
-    # ------------------------------------------------------------------ watermark alignment
-
-    def _limit_of(self, tp: TopicPartition) -> int | None:
-        """How far a partition's parked records may go now (``Park.due``)."""
-        modality, partition = self._ctx.modality_of[tp.topic], tp.partition
-        slot = (modality, partition)
-        own = self._event_ns.get(slot, -1)
-        return self._ahead_limit(modality, partition, self._first_ns.get(slot), own if own >= 0 else None)
-
-    def _ahead_limit(self, modality: Modality, partition: int, first_ns: int | None, own_ns: int | None) -> int | None:
-        """The newest event time this modality may reach in this partition now: the slowest other
-        modality with unread or parked data, plus ``max_ahead_ms``. None = no bound.
-
-        Another modality not read at all yet counts as being where this one started (``first_ns``,
-        its first record since the assignment): at most ``max_ahead_ms`` ahead until the others
-        show up, which is what keeps a backfill's first windows quick to close. One that was read
-        but holds no event time (only dead letters or rejected timestamps) counts as being where
-        this one is now (``own_ns``): it cannot hold the others back for ever.
-        """
-        ctx = self._ctx
-        floor: int | None = None
-        for other in Modality:
-            other_tp = TopicPartition(ctx.topic_of[other], partition)
-            if other is modality or other_tp not in ctx.assignment.assigned:
-                continue
-            blocked_ns = self._blocked.get(other_tp)
-            if self._ends.at_end(other_tp):
-                # read to its end, but what it parked is in no window yet: it stands at the first
-                # record its park can let go (as a partition blocked at one), or a modality's whole
-                # parked backlog would go in at once, and shed windows the other still owes
-                blocked_ns = self._park.next_ns(other_tp)
-                if blocked_ns is None:
-                    continue  # nothing waiting there: it cannot be the one holding windows back
-            t = stands_at(self._event_ns.get((other, partition)), blocked_ns, first_ns=first_ns, own_ns=own_ns)
-            if t is None:
-                return None
-            floor = t if floor is None else min(floor, t)
-        return None if floor is None else floor + ctx.settings.window.max_ahead_ms * 1_000_000
-
     async def learn_positions(self) -> None:
         """Positions no record has shown yet, from the consumer (``EndWatch.learn_positions``)."""
         await self._ends.learn_positions()
@@ -346,63 +301,26 @@ class Intake:
     # ------------------------------------------------------------------ pause and resume
 
     def flow(self) -> None:
-        """Pause and resume input partitions as ``stream.flow.decide_pauses`` rules."""
-        ctx = self._ctx
-        assignment, consumer = ctx.assignment, ctx.connection.consumer
-        assert consumer is not None
-        modality_of, topic_of = ctx.modality_of, ctx.topic_of
-        slots = [(modality_of[tp.topic], tp.partition) for tp in assignment.assigned]
-        blocked_slots = {(modality_of[tp.topic], tp.partition) for tp in self._blocked}
-        # a slot read but holding no event time (dead letters, rejected timestamps) is no basis
-        # for alignment: it counts as unknown, like one not read yet
-        progress = {slot: t for slot, t in self._event_ns.items() if t >= 0}
-        for tp, next_ns in self._blocked.items():
-            slot = (modality_of[tp.topic], tp.partition)
-            progress[slot] = max(progress.get(slot, -1), next_ns)
-        at_end = self._ends.at_end
-        decision = decide_pauses(
-            slots, progress, lambda m, p: not at_end(TopicPartition(topic_of[m], p)) or (m, p) in blocked_slots,
-            max_ahead_ms=ctx.settings.window.max_ahead_ms,
-            aligner_full=self._align.full, batcher_full=self._downstream_full(), blocked=blocked_slots,
-            memory_over=self._memory.over(),
-        )
-        if decision.reason in ("batcher_full", "aligner_full", "memory"):
-            # backpressure holds the other topics back too: alignment's patience (how long a
-            # partition or a parked record has waited for them) counts only while they could move
-            now = ctx.clock_ms()
-            self._patience.restart(now)
-            self._park.restart_patience(now)
-        want = {TopicPartition(topic_of[m], p) for m, p in decision.paused}
-        # a partition whose published horizons are still being read keeps what it fetched until
-        # then (``take``): once that is a step's worth, it fetches no more meanwhile, or a slow
-        # state read would let a backlog pile up in memory past every bound. (Not at once: a read
-        # takes milliseconds, and a pause drops the fetch in flight, to be fetched again.)
+        """Pause and resume input partitions (``Pacing.flow``)."""
+        self._pacing.flow()
+
+    def _loading_with_a_step_held(self) -> set[TopicPartition]:
+        """Partitions whose published horizons are still being read, with a step's worth fetched
+        meanwhile (``take`` keeps what they fetch until then): they fetch no more, or a slow
+        state read would let a backlog pile up in memory past every bound. (Not at once: a read
+        takes milliseconds, and a pause drops the fetch in flight, to be fetched again.)"""
         held = self._held
-        want |= {tp for tp in assignment.loading if len(held.get(tp, ())) >= _MAX_RECORDS}
-        if want != assignment.paused:
-            resume, pause = assignment.paused - want, want - assignment.paused
-            if pause:
-                consumer.pause(*pause)
-                ctx.metrics.pauses.labels(decision.reason or "loading").inc()
-                log.debug("paused %s (%s)", sorted(pause), decision.reason)
-            if resume:
-                consumer.resume(*resume)
-            assignment.paused = want
-        ctx.metrics.paused.set(1 if assignment.paused else 0)
+        return {tp for tp in self._ctx.assignment.loading if len(held.get(tp, ())) >= _MAX_RECORDS}
 
     # ------------------------------------------------------------------ revocation
 
     def revoke(self, tps: set[TopicPartition]) -> None:
         """Forget what is kept of revoked partitions (their next owner reads them again)."""
-        modality_of = self._ctx.modality_of
         for tp in tps:
-            self._blocked.pop(tp, None)
             self._held.pop(tp, None)
             self._park.drop(tp)
-            self._patience.drop(tp)
+            self._pacing.revoke(tp)
             self._ctx.assignment.position.pop(tp, None)
-            self._event_ns.pop((modality_of[tp.topic], tp.partition), None)
-            self._first_ns.pop((modality_of[tp.topic], tp.partition), None)
 
     async def stop(self) -> None:
         """Nothing to release (see the class docstring); idempotent."""

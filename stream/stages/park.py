@@ -148,6 +148,11 @@ class Patience:
                     tp, (now_ms - since) / 1000, _UNALIGNED_MS / 1000)
         return True
 
+    def suspended(self, tp: TopicPartition, now_ms: int) -> bool:
+        """Whether alignment is given up for this partition now (``given_up`` said so before)."""
+        until = self._until.get(tp)
+        return until is not None and now_ms < until
+
     def restart(self, now_ms: int) -> None:
         """Backpressure holds the other topics back too: the wait counts only while they move."""
         for tp in self._since:

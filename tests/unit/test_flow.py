@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from stream.config import load_settings
 from stream.contract import AudioChunk, Modality, VideoFrame
-from stream.flow import decide_pauses
+from stream.flow import decide_pauses, running_ahead
 from stream.runtime import Processor
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
@@ -35,6 +35,13 @@ def test_the_topic_ahead_of_the_slowest_with_unread_data_pauses() -> None:
     unread = {(V, 0), (A, 0), (T, 0)}
     assert _decide({(V, 0): 0, (A, 0): 6 * S, (T, 0): 1 * S}, unread) == {(A, 0)}
     assert _decide({(V, 0): 0, (A, 0): 4 * S, (T, 0): 1 * S}, unread) == set()
+
+
+def test_running_ahead_compares_each_topic_with_the_slowest_other_of_its_partition() -> None:
+    progress = {(V, 0): 10 * S, (A, 0): 0, (T, 0): 3 * S, (V, 1): 100 * S, (A, 1): 96 * S, (T, 2): 50 * S}
+    # partition 1 is within 5 s, and a topic alone on its partition is ahead of nothing
+    assert running_ahead(progress, max_ahead_ms=5000) == {(V, 0)}
+    assert running_ahead(progress, max_ahead_ms=2000) == {(V, 0), (T, 0), (V, 1)}
 
 
 def test_a_caught_up_topic_does_not_hold_the_others() -> None:

@@ -9,7 +9,9 @@ The processor's record path is driven without a broker through the stages' publi
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -79,10 +81,12 @@ class _PositionedConsumer(FakeConsumer):
 
 
 async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
-               per_fetch: int = 50) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
+               per_fetch: int = 50, produce: Callable[[int], dict[Modality, list[Any]]] | None = None,
+               ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
     """The consume loop without a broker: every step each partition not paused delivers its next
     records, then intake, window closing and flow control run, and once a second the positions no
-    record showed are learned; 100 ms pass per step. The closed windows are those queued for
+    record showed are learned; 100 ms pass per step. ``produce(step)``: records that land during
+    the step, before flow control (a live stream). The closed windows are those queued for
     inference (the batch stage is not started)."""
     fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
         consumer_record(TopicPartition(processor.settings.topics.input(m), 0), i, item) for i, item in enumerate(records)]
@@ -102,6 +106,9 @@ async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[A
                 consumer.pos[tp] += len(batch[tp])
         intake.take(batch)
         await align.close_ready()
+        for m, new in (produce(step) if produce else {}).items():
+            tp = TopicPartition(processor.settings.topics.input(m), 0)
+            fetched[tp] += [consumer_record(tp, len(fetched[tp]) + i, item) for i, item in enumerate(new)]
         intake.flow()
     return fetched, [job.window for job in processor.stages.batch.queued()]
 
@@ -145,6 +152,53 @@ async def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
     texts = [seg.text for w in windows["a"] if w.start_ns == T0 + 35 * S for seg, *_ in w.segments]
     assert "from the future" in texts
     assert processor.stats.late == 0
+
+
+async def test_a_topic_let_in_unaligned_is_not_paused_again_for_running_ahead() -> None:
+    """A far-future segment first on its topic is held back at that record; after the 10 s
+    patience its partition reads on unaligned ("for 60 s"), but the segment let in put the topic
+    30 s ahead, and it was paused again for running ahead until the others, read at the pace of
+    a live stream (0.1 s of event time per 0.1 s step), came within max_ahead_ms: 25 s."""
+    clock = _Clock()
+    processor = _processor(clock)
+    items = _stream(40, [])
+    items[Modality.TEXT] = [_segment("z", T0 + 30 * S, T0 + 31 * S - 1), *items[Modality.TEXT]]
+    fetched, _ = await _run(processor, clock, items, steps=150, per_fetch=3)  # 15 s
+    text = TopicPartition(processor.settings.topics.text, 0)
+    assert processor.connection.consumer.pos[text] > 20 * len(SOURCES)
+
+
+async def test_a_topic_paused_for_running_ahead_reads_on_after_the_patience() -> None:
+    """The simulator's seed 4388: a far-future segment read while the other topics had nothing
+    to read puts its topic 30 s ahead. Then a live stream: records land while each step runs, so
+    the others always have some unread when the input is paced, and the topic stayed paused until
+    they came within max_ahead_ms (25 s), for no patience counted for a topic paused as running
+    ahead, only for one blocked at a record. After the 10 s patience it reads on, unaligned."""
+    clock = _Clock()
+    processor = _processor(clock)
+    now_live = _stream(40, [])
+
+    def produce(step: int) -> dict[Modality, list[Any]]:  # 100 ms of each source; segments when final
+        out = {m: now_live[m][step * 3:(step + 1) * 3] for m in (Modality.VIDEO, Modality.AUDIO)}
+        out[Modality.TEXT] = now_live[Modality.TEXT][(step // 10 - 1) * 3:step // 10 * 3] if step % 10 == 0 else []
+        return out
+    items = {Modality.VIDEO: [], Modality.AUDIO: [], Modality.TEXT: [_segment("z", T0 + 30 * S, T0 + 31 * S - 1)]}
+    await _run(processor, clock, items, steps=150, per_fetch=50, produce=produce)  # 15 s
+    text = TopicPartition(processor.settings.topics.text, 0)
+    assert processor.connection.consumer.pos[text] > 1 + 3 * 12  # what 13 s of it held, once read on
+
+
+async def test_windows_the_batch_stage_has_no_room_for_wait_without_holding_the_loop() -> None:
+    """Seed 4388 again: a step waited in ``close_ready`` until the batch stage took every window
+    that closed, most of a minute behind slow acknowledgements: no commit, no gauge, and no pause
+    of the input meanwhile. Now the windows wait in the align stage and the input pauses."""
+    clock = _Clock()
+    settings = load_settings(overrides={"metrics": {"port": None}, "batching": {"max_queued_windows": 2}})
+    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=_Wall())
+    fetched, queued = await asyncio.wait_for(_run(processor, clock, _stream(10, []), steps=50), 5)
+    align = processor.stages.align
+    assert len(queued) == 2 and align.waiting > 0  # the batch stage is not started: it never drains
+    assert processor.assignment.paused == set(fetched)
 
 
 async def _read_to_the_end(clock: _Clock, wall: _Wall) -> tuple[Processor, TopicPartition]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import stream.stages.intake as intake_stage
+import stream.stages.pacing as pacing_stage
 from stream.aside import AsideRecord, AsideWriter
 from stream.contract import Origin
 from stream.flow import FlowDecision, stands_at
@@ -155,11 +155,21 @@ def test_a_backfilled_source_with_skewed_modalities_keeps_its_windows_open() -> 
     assert not failed, failed
 
 
+def test_a_backlog_behind_slow_acknowledgements_does_not_hold_the_loop() -> None:
+    """Large seed 4388: slow acknowledgements and max_in_flight 1 fill the batch stage; a step
+    then waited in ``Align.close_ready`` for 53 simulated seconds (no fetch, commit or pause),
+    and a transcript topic pushed 30 s ahead by a far-future segment was paused whenever the
+    others had unread records: mm.text/0 stood still with records to read."""
+    report = simulate(4388, "large")
+    assert report.ok, report.violations[:2]
+
+
 def test_a_partition_that_stays_paused_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     def pause_all(slots: object, *args: object, **kwargs: object) -> FlowDecision:
-        return FlowDecision(frozenset(slots), "alignment")  # type: ignore[arg-type]
+        # a pause alignment's patience cannot lift (it lifts one for running ahead after 10 s)
+        return FlowDecision(frozenset(slots), "memory")  # type: ignore[arg-type]
 
-    monkeypatch.setattr(intake_stage, "decide_pauses", pause_all)
+    monkeypatch.setattr(pacing_stage, "decide_pauses", pause_all)
     assert "stall" in _first_broken(range(20))
 
 
@@ -195,7 +205,7 @@ def test_the_stall_of_finding_2_is_found_when_its_fix_is_reverted(monkeypatch: p
                          own_ns: int | None) -> int | None:
         return stands_at(read_ns, None, first_ns=first_ns, own_ns=own_ns)
 
-    monkeypatch.setattr(intake_stage, "stands_at", blind_to_blocked)
+    monkeypatch.setattr(pacing_stage, "stands_at", blind_to_blocked)
     monkeypatch.setattr(Park, "has_room", lambda self: False)
     monkeypatch.setattr(Patience, "given_up", lambda self, tp, now_ms: False)
     report = simulate(6)
