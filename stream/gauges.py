@@ -95,7 +95,7 @@ class Gauges:
         for modality, wm in slowest.items():
             metrics.watermark_lag_seconds.labels(modality.value).set(max(now_ns - wm, 0) / 1e9)
         metrics.queue_depth.labels("aligner").set(self._align.open_windows)
-        metrics.queue_depth.labels("batcher").set(self._batch.depth)
+        metrics.queue_depth.labels("batcher").set(self._batch.depth + self._align.waiting)  # closed, not yet batched
         metrics.queue_depth.labels("parked").set(self._intake.parked)
         metrics.queue_depth.labels("inference").set(self._batch.in_flight)
         metrics.queue_depth.labels("publish").set(self._batch.delivering)
