@@ -124,6 +124,17 @@ class Batcher(Generic[T]):
             await self._wait_change(None)
         self.put_nowait(item)
 
+    async def room(self, timeout: float) -> bool:
+        """Wait until a ``put`` would not wait (or ``timeout`` seconds); whether it would not now."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.full and not self._closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await self._wait_change(left)
+        return True
+
     def close(self) -> None:
         """Refuse new windows; ``next_batch`` then flushes the rest without delay. Idempotent."""
         self._closed = True

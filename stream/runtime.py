@@ -149,7 +149,7 @@ class Processor:
         publish = Publish(ctx, infer, ledger, horizons, rules)
         batch = Batch(ctx, infer, deliver=publish.deliver)
         align = Align(ctx, ledger, horizons, self._memory, caught_up=ends.caught_up, put=batch.put,
-                      room=lambda: not batch.full)
+                      room=batch.room)
         intake = Intake(ctx, align, ledger, marks, ends, self._memory,
                         downstream_full=lambda: batch.full or align.waiting > 0 or publish.aside_full, park=park)
         commit = Commit(ctx, ledger, horizons, marks, align)
@@ -185,8 +185,8 @@ class Processor:
 
     @property
     def queued_windows(self) -> int:
-        """Closed windows waiting for inference."""
-        return self.stages.batch.depth
+        """Closed windows waiting for inference (those waiting for room in its queue included)."""
+        return self.stages.batch.depth + self.stages.align.waiting
 
     @property
     def model_info(self) -> ModelInfo:
@@ -268,7 +268,9 @@ class Processor:
         simulator (``stream.sim``) calls it itself."""
         intake, align, publish, commit = (self.stages.intake, self.stages.align, self.stages.publish,
                                           self.stages.commit)
-        fetched = await intake.fetch()
+        # windows waiting for room in the batch stage: the input is paused, and the step waits
+        # for room in ``close_ready`` rather than in the fetch
+        fetched = await intake.fetch(wait=not align.waiting)
         if fetched is None:
             return
         generation = self.assignment.generation

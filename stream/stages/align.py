@@ -13,6 +13,7 @@ partition each source's records come from (for the horizons saved per partition)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,8 @@ class LedgerKey(NamedTuple):
 
 
 _MEMORY_SHED = 4  # windows closed early per step while memory is over its bound
+_ROOM_WAIT_S = 0.1  # while windows wait, a step waits this long for room (the input is paused,
+# so the fetch does not wait: the batch stage is refilled as soon as it can take more)
 
 
 class Align:
@@ -50,7 +53,8 @@ class Align:
     windows that cannot close at shutdown are abandoned uncommitted (replayed whole)."""
 
     def __init__(self, ctx: Context, ledger: OffsetLedger, horizons: HorizonTracker, memory: MemoryGuard,
-                 caught_up: CaughtUp, put: Callable[[Job], Awaitable[None]], room: Callable[[], bool]) -> None:
+                 caught_up: CaughtUp, put: Callable[[Job], Awaitable[None]],
+                 room: Callable[[float], Awaitable[bool]]) -> None:
         self._ctx = ctx
         self._aligner = Aligner(ctx.settings.window, ctx.clock_ms, ctx.wall_ns)
         self._ledger = ledger
@@ -58,7 +62,7 @@ class Align:
         self._memory = memory
         self._caught_up = caught_up
         self._put = put
-        self._room = room  # whether ``put`` would take a job now, without waiting
+        self._room = room  # waits (at most so many seconds) until ``put`` would not wait
         self._waiting: deque[Job] = deque()  # closed, waiting for room in the batch stage
         self._window_keys: dict[WindowKey, tuple[LedgerKey, ...]] = {}
         self._source_partition: dict[str, int] = {}
@@ -143,8 +147,9 @@ class Align:
         """Hand every window that can close to the batch stage, while it has room.
 
         Windows it has no room for wait here, and the aligner is not polled again until they
-        are all in (so no more close meanwhile). ``wait``: wait for room instead (the drain at
-        shutdown). A step used to wait here, and a backlog behind slow acknowledgements held the
+        are all in (so no more close meanwhile); while some wait, a step waits up to
+        ``_ROOM_WAIT_S`` for room, in place of the fetch's wait. ``wait``: wait for room as long
+        as it takes (the drain at shutdown). A step used to wait here, and a backlog behind slow acknowledgements held the
         loop for most of a minute: no commit, no gauge, no pause of the input (the simulator's
         seed 4388).
 
@@ -171,14 +176,21 @@ class Align:
         await self._hand_over(wait)
 
     async def _hand_over(self, wait: bool) -> None:
-        """The waiting jobs into the batch stage, oldest first, while it has room (or waiting
-        for it); those of an older assignment are dropped (see ``close_ready``)."""
+        """The waiting jobs into the batch stage, oldest first, while it has room (waiting for
+        it a while, or as long as it takes with ``wait``); those of an older assignment are
+        dropped (see ``close_ready``). Align is the batch stage's only producer: once it has
+        room, ``put`` does not wait."""
         waiting, assignment = self._waiting, self._ctx.assignment
-        while waiting and (wait or self._room()):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _ROOM_WAIT_S
+        while waiting:
             if waiting[0].generation != assignment.generation:
                 waiting.clear()
                 return
-            await self._put(waiting.popleft())
+            if not wait and not await self._room(max(deadline - loop.time(), 0.0)):
+                return
+            if waiting and waiting[0].generation == assignment.generation:  # a rebalance may have run meanwhile
+                await self._put(waiting.popleft())
 
     # ------------------------------------------------------------------ sources and revocation
 

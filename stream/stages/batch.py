@@ -71,6 +71,10 @@ class Batch:
         """Queue one job; waits while the queue is full."""
         await self._batcher.put(job)
 
+    async def room(self, timeout_s: float) -> bool:
+        """Wait until ``put`` would not wait (at most ``timeout_s``); whether it would not now."""
+        return await self._batcher.room(timeout_s)
+
     async def start(self) -> None:
         """Start the pipeline (after ``Infer.start``: the sizer reads how many replicas share the work).
 

@@ -92,12 +92,13 @@ class Intake:
 
     # ------------------------------------------------------------------ fetch
 
-    async def fetch(self) -> dict[TopicPartition, list[Any]] | None:
-        """One fetch (at most ``_TICK_MS``); None when it failed (retried next step, never a crash:
-        a stuck partition is reported as stalled; no offset to start from is fatal)."""
+    async def fetch(self, *, wait: bool = True) -> dict[TopicPartition, list[Any]] | None:
+        """One fetch (waiting at most ``_TICK_MS`` for records, or not at all); None when it failed
+        (retried next step, never a crash: a stuck partition is reported as stalled; no offset to
+        start from is fatal)."""
         consumer = self._ctx.connection.consumer
         try:
-            fetched = await consumer.getmany(timeout_ms=_TICK_MS, max_records=_MAX_RECORDS)
+            fetched = await consumer.getmany(timeout_ms=_TICK_MS if wait else 0, max_records=_MAX_RECORDS)
         except (NoOffsetForPartitionError, OffsetOutOfRangeError) as exc:
             # auto_offset_reset "none" and nowhere committed to start from: waiting cannot heal it
             self._ctx.fatal.set(ClusterError(

@@ -150,8 +150,9 @@ class Pacing:
             slot = (modality_of[tp.topic], tp.partition)
             progress[slot] = max(progress.get(slot, -1), next_ns)
         at_end = self._ends.at_end
+        unread = {(m, p) for m, p in slots if not at_end(TopicPartition(topic_of[m], p)) or (m, p) in blocked_slots}
         decision = decide_pauses(
-            slots, progress, lambda m, p: not at_end(TopicPartition(topic_of[m], p)) or (m, p) in blocked_slots,
+            slots, progress, lambda m, p: (m, p) in unread,
             max_ahead_ms=ctx.settings.window.max_ahead_ms,
             aligner_full=self._aligner_full(), batcher_full=self._downstream_full(), blocked=blocked_slots,
             memory_over=self._memory.over(),
@@ -165,7 +166,7 @@ class Pacing:
             self._park.restart_patience(now)
         want = {TopicPartition(topic_of[m], p) for m, p in decision.paused}
         if decision.reason in ("", "alignment"):
-            want -= self._not_to_pause(decision.paused - blocked_slots, progress, now)
+            want -= self._not_to_pause(decision.paused, blocked_slots, progress, unread, now)
         want |= self._hold_back()
         if want != assignment.paused:
             resume, pause = assignment.paused - want, want - assignment.paused
@@ -178,16 +179,22 @@ class Pacing:
             assignment.paused = want
         ctx.metrics.paused.set(1 if assignment.paused else 0)
 
-    def _not_to_pause(self, paused: set[Slot], progress: dict[Slot, int], now: int) -> set[TopicPartition]:
+    def _not_to_pause(self, paused: frozenset[Slot], blocked: set[Slot], progress: dict[Slot, int],
+                      unread: set[Slot], now: int) -> set[TopicPartition]:
         """The topics not to pause for running ahead (``stream.flow.running_ahead`` says why):
         those whose alignment is given up, blocked at a record for ``ALIGN_PATIENCE_MS`` (the
         record let in put the topic ahead: pausing it for that broke the promise to read it
         unaligned for a while), and those that stayed ahead as long, paused or not (a second
-        ``Patience``)."""
-        ahead = running_ahead(progress, self._ctx.settings.window.max_ahead_ms)
+        ``Patience``). Ahead only of slots with data ``unread``, the only ones that hold another
+        back (as in ``decide_pauses``: a caught-up transcript topic, silent for minutes, does
+        not make video and audio run ahead). A blocked slot stays paused (nothing more may pile
+        up behind its record): it has a patience of its own."""
+        ahead = running_ahead({s: t for s, t in progress.items() if s in unread}, self._ctx.settings.window.max_ahead_ms)
         topic_of = self._ctx.topic_of
         out: set[TopicPartition] = set()
         for slot in progress:
+            if slot in blocked:
+                continue
             tp = TopicPartition(topic_of[slot[0]], slot[1])
             if self._patience.suspended(tp, now):
                 out.add(tp)

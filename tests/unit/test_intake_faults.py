@@ -81,11 +81,13 @@ class _PositionedConsumer(FakeConsumer):
 
 
 async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
-               per_fetch: int = 50, produce: Callable[[int], dict[Modality, list[Any]]] | None = None,
+               per_fetch: int | dict[Modality, int] = 50,
+               produce: Callable[[int], dict[Modality, list[Any]]] | None = None,
                ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
     """The consume loop without a broker: every step each partition not paused delivers its next
     records, then intake, window closing and flow control run, and once a second the positions no
-    record showed are learned; 100 ms pass per step. ``produce(step)``: records that land during
+    record showed are learned; 100 ms pass per step (``per_fetch``: records per fetch, or per
+    fetch of each modality's topic). ``produce(step)``: records that land during
     the step, before flow control (a live stream). The closed windows are those queued for
     inference (the batch stage is not started)."""
     fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
@@ -102,7 +104,8 @@ async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[A
         batch = {}
         for tp, recs in fetched.items():
             if tp not in processor.assignment.paused and consumer.pos[tp] < len(recs):
-                batch[tp] = recs[consumer.pos[tp]:consumer.pos[tp] + per_fetch]
+                n = per_fetch if isinstance(per_fetch, int) else per_fetch[processor.context.modality_of[tp.topic]]
+                batch[tp] = recs[consumer.pos[tp]:consumer.pos[tp] + n]
                 consumer.pos[tp] += len(batch[tp])
         intake.take(batch)
         await align.close_ready()
@@ -188,6 +191,23 @@ async def test_a_topic_paused_for_running_ahead_reads_on_after_the_patience() ->
     assert processor.connection.consumer.pos[text] > 1 + 3 * 12  # what 13 s of it held, once read on
 
 
+async def test_a_caught_up_topic_does_not_make_the_others_run_ahead() -> None:
+    """A review of the patience above: it counted a topic as ahead of the slowest other that had
+    read anything, a transcript topic read to its end after 2 s included, though such a topic
+    holds nothing back. In a backfill of video read slowly and audio fast, audio then counted as
+    ahead, read on unaligned after 10 s, and ran minutes ahead of video (windows shed by
+    pressure). Ahead only of topics with data unread, audio stays within max_ahead_ms (5 s)."""
+    clock = _Clock()
+    processor = _processor(clock)
+    items = _stream(120, [])
+    items[Modality.TEXT] = items[Modality.TEXT][:6]  # two seconds of transcript, then its end
+    fetched, _ = await _run(processor, clock, items, steps=300,  # 30 s, the patience three times over
+                            per_fetch={Modality.VIDEO: 3, Modality.AUDIO: 90, Modality.TEXT: 50})
+    pos = processor.connection.consumer.pos
+    video, audio = (TopicPartition(processor.settings.topics.input(m), 0) for m in (Modality.VIDEO, Modality.AUDIO))
+    assert pos[audio] / 30 - pos[video] / 30 <= 8  # seconds of event time (3 sources x 10 a second)
+
+
 async def test_windows_the_batch_stage_has_no_room_for_wait_without_holding_the_loop() -> None:
     """Seed 4388 again: a step waited in ``close_ready`` until the batch stage took every window
     that closed, most of a minute behind slow acknowledgements: no commit, no gauge, and no pause
@@ -195,7 +215,8 @@ async def test_windows_the_batch_stage_has_no_room_for_wait_without_holding_the_
     clock = _Clock()
     settings = load_settings(overrides={"metrics": {"port": None}, "batching": {"max_queued_windows": 2}})
     processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=_Wall())
-    fetched, queued = await asyncio.wait_for(_run(processor, clock, _stream(10, []), steps=50), 5)
+    # while windows wait, a step waits up to 0.1 s for room (real time here)
+    fetched, queued = await asyncio.wait_for(_run(processor, clock, _stream(10, []), steps=20), 30)
     align = processor.stages.align
     assert len(queued) == 2 and align.waiting > 0  # the batch stage is not started: it never drains
     assert processor.assignment.paused == set(fetched)
