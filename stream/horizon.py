@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,9 +39,11 @@ STATE_VERSION = 1
 @dataclass(slots=True)
 class HorizonToken:
     """One window of a source between closing and its acknowledged result: the horizon moves
-    over it once it and every window of the source closed before it are ``acked``."""
+    over it once it and every window of the source closed before it are ``acked``. ``key``: what
+    to release then (the window's ledger key), handed back by ``acked``."""
 
     end_ns: int
+    key: Hashable = None
     acked: bool = False
 
 
@@ -61,22 +63,32 @@ class HorizonTracker:
             if end_ns > self._horizon.get(source, -1):
                 self._horizon[source] = end_ns
 
-    def closed(self, source_id: str, end_ns: int) -> HorizonToken:
+    def closed(self, source_id: str, end_ns: int, key: Hashable = None) -> HorizonToken:
         """Register a window handed to inference; returns the token to pass to ``acked``."""
-        token = HorizonToken(end_ns)
+        token = HorizonToken(end_ns, key)
         self._pending.setdefault(source_id, deque()).append(token)
         return token
 
-    def acked(self, source_id: str, token: HorizonToken) -> None:
-        """The window's result is on the broker; advance the horizon over the acked prefix."""
+    def acked(self, source_id: str, token: HorizonToken) -> list[Hashable]:
+        """The window's result is on the broker; advance the horizon over the acked prefix.
+
+        Returns the keys of the windows the horizon moved over, oldest first: only now may their
+        records be released. Released at their own acknowledgement, a window acknowledged before
+        an older one of its source let its records' offsets be committed while the saved horizon
+        did not cover it; a restart then rebuilt it from the other modalities' uncommitted
+        records, published again without the committed ones (the simulator's seed 617)."""
         token.acked = True
         queue = self._pending.get(source_id)
+        passed: list[Hashable] = []
         while queue and queue[0].acked:
-            end_ns = queue.popleft().end_ns
-            if end_ns > self._horizon.get(source_id, -1):
-                self._horizon[source_id] = end_ns
+            done = queue.popleft()
+            if done.end_ns > self._horizon.get(source_id, -1):
+                self._horizon[source_id] = done.end_ns
+            if done.key is not None:
+                passed.append(done.key)
         if queue is not None and not queue:
             del self._pending[source_id]
+        return passed
 
     def forget(self, sources: Iterable[str]) -> None:
         """Drop sources whose partitions were revoked (their next owner reads the commit)."""

@@ -171,7 +171,7 @@ class Align:
             if window.empty:
                 self._ledger.release(LedgerKey(generation, window.key))  # a revision moved everything out
                 continue
-            token = self._horizons.closed(window.source_id, window.end_ns)
+            token = self._horizons.closed(window.source_id, window.end_ns, LedgerKey(generation, window.key))
             waiting.append(Job(window, token, generation, self._ctx.clock_ms(), self._ctx.wall_ns()))
         await self._hand_over(wait)
 

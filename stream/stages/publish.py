@@ -2,8 +2,9 @@
 
 In: a batch's jobs with their ``Scored`` outputs or the error inference raised (``deliver``, from
 the batch stage), and the dead letters and late copies ``Intake`` sets aside (``write_aside``).
-Out: acknowledged records; for each, the ledger releases the input offsets it held and the
-horizon moves (``Commit`` turns both into commits).
+Out: acknowledged records; for each the source's horizon moves once every older window of the
+source is acknowledged too, and only then does the ledger release the input offsets the windows
+it moved over held (``Commit`` turns both into commits: no offset is committed past a horizon).
 
 Everything goes through one sender and its one retry policy (``stream.sender``): results are
 retried with backoff while the broker refuses them transiently (the batch holds its delivery
@@ -30,7 +31,6 @@ from stream.kafka import max_request_bytes
 from stream.offsets import OffsetLedger
 from stream.results import Timeline, av_skew_ns, build_result, result_record
 from stream.sender import Message, Refused, Sender
-from stream.stages.align import LedgerKey
 from stream.stages.infer import Infer, Scored
 from stream.stages.rules import Rules
 from stream.stages.shared import Context
@@ -203,8 +203,8 @@ class Publish:
         self._ctx.metrics.inference_errors.labels("window").inc()
         log.error("window %s:%d cannot be made into a result; its records are dropped",
                   window.source_id, window.start_ns, exc_info=exc)
-        self._ledger.release(LedgerKey(job.generation, window.key))
-        self._horizons.acked(window.source_id, job.token)
+        for key in self._horizons.acked(window.source_id, job.token):  # this window's, once older ones are
+            self._ledger.release(key)
 
     async def publish(self, outgoing: list[Outgoing]) -> None:
         """Send a batch's results, then await their acknowledgements together (one wait per batch,
@@ -247,8 +247,10 @@ class Publish:
             return  # an alert refused: fatal; these windows stay uncommitted and are replayed
         for entry in acked:
             job = entry.job
-            self._ledger.release(LedgerKey(job.generation, job.window.key))
-            self._horizons.acked(job.window.source_id, job.token)
+            # its records, and those of newer windows acknowledged before it, once the source's
+            # horizon covers them (``HorizonTracker.acked``): no offset is committed past a horizon
+            for key in self._horizons.acked(job.window.source_id, job.token):
+                self._ledger.release(key)
             self._observe_result(job, entry.result)
 
     async def _alerted(self, acked: list[Outgoing]) -> bool:

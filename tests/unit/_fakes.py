@@ -72,7 +72,7 @@ def outgoing(processor: Any, n: int, *, transcript: str | None = None) -> list[A
                             origin)
         ledger.read(origin, tuple((0, key) for key in added.keys))
     for window in aligner.flush():
-        token = horizons.closed(window.source_id, window.end_ns)
+        token = horizons.closed(window.source_id, window.end_ns, (0, window.key))  # its ledger key
         result = build_result(window, None, ModelInfo(name="m", version="1"), inference_ms=0.0,
                               include_embedding=False, error="none")
         if transcript is not None:

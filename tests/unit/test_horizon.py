@@ -20,6 +20,17 @@ def test_a_horizon_advances_only_over_acknowledged_prefixes() -> None:
     assert tracker.horizon("cam") == 3000
 
 
+def test_a_window_is_released_only_when_the_horizon_passes_it() -> None:
+    """Seed 617: a window acknowledged before an older one of its source released its records
+    at once; their offsets were committed while the saved horizon did not cover the window, and
+    a restart rebuilt it from the other modalities' records, published again without them."""
+    tracker = HorizonTracker()
+    first, second, third = (tracker.closed("cam", end, key=f"w{end}") for end in (1000, 2000, 3000))
+    assert tracker.acked("cam", second) == []  # the horizon is not past it: nothing to release yet
+    assert tracker.acked("cam", first) == ["w1000", "w2000"]
+    assert tracker.acked("cam", third) == ["w3000"]
+
+
 def test_loaded_horizons_never_move_back_and_forget_drops_them() -> None:
     tracker = HorizonTracker()
     tracker.load({"a": 5000, "b": 1000})

@@ -71,7 +71,7 @@ def _jobs(processor: Processor, sources: list[str]) -> list[Any]:
         origin = Origin(processor.settings.topics.video, 0, i)
         result = aligner.add(VideoFrame(source_id=sid, ts_ns=T0, encoding="jpeg", data=JPEG), origin)
         ledger.read(origin, tuple((0, key) for key in result.keys))
-    return [Job(w, horizons.closed(w.source_id, w.end_ns), 0) for w in aligner.flush()]
+    return [Job(w, horizons.closed(w.source_id, w.end_ns, (0, w.key)), 0) for w in aligner.flush()]
 
 
 def make_processor(monkeypatch: pytest.MonkeyPatch, model: Any) -> Processor:
