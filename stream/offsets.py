@@ -7,8 +7,9 @@ that used it has been published and acknowledged. The runtime tells the ledger, 
 - then exactly one of ``hold(origin, window_keys)`` (the aligner placed it in those windows) or
   ``done(origin)`` (dead-lettered and acknowledged, late, rejected, replayed: nothing waits on it);
 - or, when the decision is known at once, ``read(origin, window_keys)``: both steps in one call;
-- ``release(window_key)`` once that window's result is acknowledged by the broker (or the window
-  was dropped unpublished by revocation or a horizon: its records are not needed any more either).
+- ``release(window_key)`` once that window's result is acknowledged by the broker and its
+  source's published horizon has moved over it (``HorizonTracker.acked``; or the window was
+  dropped unpublished by revocation or a horizon: its records are not needed any more either).
 
 ``safe_offset(topic, partition)`` is then the Kafka commit position (the next offset to read):
 the lowest tracked offset not yet finished, or one past the last tracked when all are. It never

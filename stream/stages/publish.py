@@ -167,8 +167,8 @@ class Publish:
 
     async def _publish_outputs(self, jobs: list[Job], outputs: list[Scored], err: str | None) -> None:
         """Results of ``jobs`` from their outputs (or ``err``), their dropped frames dead-lettered
-        first (a window's offsets are released with its result, so its dead letters must be safe
-        before it is published)."""
+        first (a window's offsets are released once its result is acknowledged, so its dead
+        letters must be safe before it is published)."""
         metrics = self._ctx.metrics
         if err is None:
             metrics.batch_size.observe(len(jobs))
@@ -197,8 +197,8 @@ class Publish:
     def _unpublishable(self, job: Job, exc: BaseException) -> None:
         """A window whose result cannot be built or sent (a defect, not the broker): logged with
         its traceback and counted as an error; it is finished as if published (nothing ever can
-        publish it): its records are released so the partition's commits go on, and its horizon
-        token is acknowledged so the source's published horizon moves past it."""
+        publish it): its horizon token is acknowledged so the source's published horizon moves
+        past it, and its records are released with it, so the partition's commits go on."""
         window = job.window
         self._ctx.metrics.inference_errors.labels("window").inc()
         log.error("window %s:%d cannot be made into a result; its records are dropped",
