@@ -107,13 +107,14 @@ def decide_pauses(
 
 def running_ahead(event_ns: dict[Slot, int], max_ahead_ms: int) -> set[Slot]:
     """The slots more than ``max_ahead_ms`` past the slowest other modality of their partition
-    that has read anything, unread data or not: where alignment would hold them back.
+    in ``event_ns``: where alignment would hold them back (``Pacing`` passes only the slots with
+    data unread, the only ones that hold another back, as in ``decide_pauses``).
 
     ``decide_pauses`` pauses such a slot only while a slower one has unread data. In a live
     stream the others have a few records unread whenever new ones land, so a topic pushed ahead
     by one far-future record (let in while the others were caught up) was resumed only while
     they were, and paused again as soon as they were not; where clocks never meet it was paused
-    until the others had read their whole backlog. ``Intake`` counts how long a slot stays in
+    until the others had read their whole backlog. ``Pacing`` counts how long a slot stays in
     this set, paused or not, against alignment's patience (the simulator's seed 4388).
     """
     bound_ns = max_ahead_ms * 1_000_000

@@ -149,9 +149,9 @@ class Align:
         Windows it has no room for wait here, and the aligner is not polled again until they
         are all in (so no more close meanwhile); while some wait, a step waits up to
         ``_ROOM_WAIT_S`` for room, in place of the fetch's wait. ``wait``: wait for room as long
-        as it takes (the drain at shutdown). A step used to wait here, and a backlog behind slow acknowledgements held the
-        loop for most of a minute: no commit, no gauge, no pause of the input (the simulator's
-        seed 4388).
+        as it takes (the drain at shutdown). A step used to wait here, and a backlog behind slow
+        acknowledgements held the loop for most of a minute: no commit, no gauge, no pause of the
+        input (the simulator's seed 4388).
 
         A rebalance may run between steps (or during a wait). aiokafka's protocol is eager (every
         rebalance revokes every partition), so after one the windows still waiting belong to
@@ -189,7 +189,7 @@ class Align:
                 return
             if not wait and not await self._room(max(deadline - loop.time(), 0.0)):
                 return
-            if waiting and waiting[0].generation == assignment.generation:  # a rebalance may have run meanwhile
+            if waiting[0].generation == assignment.generation:  # else a rebalance ran meanwhile: dropped above
                 await self._put(waiting.popleft())
 
     # ------------------------------------------------------------------ sources and revocation
