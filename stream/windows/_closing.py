@@ -13,7 +13,7 @@ from heapq import heapify, heappop, heappush
 
 from stream.config import WindowConfig
 from stream.contract import Modality
-from stream.windows._closed import CloseCause, ClosedWindow, WindowKey
+from stream.windows._closed import CloseCause, ClosedWindow, OpenWindow, WindowKey
 from stream.windows._ranges import NS_PER_MS
 from stream.windows._state import ALWAYS, MODALITIES, NEVER, Book, CaughtUp, SourceState
 
@@ -115,14 +115,9 @@ class Closer:
 
     def _close_oldest(self, src: SourceState, cause: CloseCause, waited_for: Modality | None = None) -> ClosedWindow:
         """Close the source's oldest window: windows of a source leave oldest first (its frontier)."""
-        s = heappop(src.starts)
-        w = src.windows.pop(s)
-        self._book.n_open -= 1
-        self._book.bytes -= w.nbytes
+        s, w = self._take_oldest(src)
         if w.end > src.frontier:
             src.frontier = w.end
-        if not src.windows:
-            self._open.pop(src.id, None)
         for key in w.segments:
             if isinstance(key, str):
                 rev = src.revisions.get(key)
@@ -131,6 +126,16 @@ class Closer:
                     if rev[0]:
                         src.finished(key)
         return w.close(src.id, cause, src.expected_modalities, waited_for)
+
+    def _take_oldest(self, src: SourceState) -> tuple[int, OpenWindow]:
+        """Take the source's oldest window out of the book (closing, or a horizon covering it)."""
+        s = heappop(src.starts)
+        w = src.windows.pop(s)
+        self._book.n_open -= 1
+        self._book.bytes -= w.nbytes
+        if not src.windows:
+            self._open.pop(src.id, None)
+        return s, w
 
     def _shed(self, done: Callable[[], bool], out: list[ClosedWindow]) -> None:
         """Close windows until ``done()``: the book within ``max_buffered_bytes`` (backpressure
@@ -231,11 +236,5 @@ class Closer:
         dropped: list[WindowKey] = []
         starts = src.starts
         while starts and starts[0] + self._window_ns <= published_end_ns:
-            s = heappop(starts)
-            w = src.windows.pop(s)
-            self._book.bytes -= w.nbytes
-            self._book.n_open -= 1
-            dropped.append((source_id, s))
-        if not src.windows:
-            self._open.pop(source_id, None)
+            dropped.append((source_id, self._take_oldest(src)[0]))
         return dropped
