@@ -117,6 +117,11 @@ class Align:
         record (the aligner is made once, so the bound method stays valid)."""
         return self._aligner.add
 
+    def behind_frontier(self, item: Item) -> bool:
+        """Every window of ``item`` is closed: nothing for alignment to hold it for
+        (``Aligner.behind_frontier``)."""
+        return self._aligner.behind_frontier(item)
+
     def keys(self, source_id: str, start_ns: int, partition: int) -> tuple[LedgerKey, ...]:
         """The ledger keys of one window (the common case: a record in a single window), made
         once per window."""

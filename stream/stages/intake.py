@@ -165,7 +165,7 @@ class Intake:
         settings = ctx.settings
         limits = settings.limits
         ledger, align = self._ledger, self._align
-        add, keys_for = align.adder, align.keys
+        add, keys_for, behind = align.adder, align.keys, align.behind_frontier
         decide = self._decide_parked if parked else ledger.read
         now_ms = ctx.clock_ms()  # once per batch: idle timeouts are seconds, a batch milliseconds
         slot = (modality, partition)
@@ -196,7 +196,7 @@ class Intake:
                 pacing.started(slot, end_ns)
                 limit_ns = None if unaligned else pacing.limit(modality, partition, end_ns, end_ns)
                 settle = False
-            if parked_sources and item.source_id in parked_sources:
+            if parked_sources and item.source_id in parked_sources and not behind(item):
                 # first in, first out per source: a later record of a source with one parked waits
                 # behind it (transcript revisions apply in order), or blocks if the park is full
                 if self._park.has_room():
@@ -213,15 +213,21 @@ class Intake:
                 # caught up (it pauses). But a record that jumps ahead of its own topic waits in
                 # the park while the rest of the partition goes on (stream.stages.park).
                 # (Past the wall-clock bound it is no progress at all: the aligner rejects it.)
-                if 0 <= newest < end_ns - ahead_ns and self._park.has_room():
+                if behind(item):
+                    # its windows are all closed (a replay after a move, say): judged now, late
+                    # or replayed as it would be later, and no progress of its topic, as a
+                    # parked record makes none
+                    end_ns = newest
+                elif 0 <= newest < end_ns - ahead_ns and self._park.has_room():
                     ledger.track(origin)
                     park.append(Parked(end_ns, record, now_ms, item.source_id))
                     parked_sources.add(item.source_id)
                     handled += 1
                     continue
-                self._held[tp] = records[handled:]
-                blocked_ns = end_ns
-                break
+                else:
+                    self._held[tp] = records[handled:]
+                    blocked_ns = end_ns
+                    break
             handled += 1
             result = add(item, origin, now_ms)
             status = result.status

@@ -131,6 +131,23 @@ class Aligner:
         """Sources with a published horizon read back (``set_horizon``) but no record yet."""
         return frozenset(self._horizons)
 
+    def behind_frontier(self, item: Item) -> bool:
+        """Every window ``item`` overlaps is closed for its source, so ``add`` finds it late or
+        replayed, now or at any later time (a frontier only grows). Watermark alignment asks before
+        holding a record back: such a record has no window to wait for, and holding it hides from
+        the read marks that an earlier owner judged it (``stream.marks``; large seed 1725)."""
+        sid = item.source_id
+        src = self._sources.get(sid)
+        retired = self._retired.get(sid)
+        frontier = src.frontier if src is not None else max(
+            self._horizons.get(sid, NEVER), retired[1] if retired is not None else NEVER)
+        hi = max(item.start_ns, item.end_ns - 1) if isinstance(item, TranscriptSegment) else item.end_ns
+        return self._last_end(hi) <= frontier
+
+    def _last_end(self, t: int) -> int:
+        """The end of the last window holding instant ``t``."""
+        return interval_windows(t, t, self._window_ns, self._hop_ns)[-1] + self._window_ns
+
     # ------------------------------------------------------------------ output (``Closer``)
 
     def poll(self, caught_up: CaughtUp | None = None, *, shed: int = 0) -> list[ClosedWindow]:
@@ -263,7 +280,7 @@ class Aligner:
 
     def _late(self, src: SourceState, lo: int, hi: int) -> AddResult:
         """Every window of [lo, hi] ends at or before the frontier: replayed or late."""
-        last_end = interval_windows(hi, hi, self._window_ns, self._hop_ns)[-1] + self._window_ns
+        last_end = self._last_end(hi)
         if last_end <= src.horizon:
             return AddResult(
                 AddStatus.REPLAYED, src.id, (), None,

@@ -144,6 +144,45 @@ async def test_an_inherited_range_is_replayed_only_in_windows_published_before_i
     assert (processor.stats.replayed, processor.stats.late) == (2 * 100 + 1, 2 * 100)
 
 
+async def test_a_replayed_record_far_ahead_of_its_partition_is_judged_at_once_not_parked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large seed 1725: after a move the new owner re-read a transcript segment of a source whose
+    clock ran far ahead of the partition's others, in windows published long before. Alignment
+    parked it, so the mark this owner saved at the next move listed it as undecided, and the
+    owner after that copied it to the late topic. Its windows are all closed: it is a replay now
+    (nothing to align it for), judged as the previous owner's mark says, and not listed."""
+    text = TopicPartition(load_settings(overrides={"metrics": {"port": None}}).topics.text, 0)
+
+    def said(source: str, start_ns: int) -> TranscriptSegment:
+        return TranscriptSegment(source_id=source, ts_ns=start_ns, start_ns=start_ns, end_ns=start_ns + 500 * MS,
+                                 text="words", final=True)
+
+    ahead = T0 + 1000 * S  # another source's clock, far ahead of cam's
+    processor, video, audio = _cam_processor({text: [consumer_record(text, 0, said("cam", T0 + S)),
+                                                     consumer_record(text, 1, said("mic", ahead))]})
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    judged = {video.topic: ReadMark(300), audio.topic: ReadMark(300), text.topic: ReadMark(2)}
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state({"cam": T0 + 20 * S, "mic": ahead + 10 * S}, judged)]}
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        pass
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    await processor.on_assigned({video, audio, text})
+    for _ in range(10):
+        await processor.step()
+        if processor.stats.records == 602:
+            break
+    # every record read, as a move may come now: the segment is judged, none waits in the park
+    assert processor.stages.intake.parked == 0
+    assert (processor.stats.replayed, processor.stats.late) == (2 * 200 + 2, 0)
+    commit = processor.stages.commit  # the mark it would save for the text topic
+    assert commit.marks.mark(text.topic, 0, commit.ledger.undecided(text.topic, 0)) == ReadMark(2)
+
+
 def test_read_marks_are_taken_only_from_a_state_record_whose_horizons_reach_the_merged_ones() -> None:
     """A mark holds against the horizons it was saved with. The newest record with marks may be
     behind another (a revocation's save landing late): an older one that reaches every merged

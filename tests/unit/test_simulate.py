@@ -130,8 +130,9 @@ def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() ->
     taken for a replay and dropped, with no late copy (commit_ahead), until the state records
     carried read marks (stream.marks). In 1623 an owner publishes, after a move, a window without
     a record the owner before it had read: the inherited range must not vouch for that window
-    (nor be dropped whole, which copied replays late)."""
-    seeds = (85, 185, 220, 415, 1623)
+    (nor be dropped whole, which copied replays late). In 1725 an owner parked a replayed segment
+    far ahead of its partition and, at the next move, saved it as undecided: copied late."""
+    seeds = (85, 185, 220, 415, 1623, 1725)
     failed = {seed: report.violations[0] for seed in seeds if not (report := simulate(seed, "large")).ok}
     assert not failed, failed
 

@@ -242,3 +242,43 @@ def test_every_on_time_record_lands_in_exactly_the_windows_it_overlaps(
         assert w.audio_samples == samples
         for seg, frac in w.segments:
             assert 0.0 < frac <= 1.0 or (seg.end_ns == seg.start_ns and frac == 1.0)
+
+
+# --------------------------------------------------------------------------- behind the frontier
+
+
+@PROPS
+@given(config=_configs, items=_items(), seed=st.integers(0, 2**32 - 1), horizon_s=st.integers(0, 4))
+def test_behind_frontier_says_beforehand_what_add_finds_late_or_replayed(
+    config: WindowConfig, items: list, seed: int, horizon_s: int
+) -> None:
+    """Watermark alignment judges a record at once, not held back, when ``behind_frontier`` says
+    every window of it is closed: only sound if ``add`` then finds it late or replayed, and never
+    for a record it would place. Any order (late records included), a published horizon for one
+    source, windows closing as watermarks pass."""
+    order = items[:]
+    random.Random(seed).shuffle(order)
+    al = Aligner(config, clock=lambda: 0)
+    al.set_horizon("s0", T0 + horizon_s * S)
+    seen = set()
+    for item, origin in order:
+        behind = al.behind_frontier(item)
+        res = al.add(item, origin)
+        if res.status is AddStatus.ACCEPTED and not res.windows:
+            continue  # a partial revision after its final: stale, wherever its windows are
+        seen.add(res.status)
+        assert behind == (res.status in (AddStatus.LATE, AddStatus.REPLAYED)), (item, res)
+        al.poll()
+    assert seen <= {AddStatus.ACCEPTED, AddStatus.LATE, AddStatus.REPLAYED}
+
+
+def test_a_segment_ending_on_the_frontier_is_behind_it_and_one_past_it_is_not() -> None:
+    """A segment's end is exclusive: one ending exactly at a published window's end lies only in
+    windows up to there (the boundary case random times almost never draw)."""
+    al = Aligner(_roomy(), clock=lambda: 0)
+    al.set_horizon("s0", T0 + S)
+    on = TranscriptSegment(source_id="s0", ts_ns=T0 + S // 2, start_ns=T0 + S // 2, end_ns=T0 + S, text="a")
+    past = TranscriptSegment(source_id="s0", ts_ns=T0 + S // 2, start_ns=T0 + S // 2, end_ns=T0 + S + 1, text="b")
+    assert al.behind_frontier(on) and not al.behind_frontier(past)
+    assert al.add(on, Origin("mm.text", 0, 0)).status is AddStatus.REPLAYED
+    assert al.add(past, Origin("mm.text", 0, 1)).status is AddStatus.ACCEPTED
