@@ -22,13 +22,7 @@ from stream.contract import AudioChunk, Item, Modality, Origin, TranscriptSegmen
 from stream.errors import Reason
 from stream.windows._closed import SAMPLE_BYTES, ClosedWindow, OpenWindow, WindowKey
 from stream.windows._closing import Closer
-from stream.windows._ranges import (
-    NS_PER_MS,
-    audio_cut,
-    interval_windows,
-    overlap_fraction,
-    segment_windows,
-)
+from stream.windows._ranges import NS_PER_MS, audio_cut, interval_windows, overlap_fraction, segment_windows
 from stream.windows._state import (
     M_AUDIO,
     M_TEXT,
