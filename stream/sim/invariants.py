@@ -9,6 +9,11 @@ broker at each acknowledgement and each commit, and from the runner after each p
 - ``phantom``: a result for a window no record falls in;
 - ``lost``: at the end, a window holding required records was never published;
 - ``dead_letter`` / ``late``: a valid, on-time record was dead-lettered or routed late;
+  with memory so short that windows are shed (``closed_by: "pressure"``), a record is excused
+  from ``late`` and a window from ``partial`` (when shed) or ``lost`` where a shed window of its
+  source ends at or after its own end: a source's windows close oldest first, so the frontier
+  the shedding moved is the only thing that made it late (judged when the run ends, as the shed
+  window's result may be acknowledged after the late copy);
 - ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
   window it belongs to), dead letter or late copy. A record the scenario made late may be partly
   late (time.md: placed in the windows still open, its head dropped from those closed before it
@@ -71,6 +76,7 @@ class _Window:
     required: list[int] = field(default_factory=lambda: [0, 0, 0])
     optional: list[int] = field(default_factory=lambda: [0, 0, 0])
     copies: int = 0
+    excused: bool = False  # a shed window of its source ends at or after it (see the module docstring)
     ranges: set[tuple[str, int, int, int]] = field(default_factory=set)  # offsets its acknowledged results held
 
     def holds(self, topic: str, partition: int, offset: int) -> bool:
@@ -105,6 +111,14 @@ class Checker:
                 into[1] += share.samples
                 into[2] += share.segments
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
+        self._window_ns = settings.window.window_ms * 1_000_000
+        self._starts: dict[str, list[int]] = {}  # per source, ascending, with how many are excused
+        for sid, start in sorted(self.windows):
+            self._starts.setdefault(sid, []).append(start)
+        self._excused_to: dict[str, int] = {}  # per source: the end of its latest shed window
+        self._excused_n: dict[str, int] = {}
+        self._late_required: list[Input] = []
+        self._tight = "tight-memory" in scenario.features
         self._origin: dict[tuple[str, int, int], Input] = {}
         self._dead: set[int] = set()
         self._late: set[int] = set()
@@ -156,7 +170,9 @@ class Checker:
             if source is not None:
                 self._late.add(source.rid)
                 if source.fate is Fate.REQUIRED:
-                    self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
+                    self._late_required.append(source)
+                    if not self._tight:  # no window can be shed: judged at once
+                        self.judge_late()
         else:
             self._trace("state", tp.partition, record.offset, record.value)
 
@@ -176,17 +192,51 @@ class Checker:
         if w is None:
             self.violate("phantom", f"result {doc['id']} ({got} frames/samples/segments): no record was sent for it")
             return
+        shed = doc.get("closed_by") == "pressure"
+        if shed:
+            self._excuse(doc["source_id"], doc["window_end_ns"])
         if w.copies and any(w.required):
             self.counts["repeats"] += 1
-        if not w.copies and any(w.required):
+        if not w.copies and any(w.required) and not w.excused:
             self._unpublished -= 1
         w.copies += 1
         w.ranges.update(offsets)
         most = [r + o for r, o in zip(w.required, w.optional, strict=True)]
-        if any(g < r for g, r in zip(got, w.required, strict=True)) or any(g > m for g, m in zip(got, most, strict=True)):
+        short = not shed and any(g < r for g, r in zip(got, w.required, strict=True))
+        if short or any(g > m for g, m in zip(got, most, strict=True)):
             self.violate("partial", f"result {doc['id']} (copy {w.copies}, closed by {doc.get('closed_by')}) holds "
                                     f"frames/samples/segments {got}; the scenario sent {w.required} on time"
                                     f" and {w.optional} that may be late or rejected")
+
+    def _excuse(self, source_id: str, end_ns: int) -> None:
+        """A window of the source ending at ``end_ns`` was shed: every window ending by then may lack
+        what came after it (late), or never be published (everything in it came after)."""
+        if end_ns <= self._excused_to.get(source_id, end_ns - 1):
+            return
+        self._excused_to[source_id] = end_ns
+        starts, n = self._starts.get(source_id, []), self._excused_n.get(source_id, 0)
+        while n < len(starts) and starts[n] + self._window_ns <= end_ns:
+            w = self.windows[(source_id, starts[n])]
+            w.excused = True
+            if any(w.required) and not w.copies:
+                self._unpublished -= 1
+            n += 1
+        self._excused_n[source_id] = n
+
+    def judge_late(self) -> None:
+        """On-time records routed late: a violation unless a shed window excuses it (see the module
+        docstring); at the end of a run with windows shed, when every result has come."""
+        for source in self._late_required:
+            last_end = max(s.start_ns for s in source.shares) + self._window_ns
+            if last_end > self._excused_to.get(source.source_id, last_end - 1):
+                self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
+                break
+        self._late_required.clear()
+
+    @property
+    def shed_sources(self) -> frozenset[str]:
+        """Sources with a window shed for memory (their results may differ between runs)."""
+        return frozenset(self._excused_to)
 
     def _on_dead_letter(self, record: ConsumerRecord) -> None:
         headers = dict(record.headers)
@@ -300,7 +350,7 @@ class Checker:
 
     def final(self, quiet: bool) -> None:
         """At the end: windows never published; records never committed (when the run went quiet)."""
-        lost = [(k, w) for k, w in self.windows.items() if any(w.required) and not w.copies]
+        lost = [(k, w) for k, w in self.windows.items() if any(w.required) and not w.copies and not w.excused]
         for (sid, start), w in sorted(lost)[:3]:
             self.violate("lost", f"window {sid}:{start} was never published (the scenario sent {w.required} on time)")
         if len(lost) > 3:

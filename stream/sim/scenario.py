@@ -10,7 +10,8 @@ chunk sizes and segment lengths that vary, records stamped in the future (within
 ``max_future_ms``), gaps of minutes inside a source, bursts, records late beyond the lateness
 bound, clocks near zero and near the top of the contract's range, and malformed records;
 ``Faults`` adds broker freezes, stale high watermarks, small fetches, slow and failed
-acknowledgements, failed commits, rebalances, a killed processor and slow inference.
+acknowledgements, failed commits, rebalances, a killed processor and slow inference; and some
+seeds get memory so short that windows are shed (``tight-memory``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ def generate(seed: int, scale: Scale = "small") -> Scenario:
     records = make_records(rng, plans, wall0_ns, window, idle_margin_ms=hw_lag_ms + 600)
     faults = _faults(rng, max((r.produce_ms for r in records), default=0), window["idle_timeout_ms"], hw_lag_ms,
                      features)
+    # drawn apart, so the seeds of before name the same scenarios: memory so short that windows
+    # are shed (closed_by "pressure"): a window's audio alone reserves 64 KiB a second at 16 kHz
+    memory = random.Random(f"{seed}/memory")
+    if memory.random() < 0.15:
+        window["max_buffered_bytes"] = memory.choice([96, 256, 1024]) * 1024
+        features.append("tight-memory")
     return Scenario(seed, scale, partitions, {"window": window, "batching": batching}, tuple(records), faults,
                     wall0_ns, tuple(sorted(set(features))), tuple(plans))
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import stream.stages.pacing as pacing_stage
+import stream.stages.publish as publish_stage
 from stream.aside import AsideRecord, AsideWriter
 from stream.contract import Origin
 from stream.flow import FlowDecision, stands_at
@@ -122,6 +123,21 @@ def test_a_lost_late_copy_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(AsideWriter, "put", dropping_late)
     late = [s for s in range(200) if "late" in generate(s).features][:12]
     assert "commit_ahead" in _first_broken(late)
+
+
+def test_windows_shed_for_memory_and_published_as_if_closed_on_time_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds with memory so short that windows are shed ("tight-memory") excuse what shedding
+    explains: a window published partial that says it was shed, records of its source late up to
+    it. A processor that sheds and hides it (``closed_by: "watermark"``) is caught."""
+    build = publish_stage.build_result
+
+    def hiding(window: Any, *args: Any, **kwargs: Any) -> Any:
+        result = build(window, *args, **kwargs)
+        return result.model_copy(update={"closed_by": "watermark"}) if result.closed_by == "pressure" else result
+
+    monkeypatch.setattr(publish_stage, "build_result", hiding)
+    tight = [s for s in range(200) if "tight-memory" in generate(s).features][:12]
+    assert tight and _first_broken(tight) & {"partial", "late", "lost"}
 
 
 def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() -> None:
