@@ -138,7 +138,8 @@ class WindowConfig(_Section):
     max_open_windows_per_source: int = Field(64, gt=0, description="a source's share: past it, its oldest windows are the first shed "
                                                                     "when memory is short (soft); and the most windows one record may span")
     max_buffered_bytes: int = Field(256 * 2**20, gt=0, description="what all open windows hold: payloads (with the audio arrays "
-                                                                   "they become at close) and 1 KiB of bookkeeping per window")
+                                                                   "they become at close) and 1 KiB of bookkeeping per record "
+                                                                   "and per window")
     max_future_ms: int = Field(60_000, gt=0, description="a record further ahead of the processor's wall clock is rejected")
     max_ahead_ms: int = Field(5000, gt=0, description="watermark alignment: pause a partition this far ahead of the slowest modality")
     source_ttl_ms: int = Field(

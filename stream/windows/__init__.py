@@ -20,7 +20,8 @@ rules in brief:
   were all published before a restart (``set_horizon``) is ``REPLAYED``; a far-future timestamp or
   a span over more than ``max_open_windows_per_source`` windows is ``REJECTED``.
 - Bounds: ``full`` is true when the open windows hold more than ``max_buffered_bytes`` (their
-  payloads and ``WINDOW_BYTES`` of bookkeeping each); the next ``poll`` sheds windows
+  payloads, ``RECORD_BYTES`` per record placed and ``WINDOW_BYTES`` per window of bookkeeping);
+  the next ``poll`` sheds windows
   (``closed_by="pressure"``), so memory stays bounded: first the oldest of the sources holding
   more than their share (``max_open_windows_per_source``), then the oldest of any. The share is
   soft: while memory has room a source may hold more, as a skewed backfill needs.
@@ -54,7 +55,7 @@ from stream.windows._ranges import (
     overlap_fraction,
     segment_windows,
 )
-from stream.windows._state import WINDOW_BYTES, AddResult, AddStatus, CaughtUp
+from stream.windows._state import RECORD_BYTES, WINDOW_BYTES, AddResult, AddStatus, CaughtUp
 
 __all__ = [
     # engine
@@ -62,6 +63,7 @@ __all__ = [
     "AddResult",
     "AddStatus",
     "CaughtUp",
+    "RECORD_BYTES",
     "WINDOW_BYTES",
     # output
     "ClosedWindow",

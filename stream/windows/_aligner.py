@@ -29,6 +29,7 @@ from stream.windows._state import (
     M_VIDEO,
     MODALITIES,
     NEVER,
+    RECORD_BYTES,
     AddResult,
     AddStatus,
     Book,
@@ -100,7 +101,8 @@ class Aligner:
 
     @property
     def buffered_bytes(self) -> int:
-        """Payload bytes held by open windows (per window: a frame in two sliding windows counts twice)."""
+        """Bytes held by open windows: payloads and ``RECORD_BYTES`` per record placed (per window:
+        a frame in two sliding windows counts twice); ``Book.held`` adds the windows' own."""
         return self._book.bytes
 
     def watermarks(self) -> dict[tuple[str, Modality], int]:
@@ -200,7 +202,7 @@ class Aligner:
                     w = self._open_window(src, s)
                 w.frames.append((t, origin, item))
                 w.origins.append(origin)
-                n = len(item.data)
+                n = len(item.data) + RECORD_BYTES
                 w.nbytes += n
                 self._book.bytes += n
                 if t > src.vouched[M_VIDEO]:  # _vouch, inline: the per-record path
@@ -289,7 +291,7 @@ class Aligner:
     def _place_frame(self, src: SourceState, item: VideoFrame, origin: Origin, t: int) -> tuple[tuple[int, ...], bool]:
         placed = []
         skipped = False
-        n = len(item.data)
+        n = len(item.data) + RECORD_BYTES
         for s in interval_windows(t, t, self._window_ns, self._hop_ns):
             if s + self._window_ns <= src.frontier:
                 skipped = True
@@ -320,7 +322,7 @@ class Aligner:
                 return self._late(src, ts, end)
             src.partitions.add(origin[1])
             w = src.windows.get(s) or self._open_window(src, s)
-            b = n * width
+            b = n * width + RECORD_BYTES
             if rate * item.channels > w.reserved:  # its array is counted already, unless a larger format came
                 b += self._reserve(w, rate * item.channels)
             w.audio.append((ts, origin, item, 0, n))
@@ -346,7 +348,7 @@ class Aligner:
             if hi <= lo:
                 continue
             w = src.windows.get(s) or self._open_window(src, s)
-            b = (hi - lo) * width
+            b = (hi - lo) * width + RECORD_BYTES
             if rate * item.channels > w.reserved:
                 b += self._reserve(w, rate * item.channels)
             w.audio.append((ts + (lo * 1_000_000_000) // rate, origin, item, lo, hi))
@@ -393,7 +395,7 @@ class Aligner:
                         self._book.bytes -= b
         placed = []
         skipped = False
-        b = len(item.text)
+        b = len(item.text) + RECORD_BYTES  # a revision's old entry leaves its origin behind: counted
         for s in starts:
             if s + W <= src.frontier:
                 skipped = True

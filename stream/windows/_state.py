@@ -10,7 +10,7 @@ from stream.contract import Modality
 from stream.errors import Reason
 from stream.windows._closed import OpenWindow, WindowKey
 
-__all__ = ["WINDOW_BYTES", "AddResult", "AddStatus", "Book", "CaughtUp", "Retired", "SourceState"]
+__all__ = ["RECORD_BYTES", "WINDOW_BYTES", "AddResult", "AddStatus", "Book", "CaughtUp", "Retired", "SourceState"]
 
 MODALITIES = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
 M_VIDEO, M_AUDIO, M_TEXT = 0, 1, 2
@@ -64,6 +64,12 @@ class AddResult(NamedTuple):
 WINDOW_BYTES = 1024
 """What an open window costs beside its payload (the window, its lists and an entry per record:
 ~0.7 KiB with one frame, measured with tracemalloc), counted against ``max_buffered_bytes``."""
+
+RECORD_BYTES = 1024
+"""What a record costs in each window it is placed in, beside its payload bytes (the decoded item,
+its entries in the window's lists, its origin: 0.4 KiB for a frame, 1.0 for an audio chunk, 1.4
+for a transcript segment, measured with tracemalloc), counted against ``max_buffered_bytes``: a
+stream of tiny records would otherwise hold many times the bound."""
 
 FINALS_KEPT = 1024
 """Finished transcript segments remembered per source (``SourceState.finished``)."""

@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from stream.config import load_settings
 from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
 from stream.runtime import Processor
-from stream.windows import WINDOW_BYTES, ClosedWindow
+from stream.windows import RECORD_BYTES, WINDOW_BYTES, ClosedWindow
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
 S = 1_000_000_000
@@ -353,8 +353,8 @@ async def test_a_source_back_after_a_gap_enters_its_windows_aligned() -> None:
     parked video went in at once: more open windows than the bound, the oldest shed ("pressure")
     before the parked audio of the same seconds came, which was then late."""
     clock = _Clock()
-    # room for about 16 windows (10 frames, a second of audio as float32, bookkeeping each)
-    per_window = 10 * len(JPEG) + 16_000 * 4 + 10 * 3200 + WINDOW_BYTES
+    # room for about 16 windows (10 frames, a second of audio as float32, bookkeeping each and of its 20 records)
+    per_window = 10 * len(JPEG) + 16_000 * 4 + 10 * 3200 + WINDOW_BYTES + 20 * RECORD_BYTES
     processor = _processor(clock, modalities=["video", "audio"], max_buffered_bytes=16 * per_window)
     b, before, after = _source("b", range(0, 20)), _source("a", range(0, 2)), _source("a", range(100, 130))
     items = {m: before[m] + b[m] + after[m] for m in Modality}

@@ -5,10 +5,7 @@ data and audio assembly: test_windows.py)."""
 from __future__ import annotations
 
 from stream.contract import Modality
-from stream.windows import (
-    WINDOW_BYTES,
-    AddStatus,
-)
+from stream.windows import RECORD_BYTES, WINDOW_BYTES, AddStatus
 from tests.unit._windows_items import MS, T0, S, chunk, feed_all, frame, origin, segment
 
 # --------------------------------------------------------------------------- sliding windows
@@ -60,7 +57,7 @@ def test_forget_partitions_drops_their_sources(make) -> None:
     al.add(frame(T0, sid="b"), origin(partition=1))
     al.add(frame(T0 + S, sid="b"), origin(partition=1))
     assert sorted(al.forget_partitions({1})) == [("b", T0), ("b", T0 + S)]
-    assert al.open_windows == 1 and al.buffered_bytes == 4
+    assert al.open_windows == 1 and al.buffered_bytes == 4 + RECORD_BYTES
     assert [w.source_id for w in al.flush()] == ["a"]
 
 
@@ -79,7 +76,7 @@ def test_a_source_past_its_share_of_windows_keeps_them_while_memory_has_room(mak
 
 def test_when_memory_is_short_the_sources_past_their_share_are_shed_first(make) -> None:
     jpeg = b"\xff\xd8" + bytes(1000) + b"\xff\xd9"
-    per_window = len(jpeg) + WINDOW_BYTES
+    per_window = len(jpeg) + RECORD_BYTES + WINDOW_BYTES
     al = make(max_open_windows_per_source=2, max_buffered_bytes=5 * per_window)
     al.add(frame(T0, sid="calm", data=jpeg), origin(partition=1))  # the oldest window of all
     for k in range(1, 6):
@@ -88,14 +85,14 @@ def test_when_memory_is_short_the_sources_past_their_share_are_shed_first(make) 
     out = al.poll(lambda m, p: False)
     # one window over the bound: the hog's oldest goes, not the calm source's older one
     assert [(w.source_id, w.start_ns, w.closed_by) for w in out] == [("hog", T0 + S, "pressure")]
-    assert not al.full and al.buffered_bytes == 5 * len(jpeg)
+    assert not al.full and al.buffered_bytes == 5 * (len(jpeg) + RECORD_BYTES)
     al.add(frame(T0 + 10 * S, sid="calm", data=jpeg), origin(partition=1))  # calm at its share
     assert [(w.source_id, w.start_ns) for w in al.poll(lambda m, p: False)] == [("hog", T0 + 2 * S)]
 
 
 def test_when_the_sources_past_their_share_are_down_to_it_the_oldest_of_any_go(make) -> None:
     jpeg = b"\xff\xd8" + bytes(1000) + b"\xff\xd9"
-    al = make(max_open_windows_per_source=2, max_buffered_bytes=2 * (len(jpeg) + WINDOW_BYTES))
+    al = make(max_open_windows_per_source=2, max_buffered_bytes=2 * (len(jpeg) + RECORD_BYTES + WINDOW_BYTES))
     for k in range(2):
         al.add(frame(T0 + k * S, sid="calm", data=jpeg), origin(partition=1))
     for k in range(2, 5):
@@ -107,22 +104,36 @@ def test_when_the_sources_past_their_share_are_down_to_it_the_oldest_of_any_go(m
 
 def test_full_on_buffered_bytes(make) -> None:
     jpeg = b"\xff\xd8" + bytes(4000) + b"\xff\xd9"
-    al = make(max_buffered_bytes=2 * (len(jpeg) + WINDOW_BYTES))
+    per_frame = len(jpeg) + RECORD_BYTES
+    al = make(max_buffered_bytes=2 * (per_frame + WINDOW_BYTES))
     for k in range(3):
         al.add(frame(T0 + k * S, sid=f"s{k}", data=jpeg), origin())
-    assert al.full and al.buffered_bytes == 3 * len(jpeg)
+    assert al.full and al.buffered_bytes == 3 * per_frame
     out = al.poll()
     assert [w.source_id for w in out] == ["s0"]
-    assert not al.full and al.buffered_bytes == 2 * len(jpeg)
+    assert not al.full and al.buffered_bytes == 2 * per_frame
 
 
 def test_many_windows_of_tiny_records_are_bounded_by_their_bookkeeping(make) -> None:
     al = make(window_ms=100, max_buffered_bytes=100 * WINDOW_BYTES)
     for k in range(200):
         al.add(frame(T0 + k * 100 * MS, sid=f"s{k % 7}"), origin())  # 4-byte frames, a window each
-    assert al.full and al.buffered_bytes == 800
+    assert al.full and al.buffered_bytes == 200 * (4 + RECORD_BYTES)
     al.poll(lambda m, p: False)
     assert not al.full and al.open_windows * WINDOW_BYTES + al.buffered_bytes <= 100 * WINDOW_BYTES
+
+
+def test_a_window_of_many_tiny_records_is_bounded_by_what_each_record_costs(make) -> None:
+    """Audio chunks of 20 samples in one window: 40 bytes of payload each, but ~1 KiB held per
+    record (the decoded item, its list entries, its origin). Counted at their payload only, 2,000
+    of them stayed under a 256 KiB bound while holding ~2 MiB; each costs RECORD_BYTES now."""
+    al = make(max_buffered_bytes=256 * 1024)
+    placed = 0
+    while not al.full and placed < 2000:
+        al.add(chunk(T0 + placed * 400_000, n=20), origin("mm.audio"))  # all in [T0, T0 + 1 s)
+        placed += 1
+    reserve = (16_000 + 32) * 4  # the window's float32 array, counted at its first chunk
+    assert al.full and placed == (256 * 1024 - reserve - WINDOW_BYTES) // (40 + RECORD_BYTES) + 1
 
 
 def test_watermarks(make) -> None:
