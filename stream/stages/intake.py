@@ -139,14 +139,20 @@ class Intake:
         for tp, records in fetched.items():  # a held partition is paused, but a fetch may have been in flight
             self._held.setdefault(tp, []).extend(records)
         aside: list[AsideRecord] = []
+        align = self._align
         for tp in list(self._held):
             records = self._held.pop(tp)
-            if tp in assignment.loading:  # its published horizons are being read: keep them until then
+            if tp in assignment.loading or align.full:
+                # loading: its published horizons are being read. Full: the open windows hold all
+                # they may, and the next poll sheds them back within the bound, unless closed
+                # windows wait for room in the batch stage (then none is shed); fed now, they would
+                # grow past it step after step. The input is paused meanwhile (``Pacing.flow``).
                 self._held[tp] = records
             elif tp in assignment.assigned and records:
                 aside += self._handle_batch(tp, records)
-        for tp, records in self._park.due(assignment.assigned, self._pacing.limit_of, self._ctx.clock_ms()):
-            aside += self._handle_batch(tp, records, parked=True)
+        if not align.full:
+            for tp, records in self._park.due(assignment.assigned, self._pacing.limit_of, self._ctx.clock_ms()):
+                aside += self._handle_batch(tp, records, parked=True)
         self._ends.note()
         return aside
 

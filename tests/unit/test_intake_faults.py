@@ -381,3 +381,36 @@ async def test_a_partition_with_records_parked_is_not_caught_up() -> None:
     clock.ms += 2000  # the idle timeout twice over, the parked segment's patience not spent
     intake.take({})
     assert not intake.caught_up(Modality.TEXT, 0)
+
+
+async def test_while_closed_windows_wait_for_the_batch_stage_the_aligner_keeps_to_its_bound() -> None:
+    """Simulator seeds with memory so short that windows are shed (301, 624, 734, ...): once
+    closed windows wait for room in the batch stage, no window is shed (the aligner is not
+    polled until they are in), yet a fetch in flight when the input paused still went into the
+    open windows, past max_buffered_bytes, step after step. Now it waits in the intake until
+    windows can go again."""
+    clock = _Clock()
+    per_window = 10 * len(JPEG) + 16_000 * 4 + 10 * 3200 + WINDOW_BYTES + 20 * RECORD_BYTES
+    bound = 3 * per_window
+    settings = load_settings(overrides={"metrics": {"port": None}, "batching": {"max_queued_windows": 1}, "window": {
+        "modalities": ["video", "audio"], "max_buffered_bytes": bound, "max_ahead_ms": 60_000}})
+    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=_Wall())
+    align, intake = processor.stages.align, processor.stages.intake
+    items = _source("a", range(0, 30))
+    await _run(processor, clock, {m: items[m][:40] for m in items}, steps=1, per_fetch=40)
+    assert align.waiting and not align.full  # the batch stage is full: closed windows wait
+
+    def in_flight(first: int, last: int) -> dict[TopicPartition, list[Any]]:
+        """A fetch that was under way when the input paused: its records come all the same."""
+        return {tp: [consumer_record(tp, i, items[m][i]) for i in range(first, last)]
+                for m in (Modality.VIDEO, Modality.AUDIO) for tp in [TopicPartition(settings.topics.input(m), 0)]}
+
+    def held_bytes() -> int:
+        return align.buffered_bytes + align.open_windows * WINDOW_BYTES
+
+    intake.take(in_flight(40, 70))  # 3 s more: past the bound
+    await align.close_ready()  # the batch stage still has no room: nothing is shed
+    over = held_bytes()
+    assert align.waiting and over > bound
+    intake.take(in_flight(70, 100))  # and 3 s more
+    assert held_bytes() == over and intake.held() == 60  # kept in the intake for when windows can go
