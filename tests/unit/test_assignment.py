@@ -25,6 +25,7 @@ from stream.errors import ClusterError
 from stream.horizon import SavedState, decode_state, encode_state
 from stream.marks import ReadMark
 from stream.runtime import Processor
+from stream.windows import RECORD_BYTES
 from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
 
 S = 1_000_000_000
@@ -380,7 +381,7 @@ async def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_read_again(monkey
     await processor.step()
     assert processor.stats.records == 100
     queued = sum(job.window.counts.frames for job in processor.stages.batch.queued())
-    assert queued + processor.stages.align.buffered_bytes // len(JPEG) == 100  # closed and open: each frame once
+    assert queued + processor.stages.align.buffered_bytes // (len(JPEG) + RECORD_BYTES) == 100  # closed and open: each frame once
 
 
 async def test_a_fetch_decoded_while_its_revocation_is_under_way_is_forgotten_with_the_partition(
@@ -416,7 +417,7 @@ async def test_a_fetch_decoded_while_its_revocation_is_under_way_is_forgotten_wi
     await processor.step()
     assert processor.stats.records == 200
     fresh = [job.window for job in processor.stages.batch.queued() if job.generation == generation + 1]
-    in_windows = sum(w.counts.frames for w in fresh) + processor.stages.align.buffered_bytes // len(JPEG)
+    in_windows = sum(w.counts.frames for w in fresh) + processor.stages.align.buffered_bytes // (len(JPEG) + RECORD_BYTES)
     assert in_windows == 100  # each frame once in the new assignment's windows
 
 
