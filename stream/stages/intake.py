@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream.aside import AsideRecord
-from stream.contract import Modality, Origin
+from stream.contract import Item, Modality, Origin, TranscriptSegment
 from stream.decode import decode
 from stream.errors import ClusterError, ContractError, Reason
 from stream.marks import ReadMarks
@@ -47,6 +47,11 @@ _TICK_MS = 100
 _FETCH_TURNS = 3  # see ``fetch``
 _MAX_RECORDS = 2000  # per fetch (a step)
 _new_tuple = tuple.__new__
+
+
+def _segment_id(item: Item) -> str | None:
+    """A transcript segment's id (its revisions share it); None for anything else."""
+    return item.segment_id if type(item) is TranscriptSegment else None
 
 
 class Intake:
@@ -185,6 +190,7 @@ class Intake:
         settle = first_ns is None  # the bound may depend on this topic's first time: wait for a record
         park = self._park.of(tp) if not parked else None
         parked_sources = {p.source_id for p in park} if park else set()
+        parked_ids = {(p.source_id, p.segment_id) for p in park if p.segment_id is not None} if park else set()
         aside: list[AsideRecord] = []
         ok = late = partly = replayed = handled = 0
         blocked_ns: int | None = None
@@ -202,12 +208,14 @@ class Intake:
                 pacing.started(slot, end_ns)
                 limit_ns = None if unaligned else pacing.limit(modality, partition, end_ns, end_ns)
                 settle = False
-            if parked_sources and item.source_id in parked_sources and not behind(item):
+            if parked_sources and item.source_id in parked_sources and (
+                    not behind(item) or (item.source_id, _segment_id(item)) in parked_ids):
                 # first in, first out per source: a later record of a source with one parked waits
-                # behind it (transcript revisions apply in order), or blocks if the park is full
+                # behind it (transcript revisions apply in order), or blocks if the park is full.
+                # One whose windows are all closed has nothing to wait for, unless it revises a
+                # parked segment (it takes that one out of its windows)
                 if self._park.has_room():
-                    ledger.track(origin)
-                    park.append(Parked(end_ns, record, now_ms, item.source_id))  # type: ignore[union-attr]
+                    self._to_park(park, parked_ids, origin, end_ns, record, now_ms, item)  # type: ignore[arg-type]
                     handled += 1
                     continue
                 self._held[tp] = records[handled:]
@@ -225,8 +233,7 @@ class Intake:
                     # parked record makes none
                     end_ns = newest
                 elif 0 <= newest < end_ns - ahead_ns and self._park.has_room():
-                    ledger.track(origin)
-                    park.append(Parked(end_ns, record, now_ms, item.source_id))
+                    self._to_park(park, parked_ids, origin, end_ns, record, now_ms, item)
                     parked_sources.add(item.source_id)
                     handled += 1
                     continue
@@ -288,6 +295,15 @@ class Intake:
         if replayed:
             counters["replayed"].inc(replayed)
         return aside
+
+    def _to_park(self, park: list[Parked], parked_ids: set[tuple[str, str | None]], origin: Origin, end_ns: int,
+                 record: Any, now_ms: int, item: Item) -> None:
+        """Set a record aside in its partition's park, its offset tracked so no commit passes it."""
+        self._ledger.track(origin)
+        segment_id = _segment_id(item)
+        park.append(Parked(end_ns, record, now_ms, item.source_id, segment_id))
+        if segment_id is not None:
+            parked_ids.add((item.source_id, segment_id))
 
     def _decide_parked(self, origin: Origin, keys: tuple[Any, ...] = ()) -> None:
         """``OffsetLedger.read`` for a record tracked when it was parked: decide it now."""

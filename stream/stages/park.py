@@ -35,6 +35,8 @@ class Parked(NamedTuple):
     record: Any
     since_ms: int
     source_id: str
+    segment_id: str | None = None
+    """A transcript segment's id: a later revision of it waits behind it, wherever its windows are."""
 
 
 class Park:

@@ -128,10 +128,11 @@ class Aligner:
         return frozenset(self._horizons)
 
     def behind_frontier(self, item: Item) -> bool:
-        """Every window ``item`` overlaps is closed for its source, so ``add`` finds it late or
-        replayed, now or at any later time (a frontier only grows). Watermark alignment asks before
-        holding a record back: such a record has no window to wait for, and holding it hides from
-        the read marks that an earlier owner judged it (``stream.marks``; large seed 1725)."""
+        """Every window ``item`` overlaps is closed for its source, so ``add`` cannot place it, now
+        or at any later time (a frontier only grows): it comes back late or replayed (or rejected,
+        or a stale revision, as for any record). Watermark alignment asks before holding a record
+        back: such a record has no window to wait for, and holding it hides from the read marks
+        that an earlier owner judged it (``stream.marks``; large seed 1725)."""
         sid = item.source_id
         src = self._sources.get(sid)
         retired = self._retired.get(sid)

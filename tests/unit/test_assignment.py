@@ -184,6 +184,41 @@ async def test_a_replayed_record_far_ahead_of_its_partition_is_judged_at_once_no
     assert commit.marks.mark(text.topic, 0, commit.ledger.undecided(text.topic, 0)) == ReadMark(2)
 
 
+async def test_a_revision_behind_the_frontier_still_waits_behind_the_parked_segment_it_revises(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial segment far ahead is parked; its final revision comes next, in windows published
+    before the move. Judged at once (its windows are closed), it would find nothing to revise and
+    the partial, let out of the park later, would be published though replaced. In order, the
+    final takes the partial out of its window: no window holds the draft."""
+    text = TopicPartition(load_settings(overrides={"metrics": {"port": None}}).topics.text, 0)
+
+    def said(segment_id: str, at_s: int, final: bool, words: str) -> TranscriptSegment:
+        return TranscriptSegment(source_id="cam", ts_ns=T0 + at_s * S, start_ns=T0 + at_s * S,
+                                 end_ns=T0 + at_s * S + 300 * MS, text=words, final=final, segment_id=segment_id)
+
+    segments = [said("s0", 2, True, "early"), said("k", 22, False, "draft"), said("k", 3, True, "fixed"),
+                said("s1", 29, True, "vouching")]  # text watermark past 22 s: its window closes
+    processor, video, audio = _cam_processor({text: [consumer_record(text, i, seg) for i, seg in enumerate(segments)]})
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [encode_state({"cam": T0 + 20 * S})]}
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        pass
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    await processor.on_assigned({video, audio, text})
+    texts: dict[int, list[str]] = {}
+    for _ in range(30):
+        await processor.step()
+        for job in processor.stages.batch.queued():
+            texts[(job.window.start_ns - T0) // S] = [seg.text for seg, _ in job.window.segments]
+    assert processor.stats.records == 604 and processor.stages.intake.parked == 0
+    assert 22 in texts and "draft" not in texts[22]
+
+
 def test_read_marks_are_taken_only_from_a_state_record_whose_horizons_reach_the_merged_ones() -> None:
     """A mark holds against the horizons it was saved with. The newest record with marks may be
     behind another (a revocation's save landing late): an older one that reaches every merged
