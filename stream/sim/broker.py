@@ -48,6 +48,9 @@ class Observer(Protocol):
 
     def on_output(self, tp: TopicPartition, record: ConsumerRecord) -> None: ...
 
+    def on_restart(self) -> None:
+        """A rebalance or a killed processor: results not yet acknowledged may be lost."""
+
 
 class SimBroker:
     """Logs and faults of one simulated cluster (see the module docstring)."""
@@ -107,10 +110,13 @@ class SimBroker:
             self._observer.on_input(tp, record, source)
 
     def _append(self, tp: TopicPartition, key: bytes | None, value: bytes | None, headers: Any,
-                at_ns: int | None = None) -> ConsumerRecord:
+                at_ns: int | None = None, created_ns: int | None = None) -> ConsumerRecord:
+        """One record at the log's end, arrived at ``at_ns``; its timestamp is when it was created
+        (``created_ns``: a produced record's send, Kafka's CreateTime), else when it arrived."""
         at_ns = self.clock.now_ns if at_ns is None else at_ns
+        created_ns = at_ns if created_ns is None else created_ns
         log = self._logs[tp]
-        record = ConsumerRecord(tp.topic, tp.partition, len(log), (self.clock.wall0_ns + at_ns) // NS_PER_MS, 0, key,
+        record = ConsumerRecord(tp.topic, tp.partition, len(log), (self.clock.wall0_ns + created_ns) // NS_PER_MS, 0, key,
                                 value, None, len(key or b""), len(value or b""), tuple(headers or ()))
         log.append(record)
         self._times[tp].append(at_ns)
@@ -172,6 +178,10 @@ class SimBroker:
             return True
         return False
 
+    def restarted(self) -> None:
+        """The group rebalanced, or a processor was killed (``Observer.on_restart``)."""
+        self._observer.on_restart()
+
     def chance(self, p: float) -> bool:
         return p > 0 and self._rng.random() < p
 
@@ -190,15 +200,15 @@ class SimBroker:
         if self.chance(f.slow_ack_share):
             delay_ms += f.slow_ack_ms
         fail = self.chance(fail_share)
-        loop.call_later(delay_ms / 1000, self._acknowledge, fut, tp, key, value, headers, fail)
+        loop.call_later(delay_ms / 1000, self._acknowledge, fut, tp, key, value, headers, fail, self.clock.now_ns)
         return fut
 
     def _acknowledge(self, fut: asyncio.Future[Written], tp: TopicPartition, key: bytes | None, value: bytes | None,
-                     headers: Any, fail: bool) -> None:
+                     headers: Any, fail: bool, sent_ns: int) -> None:
         until = self.frozen_until()
         if until is not None:  # answered after the thaw
             asyncio.get_running_loop().call_later((until - self.clock.now_ns) / 1e9 + 0.001, self._acknowledge,
-                                                  fut, tp, key, value, headers, fail)
+                                                  fut, tp, key, value, headers, fail, sent_ns)
             return
         if fut.done():
             return
@@ -206,7 +216,7 @@ class SimBroker:
             self.failed_acks += 1
             fut.set_exception(KafkaTimeoutError())
             return
-        record = self._append(tp, key, value, headers)
+        record = self._append(tp, key, value, headers, created_ns=sent_ns)
         self.acks += 1
         self._observer.on_output(tp, record)
         fut.set_result(Written(tp.topic, tp.partition, record.offset))

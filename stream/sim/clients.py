@@ -163,6 +163,8 @@ class SimConsumer:
     async def _rebalance(self) -> None:
         """Join (the first time) or rejoin: revoke everything, take everything back from the commit."""
         broker = self._broker
+        if self._joined:
+            broker.restarted()
         if self._joined and self._listener is not None:
             await self._listener.on_partitions_revoked(list(self._assigned))
         self._joined = True

@@ -9,11 +9,15 @@ broker at each acknowledgement and each commit, and from the runner after each p
 - ``phantom``: a result for a window no record falls in;
 - ``lost``: at the end, a window holding required records was never published;
 - ``dead_letter`` / ``late``: a valid, on-time record was dead-lettered or routed late;
-  with memory so short that windows are shed (``closed_by: "pressure"``), a record is excused
-  from ``late`` and a window from ``partial`` (when shed) or ``lost`` where a shed window of its
-  source ends at or after its own end: a source's windows close oldest first, so the frontier
-  the shedding moved is the only thing that made it late (judged when the run ends, as the shed
-  window's result may be acknowledged after the late copy);
+  with memory so short that windows are shed (``closed_by: "pressure"``), a shed window may lack
+  what was read after it closed (not what its own offset ranges cover), and a source's windows
+  close oldest first, so a record is excused from ``late`` if a shed window of its source ending
+  at or after its own windows closed before its late copy was sent (judged when the run
+  ends: the shed window's result may come after the copy, and a rebalance or a kill in between
+  may have lost the result of the close that made it late, so a later shed copy excuses it
+  then), and a window from ``lost`` if a shed
+  window ending at or after it was published and each of its required records was copied late or
+  is held by a later window of it;
 - ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
   window it belongs to), dead letter or late copy. A record the scenario made late may be partly
   late (time.md: placed in the windows still open, its head dropped from those closed before it
@@ -49,7 +53,7 @@ from stream.config import Settings
 from stream.contract import Modality
 from stream.sim.broker import SimBroker
 from stream.sim.clock import NS_PER_S, SimClock
-from stream.sim.scenario import Fate, Input, Scenario
+from stream.sim.scenario import Fate, Input, Scenario, Share
 from stream.windows import WINDOW_BYTES
 
 __all__ = ["Checker", "Violation"]
@@ -112,12 +116,20 @@ class Checker:
                 into[2] += share.segments
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
         self._window_ns = settings.window.window_ms * 1_000_000
-        self._starts: dict[str, list[int]] = {}  # per source, ascending, with how many are excused
+        self._starts: dict[str, list[int]] = {}  # per source, ascending
         for sid, start in sorted(self.windows):
             self._starts.setdefault(sid, []).append(start)
+        self._members: dict[tuple[str, int], list[tuple[Input, Share]]] = {}  # required records per window
+        for source in scenario.inputs:
+            if source.fate is Fate.REQUIRED:
+                for share in source.shares:
+                    self._members.setdefault((source.source_id, share.start_ns), []).append((source, share))
+        self._where: dict[int, tuple[str, int, int]] = {}  # record id -> (topic, partition, offset)
         self._excused_to: dict[str, int] = {}  # per source: the end of its latest shed window
-        self._excused_n: dict[str, int] = {}
-        self._late_required: list[Input] = []
+        self._excused_n: dict[str, int] = {}  # per source: how many of its windows (``_starts``) are excused
+        self._shed: dict[str, list[tuple[int, int, int]]] = {}  # per source: (end, wall ns closed, acked) of shed windows
+        self._restarts: list[int] = []  # wall ns of each rebalance or kill
+        self._late_required: list[tuple[Input, int]] = []  # on-time records copied late, with the copy's wall ns sent
         self._tight = "tight-memory" in scenario.features
         self._aligner_held = 0  # after the previous step
         self._origin: dict[tuple[str, int, int], Input] = {}
@@ -157,6 +169,7 @@ class Checker:
 
     def on_input(self, tp: TopicPartition, record: ConsumerRecord, source: Input) -> None:
         self._origin[(tp.topic, tp.partition, record.offset)] = source
+        self._where[source.rid] = (tp.topic, tp.partition, record.offset)
 
     def on_output(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         topics = self._topics
@@ -171,7 +184,8 @@ class Checker:
             if source is not None:
                 self._late.add(source.rid)
                 if source.fate is Fate.REQUIRED:
-                    self._late_required.append(source)
+                    # sent by the end of the millisecond of its timestamp (the send's time)
+                    self._late_required.append((source, (record.timestamp + 1) * 1_000_000))
                     if not self._tight:  # no window can be shed: judged at once
                         self.judge_late()
         else:
@@ -179,7 +193,7 @@ class Checker:
 
     def _on_result(self, record: ConsumerRecord) -> None:
         doc = json.loads(record.value)
-        doc.pop("latency", None)  # wall-clock readings: not part of what a replay must repeat
+        latency = doc.pop("latency", None)  # wall-clock readings: not part of what a replay must repeat
         self._trace("result", record.offset, json.dumps(doc, sort_keys=True))
         self.counts["results"] += 1
         self._last_result_ns = self._clock.now_ns
@@ -195,7 +209,10 @@ class Checker:
             return
         shed = doc.get("closed_by") == "pressure"
         if shed:
-            self._excuse(doc["source_id"], doc["window_end_ns"])
+            end = doc["window_end_ns"]
+            closed = end + round((latency or {}).get("breakdown", {}).get("watermark_ms", 0.0) * 1e6)
+            self._shed.setdefault(doc["source_id"], []).append((end, closed, self._clock.wall_ns()))
+            self._excuse(doc["source_id"], end)
         if w.copies and any(w.required):
             self.counts["repeats"] += 1
         if not w.copies and any(w.required) and not w.excused:
@@ -203,11 +220,25 @@ class Checker:
         w.copies += 1
         w.ranges.update(offsets)
         most = [r + o for r, o in zip(w.required, w.optional, strict=True)]
-        short = not shed and any(g < r for g, r in zip(got, w.required, strict=True))
+        need = self._read_before(key, offsets) if shed else w.required  # shed: what it had read
+        short = any(g < r for g, r in zip(got, need, strict=True))
         if short or any(g > m for g, m in zip(got, most, strict=True)):
             self.violate("partial", f"result {doc['id']} (copy {w.copies}, closed by {doc.get('closed_by')}) holds "
                                     f"frames/samples/segments {got}; the scenario sent {w.required} on time"
                                     f" and {w.optional} that may be late or rejected")
+
+    def _read_before(self, key: tuple[str, int], offsets: tuple[tuple[str, int, int, int], ...]) -> list[int]:
+        """What a window's required records inside its own offset ranges add up to: records read
+        before it closed (one read after lies past all of them on its partition)."""
+        need = [0, 0, 0]
+        for source, share in self._members.get(key, ()):
+            where = self._where.get(source.rid)
+            if where is not None and any(t == where[0] and p == where[1] and first <= where[2] <= last
+                                         for t, p, first, last in offsets):
+                need[0] += share.frames
+                need[1] += share.samples
+                need[2] += share.segments
+        return need
 
     def _excuse(self, source_id: str, end_ns: int) -> None:
         """A window of the source ending at ``end_ns`` was shed: every window ending by then may lack
@@ -227,12 +258,31 @@ class Checker:
     def judge_late(self) -> None:
         """On-time records routed late: a violation unless a shed window excuses it (see the module
         docstring); at the end of a run with windows shed, when every result has come."""
-        for source in self._late_required:
+        for source, sent_ns in self._late_required:
             last_end = max(s.start_ns for s in source.shares) + self._window_ns
-            if last_end > self._excused_to.get(source.source_id, last_end - 1):
+            if not any(end >= last_end and (closed <= sent_ns or self._restart_between(sent_ns, shed_acked))
+                       for end, closed, shed_acked in self._shed.get(source.source_id, ())):
                 self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
                 break
         self._late_required.clear()
+
+    def on_restart(self) -> None:
+        self._restarts.append(self._clock.wall_ns())
+
+    def _restart_between(self, first_ns: int, last_ns: int) -> bool:
+        return any(first_ns <= t <= last_ns for t in self._restarts)
+
+    def _accounted(self, key: tuple[str, int]) -> bool:
+        """Every required record of an unpublished window was copied late or is held by a later
+        published window of it: what shedding a later window explains."""
+        for source, share in self._members.get(key, ()):
+            where = self._where.get(source.rid)
+            if source.rid in self._late:
+                continue
+            later = [self.windows[(source.source_id, s.start_ns)] for s in source.shares if s.start_ns > share.start_ns]
+            if where is None or not any(w.holds(*where) for w in later):
+                return False
+        return True
 
     @property
     def shed_sources(self) -> frozenset[str]:
@@ -359,7 +409,8 @@ class Checker:
 
     def final(self, quiet: bool) -> None:
         """At the end: windows never published; records never committed (when the run went quiet)."""
-        lost = [(k, w) for k, w in self.windows.items() if any(w.required) and not w.copies and not w.excused]
+        lost = [(k, w) for k, w in self.windows.items()
+                if any(w.required) and not w.copies and not (w.excused and self._accounted(k))]
         for (sid, start), w in sorted(lost)[:3]:
             self.violate("lost", f"window {sid}:{start} was never published (the scenario sent {w.required} on time)")
         if len(lost) > 3:

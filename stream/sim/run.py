@@ -215,16 +215,17 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
             break  # past the tail with nothing published for half of it: what is missing is lost
         if kills and clock.now_ns >= kills[0]:
             kills.pop(0)
+            broker.restarted()
             await _kill(processor)
             processor = await _start(settings, clients, clock)
     if not checker.violations and not done:
         checker.final(quiet=checker.all_published)
-    if not checker.violations:
-        checker.judge_late()
     with contextlib.suppress(Exception):
         await processor.drain()
     with contextlib.suppress(Exception):
         await processor.stop()
+    if not checker.violations:
+        checker.judge_late()  # late copies acknowledged in the drain included
 
 
 async def _start(settings: Settings, clients: SimClients, clock: SimClock) -> Processor:

@@ -140,6 +140,22 @@ def test_windows_shed_for_memory_and_published_as_if_closed_on_time_are_caught(m
     assert tight and _first_broken(tight) & {"partial", "late", "lost"}
 
 
+def test_a_shed_window_that_loses_what_it_had_read_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shedding excuses what came after a window closed, not what it held: a shed window must
+    hold every required record inside its own offset ranges (read before it closed)."""
+    build = publish_stage.build_result
+
+    def losing(window: Any, *args: Any, **kwargs: Any) -> Any:
+        result = build(window, *args, **kwargs)
+        if result.closed_by != "pressure":
+            return result
+        return result.model_copy(update={"counts": result.counts.model_copy(update={"frames": result.counts.frames // 2})})
+
+    monkeypatch.setattr(publish_stage, "build_result", losing)
+    tight = [s for s in range(200) if "tight-memory" in generate(s).features][:12]
+    assert "partial" in _first_broken(tight)
+
+
 def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() -> None:
     """Large seeds where a restart or a move meets records in windows published before it: a
     record the previous owner never read (or whose late copy it had not seen acknowledged) was
