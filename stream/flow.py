@@ -12,7 +12,9 @@ the rules are unit-testable:
   partition pauses (``stream.memory.MemoryGuard`` measures it), whatever else is true.
 - **Backpressure**: when the batcher is full every partition pauses (lag grows in Kafka, not in
   memory); when the aligner is full every partition pauses except, per partition number, the
-  slowest modality with unread data, which is the one whose records let windows close.
+  slowest modality with unread data, which is the one whose records let windows close. (A poll
+  sheds the aligner back within its bound in the step that filled it, unless closed windows wait
+  for the batcher; then ``Intake`` keeps what it fetched until they are in.)
 """
 
 from __future__ import annotations

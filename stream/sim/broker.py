@@ -46,7 +46,7 @@ class Written(NamedTuple):
 class Observer(Protocol):
     def on_input(self, tp: TopicPartition, record: ConsumerRecord, source: Input) -> None: ...
 
-    def on_output(self, tp: TopicPartition, record: ConsumerRecord) -> None: ...
+    def on_output(self, tp: TopicPartition, record: ConsumerRecord, sent_ns: int) -> None: ...
 
     def on_restart(self) -> None:
         """A rebalance or a killed processor: results not yet acknowledged may be lost."""
@@ -218,5 +218,5 @@ class SimBroker:
             return
         record = self._append(tp, key, value, headers, created_ns=sent_ns)
         self.acks += 1
-        self._observer.on_output(tp, record)
+        self._observer.on_output(tp, record, sent_ns)
         fut.set_result(Written(tp.topic, tp.partition, record.offset))

@@ -171,7 +171,8 @@ class Checker:
         self._origin[(tp.topic, tp.partition, record.offset)] = source
         self._where[source.rid] = (tp.topic, tp.partition, record.offset)
 
-    def on_output(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+    def on_output(self, tp: TopicPartition, record: ConsumerRecord, sent_ns: int) -> None:
+        """A record the broker acknowledged; ``sent_ns``: when it was sent (simulated ns)."""
         topics = self._topics
         if tp.topic == topics.results:
             self._on_result(record)
@@ -184,8 +185,7 @@ class Checker:
             if source is not None:
                 self._late.add(source.rid)
                 if source.fate is Fate.REQUIRED:
-                    # sent by the end of the millisecond of its timestamp (the send's time)
-                    self._late_required.append((source, (record.timestamp + 1) * 1_000_000))
+                    self._late_required.append((source, self._clock.wall0_ns + sent_ns))
                     if not self._tight:  # no window can be shed: judged at once
                         self.judge_late()
         else:
@@ -210,7 +210,9 @@ class Checker:
         shed = doc.get("closed_by") == "pressure"
         if shed:
             end = doc["window_end_ns"]
-            closed = end + round((latency or {}).get("breakdown", {}).get("watermark_ms", 0.0) * 1e6)
+            watermark_ms = ((latency or {}).get("breakdown") or {}).get("watermark_ms")
+            # when it closed (wall ns); unknown without the breakdown: then it excuses nothing by time
+            closed = end + round(watermark_ms * 1e6) if watermark_ms is not None else 1 << 62
             self._shed.setdefault(doc["source_id"], []).append((end, closed, self._clock.wall_ns()))
             self._excuse(doc["source_id"], end)
         if w.copies and any(w.required):
@@ -349,7 +351,7 @@ class Checker:
         window = self._settings.window
         stages = processor.stages
         aligner = stages.align
-        # payloads and each window's bookkeeping: a source's share of windows is soft (shed first
+        # payloads and the bookkeeping of each record and window: a source's share of windows is soft (shed first
         # when memory is short), so this is what bounds the count of windows too
         held, before = aligner.buffered_bytes + aligner.open_windows * WINDOW_BYTES, self._aligner_held
         self._aligner_held = held

@@ -79,7 +79,8 @@ class Align:
 
     @property
     def full(self) -> bool:
-        """Past its bounds: ``Intake`` pauses all but the slowest modality of each partition."""
+        """Past its bounds: ``Intake`` pauses all but the slowest modality of each partition, and
+        keeps what it fetched rather than add it, until a poll sheds windows."""
         return self._aligner.full
 
     @property

@@ -62,8 +62,9 @@ class AddResult(NamedTuple):
 
 
 WINDOW_BYTES = 1024
-"""What an open window costs beside its payload (the window, its lists and an entry per record:
-~0.7 KiB with one frame, measured with tracemalloc), counted against ``max_buffered_bytes``."""
+"""What an open window costs beside its payload and its records' ``RECORD_BYTES`` (the window and
+its lists: ~0.7 KiB with one frame, measured with tracemalloc), counted against
+``max_buffered_bytes``."""
 
 RECORD_BYTES = 1024
 """What a record costs in each window it is placed in, beside its payload bytes (the decoded item,
@@ -132,10 +133,11 @@ class Book:
         self.open: dict[str, SourceState] = {}  # sources with at least one open window
         self.horizons: dict[str, int] = {}  # horizons of sources not seen yet
         self.retired: dict[str, Retired] = {}  # what is kept of sources retired for silence
-        self.bytes = 0  # payload bytes in open windows
+        self.bytes = 0  # open windows' payload bytes and RECORD_BYTES per record placed
         self.n_open = 0  # open windows
 
     def held(self) -> int:
         """What the open windows hold against ``max_buffered_bytes``: their payloads and the
-        bookkeeping of each (``WINDOW_BYTES``), so windows of tiny records are bounded too."""
+        bookkeeping of each record (``RECORD_BYTES``) and window (``WINDOW_BYTES``), so windows
+        of tiny records are bounded too."""
         return self.bytes + self.n_open * WINDOW_BYTES
