@@ -50,6 +50,22 @@ def _cam_processor(extra: dict[TopicPartition, list[Any]] | None = None) -> tupl
     return processor, video, audio
 
 
+async def _assign_after(monkeypatch: pytest.MonkeyPatch, processor: Processor, partitions: set[TopicPartition],
+                        state: bytes) -> None:
+    """Assign ``partitions`` to ``processor`` as if ``state`` was the last state record saved for
+    partition 0; its dead letters and late copies go nowhere (never acknowledged)."""
+
+    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
+        return {0: [state]}
+
+    async def write_aside(records: list[Any], generation: int) -> None:
+        pass
+
+    monkeypatch.setattr(commit_stage, "read_last", read_last)
+    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
+    await processor.on_assigned(partitions)
+
+
 async def test_records_fetched_during_assignment_wait_for_the_published_horizons(monkeypatch: pytest.MonkeyPatch) -> None:
     processor, video, audio = _cam_processor()
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")  # no commits or gauges here
@@ -129,16 +145,8 @@ async def test_an_inherited_range_is_replayed_only_in_windows_published_before_i
     processor, video, audio = _cam_processor({text: [consumer_record(text, 0, segment)]})
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
     inherited = {tp.topic: ReadMark(0, (), trusted_to=300) for tp in (video, audio, text)}
-
-    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
-        return {0: [encode_state({"cam": T0 + 20 * S}, inherited, {"cam": T0 + 10 * S})]}
-
-    async def write_aside(records: list[Any], generation: int) -> None:
-        pass
-
-    monkeypatch.setattr(commit_stage, "read_last", read_last)
-    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
-    await processor.on_assigned({video, audio, text})
+    await _assign_after(monkeypatch, processor, {video, audio, text},
+                        encode_state({"cam": T0 + 20 * S}, inherited, {"cam": T0 + 10 * S}))
     for _ in range(20):
         await processor.step()
     assert processor.stats.records == 601
@@ -163,16 +171,8 @@ async def test_a_replayed_record_far_ahead_of_its_partition_is_judged_at_once_no
                                                      consumer_record(text, 1, said("mic", ahead))]})
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
     judged = {video.topic: ReadMark(300), audio.topic: ReadMark(300), text.topic: ReadMark(2)}
-
-    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
-        return {0: [encode_state({"cam": T0 + 20 * S, "mic": ahead + 10 * S}, judged)]}
-
-    async def write_aside(records: list[Any], generation: int) -> None:
-        pass
-
-    monkeypatch.setattr(commit_stage, "read_last", read_last)
-    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
-    await processor.on_assigned({video, audio, text})
+    await _assign_after(monkeypatch, processor, {video, audio, text},
+                        encode_state({"cam": T0 + 20 * S, "mic": ahead + 10 * S}, judged))
     for _ in range(10):
         await processor.step()
         if processor.stats.records == 602:
@@ -200,16 +200,7 @@ async def test_a_revision_behind_the_frontier_still_waits_behind_the_parked_segm
                 said("s1", 29, True, "vouching")]  # text watermark past 22 s: its window closes
     processor, video, audio = _cam_processor({text: [consumer_record(text, i, seg) for i, seg in enumerate(segments)]})
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
-
-    async def read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
-        return {0: [encode_state({"cam": T0 + 20 * S})]}
-
-    async def write_aside(records: list[Any], generation: int) -> None:
-        pass
-
-    monkeypatch.setattr(commit_stage, "read_last", read_last)
-    monkeypatch.setattr(processor.stages.publish, "write_aside", write_aside)
-    await processor.on_assigned({video, audio, text})
+    await _assign_after(monkeypatch, processor, {video, audio, text}, encode_state({"cam": T0 + 20 * S}))
     texts: dict[int, list[str]] = {}
     for _ in range(30):
         await processor.step()
