@@ -13,9 +13,10 @@ broker at each acknowledgement and each commit, and from the runner after each p
   what was read after it closed (not what its own offset ranges cover), and a source's windows
   close oldest first, so a record is excused from ``late`` if a shed window of its source ending
   at or after its own windows closed before its late copy was sent (judged when the run
-  ends: the shed window's result may come after the copy, and a rebalance or a kill in between
-  may have lost the result of the close that made it late, so a later shed copy excuses it
-  then), and a window from ``lost`` if a shed
+  ends: the shed window's result may come after the copy; and once a rebalance or a kill has
+  come, the result of the close that made it late may have been lost with its owner, and its
+  copy may land after the restart, so from then on any shed window covering it excuses it), and
+  a window from ``lost`` if a shed
   window ending at or after it was published and each of its required records was copied late or
   is held by a later window of it;
 - ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
@@ -263,7 +264,7 @@ class Checker:
         docstring); at the end of a run with windows shed, when every result has come."""
         for source, sent_ns in self._late_required:
             last_end = max(s.start_ns for s in source.shares) + self._window_ns
-            if not any(end >= last_end and (closed <= sent_ns or self._restart_between(sent_ns, shed_acked))
+            if not any(end >= last_end and (closed <= sent_ns or self._restarted_by(max(sent_ns, shed_acked)))
                        for end, closed, shed_acked in self._shed.get(source.source_id, ())):
                 self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
                 break
@@ -272,8 +273,10 @@ class Checker:
     def on_restart(self) -> None:
         self._restarts.append(self._clock.wall_ns())
 
-    def _restart_between(self, first_ns: int, last_ns: int) -> bool:
-        return any(first_ns <= t <= last_ns for t in self._restarts)
+    def _restarted_by(self, wall_ns: int) -> bool:
+        """A rebalance or a kill came by then: the result of a close may have been lost with its
+        owner, and a copy sent by it may land after the restart (see the module docstring)."""
+        return bool(self._restarts) and self._restarts[0] <= wall_ns
 
     def _accounted(self, key: tuple[str, int]) -> bool:
         """Every required record of an unpublished window was copied late or is held by a later
