@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from stream.contract import Modality
 
-__all__ = ["Fate", "Input", "Share"]
+__all__ = ["ExpectedWindow", "Fate", "Input", "Share"]
 
 
 class Fate(StrEnum):
@@ -56,3 +56,20 @@ class Input:
     """The time it vouches for (frame instant, last sample, final segment's end); None for none."""
     tag: str = ""
     """Which generator made it special ("future", "late", "after-gap", "bad:..."), for reports."""
+
+
+@dataclass
+class ExpectedWindow:
+    """What the scenario sent for one window: frames, samples, segments (required, and optional)."""
+
+    required: list[int] = field(default_factory=lambda: [0, 0, 0])
+    optional: list[int] = field(default_factory=lambda: [0, 0, 0])
+    copies: int = 0
+    excused: bool = False  # a shed window of its source ends at or after it (``stream.sim._shedding``)
+    ranges: set[tuple[str, int, int, int]] = field(default_factory=set)  # offsets its acknowledged results held
+
+    def holds(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether an acknowledged result of this window held that record. Offset ranges only
+        bound it, but a record read after the window closed comes after all of the window's own
+        records of that partition, so a late record is never inside one."""
+        return any(t == topic and p == partition and first <= offset <= last for t, p, first, last in self.ranges)

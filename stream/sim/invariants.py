@@ -9,23 +9,15 @@ broker at each acknowledgement and each commit, and from the runner after each p
 - ``phantom``: a result for a window no record falls in;
 - ``lost``: at the end, a window holding required records was never published;
 - ``dead_letter`` / ``late``: a valid, on-time record was dead-lettered or routed late;
-  with memory so short that windows are shed (``closed_by: "pressure"``), a shed window may lack
-  what was read after it closed (not what its own offset ranges cover), and a source's windows
-  close oldest first, so a record is excused from ``late`` if a shed window of its source ending
-  at or after its own windows closed before its late copy was sent (judged when the run
-  ends: the shed window's result may come after the copy; and once a rebalance or a kill has
-  come, the result of the close that made it late may have been lost with its owner, and its
-  copy may land after the restart, so from then on any shed window covering it excuses it), and
-  a window from ``lost`` if a shed
-  window ending at or after it was published and each of its required records was copied late or
-  is held by a later window of it;
+  with memory so short that windows are shed, ``partial``, ``late`` and ``lost`` excuse what
+  shedding explains, and nothing more (``stream.sim._shedding``);
 - ``commit_ahead``: a commit passed a record not yet reflected in an acknowledged result (every
   window it belongs to), dead letter or late copy. A record the scenario made late may be partly
   late (time.md: placed in the windows still open, its head dropped from those closed before it
   came, with no late copy): it is reflected once an acknowledged result of one of its windows
   names its offset among those it holds and every later window of it is published, or by its
-  late copy; so is a required one with a window excused by shedding (below), and an excused
-  window need not hold it;
+  late copy; so is a required one with a window excused by shedding, and an excused window
+  need not hold it;
 - ``uncommitted``: at the end, input records were never committed;
 - ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
   the broker was answering (not while every partition is held back by backpressure and results
@@ -45,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -53,9 +45,11 @@ from aiokafka.structs import ConsumerRecord
 
 from stream.config import Settings
 from stream.contract import Modality
+from stream.sim._records import ExpectedWindow
+from stream.sim._shedding import Shedding
 from stream.sim.broker import SimBroker
 from stream.sim.clock import NS_PER_S, SimClock
-from stream.sim.scenario import Fate, Input, Scenario, Share
+from stream.sim.scenario import Fate, Input, Scenario
 from stream.windows import WINDOW_BYTES
 
 __all__ = ["Checker", "Violation"]
@@ -75,23 +69,6 @@ class Violation:
         return f"{self.invariant} ({self.mode}, step {self.step}, t={self.at_s:.3f} s): {self.detail}"
 
 
-@dataclass
-class _Window:
-    """What the scenario sent for one window: frames, samples, segments (required, and optional)."""
-
-    required: list[int] = field(default_factory=lambda: [0, 0, 0])
-    optional: list[int] = field(default_factory=lambda: [0, 0, 0])
-    copies: int = 0
-    excused: bool = False  # a shed window of its source ends at or after it (see the module docstring)
-    ranges: set[tuple[str, int, int, int]] = field(default_factory=set)  # offsets its acknowledged results held
-
-    def holds(self, topic: str, partition: int, offset: int) -> bool:
-        """Whether an acknowledged result of this window held that record. Offset ranges only
-        bound it, but a record read after the window closed comes after all of the window's own
-        records of that partition, so a late record is never inside one."""
-        return any(t == topic and p == partition and first <= offset <= last for t, p, first, last in self.ranges)
-
-
 Content = tuple[Any, ...]
 _DRAINING_NS = 5 * NS_PER_S  # a result acknowledged this recently: the pipeline is moving
 
@@ -106,32 +83,19 @@ class Checker:
         self._topics = settings.topics
         self._stall_ns = int(stall_s * NS_PER_S)
         self._n_sources = len({i.source_id for i in scenario.inputs})
-        self.windows: dict[tuple[str, int], _Window] = {}
+        self.windows: dict[tuple[str, int], ExpectedWindow] = {}
         self._by_value: dict[bytes, Input] = {}
         for source in scenario.inputs:
             self._by_value[source.value] = source
             for share in source.shares:
-                w = self.windows.setdefault((source.source_id, share.start_ns), _Window())
+                w = self.windows.setdefault((source.source_id, share.start_ns), ExpectedWindow())
                 into = w.required if source.fate is Fate.REQUIRED else w.optional
                 into[0] += share.frames
                 into[1] += share.samples
                 into[2] += share.segments
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
-        self._window_ns = settings.window.window_ms * 1_000_000
-        self._starts: dict[str, list[int]] = {}  # per source, ascending
-        for sid, start in sorted(self.windows):
-            self._starts.setdefault(sid, []).append(start)
-        self._members: dict[tuple[str, int], list[tuple[Input, Share]]] = {}  # required records per window
-        for source in scenario.inputs:
-            if source.fate is Fate.REQUIRED:
-                for share in source.shares:
-                    self._members.setdefault((source.source_id, share.start_ns), []).append((source, share))
         self._where: dict[int, tuple[str, int, int]] = {}  # record id -> (topic, partition, offset)
-        self._excused_to: dict[str, int] = {}  # per source: the end of its latest shed window
-        self._excused_n: dict[str, int] = {}  # per source: how many of its windows (``_starts``) are excused
-        self._shed: dict[str, list[tuple[int, int, int]]] = {}  # per source: (end, wall ns closed, acked) of shed windows
-        self._restarts: list[int] = []  # wall ns of each rebalance or kill
-        self._late_required: list[tuple[Input, int]] = []  # on-time records copied late, with the copy's wall ns sent
+        self.shedding = Shedding(scenario, self.windows, settings.window.window_ms * 1_000_000, self._where)
         self._tight = "tight-memory" in scenario.features
         self._aligner_held = 0  # after the previous step
         self._origin: dict[tuple[str, int, int], Input] = {}
@@ -187,7 +151,7 @@ class Checker:
             if source is not None:
                 self._late.add(source.rid)
                 if source.fate is Fate.REQUIRED:
-                    self._late_required.append((source, self._clock.wall0_ns + sent_ns))
+                    self.shedding.late_copy(source, self._clock.wall0_ns + sent_ns)
                     if not self._tight:  # no window can be shed: judged at once
                         self.judge_late()
         else:
@@ -215,8 +179,7 @@ class Checker:
             watermark_ms = ((latency or {}).get("breakdown") or {}).get("watermark_ms")
             # when it closed (wall ns); unknown without the breakdown: then it excuses nothing by time
             closed = end + round(watermark_ms * 1e6) if watermark_ms is not None else 1 << 62
-            self._shed.setdefault(doc["source_id"], []).append((end, closed, self._clock.wall_ns()))
-            self._excuse(doc["source_id"], end)
+            self._unpublished -= self.shedding.shed(doc["source_id"], end, closed, self._clock.wall_ns())
         if w.copies and any(w.required):
             self.counts["repeats"] += 1
         if not w.copies and any(w.required) and not w.excused:
@@ -224,76 +187,22 @@ class Checker:
         w.copies += 1
         w.ranges.update(offsets)
         most = [r + o for r, o in zip(w.required, w.optional, strict=True)]
-        need = self._read_before(key, offsets) if shed else w.required  # shed: what it had read
+        need = self.shedding.read_before(key, offsets) if shed else w.required  # shed: what it had read
         short = any(g < r for g, r in zip(got, need, strict=True))
         if short or any(g > m for g, m in zip(got, most, strict=True)):
             self.violate("partial", f"result {doc['id']} (copy {w.copies}, closed by {doc.get('closed_by')}) holds "
                                     f"frames/samples/segments {got}; the scenario sent {w.required} on time"
                                     f" and {w.optional} that may be late or rejected")
 
-    def _read_before(self, key: tuple[str, int], offsets: tuple[tuple[str, int, int, int], ...]) -> list[int]:
-        """What a window's required records inside its own offset ranges add up to: records read
-        before it closed (one read after lies past all of them on its partition)."""
-        need = [0, 0, 0]
-        for source, share in self._members.get(key, ()):
-            where = self._where.get(source.rid)
-            if where is not None and any(t == where[0] and p == where[1] and first <= where[2] <= last
-                                         for t, p, first, last in offsets):
-                need[0] += share.frames
-                need[1] += share.samples
-                need[2] += share.segments
-        return need
-
-    def _excuse(self, source_id: str, end_ns: int) -> None:
-        """A window of the source ending at ``end_ns`` was shed: every window ending by then may lack
-        what came after it (late), or never be published (everything in it came after)."""
-        if end_ns <= self._excused_to.get(source_id, end_ns - 1):
-            return
-        self._excused_to[source_id] = end_ns
-        starts, n = self._starts.get(source_id, []), self._excused_n.get(source_id, 0)
-        while n < len(starts) and starts[n] + self._window_ns <= end_ns:
-            w = self.windows[(source_id, starts[n])]
-            w.excused = True
-            if any(w.required) and not w.copies:
-                self._unpublished -= 1
-            n += 1
-        self._excused_n[source_id] = n
-
     def judge_late(self) -> None:
-        """On-time records routed late: a violation unless a shed window excuses it (see the module
-        docstring); at the end of a run with windows shed, when every result has come."""
-        for source, sent_ns in self._late_required:
-            last_end = max(s.start_ns for s in source.shares) + self._window_ns
-            if not any(end >= last_end and (closed <= sent_ns or self._restarted_by(max(sent_ns, shed_acked)))
-                       for end, closed, shed_acked in self._shed.get(source.source_id, ())):
-                self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
-                break
-        self._late_required.clear()
+        """On-time records routed late: a violation unless shedding excuses it (``Shedding``); at
+        the end of a run with windows shed, when every result has come."""
+        source = self.shedding.unexcused_late()
+        if source is not None:
+            self.violate("late", f"{_describe(source)} was routed late, though it came in order and on time")
 
     def on_restart(self) -> None:
-        self._restarts.append(self._clock.wall_ns())
-
-    def _restarted_by(self, wall_ns: int) -> bool:
-        """A rebalance or a kill came by then: the result of a close may have been lost with its
-        owner, and a copy sent by it may land after the restart (see the module docstring)."""
-        return bool(self._restarts) and self._restarts[0] <= wall_ns
-
-    def _accounted(self, key: tuple[str, int]) -> bool:
-        """Every required record of an unpublished window was copied late or is held by a later
-        published window of it: what shedding a later window explains."""
-        for source, share in self._members.get(key, ()):
-            where = self._where.get(source.rid)
-            if source.rid in self._late:
-                continue
-            later = [self.windows[(source.source_id, s.start_ns)] for s in source.shares if s.start_ns > share.start_ns]
-            if where is None or not any(w.holds(*where) for w in later):
-                return False
-        return True
-
-    @property
-    def shed_sources(self) -> frozenset[str]:
-        """Sources with a window shed for memory (their results may differ between runs)."""
-        return frozenset(self._excused_to)
+        self.shedding.restarted(self._clock.wall_ns())
 
     def _on_dead_letter(self, record: ConsumerRecord) -> None:
         headers = dict(record.headers)
@@ -417,7 +326,7 @@ class Checker:
     def final(self, quiet: bool) -> None:
         """At the end: windows never published; records never committed (when the run went quiet)."""
         lost = [(k, w) for k, w in self.windows.items()
-                if any(w.required) and not w.copies and not (w.excused and self._accounted(k))]
+                if any(w.required) and not w.copies and not (w.excused and self.shedding.accounted(k, self._late))]
         for (sid, start), w in sorted(lost)[:3]:
             self.violate("lost", f"window {sid}:{start} was never published (the scenario sent {w.required} on time)")
         if len(lost) > 3:

@@ -181,7 +181,7 @@ def _run(scenario: Scenario, mode: str) -> RunReport:
     finally:
         _close(loop)
     return RunReport(mode, checker.step, clock.seconds, tuple(checker.violations), dict(checker.counts),
-                     checker.digest, checker.contents, checker.shed_sources)
+                     checker.digest, checker.contents, checker.shedding.sources)
 
 
 async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clients: SimClients,
