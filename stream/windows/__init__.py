@@ -30,6 +30,7 @@ The runtime's calls::
 
     aligner = Aligner(config: WindowConfig, clock: Callable[[], int])
     aligner.add(item, origin) -> AddResult            # .status, .windows, .keys, .reason, .detail
+    aligner.behind_frontier(item) -> bool             # every window of it closed: nothing to wait for
     aligner.poll(caught_up: Callable[[Modality, int], bool] | None) -> list[ClosedWindow]
     aligner.flush() -> list[ClosedWindow]             # shutdown drain
     aligner.forget_partitions({partition, ...}) -> list[WindowKey]   # revocation; keys dropped
