@@ -50,7 +50,6 @@ from stream.sim._shedding import Shedding
 from stream.sim.broker import SimBroker
 from stream.sim.clock import NS_PER_S, SimClock
 from stream.sim.scenario import Fate, Input, Scenario
-from stream.windows import WINDOW_BYTES
 
 __all__ = ["Checker", "Violation"]
 
@@ -267,7 +266,7 @@ class Checker:
         aligner = stages.align
         # payloads and the bookkeeping of each record and window: a source's share of windows is soft (shed first
         # when memory is short), so this is what bounds the count of windows too
-        held, before = aligner.buffered_bytes + aligner.open_windows * WINDOW_BYTES, self._aligner_held
+        held, before = aligner.held_bytes, self._aligner_held
         self._aligner_held = held
         # one fetch may carry it past the bound; the poll after it sheds back within, unless
         # closed windows wait for room in the batch stage: then it must not grow until they go

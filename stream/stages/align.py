@@ -84,6 +84,11 @@ class Align:
         return self._aligner.full
 
     @property
+    def held_bytes(self) -> int:
+        """What the open windows hold against ``max_buffered_bytes`` (``Aligner.held_bytes``)."""
+        return self._aligner.held_bytes
+
+    @property
     def waiting(self) -> int:
         """Closed windows waiting for room in the batch stage (``close_ready``)."""
         return len(self._waiting)

@@ -35,7 +35,7 @@ The runtime's calls::
     aligner.flush() -> list[ClosedWindow]             # shutdown drain
     aligner.forget_partitions({partition, ...}) -> list[WindowKey]   # revocation; keys dropped
     aligner.set_horizon(source_id, published_end_ns) -> list[WindowKey]
-    aligner.full, aligner.open_windows, aligner.buffered_bytes
+    aligner.full, aligner.open_windows, aligner.buffered_bytes, aligner.held_bytes
     aligner.watermarks() -> {(source_id, Modality): ns}
     aligner.forget_sources([source_id, ...])         # what is kept of retired sources, dropped
     aligner.sources(), aligner.retired_sources(), aligner.unseen_horizons()   # read-only views

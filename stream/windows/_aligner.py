@@ -105,6 +105,11 @@ class Aligner:
         a frame in two sliding windows counts twice); ``Book.held`` adds the windows' own."""
         return self._book.bytes
 
+    @property
+    def held_bytes(self) -> int:
+        """What ``full`` compares with ``max_buffered_bytes`` (``Book.held``)."""
+        return self._book.held()
+
     def watermarks(self) -> dict[tuple[str, Modality], int]:
         """Event-time watermark (ns) per (source, modality) that has vouched for any time."""
         return {

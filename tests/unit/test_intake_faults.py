@@ -405,12 +405,9 @@ async def test_while_closed_windows_wait_for_the_batch_stage_the_aligner_keeps_t
         return {tp: [consumer_record(tp, i, items[m][i]) for i in range(first, last)]
                 for m in (Modality.VIDEO, Modality.AUDIO) for tp in [TopicPartition(settings.topics.input(m), 0)]}
 
-    def held_bytes() -> int:
-        return align.buffered_bytes + align.open_windows * WINDOW_BYTES
-
     intake.take(in_flight(40, 70))  # 3 s more: past the bound
     await align.close_ready()  # the batch stage still has no room: nothing is shed
-    over = held_bytes()
+    over = align.held_bytes
     assert align.waiting and over > bound
     intake.take(in_flight(70, 100))  # and 3 s more
-    assert held_bytes() == over and intake.held() == 60  # kept in the intake for when windows can go
+    assert align.held_bytes == over and intake.held() == 60  # kept in the intake for when windows can go
