@@ -121,7 +121,7 @@ class Align:
     def adder(self) -> Callable[[Item, Origin, int], AddResult]:
         """``add`` itself, without this stage's frame around it: what ``Intake`` calls once per
         record (the aligner is made once, so the bound method stays valid)."""
-        return self._aligner.add
+        return self._aligner.adder
 
     def behind_frontier(self, item: Item) -> bool:
         """Every window of ``item`` is closed: nothing for alignment to hold it for
