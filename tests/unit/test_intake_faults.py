@@ -1,133 +1,36 @@
 """The record path against plausible inputs and faults nobody designed for (issue 12): a valid
-record stamped ahead must not stall its partition, a frozen broker must not make topics look
-idle, and partly late intervals are counted.
+record stamped ahead must not stall its partition nor leave its topic paused for good, records of
+a source with one parked keep their order, windows waiting for the batch stage hold neither the
+loop nor the aligner's bound, and partly late intervals are counted.
 
-The processor's record path is driven without a broker through the stages' public methods:
-``Intake.take`` (decode, align, park, hold), ``Align.close_ready`` and ``Intake.flow``
-(pause/resume) each step, as the consume loop does.
+The processor's record path is driven without a broker (``run_steps`` in _intake_run.py). When
+silence counts as idle (a frozen broker, a long wait, parked records): test_intake_idle.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from stream.config import load_settings
 from stream.contract import AudioChunk, Modality, TranscriptSegment, VideoFrame
 from stream.runtime import Processor
 from stream.windows import RECORD_BYTES, WINDOW_BYTES, ClosedWindow
-from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
-
-S = 1_000_000_000
-MS = 1_000_000
-T0 = 1_700_000_000 * S
-SOURCES = ("a", "b", "c")
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-class _Wall:
-    """The wall clock the processor is built with; a test moves it by swapping ``now``."""
-
-    def __init__(self) -> None:
-        self.now: Any = lambda: T0 + 3600 * S
-
-    def __call__(self) -> int:
-        return int(self.now())
-
-
-def _stream(seconds: int, extra_text: list[TranscriptSegment]) -> dict[Modality, list[Any]]:
-    """Three sources on one partition: frames and chunks every 100 ms, a final segment per
-    second; ``extra_text`` goes after the segments of second 5 (a pre-produced stream)."""
-    video, audio, text = [], [], []
-    for i in range(seconds * 10):
-        for src in SOURCES:
-            video.append(VideoFrame(source_id=src, ts_ns=T0 + i * 100 * MS, encoding="jpeg", data=JPEG))
-            audio.append(AudioChunk(source_id=src, ts_ns=T0 + i * 100 * MS, sample_format="s16le",
-                                    sample_rate=16_000, channels=1, data=bytes(3200)))
-    for i in range(seconds):
-        for src in SOURCES:
-            text.append(_segment(src, T0 + i * S, T0 + (i + 1) * S - 1))
-        if i == 5:
-            text.extend(extra_text)
-    return {Modality.VIDEO: video, Modality.AUDIO: audio, Modality.TEXT: text}
-
-
-def _segment(src: str, start: int, end: int, text: str = "hello") -> TranscriptSegment:
-    return TranscriptSegment(source_id=src, ts_ns=start, start_ns=start, end_ns=end, text=text, final=True)
-
-
-def _processor(clock: _Clock, wall: _Wall | None = None, **window: Any) -> Processor:
-    settings = load_settings(overrides={"metrics": {"port": None}, "window": window})
-    return Processor(settings, model=object(), clock_ms=clock, wall_ns=wall or _Wall())
-
-
-class _PositionedConsumer(FakeConsumer):
-    """Also answers ``position``, as aiokafka does once it knows where a partition starts."""
-
-    async def position(self, tp: TopicPartition) -> int:
-        return self.pos[tp]
-
-
-async def _run(processor: Processor, clock: _Clock, items: dict[Modality, list[Any]], steps: int,
-               per_fetch: int | dict[Modality, int] = 50,
-               produce: Callable[[int], dict[Modality, list[Any]]] | None = None,
-               ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[ClosedWindow]]:
-    """The consume loop without a broker: every step each partition not paused delivers its next
-    records, then intake, window closing and flow control run, and once a second the positions no
-    record showed are learned; 100 ms pass per step (``per_fetch``: records per fetch, or per
-    fetch of each modality's topic). ``produce(step)``: records that land during
-    the step, before flow control (a live stream). The closed windows are those queued for
-    inference (the batch stage is not started)."""
-    fetched = {TopicPartition(processor.settings.topics.input(m), 0): [
-        consumer_record(TopicPartition(processor.settings.topics.input(m), 0), i, item) for i, item in enumerate(records)]
-        for m, records in items.items()}
-    consumer = _PositionedConsumer(fetched)
-    processor.connection.consumer = consumer
-    processor.assignment.assigned = set(fetched)
-    intake, align = processor.stages.intake, processor.stages.align
-    for step in range(steps):
-        if step % 10 == 0:
-            await intake.learn_positions()
-        clock.ms += 100
-        batch = {}
-        for tp, recs in fetched.items():
-            if tp not in processor.assignment.paused and consumer.pos[tp] < len(recs):
-                n = per_fetch if isinstance(per_fetch, int) else per_fetch[processor.context.modality_of[tp.topic]]
-                batch[tp] = recs[consumer.pos[tp]:consumer.pos[tp] + n]
-                consumer.pos[tp] += len(batch[tp])
-        intake.take(batch)
-        await align.close_ready()
-        for m, new in (produce(step) if produce else {}).items():
-            tp = TopicPartition(processor.settings.topics.input(m), 0)
-            fetched[tp] += [consumer_record(tp, len(fetched[tp]) + i, item) for i, item in enumerate(new)]
-        intake.flow()
-    return fetched, [job.window for job in processor.stages.batch.queued()]
-
-
-async def test_a_topic_with_nothing_to_read_lets_its_modality_go_idle() -> None:
-    """A transcript topic with no record at all (no transcription deployed, or read to its end
-    before this assignment) never showed its position: it never counted as caught up, so its
-    modality never went idle and no window closed until the aligner's bounds shed them."""
-    clock = _Clock()
-    processor = _processor(clock)
-    items = _stream(20, [])
-    items[Modality.TEXT] = []
-    _, closed = await _run(processor, clock, items, steps=300)
-    assert len(closed) == 3 * 20 and processor.stages.align.open_windows == 0
-    assert {w.closed_by for w in closed} <= {"idle", "watermark"}
-    assert all(w.frames and w.audio_samples for w in closed)
+from tests.unit._fakes import JPEG, consumer_record
+from tests.unit._intake_run import (
+    MS,
+    SOURCES,
+    T0,
+    Clock,
+    S,
+    Wall,
+    processor_of,
+    run_steps,
+    segment,
+    stream_of,
+)
 
 
 def _by_source(closed: list[ClosedWindow]) -> dict[str, list[ClosedWindow]]:
@@ -141,10 +44,10 @@ async def test_a_segment_stamped_ahead_does_not_stall_its_partition() -> None:
     """Finding 2: one contract-valid segment 30 s ahead (inside max_future_ms) on source "a" of a
     pre-produced stream paused all three topics of the partition for good. It now waits in the
     park while the partition goes on; every source gets every window, with its transcript."""
-    clock = _Clock()
-    processor = _processor(clock)
-    ahead = _segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
-    fetched, closed = await _run(processor, clock, _stream(40, [ahead]), steps=400)
+    clock = Clock()
+    processor = processor_of(clock)
+    ahead = segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
+    fetched, closed = await run_steps(processor, clock, stream_of(40, [ahead]), steps=400)
     assert all(processor.connection.consumer.pos[tp] == len(recs) for tp, recs in fetched.items())
     windows = _by_source(closed)
     for src in SOURCES:
@@ -162,11 +65,11 @@ async def test_a_topic_let_in_unaligned_is_not_paused_again_for_running_ahead() 
     patience its partition reads on unaligned ("for 60 s"), but the segment let in put the topic
     30 s ahead, and it was paused again for running ahead until the others, read at the pace of
     a live stream (0.1 s of event time per 0.1 s step), came within max_ahead_ms: 25 s."""
-    clock = _Clock()
-    processor = _processor(clock)
-    items = _stream(40, [])
-    items[Modality.TEXT] = [_segment("z", T0 + 30 * S, T0 + 31 * S - 1), *items[Modality.TEXT]]
-    fetched, _ = await _run(processor, clock, items, steps=150, per_fetch=3)  # 15 s
+    clock = Clock()
+    processor = processor_of(clock)
+    items = stream_of(40, [])
+    items[Modality.TEXT] = [segment("z", T0 + 30 * S, T0 + 31 * S - 1), *items[Modality.TEXT]]
+    fetched, _ = await run_steps(processor, clock, items, steps=150, per_fetch=3)  # 15 s
     text = TopicPartition(processor.settings.topics.text, 0)
     assert processor.connection.consumer.pos[text] > 20 * len(SOURCES)
 
@@ -177,16 +80,16 @@ async def test_a_topic_paused_for_running_ahead_reads_on_after_the_patience() ->
     the others always have some unread when the input is paced, and the topic stayed paused until
     they came within max_ahead_ms (25 s), for no patience counted for a topic paused as running
     ahead, only for one blocked at a record. After the 10 s patience it reads on, unaligned."""
-    clock = _Clock()
-    processor = _processor(clock)
-    now_live = _stream(40, [])
+    clock = Clock()
+    processor = processor_of(clock)
+    now_live = stream_of(40, [])
 
     def produce(step: int) -> dict[Modality, list[Any]]:  # 100 ms of each source; segments when final
         out = {m: now_live[m][step * 3:(step + 1) * 3] for m in (Modality.VIDEO, Modality.AUDIO)}
         out[Modality.TEXT] = now_live[Modality.TEXT][(step // 10 - 1) * 3:step // 10 * 3] if step % 10 == 0 else []
         return out
-    items = {Modality.VIDEO: [], Modality.AUDIO: [], Modality.TEXT: [_segment("z", T0 + 30 * S, T0 + 31 * S - 1)]}
-    await _run(processor, clock, items, steps=150, per_fetch=50, produce=produce)  # 15 s
+    items = {Modality.VIDEO: [], Modality.AUDIO: [], Modality.TEXT: [segment("z", T0 + 30 * S, T0 + 31 * S - 1)]}
+    await run_steps(processor, clock, items, steps=150, per_fetch=50, produce=produce)  # 15 s
     text = TopicPartition(processor.settings.topics.text, 0)
     assert processor.connection.consumer.pos[text] > 1 + 3 * 12  # what 13 s of it held, once read on
 
@@ -197,11 +100,11 @@ async def test_a_caught_up_topic_does_not_make_the_others_run_ahead() -> None:
     holds nothing back. In a backfill of video read slowly and audio fast, audio then counted as
     ahead, read on unaligned after 10 s, and ran minutes ahead of video (windows shed by
     pressure). Ahead only of topics with data unread, audio stays within max_ahead_ms (5 s)."""
-    clock = _Clock()
-    processor = _processor(clock)
-    items = _stream(120, [])
+    clock = Clock()
+    processor = processor_of(clock)
+    items = stream_of(120, [])
     items[Modality.TEXT] = items[Modality.TEXT][:6]  # two seconds of transcript, then its end
-    fetched, _ = await _run(processor, clock, items, steps=300,  # 30 s, the patience three times over
+    fetched, _ = await run_steps(processor, clock, items, steps=300,  # 30 s, the patience three times over
                             per_fetch={Modality.VIDEO: 3, Modality.AUDIO: 90, Modality.TEXT: 50})
     pos = processor.connection.consumer.pos
     video, audio = (TopicPartition(processor.settings.topics.input(m), 0) for m in (Modality.VIDEO, Modality.AUDIO))
@@ -212,109 +115,26 @@ async def test_windows_the_batch_stage_has_no_room_for_wait_without_holding_the_
     """Seed 4388 again: a step waited in ``close_ready`` until the batch stage took every window
     that closed, most of a minute behind slow acknowledgements: no commit, no gauge, and no pause
     of the input meanwhile. Now the windows wait in the align stage and the input pauses."""
-    clock = _Clock()
+    clock = Clock()
     settings = load_settings(overrides={"metrics": {"port": None}, "batching": {"max_queued_windows": 2}})
-    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=_Wall())
+    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=Wall())
     # while windows wait, a step waits up to 0.1 s for room (real time here)
-    fetched, queued = await asyncio.wait_for(_run(processor, clock, _stream(10, []), steps=20), 30)
+    fetched, queued = await asyncio.wait_for(run_steps(processor, clock, stream_of(10, []), steps=20), 30)
     align = processor.stages.align
     assert len(queued) == 2 and align.waiting > 0  # the batch stage is not started: it never drains
     assert processor.assignment.paused == set(fetched)
 
 
-async def _read_to_the_end(clock: _Clock, wall: _Wall) -> tuple[Processor, TopicPartition]:
-    """A processor (idle timeout 1 s) that read a partition to its end a second ago."""
-    processor = _processor(clock, wall, idle_timeout_ms=1000)
-    fetched, _ = await _run(processor, clock, _stream(2, []), steps=10, per_fetch=1000)
-    tp = next(iter(fetched))
-    processor.assignment.position[tp] = len(fetched[tp])
-    processor.stages.intake.take({})
-    clock.ms += 1000
-    return processor, tp
-
-
-async def test_a_stale_high_watermark_does_not_show_a_partition_caught_up() -> None:
-    """Finding 4: while the broker is frozen, the high watermark of the last fetch response stays
-    where it was and every partition read that far looked caught up, so silent topics were
-    judged idle and windows closed with their data still in Kafka."""
-    clock, wall = _Clock(), _Wall()
-    processor, tp = await _read_to_the_end(clock, wall)
-    consumer: FakeConsumer = processor.connection.consumer
-    modality = processor.context.modality_of[tp.topic]
-    intake = processor.stages.intake
-    assert intake.caught_up(modality, 0)  # caught up for idle_timeout_ms: silence may count
-    frozen_at = consumer.last_poll_timestamp(tp)
-    consumer.last_poll_timestamp = lambda _tp: frozen_at  # type: ignore[method-assign]
-    wall.now = lambda: (frozen_at + 10_000) * MS  # ten seconds without a fetch response
-    intake.take({})
-    assert not intake.caught_up(modality, 0)
-    del consumer.last_poll_timestamp  # the broker answers again: caught up at once, but silence
-    wall.now = time.time_ns  # counts only from now on (the records buffered by
-    intake.take({})  # producers during the freeze are still on their way)
-    assert not intake.caught_up(modality, 0)
-    clock.ms += 1000
-    intake.take({})
-    assert intake.caught_up(modality, 0)
-
-
-async def test_a_long_wait_between_steps_is_not_taken_for_silence() -> None:
-    """Closing windows may wait (a full batch queue drained by slow acknowledgements: the
-    simulator's seed 1264) longer than the idle timeout, with no fetch and no step meanwhile.
-    Caught up before the wait, a partition must not count as caught up after it: the records sent
-    meanwhile are unread, and windows closed as idle lacked them."""
-    clock, wall = _Clock(), _Wall()
-    processor, tp = await _read_to_the_end(clock, wall)
-    consumer: FakeConsumer = processor.connection.consumer
-    modality = processor.context.modality_of[tp.topic]
-    intake = processor.stages.intake
-    assert intake.caught_up(modality, 0)
-    polled = consumer.last_poll_timestamp(tp)
-    consumer.last_poll_timestamp = lambda _tp: polled  # type: ignore[method-assign]
-    clock.ms += 30_000  # 30 s inside one step: no take, so no note, in between
-    wall.now = lambda: (polled + 30_000) * MS
-    assert not intake.caught_up(modality, 0)
-
-
-async def test_the_drain_after_a_long_wait_closes_no_window_as_idle() -> None:
-    """Every partition read to its end and silent past the idle timeout, then a wait of 30 s
-    with no fetch (a step held by a full batch queue): the shutdown's drain must not close the
-    sources' last windows as idle (their records sent meanwhile are unread: they are replayed
-    whole instead); once a fresh fetch shows the partitions still at their end, silence counts."""
-    clock, wall = _Clock(), _Wall()
-    processor = _processor(clock, wall, idle_timeout_ms=1000)
-    fetched, _ = await _run(processor, clock, _stream(3, []), steps=10, per_fetch=1000)
-    for tp, records in fetched.items():
-        processor.assignment.position[tp] = len(records)
-    consumer: FakeConsumer = processor.connection.consumer
-    intake, align, batch = processor.stages.intake, processor.stages.align, processor.stages.batch
-    intake.take({})
-    polled = consumer.last_poll_timestamp(next(iter(fetched)))
-    consumer.last_poll_timestamp = lambda _tp: polled  # type: ignore[method-assign]
-    clock.ms += 30_000
-    wall.now = lambda: (polled + 30_000) * MS
-    queued = len(batch.queued())
-    await align.close_ready()  # what Processor.drain does first
-    assert len(batch.queued()) == queued and align.open_windows > 0
-    del consumer.last_poll_timestamp  # a fetch answers: still at the end, and silent from now on
-    wall.now = time.time_ns
-    intake.take({})
-    clock.ms += 1000
-    intake.take({})
-    await align.close_ready()
-    closed = [job.window for job in batch.queued()[queued:]]
-    assert closed and {w.closed_by for w in closed} == {"idle"}
-
-
 async def test_partly_late_segments_are_counted() -> None:
     """Finding 6: a segment reaching both a closed and an open window is placed in the open one;
     the part that fell in the closed one used to vanish with the late counter at 0."""
-    clock = _Clock()
-    processor = _processor(clock)
-    items = _stream(2, [])
-    _, closed = await _run(processor, clock, items, steps=40, per_fetch=1000)  # all read; idle closes both windows
+    clock = Clock()
+    processor = processor_of(clock)
+    items = stream_of(2, [])
+    _, closed = await run_steps(processor, clock, items, steps=40, per_fetch=1000)  # all read; idle closes both windows
     assert sorted({w.start_ns for w in closed}) == [T0, T0 + S]
     text = TopicPartition(processor.settings.topics.text, 0)
-    straddling = _segment("a", T0 + 1500 * MS, T0 + 2500 * MS, "half late")
+    straddling = segment("a", T0 + 1500 * MS, T0 + 2500 * MS, "half late")
     processor.stages.intake.take({text: [consumer_record(text, len(items[Modality.TEXT]), straddling)]})
     assert processor.stats.partly_late == 1 and processor.stats.late == 0
     assert processor.metrics.records.labels(text.topic, "partly_late")._value.get() == 1
@@ -324,13 +144,13 @@ async def test_records_of_a_source_with_one_parked_keep_their_order() -> None:
     """After review: a later revision of a parked transcript segment went to the aligner first,
     and the older, parked one overwrote it when it came out of the park. A source with a parked
     record now parks its later records too, first in, first out."""
-    clock = _Clock()
-    processor = _processor(clock)
+    clock = Clock()
+    processor = processor_of(clock)
     first = TranscriptSegment(source_id="a", ts_ns=T0 + 35 * S, start_ns=T0 + 35 * S, end_ns=T0 + 36 * S - 1,
                               text="first take", final=True, segment_id="seg-9")
     revised = TranscriptSegment(source_id="a", ts_ns=T0 + 6 * S, start_ns=T0 + 6 * S, end_ns=T0 + 7 * S - 1,
                                 text="second take", final=True, segment_id="seg-9")
-    _, closed = await _run(processor, clock, _stream(40, [first, revised]), steps=400)
+    _, closed = await run_steps(processor, clock, stream_of(40, [first, revised]), steps=400)
     texts = {w.start_ns: [seg.text for seg, *_ in w.segments] for w in _by_source(closed)["a"]}
     assert "second take" in texts[T0 + 6 * S]  # the revision, applied last, moved the segment
     assert "first take" not in texts[T0 + 35 * S]
@@ -352,35 +172,17 @@ async def test_a_source_back_after_a_gap_enters_its_windows_aligned() -> None:
     partition was read, each topic counted as read to its end, alignment was lifted and the whole
     parked video went in at once: more open windows than the bound, the oldest shed ("pressure")
     before the parked audio of the same seconds came, which was then late."""
-    clock = _Clock()
+    clock = Clock()
     # room for about 16 windows (10 frames, a second of audio as float32, bookkeeping each and of its 20 records)
     per_window = 10 * len(JPEG) + 16_000 * 4 + 10 * 3200 + WINDOW_BYTES + 20 * RECORD_BYTES
-    processor = _processor(clock, modalities=["video", "audio"], max_buffered_bytes=16 * per_window)
+    processor = processor_of(clock, modalities=["video", "audio"], max_buffered_bytes=16 * per_window)
     b, before, after = _source("b", range(0, 20)), _source("a", range(0, 2)), _source("a", range(100, 130))
     items = {m: before[m] + b[m] + after[m] for m in Modality}
-    _, closed = await _run(processor, clock, items, steps=400, per_fetch=100)
+    _, closed = await run_steps(processor, clock, items, steps=400, per_fetch=100)
     assert processor.stats.late == 0
     a = _by_source(closed)["a"]
     assert [w.start_ns for w in a] == [T0 + i * S for i in [*range(0, 2), *range(100, 130)]]
     assert all(len(w.frames) == 10 and w.audio_samples == 16_000 for w in a)
-
-
-async def test_a_partition_with_records_parked_is_not_caught_up() -> None:
-    """Seed 1783 again: a modality whose records wait in the park was read to its end, so it
-    counted as caught up and, silent meanwhile, as idle: its windows closed without the parked
-    records, which were late when they came out. Parked records are behind, not silence."""
-    clock = _Clock()
-    processor = _processor(clock, idle_timeout_ms=1000)
-    ahead = _segment("a", T0 + 35 * S, T0 + 36 * S - 1, "from the future")
-    items = _stream(40, [])
-    items[Modality.TEXT] = [*items[Modality.TEXT][:6], ahead]  # two seconds of transcript, then the jump
-    fetched, _ = await _run(processor, clock, items, steps=2, per_fetch=200)  # video and audio: 40 s to read
-    text = TopicPartition(processor.settings.topics.text, 0)
-    intake = processor.stages.intake
-    assert intake.parked and processor.assignment.position[text] == len(fetched[text])
-    clock.ms += 2000  # the idle timeout twice over, the parked segment's patience not spent
-    intake.take({})
-    assert not intake.caught_up(Modality.TEXT, 0)
 
 
 async def test_while_closed_windows_wait_for_the_batch_stage_the_aligner_keeps_to_its_bound() -> None:
@@ -389,15 +191,15 @@ async def test_while_closed_windows_wait_for_the_batch_stage_the_aligner_keeps_t
     polled until they are in), yet a fetch in flight when the input paused still went into the
     open windows, past max_buffered_bytes, step after step. Now it waits in the intake until
     windows can go again."""
-    clock = _Clock()
+    clock = Clock()
     per_window = 10 * len(JPEG) + 16_000 * 4 + 10 * 3200 + WINDOW_BYTES + 20 * RECORD_BYTES
     bound = 3 * per_window
     settings = load_settings(overrides={"metrics": {"port": None}, "batching": {"max_queued_windows": 1}, "window": {
         "modalities": ["video", "audio"], "max_buffered_bytes": bound, "max_ahead_ms": 60_000}})
-    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=_Wall())
+    processor = Processor(settings, model=object(), clock_ms=clock, wall_ns=Wall())
     align, intake = processor.stages.align, processor.stages.intake
     items = _source("a", range(0, 30))
-    await _run(processor, clock, {m: items[m][:40] for m in items}, steps=1, per_fetch=40)
+    await run_steps(processor, clock, {m: items[m][:40] for m in items}, steps=1, per_fetch=40)
     assert align.waiting and not align.full  # the batch stage is full: closed windows wait
 
     def in_flight(first: int, last: int) -> dict[TopicPartition, list[Any]]:

@@ -1,6 +1,6 @@
 """The alignment engine (stream/windows): sliding windows, published horizons and revocation,
-and the bounds on open windows and buffered bytes (closing rules, idleness, transcripts, late
-data and audio assembly: test_windows.py)."""
+and the bounds on open windows and buffered bytes (closing rules, idleness and late data:
+test_windows.py; transcripts and audio assembly: test_windows_content.py)."""
 
 from __future__ import annotations
 
