@@ -1,7 +1,7 @@
 """The inference executor: an accelerator kept busy (issue 13, item 2).
 
-- ``executor``: ``InferenceExecutor`` (what the Infer stage runs every model through), its
-  ``ExecutorPlan`` and ``plan_from(config)``.
+- ``executor``: ``InferenceExecutor``, what the Infer stage runs every model through.
+- ``plan``: ``ExecutorPlan`` and ``plan_from(config)``, where each part of a batch runs.
 - ``runners`` / ``remote`` / ``child``: where a batch meets a model replica, in this process or
   a child process fed through shared memory.
 - ``buffers``: packing a prepared batch into reused shared or pinned buffers.
@@ -20,8 +20,8 @@ from typing import Any
 
 __all__ = ["BatchSizer", "BatchTiming", "ExecutorPlan", "InferenceExecutor", "plan_from"]
 
-_WHERE = {"BatchSizer": "sizing", "BatchTiming": "timing", "ExecutorPlan": "executor",
-          "InferenceExecutor": "executor", "plan_from": "executor"}
+_WHERE = {"BatchSizer": "sizing", "BatchTiming": "timing", "ExecutorPlan": "plan",
+          "InferenceExecutor": "executor", "plan_from": "plan"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,8 @@ What it does:
   on a side stream, under autocast, through a compiled forward pass when asked.
 - Each batch is timed where its work happens (``BatchTiming``, passed to ``on_batch``), and
   ``busy_ratio()`` reads the fraction of wall time the runners computed.
+- How to run it (thread or process, replicas, devices, buckets, where preprocessing runs) is an
+  ``ExecutorPlan`` (``stream/inference/plan.py``, ``plan_from(config)``); this module follows it.
 
 Overlap needs two batches in flight: the stage calls ``preprocess`` for the next batch while
 ``infer`` of the previous one runs (its ``batching.max_in_flight``, 2 by default), or uses
@@ -29,17 +31,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from operators import ModelConfig, WindowInput, WindowOutput
 from stream.errors import ModelError
 from stream.health import ModelProgress
 from stream.inference.buffers import Slot, Slots, pack, packed_nbytes
 from stream.inference.handover import pack_windows, packed_window_bytes
-from stream.inference.jobs import ModelSpec, Precision
+from stream.inference.jobs import ModelSpec
+from stream.inference.plan import ExecutorPlan, plan_from
 from stream.inference.remote import RemoteRunner
-from stream.inference.sizing import pad, power_of_two_buckets
+from stream.inference.sizing import pad
 from stream.inference.timing import BatchTiming, BusyMeter
 from stream.worker import default_threads
 
@@ -49,81 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["ExecutorPlan", "InferenceExecutor", "PackedBatch", "plan_from"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExecutorPlan:
-    """The executor's settings, read from ``ModelConfig`` (``plan_from``) or given in tests.
-
-    Attributes:
-        worker: "process" (each runner in a child) or "thread" (in this process).
-        preprocess_workers: threads preprocessing batches; 0 preprocesses on the caller's
-            thread (a caller that is a pool already, or the simulator, which starts no thread).
-        prepared_ahead: batches prepared and not yet inferred, at most (2: double buffering).
-        instances: model replicas per device.
-        devices: where replicas run; empty = the model's own device.
-        compile: ``torch.compile`` the forward pass.
-        precision: autocast dtype on CUDA.
-        buckets: preferred batch sizes to pad to; empty = no padding.
-        preprocess_at: "processor" (the pool here; process mode packs the tensors into shared
-            memory) or "worker" (process mode only: each worker process preprocesses the batch
-            it then infers, and only the encoded windows cross).
-    """
-
-    worker: Literal["process", "thread"] = "thread"
-    preprocess_workers: int = 1
-    prepared_ahead: int = 2
-    instances: int = 1
-    devices: tuple[str, ...] = ()
-    compile: bool = False
-    precision: Precision = "auto"
-    buckets: tuple[int, ...] = ()
-    preprocess_at: Literal["processor", "worker"] = "processor"
-
-    def __post_init__(self) -> None:
-        if self.preprocess_at == "worker" and self.worker != "process":
-            raise ValueError("preprocessing in the worker needs the model in a worker process (worker='process')")
-
-
-def plan_from(config: ModelConfig, *, worker: Literal["process", "thread"], max_batch: int,
-              prepared_ahead: int = 2) -> ExecutorPlan:
-    """The plan the settings describe (``model.*`` and ``batching.worker``/``max_batch``)."""
-    compiled = bool(getattr(config, "compile", False))
-    buckets = getattr(config, "batch_buckets", None)
-    if buckets is None:  # compiled graphs are per batch size: a few sizes by default
-        buckets = power_of_two_buckets(max_batch) if compiled else []
-    devices = tuple(getattr(config, "devices", ()) or ())
-    return ExecutorPlan(worker=worker, preprocess_workers=int(getattr(config, "preprocess_workers", 1)),
-                        prepared_ahead=prepared_ahead, instances=int(getattr(config, "instances", 1)),
-                        devices=devices, compile=compiled,
-                        precision=getattr(config, "precision", "auto"), buckets=tuple(sorted(buckets)),
-                        preprocess_at=_preprocess_at(config, worker, devices))
-
-
-def _preprocess_at(config: ModelConfig, worker: str, devices: tuple[str, ...]) -> Literal["processor", "worker"]:
-    """Where ``model.preprocess_in: auto`` puts preprocessing.
-
-    On a CPU the worker process preprocesses its own batches: decoding then competes with the
-    forward pass for the same cores either way, and the processor's event loop keeps its GIL
-    and its memory (no second copy of the model here to preprocess with). Measured on 2 cores
-    (``python -m bench.pipeline``): efficiency 0.68 with the pool here, see docs/benchmarks.md.
-    On a GPU the pool here overlaps decoding with the device's compute and hands it pinned or
-    shared tensors, which is what an accelerator needs.
-    """
-    chosen = getattr(config, "preprocess_in", "auto")
-    if worker != "process":
-        return "processor"
-    if chosen != "auto":
-        return chosen  # type: ignore[no-any-return]
-    wanted = list(devices) or [str(getattr(config, "device", "auto"))]
-    if any(d.startswith("cuda") for d in wanted):
-        return "processor"
-    if "auto" in wanted:  # a GPU driver is there (NVIDIA, ROCm, WSL2): the child will find its GPU.
-        # torch is not asked here (210 MB in the processor); a CPU-only container on a GPU host
-        # may see the driver too and preprocess here: slower, never wrong
-        gpu = any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
-        return "processor" if gpu else "worker"
-    return "worker"
 
 
 @dataclass
