@@ -135,6 +135,30 @@ async def test_a_replayed_record_far_ahead_of_its_partition_is_judged_at_once_no
     assert commit.marks.mark(text.topic, 0, commit.ledger.undecided(text.topic, 0)) == ReadMark(2)
 
 
+async def test_a_record_judged_at_once_is_no_read_progress_of_its_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The far-ahead replay above is judged where it stands, but its topic has not read that far:
+    its live segments come next. Counted as progress, it made the text topic look 1,000 s ahead
+    of video and audio, so it was paused for running ahead (not at a record of its own) until
+    they caught up or patience ran out, while its own windows waited."""
+    text = TopicPartition(load_settings(overrides={"metrics": {"port": None}}).topics.text, 0)
+
+    def said(source: str, start_ns: int) -> TranscriptSegment:
+        return TranscriptSegment(source_id=source, ts_ns=start_ns, start_ns=start_ns, end_ns=start_ns + 500 * MS,
+                                 text="words", final=True)
+
+    ahead = T0 + 1000 * S
+    live = [consumer_record(text, 1 + i, said("cam", T0 + 3 * S + i * 100 * MS)) for i in range(150)]
+    processor, video, audio = cam_processor({text: [consumer_record(text, 0, said("mic", ahead)), *live]})
+    processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
+    await _assign_after(monkeypatch, processor, {video, audio, text},
+                        encode_state({"cam": T0 + 2 * S, "mic": ahead + 10 * S}))
+    for _ in range(10):
+        await processor.step()
+        intake = processor.stages.intake
+        assert text not in processor.assignment.paused or text in intake.blocked, "paused for running ahead"
+    assert processor.stats.records == 751 and processor.stats.replayed >= 1
+
+
 async def test_a_revision_behind_the_frontier_still_waits_behind_the_parked_segment_it_revises(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A partial segment far ahead is parked; its final revision comes next, in windows published
