@@ -14,7 +14,7 @@ earlier ``eval`` wrote); encoders found in neither run and their features are wr
 next run. The key covers the encoder weights, so a checkpoint whose encoders were fine-tuned
 never reads another checkpoint's features. Latency is never read from the cache: with the
 encoders all run here it is their time over every window; otherwise one sample batch is encoded
-again for it, after a few windows' warm-up (``Latency.sampled``).
+again for it, after a few windows' warm-up (``EvalLatency.sampled``).
 
 Metrics are ``operators.metrics``; thresholds for multi-label P/R/F1 are the model's own
 (``head.threshold`` and per-label ``head.thresholds`` of its config, as ``present`` uses them).
@@ -32,10 +32,10 @@ import torch
 
 from operators.dataset import Example, fingerprint
 from operators.features import FeatureSet, Fields, Timing, encode, encode_missing, read_cached, replaying
-from operators.metrics import Metrics, calibration_bins, compute, model_thresholds
+from operators.metrics import EvalMetrics, calibration_bins, compute, model_thresholds
 from operators.train import targets_of
 
-__all__ = ["AblationRow", "EvalReport", "FeatureOrigin", "Latency", "ablation_masks", "evaluate", "format_report",
+__all__ = ["AblationRow", "EvalLatency", "EvalReport", "FeatureOrigin", "ablation_masks", "evaluate", "format_report",
            "write_plots"]
 
 WARM_UP = 4  # windows encoded untimed before a latency sample: one-time costs (weight reorders) out of it
@@ -47,11 +47,11 @@ class AblationRow:
 
     name: str
     kept: list[str]
-    metrics: Metrics
+    metrics: EvalMetrics
 
 
 @dataclass
-class Latency:
+class EvalLatency:
     """Milliseconds per window at ``batch_size``, on ``device``: preprocessing, encoders, fusion
     and heads, and their sum (reading the files from disk is not in it). Preprocessing and
     encoders were timed over ``windows`` windows: every window when this run encoded them all,
@@ -92,9 +92,9 @@ class EvalReport:
     model: dict[str, str]
     labels: list[str]
     windows: int
-    metrics: Metrics
+    metrics: EvalMetrics
     ablation: list[AblationRow] = field(default_factory=list)
-    latency: Latency | None = None
+    latency: EvalLatency | None = None
     features: FeatureOrigin | None = None
     thresholds: list[float] | None = None
     scores: np.ndarray | None = field(default=None, repr=False)  # (N, L) all modalities: for the plots
@@ -215,7 +215,7 @@ def evaluate(model: Any, examples: list[Example], batch_size: int = 32, ablation
             report = EvalReport(
                 model={"name": model.info.name, "version": model.info.version}, labels=list(model.labels),
                 windows=len(examples), metrics=metrics, thresholds=thresholds,
-                latency=Latency(str(model.device), batch_size, pre, enc, head, pre + enc + head, timed, sampled),
+                latency=EvalLatency(str(model.device), batch_size, pre, enc, head, pre + enc + head, timed, sampled),
                 features=origin, scores=scores, truth=truth)
         report.ablation.append(AblationRow(name, kept, metrics))
     assert report is not None

@@ -27,8 +27,8 @@ import numpy as np
 
 __all__ = [
     "PRF",
+    "EvalMetrics",
     "LabelMetrics",
-    "Metrics",
     "average_precision",
     "best_f1_thresholds",
     "calibration_bins",
@@ -49,7 +49,7 @@ class LabelMetrics:
 
 
 @dataclass
-class Metrics:
+class EvalMetrics:
     """Everything ``compute`` measures; ``accuracy``, ``confusion`` and ``ece_top1`` only for a
     single-label set (``confusion[i][j]``: windows of label i predicted as j)."""
 
@@ -163,7 +163,7 @@ def model_thresholds(model: Any) -> list[float] | None:
 
 
 def compute(scores: np.ndarray, truth: np.ndarray, labels: list[str],
-            thresholds: np.ndarray | list[float] | None = None, bins: int = 15) -> Metrics:
+            thresholds: np.ndarray | list[float] | None = None, bins: int = 15) -> EvalMetrics:
     """The metrics of ``scores`` against ``truth`` (both (N, L)); see the module docstring."""
     raw = np.asarray(scores, dtype=np.float64).reshape(-1, len(labels))
     nan = np.isnan(raw)
@@ -188,9 +188,9 @@ def compute(scores: np.ndarray, truth: np.ndarray, labels: list[str],
             f1s.append(f1)
         if ap is not None:
             aps.append(ap)
-    out = Metrics(windows=n, single_label=single, macro_f1=float(np.mean(f1s)) if f1s else 0.0,
-                  map=float(np.mean(aps)) if aps else None, ece=ece(np.where(nan, np.nan, scores), truth, bins),
-                  per_label=per_label, nan_scores=int(nan.sum()))
+    out = EvalMetrics(windows=n, single_label=single, macro_f1=float(np.mean(f1s)) if f1s else 0.0,
+                      map=float(np.mean(aps)) if aps else None, ece=ece(np.where(nan, np.nan, scores), truth, bins),
+                      per_label=per_label, nan_scores=int(nan.sum()))
     if single:
         want = truth.argmax(axis=1)
         out.accuracy = float((top == want).mean())

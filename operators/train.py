@@ -60,7 +60,7 @@ from operators.early_stopping import BestEpoch
 from operators.errors import ModelConfigError
 from operators.features import FeatureSet, features_for, replaying
 from operators.inputs import WindowInput
-from operators.metrics import Metrics, best_f1_thresholds, compute, model_thresholds
+from operators.metrics import EvalMetrics, best_f1_thresholds, compute, model_thresholds
 from operators.model import FusedModel
 from operators.synthetic_data import synthetic_dataset
 from stream.contract import Modality
@@ -117,7 +117,7 @@ class EpochLog:
 
     epoch: int
     loss: float
-    val: Metrics | None = None
+    val: EvalMetrics | None = None
 
     def line(self) -> str:
         text = f"epoch {self.epoch:3d}  loss {self.loss:.4f}"
@@ -140,7 +140,7 @@ class TrainResult:
     cache_hit: bool | None = None
     train_windows: int = 0
     val_windows: int = 0
-    val: Metrics | None = None
+    val: EvalMetrics | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
 
 
@@ -244,7 +244,7 @@ class _Loop:
         with self.amp:
             return model(model.preprocess(windows).to(model.device))
 
-    def validate(self, rows: list[int], loss_fn: torch.nn.Module) -> tuple[Metrics, np.ndarray]:
+    def validate(self, rows: list[int], loss_fn: torch.nn.Module) -> tuple[EvalMetrics, np.ndarray]:
         self.model.eval()
         scores, total = [], 0.0
         with torch.no_grad():

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Snapshot", "report_status", "snapshot", "status_line"]
+__all__ = ["StatusReading", "report_status", "snapshot", "status_line"]
 
 @dataclass(frozen=True)
-class Snapshot:
+class StatusReading:
     """What the status line compares between two readings."""
 
     at_s: float
@@ -27,7 +27,7 @@ class Snapshot:
     stalled: tuple[str, ...]
 
 
-def snapshot(processor: Any, at_s: float) -> Snapshot:
+def snapshot(processor: Any, at_s: float) -> StatusReading:
     """The processor's counters now. Stalled partitions come from its own gauge, the same truth
     /metrics and the alert rules see."""
     stalled = []
@@ -36,10 +36,10 @@ def snapshot(processor: Any, at_s: float) -> Snapshot:
             if sample.value >= 1:
                 stalled.append(f"{sample.labels['topic']}[{sample.labels['partition']}]")
     st = processor.stats
-    return Snapshot(at_s, st.windows, st.dead_letters, processor.lag, tuple(sorted(stalled)))
+    return StatusReading(at_s, st.windows, st.dead_letters, processor.lag, tuple(sorted(stalled)))
 
 
-def status_line(before: Snapshot, now: Snapshot) -> str:
+def status_line(before: StatusReading, now: StatusReading) -> str:
     """``status: 12.0 windows/s, lag 40 records, 3 dead letters (+1)[, stalled: mm.video[0]]``."""
     elapsed = max(now.at_s - before.at_s, 1e-9)
     rate = (now.windows - before.windows) / elapsed

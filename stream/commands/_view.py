@@ -7,7 +7,7 @@ window closed, then where a record lies), what is left is cut with an ellipsis, 
 shows as many sources as the height allows with a "+ N more" line for the rest. Nothing is shown
 that is not known yet: no latency before the first result.
 
-Rendering happens in the refresh thread of rich's ``Live``; it reads only a ``Snapshot`` copied
+Rendering happens in the refresh thread of rich's ``Live``; it reads only a ``ViewSnapshot`` copied
 in the event loop, never the processor itself.
 """
 
@@ -25,8 +25,8 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["DemoView", "Labels", "Snapshot", "demo_labels", "demo_title", "iso_time", "live_view", "record_line",
-           "score_bar", "snapshot"]
+__all__ = ["DemoView", "Labels", "ViewSnapshot", "demo_labels", "demo_title", "iso_time", "live_view",
+           "record_line", "score_bar", "snapshot"]
 
 _BAR_CELLS = 8
 
@@ -39,7 +39,7 @@ class Labels(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class ViewSnapshot:
     """What the demo view shows, copied from the processor in the event loop."""
 
     title: str
@@ -57,13 +57,13 @@ class Snapshot:
     results: tuple[Any, ...]  # the newest WindowResult per source, by source id
 
 
-def snapshot(processor: Any, title: str, labels: Labels, started: float) -> Snapshot:
+def snapshot(processor: Any, title: str, labels: Labels, started: float) -> ViewSnapshot:
     st = processor.stats
     latencies = sorted(st.latencies_s)
     results = tuple(r for _, r in sorted(st.last_results.items()))
     if not labels.names and results:  # a checkpoint's labels: known from its first result
         labels = labels._replace(names=tuple(results[0].scores))
-    return Snapshot(
+    return ViewSnapshot(
         title=title, labels=labels, elapsed_s=time.monotonic() - started, records=st.records,
         windows=st.windows, windows_complete=st.windows_complete,
         latency_p50_s=quantile(latencies, 0.50), latency_p99_s=quantile(latencies, 0.99),
@@ -123,7 +123,7 @@ class DemoView:
     """A snapshot laid out for the console's size at the moment it is drawn (a resized terminal
     gets the next frame right)."""
 
-    def __init__(self, snap: Snapshot) -> None:
+    def __init__(self, snap: ViewSnapshot) -> None:
         self.snap = snap
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -150,7 +150,7 @@ _COLUMNS = (
 _GAP = 2  # cells between two columns
 
 
-def demo_view(snap: Snapshot, width: int, height: int) -> Group:
+def demo_view(snap: ViewSnapshot, width: int, height: int) -> Group:
     """The demo's screen: title, labels, one row per source, status; at most ``height - 1`` lines
     (the cursor's line stays free) of at most ``width`` cells. The rows get the room first; the
     labels shrink to one line, then go, before a row is hidden (counted in "+ N more")."""
@@ -234,7 +234,7 @@ def _table(rows: list[dict[str, Text]], width: int) -> Table:
     return table
 
 
-def _status(snap: Snapshot) -> list[str]:
+def _status(snap: ViewSnapshot) -> list[str]:
     rate = snap.windows / snap.elapsed_s if snap.elapsed_s > 0 else 0.0
     parts = [f"windows {snap.windows} ({snap.windows_complete} complete, {rate:.1f}/s)"]
     if snap.latency_p50_s is not None and snap.latency_p99_s is not None:

@@ -1,6 +1,6 @@
 """Rendering a synthetic slot: its pictures (JPEG frames), its sound (PCM) and its transcript.
 
-Pure functions of the config and a ``Slot``, so a record comes out as the same bytes whichever
+Pure functions of the config and a ``ScriptSlot``, so a record comes out as the same bytes whichever
 order it is asked for in. Speech is spoken by Debian's ``flite`` when it is installed (one
 rendering per text, cached), a voice-like buzz otherwise.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.contract import TranscriptSegment, VideoFrame, frame_from_image
-from stream.sources._synthetic_script import Slot, SyntheticConfig
+from stream.sources._synthetic_script import ScriptSlot, SyntheticConfig
 
 __all__ = ["render_audio", "render_frame", "render_segment", "speech_samples"]
 
@@ -57,14 +57,14 @@ def speech_samples(text: str, sample_rate: int) -> np.ndarray | None:
 
 
 def render_frame(
-    config: SyntheticConfig, source_id: str, ts_ns: int, slot: Slot, source_index: int
+    config: SyntheticConfig, source_id: str, ts_ns: int, slot: ScriptSlot, source_index: int
 ) -> VideoFrame:
     """The frame at ``ts_ns`` (inside ``slot``): a JPEG of the slot's scripted picture at that instant."""
     image = _image(config, slot, (ts_ns - slot.start_ns) / config.segment_ns, source_index)
     return frame_from_image(source_id, ts_ns, image, encoding="jpeg", jpeg_quality=config.jpeg_quality)
 
 
-def _image(config: SyntheticConfig, slot: Slot, phase: float, source_index: int) -> np.ndarray:
+def _image(config: SyntheticConfig, slot: ScriptSlot, phase: float, source_index: int) -> np.ndarray:
     """The slot's picture (BGR uint8) at ``phase`` in ``[0, 1)`` of the slot; tinted per source."""
     import cv2
 
@@ -88,7 +88,7 @@ def _image(config: SyntheticConfig, slot: Slot, phase: float, source_index: int)
     return img
 
 
-def render_audio(config: SyntheticConfig, slot: Slot) -> np.ndarray:
+def render_audio(config: SyntheticConfig, slot: ScriptSlot) -> np.ndarray:
     """The slot's whole sound: ``segment_ms`` of int16 mono samples at ``sample_rate``."""
     rate = config.sample_rate
     n = config.segment_ms * rate // 1000
@@ -118,7 +118,7 @@ def render_audio(config: SyntheticConfig, slot: Slot) -> np.ndarray:
 
 
 def render_segment(
-    config: SyntheticConfig, source_id: str, slot: Slot, *, final: bool = True
+    config: SyntheticConfig, source_id: str, slot: ScriptSlot, *, final: bool = True
 ) -> TranscriptSegment:
     """The slot's transcript segment; the partial covers the first half with half the words."""
     words = slot.text.split()

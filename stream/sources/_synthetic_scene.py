@@ -15,7 +15,7 @@ import numpy as np
 
 from stream.contract import AudioChunk, Counts, Item, TranscriptSegment, VideoFrame, audio_chunk_from_samples
 from stream.sources._synthetic_render import render_audio, render_frame, render_segment
-from stream.sources._synthetic_script import NS_PER_S, Event, Slot, SyntheticConfig, pick_slot
+from stream.sources._synthetic_script import NS_PER_S, ScriptedEvent, ScriptSlot, SyntheticConfig, pick_slot
 
 __all__ = ["GroundTruth", "SyntheticScene"]
 
@@ -40,11 +40,11 @@ class SyntheticScene:
 
     # ---- script
 
-    def slot(self, source_id: str, k: int) -> Slot:
+    def slot(self, source_id: str, k: int) -> ScriptSlot:
         """The ``k``-th slot of a source: its interval, event label and transcript text."""
         return pick_slot(self.config, self.start_ns, self._index[source_id], k)
 
-    def _slot_at(self, source_id: str, t_ns: int) -> Slot:
+    def _slot_at(self, source_id: str, t_ns: int) -> ScriptSlot:
         return self.slot(source_id, (t_ns - self.start_ns) // self.config.segment_ns)
 
     # ---- instants
@@ -169,7 +169,7 @@ class GroundTruth:
         if self.produced_until_ns is None or t1_ns > self.produced_until_ns:
             self.produced_until_ns = t1_ns
 
-    def events_between(self, t0_ns: int, t1_ns: int, source_id: str | None = None) -> list[Event]:
+    def events_between(self, t0_ns: int, t1_ns: int, source_id: str | None = None) -> list[ScriptedEvent]:
         """Events overlapping ``[t0_ns, t1_ns)``, by start then source order."""
         sc = self._scene
         seg = sc.config.segment_ns
@@ -178,15 +178,15 @@ class GroundTruth:
         k0 = max(0, (t0_ns - sc.start_ns) // seg)
         k1 = -((sc.start_ns - t1_ns) // seg)
         ids = sc.source_ids if source_id is None else [source_id]
-        out: list[Event] = []
+        out: list[ScriptedEvent] = []
         for k in range(k0, k1):
             for sid in ids:
                 s = sc.slot(sid, k)
-                out.append(Event(sid, s.start_ns, s.end_ns, s.label))
+                out.append(ScriptedEvent(sid, s.start_ns, s.end_ns, s.label))
         return out
 
     @property
-    def events(self) -> list[Event]:
+    def events(self) -> list[ScriptedEvent]:
         """Events overlapping ``[start_ns, produced_until_ns)``; empty before anything is produced."""
         if self.produced_until_ns is None:
             return []

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["LABELS", "NS_PER_S", "Event", "Slot", "SyntheticConfig", "pick_slot"]
+__all__ = ["LABELS", "NS_PER_S", "ScriptSlot", "ScriptedEvent", "SyntheticConfig", "pick_slot"]
 
 NS_PER_S = 1_000_000_000
 
@@ -76,7 +76,7 @@ class SyntheticConfig(BaseModel):
         return self.segment_ms * 1_000_000
 
 
-class Event(NamedTuple):
+class ScriptedEvent(NamedTuple):
     """One scripted event of one source over ``[start_ns, end_ns)``."""
 
     source_id: str
@@ -86,7 +86,7 @@ class Event(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Slot:
+class ScriptSlot:
     """Slot ``index`` of one source: its interval, event label, transcript text and noise seed."""
 
     index: int
@@ -97,7 +97,7 @@ class Slot:
     rng_seed: tuple[int, ...]
 
 
-def pick_slot(config: SyntheticConfig, start_ns: int, source_index: int, k: int) -> Slot:
+def pick_slot(config: SyntheticConfig, start_ns: int, source_index: int, k: int) -> ScriptSlot:
     """The ``k``-th slot of the source at ``source_index`` in a scene starting at ``start_ns``."""
     seg = config.segment_ns
     seed = (config.seed, source_index, k)
@@ -105,4 +105,4 @@ def pick_slot(config: SyntheticConfig, start_ns: int, source_index: int, k: int)
     label = LABELS[int(rng.integers(len(LABELS)))]
     text = _PHRASES[int(rng.integers(len(_PHRASES)))] if label == "speech" else _CAPTIONS[label]
     start = start_ns + k * seg
-    return Slot(k, start, start + seg, label, text, seed)
+    return ScriptSlot(k, start, start + seg, label, text, seed)

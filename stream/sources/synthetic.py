@@ -37,13 +37,13 @@ from __future__ import annotations
 from stream.sources._synthetic_produce import ProduceStats, produce
 from stream.sources._synthetic_render import speech_samples
 from stream.sources._synthetic_scene import GroundTruth, SyntheticScene
-from stream.sources._synthetic_script import LABELS, Event, SyntheticConfig
+from stream.sources._synthetic_script import LABELS, ScriptedEvent, SyntheticConfig
 
 __all__ = [
     "LABELS",
-    "Event",
     "GroundTruth",
     "ProduceStats",
+    "ScriptedEvent",
     "SyntheticConfig",
     "SyntheticScene",
     "produce",

@@ -16,11 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Client", "Event"]
+__all__ = ["Client", "ServerEvent"]
 
 
 @dataclass(frozen=True)
-class Event:
+class ServerEvent:
     """One Server-Sent Event, serialised once and shared by every client that gets it."""
 
     kind: str  # "tile", "alert", "stats"
@@ -40,7 +40,7 @@ class Client:
     limit: int
     wants: Callable[[str], bool] | None = None
     interval: float = 0.0
-    events: deque[Event] = field(init=False)
+    events: deque[ServerEvent] = field(init=False)
     pending_thumbs: dict[str, int] = field(default_factory=dict)  # source -> newest thumbnail seq
     sent_thumbs: dict[str, int] = field(default_factory=dict)  # source -> seq last written
     written_at: dict[str, float] = field(default_factory=dict)  # source -> when its last thumbnail was written
@@ -54,7 +54,7 @@ class Client:
         self.events = deque(maxlen=self.limit)
         self.wake.set()  # the snapshot is due at once
 
-    def put(self, event: Event) -> None:
+    def put(self, event: ServerEvent) -> None:
         """Queue ``event``; a full outbox loses its oldest event and asks for a resync. Never waits."""
         if len(self.events) == self.limit:
             self.dropped += 1
@@ -70,7 +70,7 @@ class Client:
             self.pending_thumbs[source_id] = seq
             self.wake.set()
 
-    def take(self) -> tuple[bool, list[Event]]:
+    def take(self) -> tuple[bool, list[ServerEvent]]:
         """The events due now: (resync wanted, queued events); the outbox is emptied. On a resync
         the queued events are dropped too: the snapshot already holds their effect."""
         self.wake.clear()

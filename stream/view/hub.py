@@ -26,8 +26,8 @@ from stream.config import ViewConfig
 from stream.contract import Alert, ContractLimits, Modality, TranscriptSegment, WindowResult
 from stream.decode import RecordLike, decode
 from stream.errors import ContractError
-from stream.view.clients import Client, Event
-from stream.view.state import ResultRef, SourceState
+from stream.view.clients import Client, ServerEvent
+from stream.view.state import ResultRef, SourceView
 from stream.view.thumbs import Thumbnail
 
 __all__ = ["Hub", "Where"]
@@ -54,7 +54,7 @@ class Hub:
         self.limits = limits or ContractLimits()
         # a source is idle when no result came for its idle timeout plus two windows
         self.idle_after_s = max(5.0, (idle_timeout_ms + 2 * window_ms) / 1000)
-        self.sources: dict[str, SourceState] = {}
+        self.sources: dict[str, SourceView] = {}
         self.clients: set[Client] = set()
         self.stats: dict[str, int] = {"results": 0, "alerts": 0, "thumbnails": 0, "transcripts": 0,
                                       "bad_records": 0, "ignored_sources": 0, "dropped_events": 0,
@@ -73,15 +73,15 @@ class Hub:
 
     # ------------------------------------------------------------------ sources
 
-    def source(self, source_id: str) -> SourceState | None:
+    def source(self, source_id: str) -> SourceView | None:
         """The state of ``source_id``, created on first sight while under ``max_sources``."""
         state = self.sources.get(source_id)
         if state is None:
             if len(self.sources) >= self.config.max_sources:
                 self.stats["ignored_sources"] += 1
                 return None
-            state = SourceState(source_id, self.config.history_s * 10**9, self.config.inspect_results,
-                                self.config.inspect_bytes)
+            state = SourceView(source_id, self.config.history_s * 10**9, self.config.inspect_results,
+                               self.config.inspect_bytes)
             self.sources[source_id] = state
             bisect.insort(self._ids, source_id)
         return state
@@ -169,7 +169,7 @@ class Hub:
         for state in self.sources.values():
             if self._status.get(state.source_id) != state.status(now, self.idle_after_s):
                 self._publish_tile(state, None)
-        self._broadcast(Event("stats", json.dumps(self.summary())))
+        self._broadcast(ServerEvent("stats", json.dumps(self.summary())))
 
     # ------------------------------------------------------------------ clients
 
@@ -226,20 +226,20 @@ class Hub:
 
     # ------------------------------------------------------------------ internals
 
-    def _ordered(self) -> list[SourceState]:
+    def _ordered(self) -> list[SourceView]:
         return [self.sources[k] for k in self._ids]
 
     def _rank(self, source_id: str) -> int:
         """Where ``source_id`` stands in id order (the order the page shows)."""
         return bisect.bisect_left(self._ids, source_id)
 
-    def _publish_tile(self, state: SourceState, added: Any) -> None:
+    def _publish_tile(self, state: SourceView, added: Any) -> None:
         now = self.clock()
         doc = state.doc(now, self.idle_after_s, full=False, added=added)
         self._status[state.source_id] = doc["status"]
-        self._broadcast(Event("tile", json.dumps(doc)))
+        self._broadcast(ServerEvent("tile", json.dumps(doc)))
 
-    def _broadcast(self, event: Event) -> None:
+    def _broadcast(self, event: ServerEvent) -> None:
         for client in self.clients:
             client.put(event)
 

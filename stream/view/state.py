@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AUDIO_POINTS", "ResultRef", "SourceState", "TimelineEntry", "top_scores"]
+__all__ = ["AUDIO_POINTS", "ResultRef", "SourceView", "TimelineEntry", "top_scores"]
 
 AUDIO_POINTS = 60  # windows in the audio level / speech probability strip
 TOP_SCORES = 5
@@ -71,7 +71,7 @@ def _finite(value: Any) -> float | None:
 
 
 @dataclass
-class SourceState:
+class SourceView:
     """The newest of everything about one source, plus its bounded history."""
 
     source_id: str

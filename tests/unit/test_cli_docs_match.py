@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from stream.commands._status import Snapshot, status_line
+from stream.commands._status import StatusReading, status_line
 
 MMSTREAM = Path(sys.executable).with_name("mmstream")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -98,13 +98,13 @@ def test_a_written_schema_file_validates_a_real_result(tmp_path: Path) -> None:
 
 
 def test_status_line_says_rate_lag_and_dead_letters() -> None:
-    before = Snapshot(at_s=100.0, windows=40, dead_letters=2, lag=0, stalled=())
-    now = Snapshot(at_s=130.0, windows=400, dead_letters=3, lag=57, stalled=())
+    before = StatusReading(at_s=100.0, windows=40, dead_letters=2, lag=0, stalled=())
+    now = StatusReading(at_s=130.0, windows=400, dead_letters=3, lag=57, stalled=())
     assert status_line(before, now) == "status: 12.0 windows/s, lag 57 records, 3 dead letters (+1)"
 
 
 def test_status_line_names_stalled_partitions_only_when_there_are_some() -> None:
-    before = Snapshot(at_s=0.0, windows=0, dead_letters=0, lag=0, stalled=())
-    now = Snapshot(at_s=10.0, windows=0, dead_letters=0, lag=900, stalled=("mm.audio[1]", "mm.video[0]"))
+    before = StatusReading(at_s=0.0, windows=0, dead_letters=0, lag=0, stalled=())
+    now = StatusReading(at_s=10.0, windows=0, dead_letters=0, lag=900, stalled=("mm.audio[1]", "mm.video[0]"))
     assert status_line(before, now) == "status: 0.0 windows/s, lag 900 records, 0 dead letters, " \
                                        "stalled: mm.audio[1], mm.video[0]"

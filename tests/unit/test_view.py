@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from stream.commands import _view
-from stream.commands._view import DemoView, Labels, Snapshot, record_line, score_bar
+from stream.commands._view import DemoView, Labels, ViewSnapshot, record_line, score_bar
 from stream.commands.demo import DEMO_LABELS
 from stream.commands.tail import render, summarize
 from stream.config import load_settings
@@ -35,13 +35,13 @@ def result(source: str = "cam-1", **changes: Any) -> WindowResult:
     return WindowResult.model_validate({**RESULT, "source_id": source, "id": f"{source}:1", **changes})
 
 
-def snap(results: list[WindowResult], **changes: Any) -> Snapshot:
+def snap(results: list[WindowResult], **changes: Any) -> ViewSnapshot:
     fields: dict[str, Any] = dict(
         title="4 synthetic sources, model mmstream-offline", labels=Labels(tuple(DEMO_LABELS), "matched to the synthetic scene"),
         elapsed_s=12.0, records=1234, windows=len(results), windows_complete=len(results),
         latency_p50_s=0.84 if results else None, latency_p99_s=1.3 if results else None, lag=0, late=0,
         dead_letters=0, open_windows=4, results=tuple(results))
-    return Snapshot(**{**fields, **changes})
+    return ViewSnapshot(**{**fields, **changes})
 
 
 def screen(renderable: Any, width: int = 80, height: int = 24) -> list[str]:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from stream.config import LimitsConfig, ViewConfig
 from stream.contract import Alert, AlertEvidence, TranscriptSegment, frame_from_image
-from stream.view.clients import Client, Event
+from stream.view.clients import Client, ServerEvent
 from stream.view.hub import Hub, Where
 from stream.view.thumbs import Offer, ThumbGate, Thumbnail, make_thumbnail
 from tests.unit._fakes import consumer_record
@@ -89,7 +89,7 @@ def test_an_outbox_holds_at_most_its_limit_and_loses_the_oldest(limit: int, n: i
     client = Client(limit)
     client.take()  # the first snapshot
     for i in range(n):
-        client.put(Event("tile", str(i)))
+        client.put(ServerEvent("tile", str(i)))
     assert len(client.events) == min(n, limit) and client.dropped == max(0, n - limit)
     resync, events = client.take()
     if n > limit:  # a gap: the next write is a snapshot, not events with a hole in them
