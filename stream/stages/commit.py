@@ -30,7 +30,7 @@ from stream.sender import transient
 from stream.stages.align import Align
 from stream.stages.shared import Context
 
-__all__ = ["Commit"]
+__all__ = ["Commit", "valid_marks"]
 
 log = logging.getLogger("stream.runtime")
 
@@ -177,7 +177,7 @@ class Commit:
             for state in saved:
                 for source, end_ns in state.horizons.items():
                     horizons[source] = max(end_ns, horizons.get(source, end_ns))
-            valid = _valid_marks(saved, horizons)
+            valid = valid_marks(saved, horizons)
             if valid is not None:
                 self.marks.load(partition, self._ctx.topic_of.values(), valid.marks or {}, valid.trusted, horizons)
             self.horizons.load(horizons)
@@ -190,7 +190,7 @@ class Commit:
         """Nothing to release (see the class docstring); idempotent."""
 
 
-def _valid_marks(saved: list[SavedState], horizons: dict[str, int]) -> SavedState | None:
+def valid_marks(saved: list[SavedState], horizons: dict[str, int]) -> SavedState | None:
     """The state record whose read marks hold against the merged ``horizons``: the newest whose own
     horizons reach them all (a mark is exact only against the horizons it was saved with, and
     another record may be ahead: a revocation's save landing late, an older version's record

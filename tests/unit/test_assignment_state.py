@@ -193,9 +193,9 @@ def test_read_marks_are_taken_only_from_a_state_record_whose_horizons_reach_the_
     late_save = SavedState({"a": 4, "b": 7}, {"v": ReadMark(12)})
     old_version = SavedState({"a": 6}, None)
     merge = {"a": 5, "b": 7}
-    assert commit_stage._valid_marks([ahead, late_save], merge) == ahead
-    assert commit_stage._valid_marks([ahead, late_save, old_version], {"a": 6, "b": 7}) == SavedState({"a": 6, "b": 7}, {})
-    assert commit_stage._valid_marks([old_version], {"a": 6}) is None
+    assert commit_stage.valid_marks([ahead, late_save], merge) == ahead
+    assert commit_stage.valid_marks([ahead, late_save, old_version], {"a": 6, "b": 7}) == SavedState({"a": 6, "b": 7}, {})
+    assert commit_stage.valid_marks([old_version], {"a": 6}) is None
 
 
 class _PositionConsumer(FakeConsumer):
