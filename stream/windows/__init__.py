@@ -40,8 +40,9 @@ The runtime's calls::
     aligner.forget_sources([source_id, ...])         # what is kept of retired sources, dropped
     aligner.sources(), aligner.retired_sources(), aligner.unseen_horizons()   # read-only views
 
-``Aligner`` (``_aligner``: records in) and ``Closer`` (``_closing``: windows out, lifecycle of
-sources) share one state object (``_state.Book``); the aligner owns it and delegates.
+``Placer`` (``_placing``: records in) and ``Closer`` (``_closing``: windows out, lifecycle of
+sources) share one state object (``_state.Book``); the ``Aligner`` (``_aligner``) owns it,
+delegates to both and answers what the runtime observes.
 
 Every key handed out in ``AddResult.keys`` comes back once, in a ``ClosedWindow`` or in the list
 returned by ``forget_partitions``/``set_horizon``: release it in the ``OffsetLedger`` then.

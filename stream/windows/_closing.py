@@ -1,9 +1,9 @@
 """The aligner's output side: closing windows (watermarks, idleness, bounds, shutdown) and the
 lifecycle of sources (revocation, restart horizons, retiring silent sources).
 
-``Closer`` shares the engine's state (``Book``) with ``Aligner`` (``stream.windows._aligner``),
-which owns it and delegates to it; split so each file reads top to bottom: ``_aligner`` puts
-records into windows, this file takes windows out.
+``Closer`` shares the engine's state (``Book``) with ``Placer`` (``stream.windows._placing``);
+the ``Aligner`` (``stream.windows._aligner``) owns it and delegates to both. Split so each file
+reads top to bottom: ``_placing`` puts records into windows, this file takes windows out.
 """
 
 from __future__ import annotations

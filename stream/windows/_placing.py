@@ -33,8 +33,9 @@ __all__ = ["Placer"]
 
 class Placer:
     """Places records in open windows, judges those it cannot place (late, replayed, rejected)
-    and moves each modality's vouched time. Built by the ``Aligner`` over its ``Book``; the clocks
-    are the Aligner's (injected, never read here on their own)."""
+    and moves each modality's vouched time. Built by the ``Aligner`` over its ``Book``, with the
+    Aligner's injected clocks: ``clock`` when ``add`` is not given the batch's reading, ``wall``
+    only when a record passes the cached future-time bound."""
 
     def __init__(self, config: WindowConfig, clock: Callable[[], int], wall: Callable[[], int], book: Book) -> None:
         self.config = config

@@ -107,7 +107,7 @@ class SourceState:
         # horizons), so the oldest is ``starts[0]`` and each leaves in O(log n), however many a
         # source holds (a skewed backfill may hold thousands)
         self.starts: list[int] = []
-        self.accepted: AddResult | None = None  # the last one-window result, shared (see Aligner._accepted)
+        self.accepted: AddResult | None = None  # the last one-window result, shared (see Placer._accepted)
         # the slowest modality at the last evaluation that left windows open: what held them until
         # the next one closes them (several modalities often pass the bound in the same fetch)
         self.held_by: Modality | None = None
@@ -122,9 +122,10 @@ class SourceState:
 
 
 class Book:
-    """The engine's state, one object shared by its two sides: ``Aligner`` puts records into
-    windows, ``Closer`` (``stream.windows._closing``) takes windows out and keeps the lifecycle
-    of sources. Plain fields: both sides are this package's own code."""
+    """The engine's state, one object shared by its two sides: ``Placer``
+    (``stream.windows._placing``) puts records into windows, ``Closer`` (``stream.windows._closing``)
+    takes windows out and keeps the lifecycle of sources; the ``Aligner`` builds all three and
+    reads it. Plain fields: both sides are this package's own code."""
 
     __slots__ = ("sources", "open", "horizons", "retired", "bytes", "n_open")
 

@@ -55,6 +55,31 @@ class FakeConsumer:
         pass
 
 
+class PausingConsumer(FakeConsumer):
+    """Honours pause and resume, as aiokafka does: a paused partition is not fetched."""
+
+    def __init__(self, records: dict[TopicPartition, list[Any]]) -> None:
+        super().__init__(records)
+        self.paused: set[TopicPartition] = set()
+        self.resumed: set[TopicPartition] = set()
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0)
+        out = {}
+        for tp, recs in self.records.items():
+            if tp not in self.paused and self.pos[tp] < len(recs):
+                out[tp] = recs[self.pos[tp]:self.pos[tp] + 100]
+                self.pos[tp] += len(out[tp])
+        return out
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+        self.resumed |= set(tps)
+
+
 def outgoing(processor: Any, n: int, *, transcript: str | None = None) -> list[Any]:
     """``n`` closed windows of one source, one frame each, read into the processor's ledger as the
     intake would, with their results (``transcript`` set on each): what ``Publish.publish`` takes."""

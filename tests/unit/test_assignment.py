@@ -26,7 +26,7 @@ from stream.horizon import encode_state
 from stream.runtime import Processor
 from stream.windows import RECORD_BYTES
 from tests.unit._assignment_helpers import MS, T0, S, cam_processor
-from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
+from tests.unit._fakes import JPEG, FakeConsumer, PausingConsumer, consumer_record
 
 
 async def test_records_fetched_during_assignment_wait_for_the_published_horizons(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,31 +54,6 @@ async def test_records_fetched_during_assignment_wait_for_the_published_horizons
     assert all(window.start_ns >= T0 + 20 * S for window in queued)  # no window of the published span
 
 
-class _PausingConsumer(FakeConsumer):
-    """Honours pause and resume, as aiokafka does: a paused partition is not fetched."""
-
-    def __init__(self, records: dict[TopicPartition, list[Any]]) -> None:
-        super().__init__(records)
-        self.paused: set[TopicPartition] = set()
-        self.resumed: set[TopicPartition] = set()
-
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
-        await asyncio.sleep(0)
-        out = {}
-        for tp, recs in self.records.items():
-            if tp not in self.paused and self.pos[tp] < len(recs):
-                out[tp] = recs[self.pos[tp]:self.pos[tp] + 100]
-                self.pos[tp] += len(out[tp])
-        return out
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused |= set(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused -= set(tps)
-        self.resumed |= set(tps)
-
-
 def _reading(consumer: Callable[[dict[TopicPartition, list[Any]]], Any], frames: int) -> tuple[Processor, TopicPartition, Any]:
     """A processor whose ``consumer`` holds ``frames`` frames, 100 ms apart, of one video partition;
     no state records to read; commits and gauges only when a test asks."""
@@ -96,7 +71,7 @@ def _reading(consumer: Callable[[dict[TopicPartition, list[Any]]], Any], frames:
 async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow read of the state topic must not let a backlog pile up in the intake: what was
     fetched waits, the partition is paused until its horizons are known, then it is read on."""
-    processor, video, consumer = _reading(_PausingConsumer, 2_500)
+    processor, video, consumer = _reading(PausingConsumer, 2_500)
     reading, read = asyncio.Event(), asyncio.Event()
 
     async def slow_read_last(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -120,7 +95,7 @@ async def test_a_partition_stops_fetching_while_its_published_horizons_are_read(
 
 async def test_a_partition_revoked_while_loading_is_not_resumed_after(monkeypatch: pytest.MonkeyPatch) -> None:
     """aiokafka refuses to resume a partition it no longer has (IllegalStateError in the loop)."""
-    processor, video, consumer = _reading(_PausingConsumer, 1)
+    processor, video, consumer = _reading(PausingConsumer, 1)
     reading = asyncio.Event()
 
     async def never_read(*args: Any, **kwargs: Any) -> dict[int, list[bytes]]:
@@ -230,7 +205,7 @@ async def test_a_partition_paused_while_its_revocation_commits_is_not_left_pause
     """The revocation awaits its commit; meanwhile the loop's flow control may pause the partition
     again (the batcher full). Left in the paused set, it was resumed after the next assignment:
     aiokafka raises for a partition it no longer has."""
-    processor, video, _ = _reading(_PausingConsumer, 0)
+    processor, video, _ = _reading(PausingConsumer, 0)
     processor.assignment.assigned = {video}
 
     async def commit_while_flow_pauses(*args: Any, **kwargs: Any) -> None:

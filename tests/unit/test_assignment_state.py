@@ -23,7 +23,7 @@ from stream.horizon import SavedState, decode_state, encode_state
 from stream.marks import ReadMark
 from stream.runtime import Processor
 from tests.unit._assignment_helpers import MS, T0, S, cam_processor
-from tests.unit._fakes import JPEG, FakeConsumer, consumer_record
+from tests.unit._fakes import JPEG, FakeConsumer, PausingConsumer, consumer_record
 
 
 async def _assign_after(monkeypatch: pytest.MonkeyPatch, processor: Processor, partitions: set[TopicPartition],
@@ -139,24 +139,29 @@ async def test_a_record_judged_at_once_is_no_read_progress_of_its_topic(monkeypa
     """The far-ahead replay above is judged where it stands, but its topic has not read that far:
     its live segments come next. Counted as progress, it made the text topic look 1,000 s ahead
     of video and audio, so it was paused for running ahead (not at a record of its own) until
-    they caught up or patience ran out, while its own windows waited."""
+    they caught up or patience ran out, while its own windows waited for their transcript."""
     text = TopicPartition(load_settings(overrides={"metrics": {"port": None}}).topics.text, 0)
 
     def said(source: str, start_ns: int) -> TranscriptSegment:
-        return TranscriptSegment(source_id=source, ts_ns=start_ns, start_ns=start_ns, end_ns=start_ns + 500 * MS,
+        return TranscriptSegment(source_id=source, ts_ns=start_ns, start_ns=start_ns, end_ns=start_ns + 50 * MS,
                                  text="words", final=True)
 
     ahead = T0 + 1000 * S
-    live = [consumer_record(text, 1 + i, said("cam", T0 + 3 * S + i * 100 * MS)) for i in range(150)]
+    live = [consumer_record(text, 1 + i, said("cam", T0 + 3 * S + i * 50 * MS)) for i in range(500)]
     processor, video, audio = cam_processor({text: [consumer_record(text, 0, said("mic", ahead)), *live]})
+    processor.connection.consumer = consumer = PausingConsumer(processor.connection.consumer.records)
     processor.stages.commit.last_commit_s = processor.gauges.last_update_s = float("inf")
     await _assign_after(monkeypatch, processor, {video, audio, text},
                         encode_state({"cam": T0 + 2 * S, "mic": ahead + 10 * S}))
-    for _ in range(10):
+    read: list[tuple[int, int]] = []  # (text, video) read after each step
+    for _ in range(12):
         await processor.step()
-        intake = processor.stages.intake
-        assert text not in processor.assignment.paused or text in intake.blocked, "paused for running ahead"
-    assert processor.stats.records == 751 and processor.stats.replayed >= 1
+        assert text not in consumer.paused or text in processor.stages.intake.blocked, "paused for running ahead"
+        read.append((consumer.pos[text], consumer.pos[video]))
+    assert processor.stats.records == 1_101
+    # text (20 records/s) keeps pace with video (10 frames/s) from the start: not held back until
+    # video and audio are read to their end
+    assert all(t >= 2 * v - 100 for t, v in read if v < 300), read
 
 
 async def test_a_revision_behind_the_frontier_still_waits_behind_the_parked_segment_it_revises(
