@@ -27,11 +27,12 @@ from stream.contract import MAX_TS_NS, AudioChunk, Modality, TranscriptSegment, 
 from stream.sim._records import Fate, Input, Share
 from stream.windows import audio_cut, instant_windows, interval_windows, segment_windows
 
-__all__ = ["SourcePlan", "make_records", "plan_source"]
+__all__ = ["FRAME_ID", "SourcePlan", "make_records", "plan_source"]
 
 MS = 1_000_000
 S = 1_000_000_000
 V, A, T = Modality.VIDEO, Modality.AUDIO, Modality.TEXT
+FRAME_ID = slice(6, 14)  # where a frame's id sits in its JPEG bytes (a comment segment's text)
 
 
 @dataclass

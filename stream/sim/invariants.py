@@ -19,6 +19,9 @@ broker at each acknowledgement and each commit, and from the runner after each p
   late copy; so is a required one with a window excused by shedding, and an excused window
   need not hold it;
 - ``uncommitted``: at the end, input records were never committed;
+- ``model_error``: a result carries an inference error though none of its frames fails the model,
+  or a window holding a frame the model fails on (``Faults.poison``) was served: a failed batch's
+  other windows must be served, the poison window published with its error;
 - ``stall``: a partition with unread input kept its position ``stall_s`` of simulated time while
   the broker was answering (not while every partition is held back by backpressure and results
   are still being acknowledged: draining);
@@ -47,6 +50,7 @@ from stream.config import Settings
 from stream.contract import Modality
 from stream.sim._records import ExpectedWindow
 from stream.sim._shedding import Shedding
+from stream.sim._streams import FRAME_ID
 from stream.sim.broker import SimBroker
 from stream.sim.clock import NS_PER_S, SimClock
 from stream.sim.scenario import Fate, Input, Scenario
@@ -93,6 +97,10 @@ class Checker:
                 into[1] += share.samples
                 into[2] += share.segments
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
+        # windows holding a frame the model fails on (``Faults.poison``): published with the error
+        self._poisoned = {(i.source_id, share.start_ns) for i in scenario.inputs
+                          if i.modality is Modality.VIDEO and i.value[FRAME_ID] in scenario.faults.poison
+                          for share in i.shares}
         self._where: dict[int, tuple[str, int, int]] = {}  # record id -> (topic, partition, offset)
         self.shedding = Shedding(scenario, self.windows, settings.window.window_ms * 1_000_000, self._where)
         self._tight = "tight-memory" in scenario.features
@@ -179,6 +187,12 @@ class Checker:
             # when it closed (wall ns); unknown without the breakdown: then it excuses nothing by time
             closed = end + round(watermark_ms * 1e6) if watermark_ms is not None else 1 << 62
             self._unpublished -= self.shedding.shed(doc["source_id"], end, closed, self._clock.wall_ns())
+        error = doc.get("error")
+        if error is not None and key not in self._poisoned:
+            self.violate("model_error", f"result {doc['id']} failed inference ({error}), though no frame of it "
+                                        "fails the model")
+        elif error is None and key in self._poisoned and not shed:  # shed: it may lack the frame
+            self.violate("model_error", f"result {doc['id']} was served, though it holds a frame the model fails on")
         if w.copies and any(w.required):
             self.counts["repeats"] += 1
         if not w.copies and any(w.required) and not w.excused:

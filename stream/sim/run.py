@@ -32,6 +32,7 @@ from operators import WindowInput, WindowOutput
 from stream.config import Settings, load_settings
 from stream.contract import Modality
 from stream.runtime import Processor
+from stream.sim._streams import FRAME_ID
 from stream.sim.broker import SimBroker
 from stream.sim.clients import SimClients
 from stream.sim.clock import NS_PER_MS, SimClock, VirtualLoop
@@ -48,14 +49,20 @@ _STALL_S = 30.0
 
 class SimModel:
     """A model that answers at once with a digest of what each window holds: equal windows get
-    equal outputs, so comparing results compares content."""
+    equal outputs, so comparing results compares content. It fails a whole batch that holds one
+    of the ``poison`` frames (their ids, ``FRAME_ID``), as a real model fails on one bad input."""
 
     info = SimpleNamespace(name="sim", version="1")
+
+    def __init__(self, poison: frozenset[bytes] = frozenset()) -> None:
+        self._poison = poison
 
     def preprocess(self, windows: list[WindowInput]) -> list[WindowInput]:
         return windows
 
     def infer(self, windows: list[WindowInput]) -> list[WindowOutput]:
+        if self._poison and any(f.data[FRAME_ID] in self._poison for w in windows for f in w.frames):
+            raise ValueError("simulated: the model fails on a frame of this batch")
         out = []
         for w in windows:
             h = zlib.crc32(repr([(f.ts_ns, len(f.data)) for f in w.frames]).encode())
@@ -186,7 +193,7 @@ def _run(scenario: Scenario, mode: str) -> RunReport:
 
 async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clients: SimClients,
                  checker: Checker, clock: SimClock, live: bool) -> None:
-    processor = await _start(settings, clients, clock)
+    processor = await _start(settings, clients, clock, scenario.faults.poison)
     topics = settings.topics
     inputs = [TopicPartition(topics.input(m), p) for m in Modality for p in range(scenario.partitions)]
     broker.schedule(((TopicPartition(topics.input(i.modality), i.partition), i) for i in scenario.inputs),
@@ -217,7 +224,7 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
             kills.pop(0)
             broker.restarted()
             await _kill(processor)
-            processor = await _start(settings, clients, clock)
+            processor = await _start(settings, clients, clock, scenario.faults.poison)
     if not checker.violations and not done:
         checker.final(quiet=checker.all_published)
     with contextlib.suppress(Exception):
@@ -228,8 +235,8 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
         checker.judge_late()  # late copies acknowledged in the drain included
 
 
-async def _start(settings: Settings, clients: SimClients, clock: SimClock) -> Processor:
-    processor = Processor(settings, model=SimModel(), clock_ms=clock.monotonic_ms, wall_ns=clock.wall_ns,
+async def _start(settings: Settings, clients: SimClients, clock: SimClock, poison: frozenset[bytes]) -> Processor:
+    processor = Processor(settings, model=SimModel(poison), clock_ms=clock.monotonic_ms, wall_ns=clock.wall_ns,
                           clients=clients)
     await processor.start()
     return processor

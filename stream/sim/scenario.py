@@ -10,19 +10,20 @@ chunk sizes and segment lengths that vary, records stamped in the future (within
 ``max_future_ms``), gaps of minutes inside a source, bursts, records late beyond the lateness
 bound, clocks near zero and near the top of the contract's range, and malformed records;
 ``Faults`` adds broker freezes, stale high watermarks, small fetches, slow and failed
-acknowledgements, failed commits, rebalances, a killed processor and slow inference; and some
-seeds get memory so short that windows are shed (``tight-memory``).
+acknowledgements, failed commits, rebalances, a killed processor and slow inference; some
+seeds get memory so short that windows are shed (``tight-memory``), and some a model that fails
+on a few frames (``poison``).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from stream.contract import Modality
 from stream.sim._records import Fate, Input, Share
-from stream.sim._streams import SourcePlan, make_records, plan_source
+from stream.sim._streams import FRAME_ID, SourcePlan, make_records, plan_source
 
 __all__ = ["Fate", "Faults", "Freeze", "Input", "Scale", "Scenario", "Share", "generate"]
 
@@ -68,6 +69,9 @@ class Faults:
     """Chance that a partition paused by the processor still delivers one fetch already in flight."""
     work_ms: tuple[int, int] = (1, 10)
     """Simulated time of each preprocess or inference call."""
+    poison: frozenset[bytes] = frozenset()
+    """Frames the model fails on (the id each carries, ``FRAME_ID``): a batch holding one fails,
+    and its window, inferred alone, is published with the error (docs/processor.md)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,13 @@ def generate(seed: int, scale: Scale = "small") -> Scenario:
     if memory.random() < 0.15:
         window["max_buffered_bytes"] = memory.choice([96, 256, 1024]) * 1024
         features.append("tight-memory")
+    # drawn apart too: frames the model fails on, each making its windows poison windows
+    poison = random.Random(f"{seed}/poison")
+    frames = [i for i in records if i.modality is Modality.VIDEO and i.fate is Fate.REQUIRED]
+    if frames and poison.random() < 0.1:
+        chosen = poison.sample(frames, min(len(frames), poison.randint(1, 3)))
+        faults = replace(faults, poison=frozenset(i.value[FRAME_ID] for i in chosen))
+        features.append("poison")
     return Scenario(seed, scale, partitions, {"window": window, "batching": batching}, tuple(records), faults,
                     wall0_ns, tuple(sorted(set(features))), tuple(plans))
 

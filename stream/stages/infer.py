@@ -82,10 +82,12 @@ class Scored(NamedTuple):
 
 
 class Alone(NamedTuple):
-    """One window inferred on its own: its outputs, or the error it failed with."""
+    """One window inferred on its own: its outputs, or the error it failed with, and when its
+    last try began (wall clock, ns: where a failed window's latency breakdown ends its batch wait)."""
 
     scored: list[Scored] | None
     error: BaseException | None
+    started_ns: int = 0
 
 
 class Infer:
@@ -337,13 +339,14 @@ class Infer:
         """One window on its own; once more if the worker died under it (it may have been queued
         behind another batch's poison window, or killed for memory by something else)."""
         for attempt in (1, 2):
+            started_ns = self._ctx.wall_ns()
             try:
-                return Alone(await asyncio.to_thread(self._alone, job, self._ctx.wall_ns()), None)
+                return Alone(await asyncio.to_thread(self._alone, job, started_ns), None, started_ns)
             except WorkerDiedError as exc:
                 if attempt == 2:
-                    return Alone(None, exc)
+                    return Alone(None, exc, started_ns)
             except Exception as exc:  # noqa: BLE001 - sorted by the caller (poison window or model)
-                return Alone(None, exc)
+                return Alone(None, exc, started_ns)
         raise AssertionError("unreachable")
 
     def _alone(self, job: Job, batched_ns: int) -> list[Scored]:

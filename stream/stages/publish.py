@@ -158,7 +158,8 @@ class Publish:
                 self._ctx.metrics.inference_errors.labels("window").inc()
                 log.error("window %s:%d failed inference alone (%s: %s); publishing it with the error",
                           window.source_id, window.start_ns, type(exc).__name__, exc)
-                await self._publish_outputs([job], [Scored(None, 0.0, 0.0)], f"{type(exc).__name__}: {exc}")
+                await self._publish_outputs([job], [Scored(None, 0.0, 0.0, alone.started_ns)],
+                                            f"{type(exc).__name__}: {exc}")
             else:
                 return
         if fatal.error is None:
@@ -283,9 +284,11 @@ class Publish:
 
 
 def _timeline(job: Job, scored: Scored) -> Timeline | None:
-    """The window's passage through the stages, when every stamp is known (not for a window
-    whose inference failed, nor for jobs made outside the aligner)."""
+    """The window's passage through the stages, when its stamps are known (not for jobs made
+    outside the aligner). A window published with its error was last tried alone: its batch wait
+    runs to that try (the failed batch included), no step time is measured for it, and the try,
+    the probe and publishing are the rest (``publish_ms``): its parts still sum to the whole."""
     batched_ns = getattr(scored, "batched_ns", None)
-    if job.closed_ns is None or batched_ns is None or scored.output is None:
+    if job.closed_ns is None or not batched_ns:
         return None
     return Timeline(job.closed_ns, batched_ns, scored.preprocess_s, scored.inference_s)

@@ -8,6 +8,7 @@ the model worker test spawns a real child process and kills it, as the kernel's 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -111,6 +112,24 @@ async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_a
     errors = {scope: processor.metrics.registry.get_sample_value("mmstream_inference_errors_total", {"scope": scope})
               for scope in ("batch", "window")}
     assert errors == {"batch": 1.0, "window": 1.0}
+
+
+async def test_a_poison_windows_result_still_says_where_its_latency_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every result carries a breakdown that sums to window_end_to_publish_ms, the failed ones
+    too (a dashboard of latency parts, or the simulator timing a shed window, reads it): its
+    batch wait runs to the try alone, and the failed tries are in the rest."""
+    processor = make_processor(monkeypatch, Model(poison={"cam-1"}))
+    closed_ns = processor.context.wall_ns()
+    jobs = [job._replace(closed_ns=closed_ns) for job in _jobs(processor, ["cam-0", "cam-1"])]
+    await processor.stages.publish.deliver(jobs, None, RuntimeError("batch failed"))
+    docs = {d["source_id"]: d for d in (json.loads(v) for v in processor.connection.producer.results)}
+    failed = docs["cam-1"]
+    assert failed.get("error") and docs["cam-0"].get("error") is None
+    latency = failed["latency"]
+    parts = latency["breakdown"]
+    assert parts["watermark_ms"] == pytest.approx((closed_ns - failed["window_end_ns"]) / 1e6)
+    assert parts["batch_wait_ms"] >= 0 and parts["preprocess_ms"] == parts["inference_ms"] == 0
+    assert sum(v for k, v in parts.items() if k.endswith("_ms")) == pytest.approx(latency["window_end_to_publish_ms"])
 
 
 async def test_a_model_failing_every_window_stops_the_processor_uncommitted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,11 +23,13 @@ import stream.stages.publish as publish_stage
 from stream.aside import AsideRecord, AsideWriter
 from stream.contract import Origin
 from stream.flow import FlowDecision, stands_at
+from stream.jobs import Job
 from stream.offsets import OffsetLedger
 from stream.sim import SeedReport, simulate
 from stream.sim.clock import SimClock, VirtualLoop
 from stream.sim.scenario import generate
 from stream.stages.ends import EndWatch
+from stream.stages.infer import Alone, Infer
 from stream.stages.park import Park, Patience
 from stream.stages.shared import Context
 
@@ -154,6 +156,19 @@ def test_a_shed_window_that_loses_what_it_had_read_is_caught(monkeypatch: pytest
     monkeypatch.setattr(publish_stage, "build_result", losing)
     tight = [s for s in range(200) if "tight-memory" in generate(s).features][:12]
     assert "partial" in _first_broken(tight)
+
+
+def test_a_failed_batch_whose_windows_all_get_its_error_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds whose model fails on a frame ("poison"): a failed batch is retried window by window
+    and only the windows holding such a frame carry the error. Retries that fail as the batch did
+    publish its other windows with the error too."""
+
+    async def failing_alone(self: Infer, job: Job) -> Alone:
+        return Alone(None, ValueError("simulated: failed as its batch did"), 1)
+
+    monkeypatch.setattr(Infer, "infer_alone", failing_alone)
+    poisoned = [s for s in range(300) if "poison" in generate(s).features][:8]
+    assert "model_error" in _first_broken(poisoned)
 
 
 def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() -> None:
