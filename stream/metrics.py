@@ -249,7 +249,9 @@ class ProcessorStats:
             metrics.av_skew_seconds.observe(av_skew_ns / 1e9)
         self.last_results[result.source_id] = result
         parts = result.latency.breakdown
-        if parts is not None:
+        # a window published with its error carries a breakdown too, but its batch wait holds its
+        # failed batch's model time: left out here, so the parts keep meaning what they name
+        if parts is not None and result.error is None:
             hist = metrics.latency_part_seconds
             for part, ms in (("watermark", parts.watermark_ms), ("batch_wait", parts.batch_wait_ms),
                              ("preprocess", parts.preprocess_ms), ("inference", parts.inference_ms),

@@ -7,7 +7,16 @@ from enum import StrEnum
 
 from stream.contract import Modality
 
-__all__ = ["ExpectedWindow", "Fate", "Input", "Share"]
+__all__ = ["ExpectedWindow", "Fate", "Input", "Share", "inside"]
+
+OffsetRanges = tuple[tuple[str, int, int, int], ...]  # a result's (topic, partition, first, last)
+
+
+def inside(where: tuple[str, int, int] | None, offsets: OffsetRanges) -> bool:
+    """Whether a record (topic, partition, offset; None: not produced yet) lies inside a result's
+    offset ranges: read before its window closed, so the result must hold it."""
+    return where is not None and any(t == where[0] and p == where[1] and first <= where[2] <= last
+                                     for t, p, first, last in offsets)
 
 
 class Fate(StrEnum):

@@ -20,7 +20,7 @@ after is never published. ``Shedding`` keeps what the checker needs to tell thos
 
 from __future__ import annotations
 
-from stream.sim._records import ExpectedWindow, Fate, Input, Share
+from stream.sim._records import ExpectedWindow, Fate, Input, Share, inside
 from stream.sim.scenario import Scenario
 
 __all__ = ["Shedding"]
@@ -82,9 +82,7 @@ class Shedding:
         ranges: what a shed result of it must hold."""
         need = [0, 0, 0]
         for source, share in self._members.get(key, ()):
-            where = self._where.get(source.rid)
-            if where is not None and any(t == where[0] and p == where[1] and first <= where[2] <= last
-                                         for t, p, first, last in offsets):
+            if inside(self._where.get(source.rid), offsets):
                 need[0] += share.frames
                 need[1] += share.samples
                 need[2] += share.segments

@@ -48,7 +48,7 @@ from aiokafka.structs import ConsumerRecord
 
 from stream.config import Settings
 from stream.contract import Modality
-from stream.sim._records import ExpectedWindow
+from stream.sim._records import ExpectedWindow, inside
 from stream.sim._shedding import Shedding
 from stream.sim._streams import FRAME_ID
 from stream.sim.broker import SimBroker
@@ -98,9 +98,11 @@ class Checker:
                 into[2] += share.segments
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
         # windows holding a frame the model fails on (``Faults.poison``): published with the error
-        self._poisoned = {(i.source_id, share.start_ns) for i in scenario.inputs
-                          if i.modality is Modality.VIDEO and i.value[FRAME_ID] in scenario.faults.poison
-                          for share in i.shares}
+        self._poisoned: dict[tuple[str, int], list[int]] = {}  # window -> ids of its poison frames
+        for i in scenario.inputs:
+            if i.modality is Modality.VIDEO and i.value[FRAME_ID] in scenario.faults.poison:
+                for share in i.shares:
+                    self._poisoned.setdefault((i.source_id, share.start_ns), []).append(i.rid)
         self._where: dict[int, tuple[str, int, int]] = {}  # record id -> (topic, partition, offset)
         self.shedding = Shedding(scenario, self.windows, settings.window.window_ms * 1_000_000, self._where)
         self._tight = "tight-memory" in scenario.features
@@ -191,7 +193,9 @@ class Checker:
         if error is not None and key not in self._poisoned:
             self.violate("model_error", f"result {doc['id']} failed inference ({error}), though no frame of it "
                                         "fails the model")
-        elif error is None and key in self._poisoned and not shed:  # shed: it may lack the frame
+        elif error is None and key in self._poisoned and (
+                not shed or any(inside(self._where.get(rid), offsets) for rid in self._poisoned[key])):
+            # a shed copy may lack the frame, unless its own offset ranges cover it (read before it closed)
             self.violate("model_error", f"result {doc['id']} was served, though it holds a frame the model fails on")
         if w.copies and any(w.required):
             self.counts["repeats"] += 1

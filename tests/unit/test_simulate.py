@@ -171,6 +171,18 @@ def test_a_failed_batch_whose_windows_all_get_its_error_is_caught(monkeypatch: p
     assert "model_error" in _first_broken(poisoned)
 
 
+def test_a_poison_window_published_without_its_error_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other way round: a window the model failed on, published as if it had been served."""
+    build = publish_stage.build_result
+
+    def without_error(*args: Any, **kwargs: Any) -> Any:
+        return build(*args, **{**kwargs, "error": None})
+
+    monkeypatch.setattr(publish_stage, "build_result", without_error)
+    poisoned = [s for s in range(300) if "poison" in generate(s).features][:8]
+    assert "model_error" in _first_broken(poisoned)
+
+
 def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() -> None:
     """Large seeds where a restart or a move meets records in windows published before it: a
     record the previous owner never read (or whose late copy it had not seen acknowledged) was
