@@ -31,13 +31,14 @@ from aiokafka import TopicPartition
 from operators import WindowInput, WindowOutput
 from stream.config import Settings, load_settings
 from stream.contract import Modality
+from stream.errors import WorkerDiedError
 from stream.runtime import Processor
 from stream.sim._streams import FRAME_ID
 from stream.sim.broker import SimBroker
 from stream.sim.clients import SimClients
 from stream.sim.clock import NS_PER_MS, SimClock, VirtualLoop
 from stream.sim.invariants import Checker, Content, Violation
-from stream.sim.scenario import Scale, Scenario, generate
+from stream.sim.scenario import Faults, Scale, Scenario, generate
 
 __all__ = ["RunReport", "SeedReport", "SimModel", "simulate", "sim_settings"]
 
@@ -50,28 +51,38 @@ _STALL_S = 30.0
 class SimModel:
     """A model that answers at once with a digest of what each window holds: equal windows get
     equal outputs, so comparing results compares content. It fails a whole batch that holds one
-    of the ``poison`` frames (their ids, ``FRAME_ID``), as a real model fails on one bad input."""
+    of the ``poison`` frames (their ids, ``FRAME_ID``), as a real model fails on one bad input;
+    and with ``deaths_every`` its worker dies under every so many calls (``WorkerDiedError``, a
+    new worker started), never twice under the same window: a transient death must cost nothing."""
 
     info = SimpleNamespace(name="sim", version="1")
 
-    def __init__(self, poison: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, poison: frozenset[bytes] = frozenset(), deaths_every: int = 0) -> None:
         self._poison = poison
+        self._deaths_every = deaths_every
+        self._calls = 0
+        self._died: set[int] = set()  # digests of the windows a death hit
 
     def preprocess(self, windows: list[WindowInput]) -> list[WindowInput]:
         return windows
 
     def infer(self, windows: list[WindowInput]) -> list[WindowOutput]:
+        digests = [_digest(w) for w in windows]
+        self._calls += 1
+        if self._deaths_every and self._calls % self._deaths_every == 0 and self._died.isdisjoint(digests):
+            self._died.update(digests)
+            raise WorkerDiedError("simulated: the model worker died under this batch; started a new one")
         if self._poison and any(f.data[FRAME_ID] in self._poison for w in windows for f in w.frames):
             raise ValueError("simulated: the model fails on a frame of this batch")
-        out = []
-        for w in windows:
-            h = zlib.crc32(repr([(f.ts_ns, len(f.data)) for f in w.frames]).encode())
-            if w.audio is not None:
-                h = zlib.crc32(w.audio.tobytes(), h)
-            h = zlib.crc32(repr(w.texts).encode(), h)
-            out.append(WindowOutput(scores={"digest": (h % 1000) / 1000}, label="digest", embedding=None,
-                                    outputs={"digest": float(h)}))
-        return out
+        return [WindowOutput(scores={"digest": (h % 1000) / 1000}, label="digest", embedding=None,
+                             outputs={"digest": float(h)}) for h in digests]
+
+
+def _digest(w: WindowInput) -> int:
+    h = zlib.crc32(repr([(f.ts_ns, len(f.data)) for f in w.frames]).encode())
+    if w.audio is not None:
+        h = zlib.crc32(w.audio.tobytes(), h)
+    return zlib.crc32(repr(w.texts).encode(), h)
 
 
 @dataclass(frozen=True)
@@ -193,7 +204,7 @@ def _run(scenario: Scenario, mode: str) -> RunReport:
 
 async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clients: SimClients,
                  checker: Checker, clock: SimClock, live: bool) -> None:
-    processor = await _start(settings, clients, clock, scenario.faults.poison)
+    processor = await _start(settings, clients, clock, scenario.faults)
     topics = settings.topics
     inputs = [TopicPartition(topics.input(m), p) for m in Modality for p in range(scenario.partitions)]
     broker.schedule(((TopicPartition(topics.input(i.modality), i.partition), i) for i in scenario.inputs),
@@ -224,7 +235,7 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
             kills.pop(0)
             broker.restarted()
             await _kill(processor)
-            processor = await _start(settings, clients, clock, scenario.faults.poison)
+            processor = await _start(settings, clients, clock, scenario.faults)
     if not checker.violations and not done:
         checker.final(quiet=checker.all_published)
     with contextlib.suppress(Exception):
@@ -235,8 +246,8 @@ async def _drive(scenario: Scenario, settings: Settings, broker: SimBroker, clie
         checker.judge_late()  # late copies acknowledged in the drain included
 
 
-async def _start(settings: Settings, clients: SimClients, clock: SimClock, poison: frozenset[bytes]) -> Processor:
-    processor = Processor(settings, model=SimModel(poison), clock_ms=clock.monotonic_ms, wall_ns=clock.wall_ns,
+async def _start(settings: Settings, clients: SimClients, clock: SimClock, faults: Faults) -> Processor:
+    processor = Processor(settings, model=SimModel(faults.poison, faults.deaths_every), clock_ms=clock.monotonic_ms, wall_ns=clock.wall_ns,
                           clients=clients)
     await processor.start()
     return processor

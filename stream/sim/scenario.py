@@ -12,7 +12,7 @@ bound, clocks near zero and near the top of the contract's range, and malformed 
 ``Faults`` adds broker freezes, stale high watermarks, small fetches, slow and failed
 acknowledgements, failed commits, rebalances, a killed processor and slow inference; some
 seeds get memory so short that windows are shed (``tight-memory``), and some a model that fails
-on a few frames (``poison``).
+on a few frames (``poison``) or whose worker dies now and then (``worker-deaths``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class Faults:
     """Chance that a partition paused by the processor still delivers one fetch already in flight."""
     work_ms: tuple[int, int] = (1, 10)
     """Simulated time of each preprocess or inference call."""
+    deaths_every: int = 0
+    """The model's worker dies under every so many inference calls (never twice under one window)."""
     poison: frozenset[bytes] = frozenset()
     """Frames the model fails on (the id each carries, ``FRAME_ID``): a batch holding one fails,
     and its window, inferred alone, is published with the error (docs/processor.md)."""
@@ -137,6 +139,9 @@ def generate(seed: int, scale: Scale = "small") -> Scenario:
         chosen = poison.sample(frames, min(len(frames), poison.randint(1, 3)))
         faults = replace(faults, poison=frozenset(i.value[FRAME_ID] for i in chosen))
         features.append("poison")
+    if poison.random() < 0.1:  # after the poison's draws: the poison seeds keep their frames
+        faults = replace(faults, deaths_every=poison.randint(3, 12))
+        features.append("worker-deaths")
     return Scenario(seed, scale, partitions, {"window": window, "batching": batching}, tuple(records), faults,
                     wall0_ns, tuple(sorted(set(features))), tuple(plans))
 

@@ -354,13 +354,25 @@ class Infer:
 
     async def probe(self, error: BaseException) -> BaseException:
         """Whether a window's failure is the window's or the model's: an empty window must still
-        infer. Returns ``error`` (the window's) or a ``ModelUnavailableError`` (the model's)."""
-        try:
-            await asyncio.to_thread(lambda: self.infer(self._prepare([WindowInput()], 0)))
-        except Exception as exc:  # noqa: BLE001 - any failure here is the model's
-            return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an "
-                                         f"empty one ({type(exc).__name__}: {exc}): the model cannot serve")
-        return error
+        infer. Returns ``error`` (the window's) or a ``ModelUnavailableError`` (the model's). A
+        worker that died under the probe itself is tried once more on the new one, as a window
+        is (``infer_alone``): one transient death must not stop the processor (sim ``worker-deaths``)."""
+        for attempt in (1, 2):
+            try:
+                await asyncio.to_thread(lambda: self.infer(self._prepare([WindowInput()], 0)))
+            except WorkerDiedError as exc:
+                if attempt == 2:
+                    return _unavailable(error, exc)
+            except Exception as exc:  # noqa: BLE001 - any failure here is the model's
+                return _unavailable(error, exc)
+            else:
+                return error
+        raise AssertionError("unreachable")
+
+
+def _unavailable(error: BaseException, probe: BaseException) -> ModelUnavailableError:
+    return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an "
+                                 f"empty one ({type(probe).__name__}: {probe}): the model cannot serve")
 
 
 class _Borrowed:

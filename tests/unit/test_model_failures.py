@@ -114,6 +114,26 @@ async def test_a_poison_window_is_published_with_its_error_and_its_batch_mates_a
     assert errors == {"batch": 1.0, "window": 1.0}
 
 
+async def test_a_worker_dying_under_the_probe_does_not_stop_the_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sim seed 103 (``worker-deaths`` with ``poison``): after a window failed alone, the empty
+    window that tells a poison window from a broken model met a worker death. Taken for the
+    model's failure, it stopped the processor; the probe is tried once more on the new worker."""
+
+    class DiesUnderTheFirstProbe(Model):
+        probed = False
+
+        def infer(self, windows: list[WindowInput]) -> list[Any]:
+            if not windows[0].texts and not self.probed:  # the probe's window is empty
+                self.probed = True
+                raise WorkerDiedError("the model worker process died; started a new one")
+            return super().infer(windows)
+
+    processor = make_processor(monkeypatch, DiesUnderTheFirstProbe(poison={"cam-1"}))
+    await processor.stages.publish.deliver(_jobs(processor, ["cam-0", "cam-1"]), None, RuntimeError("batch failed"))
+    assert processor.fatal.error is None
+    assert _published(processor) == {"cam-0": False, "cam-1": True}
+
+
 async def test_a_poison_windows_result_still_says_where_its_latency_went(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every result carries a breakdown that sums to window_end_to_publish_ms, the failed ones
     too (a dashboard of latency parts, or the simulator timing a shed window, reads it): its
