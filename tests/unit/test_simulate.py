@@ -183,6 +183,13 @@ def test_a_poison_window_published_without_its_error_is_caught(monkeypatch: pyte
     assert "model_error" in _first_broken(poisoned)
 
 
+def test_a_worker_dying_under_the_probe_does_not_stop_the_processor() -> None:
+    """Large seed 103 (``poison`` and ``worker-deaths``): the empty window that tells a poison
+    window from a broken model met a transient worker death, and the processor gave up."""
+    report = simulate(103, "large")
+    assert report.ok, report.violations[:2]
+
+
 def test_a_restart_copies_records_late_that_the_previous_owner_never_judged() -> None:
     """Large seeds where a restart or a move meets records in windows published before it: a
     record the previous owner never read (or whose late copy it had not seen acknowledged) was
