@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -9,10 +10,10 @@ from stream.contract import Modality
 
 __all__ = ["ExpectedWindow", "Fate", "Input", "Share", "inside"]
 
-OffsetRanges = tuple[tuple[str, int, int, int], ...]  # a result's (topic, partition, first, last)
+OffsetRange = tuple[str, int, int, int]  # a result's (topic, partition, first, last)
 
 
-def inside(where: tuple[str, int, int] | None, offsets: OffsetRanges) -> bool:
+def inside(where: tuple[str, int, int] | None, offsets: Iterable[OffsetRange]) -> bool:
     """Whether a record (topic, partition, offset; None: not produced yet) lies inside a result's
     offset ranges: read before its window closed, so the result must hold it."""
     return where is not None and any(t == where[0] and p == where[1] and first <= where[2] <= last
@@ -75,10 +76,10 @@ class ExpectedWindow:
     optional: list[int] = field(default_factory=lambda: [0, 0, 0])
     copies: int = 0
     excused: bool = False  # a shed window of its source ends at or after it (``stream.sim._shedding``)
-    ranges: set[tuple[str, int, int, int]] = field(default_factory=set)  # offsets its acknowledged results held
+    ranges: set[OffsetRange] = field(default_factory=set)  # offsets its acknowledged results held
 
     def holds(self, topic: str, partition: int, offset: int) -> bool:
         """Whether an acknowledged result of this window held that record. Offset ranges only
         bound it, but a record read after the window closed comes after all of the window's own
         records of that partition, so a late record is never inside one."""
-        return any(t == topic and p == partition and first <= offset <= last for t, p, first, last in self.ranges)
+        return inside((topic, partition, offset), self.ranges)

@@ -20,7 +20,7 @@ after is never published. ``Shedding`` keeps what the checker needs to tell thos
 
 from __future__ import annotations
 
-from stream.sim._records import ExpectedWindow, Fate, Input, Share, inside
+from stream.sim._records import ExpectedWindow, Fate, Input, OffsetRange, Share, inside
 from stream.sim.scenario import Scenario
 
 __all__ = ["Shedding"]
@@ -48,25 +48,21 @@ class Shedding:
             if source.fate is Fate.REQUIRED:
                 for share in source.shares:
                     self._members.setdefault((source.source_id, share.start_ns), []).append((source, share))
-        self._excused_to: dict[str, int] = {}  # per source: the end of its latest shed window
         self._excused_n: dict[str, int] = {}  # per source: how many of its windows (``_starts``) are excused
         self._shed: dict[str, list[tuple[int, int, int]]] = {}  # per source: (end, wall ns closed, acked)
-        self._restarts: list[int] = []  # wall ns of each rebalance or kill
+        self._first_restart: int | None = None  # wall ns of the first rebalance or kill
         self._late: list[tuple[Input, int]] = []  # required records copied late, with the copy's wall ns sent
 
     @property
     def sources(self) -> frozenset[str]:
         """Sources with a window shed (what the two runs publish of them may differ)."""
-        return frozenset(self._excused_to)
+        return frozenset(self._shed)
 
     def shed(self, source_id: str, end_ns: int, closed_ns: int, acked_ns: int) -> int:
         """A shed window's result, acknowledged at ``acked_ns`` (wall); it closed at ``closed_ns``.
         Every window of the source ending by ``end_ns`` is excused now. Returns how many of those
         held required records and were not published: the checker no longer waits for them."""
         self._shed.setdefault(source_id, []).append((end_ns, closed_ns, acked_ns))
-        if end_ns <= self._excused_to.get(source_id, end_ns - 1):
-            return 0
-        self._excused_to[source_id] = end_ns
         starts, n, waited = self._starts.get(source_id, []), self._excused_n.get(source_id, 0), 0
         while n < len(starts) and starts[n] + self._window_ns <= end_ns:
             w = self._windows[(source_id, starts[n])]
@@ -77,7 +73,7 @@ class Shedding:
         self._excused_n[source_id] = n
         return waited
 
-    def read_before(self, key: WindowKey, offsets: tuple[tuple[str, int, int, int], ...]) -> list[int]:
+    def read_before(self, key: WindowKey, offsets: tuple[OffsetRange, ...]) -> list[int]:
         """Frames, samples and segments of the window's required records inside its own offset
         ranges: what a shed result of it must hold."""
         need = [0, 0, 0]
@@ -94,7 +90,8 @@ class Shedding:
 
     def restarted(self, wall_ns: int) -> None:
         """A rebalance or a kill: results not yet acknowledged may be lost."""
-        self._restarts.append(wall_ns)
+        if self._first_restart is None:
+            self._first_restart = wall_ns
 
     def unexcused_late(self) -> Input | None:
         """The first late copy no shed window excuses, if any; forgets those judged."""
@@ -109,7 +106,7 @@ class Shedding:
             self._late.clear()
 
     def _restarted_by(self, wall_ns: int) -> bool:
-        return bool(self._restarts) and self._restarts[0] <= wall_ns
+        return self._first_restart is not None and self._first_restart <= wall_ns
 
     def accounted(self, key: WindowKey, late: set[int]) -> bool:
         """Every required record of an unpublished window was copied late (its id in ``late``) or

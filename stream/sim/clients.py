@@ -165,8 +165,8 @@ class SimConsumer:
         broker = self._broker
         if self._joined:
             broker.restarted()
-        if self._joined and self._listener is not None:
-            await self._listener.on_partitions_revoked(list(self._assigned))
+            if self._listener is not None:
+                await self._listener.on_partitions_revoked(list(self._assigned))
         self._joined = True
         self.rebalances += 1
         assigned = sorted(TopicPartition(t, p) for t in self._topics for p in range(broker.partitions[t]))

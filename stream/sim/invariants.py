@@ -88,21 +88,22 @@ class Checker:
         self._n_sources = len({i.source_id for i in scenario.inputs})
         self.windows: dict[tuple[str, int], ExpectedWindow] = {}
         self._by_value: dict[bytes, Input] = {}
+        # windows holding a frame the model fails on (``Faults.poison``): published with the error
+        self._poisoned: dict[tuple[str, int], list[int]] = {}  # window -> ids of its poison frames
+        poison = scenario.faults.poison
         for source in scenario.inputs:
             self._by_value[source.value] = source
+            poisons = source.modality is Modality.VIDEO and source.value[FRAME_ID] in poison
             for share in source.shares:
-                w = self.windows.setdefault((source.source_id, share.start_ns), ExpectedWindow())
+                key = (source.source_id, share.start_ns)
+                w = self.windows.setdefault(key, ExpectedWindow())
                 into = w.required if source.fate is Fate.REQUIRED else w.optional
                 into[0] += share.frames
                 into[1] += share.samples
                 into[2] += share.segments
+                if poisons:
+                    self._poisoned.setdefault(key, []).append(source.rid)
         self._unpublished = sum(1 for w in self.windows.values() if any(w.required))
-        # windows holding a frame the model fails on (``Faults.poison``): published with the error
-        self._poisoned: dict[tuple[str, int], list[int]] = {}  # window -> ids of its poison frames
-        for i in scenario.inputs:
-            if i.modality is Modality.VIDEO and i.value[FRAME_ID] in scenario.faults.poison:
-                for share in i.shares:
-                    self._poisoned.setdefault((i.source_id, share.start_ns), []).append(i.rid)
         self._where: dict[int, tuple[str, int, int]] = {}  # record id -> (topic, partition, offset)
         self.shedding = Shedding(scenario, self.windows, settings.window.window_ms * 1_000_000, self._where)
         self._tight = "tight-memory" in scenario.features

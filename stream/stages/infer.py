@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -82,12 +83,13 @@ class Scored(NamedTuple):
 
 
 class Alone(NamedTuple):
-    """One window inferred on its own: its outputs, or the error it failed with, and when its
-    last try began (wall clock, ns: where a failed window's latency breakdown ends its batch wait)."""
+    """A call to the model on its own (one window, or the probe's empty one): its outputs, or the
+    error it failed with, and when its last try began (wall clock, ns: where a failed window's
+    latency breakdown ends its batch wait)."""
 
     scored: list[Scored] | None
     error: BaseException | None
-    started_ns: int = 0
+    started_ns: int
 
 
 class Infer:
@@ -338,41 +340,32 @@ class Infer:
     async def infer_alone(self, job: Job) -> Alone:
         """One window on its own; once more if the worker died under it (it may have been queued
         behind another batch's poison window, or killed for memory by something else)."""
+        return await self._twice_on_death(lambda started_ns: self.infer(self.preprocess([job], started_ns)))
+
+    async def probe(self, error: BaseException) -> BaseException:
+        """Whether a window's failure is the window's or the model's: an empty window must still
+        infer. Returns ``error`` (the window's) or a ``ModelUnavailableError`` (the model's). A
+        worker that died under the probe itself is tried once more on the new one, as a window
+        is: one transient death must not stop the processor (sim ``worker-deaths``)."""
+        probed = await self._twice_on_death(lambda _: self.infer(self._prepare([WindowInput()], 0)))
+        if probed.error is None:
+            return error
+        return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an empty one "
+                                     f"({type(probed.error).__name__}: {probed.error}): the model cannot serve")
+
+    async def _twice_on_death(self, call: Callable[[int], list[Scored]]) -> Alone:
+        """``call(started_ns)`` on a thread, once more if the worker died under it (a new one was
+        started); any other failure, or a second death, is returned for the caller to sort."""
         for attempt in (1, 2):
             started_ns = self._ctx.wall_ns()
             try:
-                return Alone(await asyncio.to_thread(self._alone, job, started_ns), None, started_ns)
+                return Alone(await asyncio.to_thread(call, started_ns), None, started_ns)
             except WorkerDiedError as exc:
                 if attempt == 2:
                     return Alone(None, exc, started_ns)
             except Exception as exc:  # noqa: BLE001 - sorted by the caller (poison window or model)
                 return Alone(None, exc, started_ns)
         raise AssertionError("unreachable")
-
-    def _alone(self, job: Job, batched_ns: int) -> list[Scored]:
-        return self.infer(self.preprocess([job], batched_ns))
-
-    async def probe(self, error: BaseException) -> BaseException:
-        """Whether a window's failure is the window's or the model's: an empty window must still
-        infer. Returns ``error`` (the window's) or a ``ModelUnavailableError`` (the model's). A
-        worker that died under the probe itself is tried once more on the new one, as a window
-        is (``infer_alone``): one transient death must not stop the processor (sim ``worker-deaths``)."""
-        for attempt in (1, 2):
-            try:
-                await asyncio.to_thread(lambda: self.infer(self._prepare([WindowInput()], 0)))
-            except WorkerDiedError as exc:
-                if attempt == 2:
-                    return _unavailable(error, exc)
-            except Exception as exc:  # noqa: BLE001 - any failure here is the model's
-                return _unavailable(error, exc)
-            else:
-                return error
-        raise AssertionError("unreachable")
-
-
-def _unavailable(error: BaseException, probe: BaseException) -> ModelUnavailableError:
-    return ModelUnavailableError(f"a window failed ({type(error).__name__}: {error}) and so did an "
-                                 f"empty one ({type(probe).__name__}: {probe}): the model cannot serve")
 
 
 class _Borrowed:
